@@ -1,0 +1,3 @@
+from recforge.cli import main
+
+main()

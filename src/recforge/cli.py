@@ -1,0 +1,131 @@
+"""The `recforge` command line: prepare, download, train, evaluate, recommend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from recforge.config import DataConfig, RunConfig, add_config_flags, build_config, load_yaml, section_classes
+from recforge.errors import RecforgeError
+
+USAGE = """recforge <command> [options]
+
+commands:
+  prepare DATASET --data-dir DIR     preprocess a dataset into the cache (reused by train)
+  download NAME --data-dir DIR       fetch a MovieLens release from GroupLens (checksum verified)
+  train [--config FILE] [--model M]  train a model; writes config.yaml, metrics.jsonl, summary.json, checkpoints/
+  evaluate --checkpoint FILE         evaluate a checkpoint, print and write the metrics as JSON
+  recommend --checkpoint FILE --user ID [--k 10]
+                                     top items the user has not interacted with
+
+`recforge <command> --help` lists a command's options."""
+
+
+def _run_parser(prog: str, argv: list[str], extra=None) -> tuple[RunConfig, argparse.Namespace]:
+    """Parse `--config`/`--model` first: the chosen model decides which `arch` flags exist."""
+    from recforge.registry import MODELS, model_entry
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--model")
+    pre.add_argument("--checkpoint")
+    known, _ = pre.parse_known_args(argv)
+    file_values, lines, source = {}, {}, "<defaults>"
+    if known.checkpoint:
+        from recforge.train.checkpoint import load_checkpoint
+
+        file_values, source = load_checkpoint(known.checkpoint)["config"], known.checkpoint
+    elif known.config:
+        file_values, lines = load_yaml(known.config)
+        source = known.config
+    model = known.model or file_values.get("model") or RunConfig.model
+    parser = argparse.ArgumentParser(prog=prog)
+    if extra:
+        extra(parser)
+    else:
+        parser.add_argument("--config", help="YAML preset (configs/*.yaml); flags override it")
+    parser.add_argument("--model", choices=list(MODELS), help="model to train (default: neumf)")
+    parser.add_argument("--output-dir", help="run directory (default: runs/latest)")
+    add_config_flags(parser, section_classes(model_entry(model).config))
+    args = parser.parse_args(argv)
+    own = ("config", "checkpoint", "user", "k", "output", "json")
+    overrides = {k: v for k, v in vars(args).items() if k not in own and v is not None}
+    return build_config(file_values, overrides, source=source, lines=lines), args
+
+
+def cmd_train(argv: list[str]) -> None:
+    from recforge.train.loop import train
+
+    cfg, _ = _run_parser("recforge train", argv)
+    train(cfg)
+
+
+def cmd_prepare(argv: list[str]) -> None:
+    from recforge.data.cache import prepare
+    from recforge.registry import DATASETS
+
+    parser = argparse.ArgumentParser(prog="recforge prepare")
+    parser.add_argument("dataset", choices=list(DATASETS))
+    add_config_flags(parser, {"data": DataConfig})
+    args = vars(parser.parse_args(argv))
+    cfg = build_config({}, args).data
+    data, path = prepare(cfg)
+    print(f"{cfg.dataset}: {data.describe()}")
+    print(f"cache: {path}")
+
+
+def cmd_download(argv: list[str]) -> None:
+    from recforge.data.download import MD5, download
+
+    parser = argparse.ArgumentParser(prog="recforge download")
+    parser.add_argument("name", choices=list(MD5))
+    parser.add_argument("--data-dir", default="data")
+    args = parser.parse_args(argv)
+    print(f"{args.name}: {download(args.name, args.data_dir)}")
+
+
+def cmd_evaluate(argv: list[str]) -> None:
+    from recforge.inference import evaluate
+
+    def extra(parser):
+        parser.add_argument("--checkpoint", required=True)
+        parser.add_argument("--output", help="JSON file (default: evaluation-PROTOCOL.json in the run directory)")
+
+    cfg, args = _run_parser("recforge evaluate", argv, extra)
+    evaluate(args.checkpoint, cfg, args.output)
+
+
+def cmd_recommend(argv: list[str]) -> None:
+    from recforge.inference import recommend
+
+    def extra(parser):
+        parser.add_argument("--checkpoint", required=True)
+        parser.add_argument("--user", required=True, help="raw user id, as in the source data")
+        parser.add_argument("--k", type=int, default=10)
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    cfg, args = _run_parser("recforge recommend", argv, extra)
+    rows = recommend(args.checkpoint, args.user, args.k, cfg)
+    if args.json:
+        print(json.dumps({"user": args.user, "items": rows}))
+        return
+    for row in rows:
+        print(f"{row['rank']:>3}  {row['item']!s:>10}  {row['score']:8.4f}  {row.get('title', '')}")
+
+
+COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "download": cmd_download, "evaluate": cmd_evaluate, "recommend": cmd_recommend}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(USAGE)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except RecforgeError as e:
+        print(f"recforge: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,265 @@
+"""Typed run configuration, layered: dataclass defaults < YAML preset (`--config`) < CLI flags.
+
+A run is described by `RunConfig`: the model name, the output directory and four sections.
+`data`, `train` and `eval` are shared by every model; `arch` is the chosen model's own dataclass
+(registered beside the model). Every field of every section is also a command-line flag named
+after it (`negative_samples` -> `--negative-samples`), so flag names are unique across sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from recforge.errors import DataError, RecforgeError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    """Where interactions come from and how they become an implicit leave-one-out dataset."""
+
+    dataset: str = "synthetic"  # a name from recforge.registry.DATASETS
+    data_dir: str | None = None  # folder of the raw files
+    data_file: str | None = None  # file (csv/parquet) or NCF file prefix inside data_dir
+    cache_dir: str | None = None  # default: ~/.cache/recforge (or $RECFORGE_CACHE)
+    clean: bool = False  # rebuild the cache
+    user_column: str = "user_id"  # csv/parquet columns
+    item_column: str = "item_id"
+    rating_column: str | None = "rating"
+    timestamp_column: str | None = "timestamp"
+    separator: str = ","
+    min_rating: float | None = None  # keep ratings >= this as positives (None: all)
+    min_user_interactions: int = 20  # drop users with fewer interactions
+    synthetic_users: int = 6040  # the built-in dataset (ml-1m shape by default)
+    synthetic_items: int = 3706
+    synthetic_interactions: int = 1_000_209
+    synthetic_seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 16384  # global: split across ranks under torchrun
+    learning_rate: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    negative_samples: int = 4  # per positive, drawn afresh every epoch
+    verify_negatives: bool = False  # resample negatives that are known positives
+    seed: int = 1
+    precision: Precision = "fp32"
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    resume: bool = False  # continue from output_dir/checkpoints/last.pt
+
+
+@dataclass
+class EvalConfig:
+    topk: int = 10
+    valid_negative: int = 99  # sampled evaluation: negatives per held-out item
+    eval_protocol: Literal["sampled", "full"] = "sampled"
+    eval_batch_size: int = 1 << 20  # (user, item) pairs scored per forward pass
+    eval_after: int = 0  # evaluate only after this many epochs
+    hr_threshold: float | None = None  # stop once HR@topk reaches it (MLPerf: 0.635)
+
+
+@dataclass
+class RunConfig:
+    model: str = "neumf"
+    output_dir: str = "runs/latest"
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: Any = None  # the model's config dataclass; filled from the registry
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS = ("data", "arch", "train", "eval")
+TOP_LEVEL = ("model", "output_dir")
+
+
+def coerce(tp: Any, value: Any) -> Any:
+    """Convert a YAML value or a command-line string to the annotated type, or raise ValueError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return coerce(inner, value)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin is list:
+        (elem,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", ",").split(",") if v]
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list, got {value!r}")
+        return [coerce(elem, v) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError(f"must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ValueError(f"must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"must be a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r}")
+
+
+def _fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def section_classes(arch_cls) -> dict[str, type]:
+    return {"data": DataConfig, "arch": arch_cls, "train": TrainConfig, "eval": EvalConfig}
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Line number (1-based) of every mapping key in a YAML document, by its key path."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = prefix + (str(key.value),)
+                lines[path] = key.start_mark.line + 1
+                walk(value, path)
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def load_yaml(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]]:
+    path = Path(path)
+    if not path.exists():
+        raise RecforgeError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+        lines = _key_lines(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise DataError(path, line, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise DataError(path, 1, None, "a config file must be a mapping of sections")
+    return data, lines
+
+
+def build_config(
+    file_values: dict | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    source: str | Path = "<config>",
+    lines: dict[tuple[str, ...], int] | None = None,
+) -> RunConfig:
+    """Layer `file_values` (nested, as in YAML) and flat CLI `overrides` over the defaults."""
+    from recforge.registry import model_entry
+
+    file_values = dict(file_values or {})
+    overrides = dict(overrides or {})
+    lines = lines or {}
+
+    def fail(path: tuple[str, ...], message: str):
+        raise DataError(source, lines.get(path), ".".join(path), message)
+
+    unknown = set(file_values) - set(SECTIONS) - set(TOP_LEVEL)
+    if unknown:
+        key = sorted(unknown)[0]
+        fail((key,), f"unknown key (expected one of {', '.join(TOP_LEVEL + SECTIONS)})")
+    model = overrides.pop("model", None) or file_values.get("model") or RunConfig.model
+    entry = model_entry(model)
+    cfg = RunConfig(model=model, arch=entry.config())
+    if "output_dir" in file_values:
+        cfg.output_dir = coerce(str, file_values["output_dir"])
+    for section, cls in section_classes(entry.config).items():
+        values = file_values.get(section) or {}
+        if not isinstance(values, dict):
+            fail((section,), "must be a mapping")
+        types_ = _fields(cls)
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            if key not in types_:
+                fail((section, key), f"unknown key for model '{model}'")
+            try:
+                setattr(target, key, coerce(types_[key], value))
+            except ValueError as e:
+                fail((section, key), str(e))
+        for key in list(overrides):
+            if key in types_:
+                try:
+                    setattr(target, key, coerce(types_[key], overrides.pop(key)))
+                except ValueError as e:
+                    raise RecforgeError(f"--{key.replace('_', '-')}: {e}") from None
+    if "output_dir" in overrides:
+        cfg.output_dir = overrides.pop("output_dir")
+    if overrides:
+        raise RecforgeError(f"unknown option(s) for model '{model}': {', '.join(sorted(overrides))}")
+    return cfg
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    """Rebuild a RunConfig from `RunConfig.to_dict()` output (e.g. stored in a checkpoint)."""
+    return build_config(values, source="<checkpoint config>")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
+    """One flag per field of `sections`; absent flags stay absent (argparse.SUPPRESS) so YAML wins."""
+    seen: dict[str, str] = {}
+    for section, cls in sections.items():
+        group = parser.add_argument_group(section)
+        for name, tp in _fields(cls).items():
+            if name in seen:
+                raise AssertionError(f"config field '{name}' in both '{seen[name]}' and '{section}'")
+            seen[name] = section
+            flag = "--" + name.replace("_", "-")
+            if tp is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            else:
+                choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+                group.add_argument(flag, default=argparse.SUPPRESS, choices=choices, metavar=None if choices else name.upper())

@@ -1,0 +1,58 @@
+"""Any CSV/TSV or Parquet file of interactions, with configurable column names.
+
+User and item ids may be integers or strings; rating and timestamp columns are optional
+(`--rating-column none`); timestamps may be numbers or dates. Without timestamps the order of
+rows in the file decides which interaction of a user is the latest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from recforge.config import DataConfig
+from recforge.data.implicit import RawInteractions
+from recforge.data.tabular import read_delimited, read_parquet, require_file, to_numpy
+from recforge.errors import RecforgeError
+
+
+def interaction_path(cfg: DataConfig) -> Path:
+    if cfg.data_dir is None and cfg.data_file is None:
+        raise RecforgeError("--dataset csv needs --data-file FILE (or --data-dir holding one .csv/.tsv/.parquet file)")
+    base = Path(cfg.data_dir or ".").expanduser()
+    if cfg.data_file:
+        return require_file(base / cfg.data_file)
+    if base.is_file():
+        return base
+    found = sorted(p for ext in ("*.csv", "*.tsv", "*.parquet") for p in base.glob(ext))
+    if len(found) != 1:
+        raise RecforgeError(f"{base}: expected exactly one .csv/.tsv/.parquet file, found {len(found)}; name it with --data-file")
+    return found[0]
+
+
+def sources(cfg: DataConfig) -> list[Path]:
+    return [interaction_path(cfg)]
+
+
+def read(cfg: DataConfig) -> RawInteractions:
+    path = interaction_path(cfg)
+    wanted = {cfg.user_column: None, cfg.item_column: None}
+    if cfg.rating_column:
+        wanted[cfg.rating_column] = pa.float32()
+    if cfg.timestamp_column:
+        wanted[cfg.timestamp_column] = None
+    if path.suffix == ".parquet":
+        table = read_parquet(path, list(wanted))
+    else:
+        delimiter = "\t" if path.suffix == ".tsv" and cfg.separator == "," else cfg.separator
+        table = read_delimited(path, delimiter=delimiter, columns=wanted)
+    timestamps = to_numpy(table.column(cfg.timestamp_column)) if cfg.timestamp_column else None
+    if timestamps is not None and not hasattr(timestamps, "dtype"):
+        raise RecforgeError(f"{path}: column '{cfg.timestamp_column}' holds text, not numbers or dates")
+    return RawInteractions(
+        users=to_numpy(table.column(cfg.user_column)),
+        items=to_numpy(table.column(cfg.item_column)),
+        ratings=table.column(cfg.rating_column).to_numpy() if cfg.rating_column else None,
+        timestamps=timestamps,
+    )

@@ -1,0 +1,34 @@
+"""Hit rate and NDCG at K for one held-out item per user.
+
+Ties count against the held-out item: its rank is the number of *other* candidates scoring at
+least as high. A model that scores everything equally ranks it last (HR = 0), never first.
+NaN scores count as the lowest possible score.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _clean(scores: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(scores.float(), nan=float("-inf"))
+
+
+def rank_among_sampled(scores: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = best) of column 0, the held-out item, in each row of [users, 1 + negatives]."""
+    scores = _clean(scores)
+    return (scores[:, 1:] >= scores[:, :1]).sum(dim=1)
+
+
+def rank_among_all(scores: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:
+    """Rank of item `held_out[u]` in row u of [users, items]; excluded items must be -inf."""
+    scores = _clean(scores)
+    positive = scores.gather(1, held_out.view(-1, 1).to(torch.int64))
+    return (scores >= positive).sum(dim=1) - 1
+
+
+def hit_and_ndcg(rank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-user HR@k (0/1) and NDCG@k (1 / log2(rank + 2) inside the top k, else 0)."""
+    hit = rank < k
+    ndcg = torch.where(hit, 1.0 / torch.log2(rank.to(torch.float64) + 2.0), torch.zeros((), dtype=torch.float64))
+    return hit.to(torch.float64), ndcg

@@ -1,0 +1,97 @@
+"""Neural Collaborative Filtering (He et al., WWW 2017): GMF, MLP and their fusion NeuMF.
+
+One module with two optional branches, scored on (user, item) pairs:
+- GMF: elementwise product of user and item factors (`num_factors` each);
+- MLP: concatenated user and item embeddings (`layers[0] / 2` each) through `layers`;
+- predict: a linear layer over the concatenated branch outputs -> one logit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from recforge.errors import RecforgeError
+from recforge.models.layers import lecun_uniform_, mlp
+
+
+@dataclass
+class NCFConfig:
+    num_factors: int = 64  # GMF factors
+    layers: list[int] = field(default_factory=lambda: [256, 256, 128, 64])  # MLP: input = 2 x embedding
+    dropout: float = 0.0  # after each MLP hidden layer
+    pretrained_gmf: str | None = None  # NeuMF: start from these GMF / MLP checkpoints (the paper's pretraining)
+    pretrained_mlp: str | None = None
+    pretrained_alpha: float = 0.5  # weight of the GMF half of the pretrained predict layer
+
+
+class NCF(nn.Module):
+    """Scores (user, item) pairs. `batch["user"]`, `batch["item"]`: [B] ints -> logits [B]."""
+
+    task = "ranking"
+
+    def __init__(self, num_users: int, num_items: int, cfg: NCFConfig, gmf: bool = True, use_mlp: bool = True):
+        super().__init__()
+        if use_mlp and (len(cfg.layers) < 2 or cfg.layers[0] % 2):
+            raise RecforgeError(f"--layers {cfg.layers}: need at least two sizes and an even first one")
+        self.gmf_user = nn.Embedding(num_users, cfg.num_factors) if gmf else None
+        self.gmf_item = nn.Embedding(num_items, cfg.num_factors) if gmf else None
+        width = cfg.layers[0] // 2
+        self.mlp_user = nn.Embedding(num_users, width) if use_mlp else None
+        self.mlp_item = nn.Embedding(num_items, width) if use_mlp else None
+        self.mlp = mlp(cfg.layers, cfg.dropout) if use_mlp else None
+        self.predict = nn.Linear((cfg.num_factors if gmf else 0) + (cfg.layers[-1] if use_mlp else 0), 1)
+        for embedding in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
+            if embedding is not None:
+                nn.init.normal_(embedding.weight, std=0.01)
+        lecun_uniform_(self.predict.weight)
+        nn.init.zeros_(self.predict.bias)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        user, item = batch["user"], batch["item"]
+        parts = []
+        if self.gmf_user is not None:
+            parts.append(self.gmf_user(user) * self.gmf_item(item))
+        if self.mlp is not None:
+            parts.append(self.mlp(torch.cat([self.mlp_user(user), self.mlp_item(item)], dim=1)))
+        return self.predict(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).squeeze(1)
+
+    def warm_start(self, cfg: NCFConfig) -> None:
+        """Called by the loop on a fresh (not resumed) run: the paper's pretraining, if asked."""
+        if not (cfg.pretrained_gmf or cfg.pretrained_mlp):
+            return
+        if not (cfg.pretrained_gmf and cfg.pretrained_mlp and self.gmf_user is not None and self.mlp is not None):
+            raise RecforgeError("pretraining needs model neumf and both --pretrained-gmf and --pretrained-mlp")
+        from recforge.train.checkpoint import load_checkpoint
+
+        self.load_pretrained(
+            load_checkpoint(cfg.pretrained_gmf)["model"], load_checkpoint(cfg.pretrained_mlp)["model"], cfg.pretrained_alpha
+        )
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf_state: dict, mlp_state: dict, alpha: float) -> None:
+        """NeuMF from trained GMF and MLP: copy both branches; the predict layer concatenates
+        alpha x GMF's and (1 - alpha) x MLP's predict weights (the paper's eq. 13)."""
+        own = self.state_dict()
+        for state, prefix in ((gmf_state, "gmf_"), (mlp_state, "mlp")):
+            for name, value in state.items():
+                if name.startswith(prefix):
+                    if name not in own or own[name].shape != value.shape:
+                        raise RecforgeError(f"pretrained '{name}' {tuple(value.shape)} does not fit this model")
+                    own[name].copy_(value)
+        self.predict.weight.copy_(torch.cat([alpha * gmf_state["predict.weight"], (1 - alpha) * mlp_state["predict.weight"]], dim=1))
+        self.predict.bias.copy_(alpha * gmf_state["predict.bias"] + (1 - alpha) * mlp_state["predict.bias"])
+
+
+def gmf(num_users: int, num_items: int, cfg: NCFConfig) -> NCF:
+    return NCF(num_users, num_items, cfg, gmf=True, use_mlp=False)
+
+
+def mlp_model(num_users: int, num_items: int, cfg: NCFConfig) -> NCF:
+    return NCF(num_users, num_items, cfg, gmf=False, use_mlp=True)
+
+
+def neumf(num_users: int, num_items: int, cfg: NCFConfig) -> NCF:
+    return NCF(num_users, num_items, cfg, gmf=True, use_mlp=True)

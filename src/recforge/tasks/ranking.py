@@ -1,0 +1,141 @@
+"""Ranking from implicit feedback (the NCF family).
+
+Training: every epoch, the positives plus `negative_samples` uniform negatives per positive,
+scored pointwise with binary cross-entropy. Evaluation: each user's held-out item is ranked
+against `valid_negative` sampled true negatives (the NCF protocol) or against every item the
+user has not interacted with in training (`--eval-protocol full`). Under torchrun every user is
+evaluated by exactly one rank and the per-rank sums are added up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recforge.config import RunConfig
+from recforge.data.batches import ImplicitEpochs
+from recforge.data.cache import prepare
+from recforge.data.implicit import LeaveOneOutData
+from recforge.data.sampling import sample_eval_negatives
+from recforge.errors import RecforgeError
+from recforge.files import atomic_write
+from recforge.metrics.ranking import hit_and_ndcg, rank_among_all, rank_among_sampled
+from recforge.train.distributed import Dist
+from recforge.train.precision import autocast
+
+
+def eval_negatives(data: LeaveOneOutData, cache_path: Path, per_user: int, seed: int) -> np.ndarray:
+    """The source's own evaluation negatives, else sampled once per (count, seed) and cached."""
+    if data.eval_negatives is not None:
+        return data.eval_negatives
+    path = cache_path / f"eval_negatives_n{per_user}_seed{seed}.npy"
+    if not path.exists():
+        counts = np.diff(data.user_offsets) + 1
+        negatives = sample_eval_negatives(data.interaction_keys(), counts, data.num_items, per_user, seed)
+        atomic_write(path, lambda f: np.save(f, negatives, allow_pickle=False), mode="wb")
+    return np.load(path, mmap_mode="c")
+
+
+class RankingTask:
+    def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
+        self.cfg, self.device, self.dist = cfg, device, dist
+        with dist.main_first():  # rank 0 prepares and caches; the others then read the cache
+            self.data, self.cache_path = prepare(cfg.data, log=log)
+            sampled = cfg.eval.eval_protocol == "sampled"
+            negatives = eval_negatives(self.data, self.cache_path, cfg.eval.valid_negative, cfg.train.seed) if sampled else None
+        data = self.data
+        if data.eval_negatives is not None and sampled and cfg.eval.valid_negative != data.eval_negatives.shape[1]:
+            log(f"note: {cfg.data.dataset} brings {data.eval_negatives.shape[1]} negatives per user; --valid-negative is ignored")
+        most = int(np.diff(data.user_offsets).max(initial=0)) + 1
+        if cfg.train.verify_negatives and most >= data.num_items:
+            raise RecforgeError("--verify-negatives: a user has interacted with every item; no negatives exist")
+        self.epochs = ImplicitEpochs(
+            data.train_users, data.train_items, data.num_items, cfg.train.negative_samples, device,
+            cfg.train.seed, data.interaction_keys() if cfg.train.verify_negatives else None,
+        )
+        self.test_items = torch.as_tensor(np.asarray(data.test_items), device=device)
+        self.negatives = None if negatives is None else torch.as_tensor(np.asarray(negatives), device=device)
+        self.topk = cfg.eval.topk
+
+    @property
+    def model_dims(self) -> dict:
+        return {"num_users": self.data.num_users, "num_items": self.data.num_items}
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.epochs.samples_per_epoch
+
+    @property
+    def primary_metric(self) -> str:
+        return f"HR@{self.topk}"
+
+    def train_batches(self, epoch: int, batch_size: int):
+        return self.epochs.batches(epoch, batch_size, self.dist.rank, self.dist.world)
+
+    def _score(self, model, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores [len(users), items per user] for each user against its row of `items`."""
+        width = items.shape[1]
+        batch = {"user": users.repeat_interleave(width), "item": items.reshape(-1)}
+        with autocast(self.device, self.cfg.train.precision):
+            return model(batch).float().view(-1, width)
+
+    @torch.no_grad()
+    def evaluate(self, model) -> tuple[dict, int]:
+        """Metrics over all users (summed across ranks) and the number of pairs this rank scored."""
+        was_training = model.training
+        model.eval()
+        num_users, num_items = self.data.num_users, self.data.num_items
+        lo, hi = num_users * self.dist.rank // self.dist.world, num_users * (self.dist.rank + 1) // self.dist.world
+        full = self.negatives is None
+        width = num_items if full else 1 + self.negatives.shape[1]
+        step = max(1, self.cfg.eval.eval_batch_size // width)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # hits, ndcg, users
+        offsets = self.data.user_offsets
+        for start in range(lo, hi, step):
+            stop = min(hi, start + step)
+            users = torch.arange(start, stop, device=self.device)
+            held_out = self.test_items[start:stop]
+            if full:
+                scores = self._score(model, users, torch.arange(num_items, device=self.device).expand(stop - start, -1))
+                seen = torch.as_tensor(np.asarray(self.data.train_items[offsets[start] : offsets[stop]]), device=self.device)
+                rows = torch.repeat_interleave(torch.as_tensor(np.diff(offsets[start : stop + 1]), device=self.device))
+                scores[rows, seen.to(torch.int64)] = float("-inf")
+                rank = rank_among_all(scores, held_out)
+            else:
+                candidates = torch.cat([held_out.view(-1, 1), self.negatives[start:stop]], dim=1)
+                rank = rank_among_sampled(self._score(model, users, candidates))
+            hit, ndcg = hit_and_ndcg(rank, self.topk)
+            totals += torch.stack([hit.sum(), ndcg.sum(), torch.tensor(float(stop - start), dtype=torch.float64, device=self.device)])
+        self.dist.all_reduce_sum(totals)
+        model.train(was_training)
+        hits, ndcg, users = totals.tolist()
+        metrics = {f"HR@{self.topk}": hits / users, f"NDCG@{self.topk}": ndcg / users, "eval_users": int(users)}
+        return metrics, (hi - lo) * width
+
+    @torch.no_grad()
+    def recommend(self, model, raw_user: str, k: int) -> list[dict]:
+        """Top-k items by score among those the user has not interacted with in training."""
+        ids = self.data.user_ids
+        try:
+            key = ids.dtype.type(raw_user)
+        except ValueError:
+            key = None
+        found = np.flatnonzero(ids == key) if key is not None else np.array([])
+        if not found.size:
+            raise RecforgeError(f"user '{raw_user}' is not in the prepared {self.cfg.data.dataset} data")
+        user = int(found[0])
+        model.eval()
+        scores = self._score(model, torch.tensor([user], device=self.device),
+                             torch.arange(self.data.num_items, device=self.device).view(1, -1))[0]
+        offsets = self.data.user_offsets
+        seen = np.asarray(self.data.train_items[offsets[user] : offsets[user + 1]])
+        scores[torch.as_tensor(seen, device=self.device).to(torch.int64)] = float("-inf")
+        top = scores.topk(min(k, self.data.num_items - len(seen)))
+        titles = self.data.item_titles
+        return [
+            {"rank": r + 1, "item": self.data.item_ids[i].item(), "score": float(s),
+             **({"title": str(titles[i])} if titles is not None else {})}
+            for r, (i, s) in enumerate(zip(top.indices.tolist(), top.values.tolist()))
+        ]
