@@ -68,7 +68,7 @@ class EvalConfig:
     topk: int = 10
     valid_negative: int = 99  # sampled evaluation: negatives per held-out item
     eval_protocol: Literal["sampled", "full"] = "sampled"
-    eval_batch_size: int = 1 << 20  # (user, item) pairs scored per forward pass
+    eval_batch_size: int = 1 << 18  # (user, item) pairs scored per forward pass
     eval_after: int = 0  # evaluate only after this many epochs
     hr_threshold: float | None = None  # stop once HR@topk reaches it (MLPerf: 0.635)
 

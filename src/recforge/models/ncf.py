@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recforge.errors import RecforgeError
@@ -55,8 +56,23 @@ class NCF(nn.Module):
         if self.gmf_user is not None:
             parts.append(self.gmf_user(user) * self.gmf_item(item))
         if self.mlp is not None:
-            parts.append(self.mlp(torch.cat([self.mlp_user(user), self.mlp_item(item)], dim=1)))
+            parts.append(self.mlp[1:](self._mlp_first_layer(user, item)))
         return self.predict(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).squeeze(1)
+
+    def _mlp_first_layer(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """The MLP's first Linear over [user embedding, item embedding].
+
+        It is linear in each half, so when the batch has more rows than the two tables it is
+        cheaper to project the tables once, (E_u W_u^T)[user] + (E_i W_i^T)[item] + b, than every
+        row of the batch: the same function and gradients with fewer FLOPs.
+        """
+        first = self.mlp[0]
+        if user.numel() < self.mlp_user.num_embeddings + self.mlp_item.num_embeddings:
+            return first(torch.cat([self.mlp_user(user), self.mlp_item(item)], dim=1))
+        width = self.mlp_user.embedding_dim
+        user_part = F.linear(self.mlp_user.weight, first.weight[:, :width])
+        item_part = F.linear(self.mlp_item.weight, first.weight[:, width:])
+        return user_part.index_select(0, user).add_(item_part.index_select(0, item)).add_(first.bias)
 
     def warm_start(self, cfg: NCFConfig) -> None:
         """Called by the loop on a fresh (not resumed) run: the paper's pretraining, if asked."""
