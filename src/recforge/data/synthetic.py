@@ -29,9 +29,17 @@ def interaction_counts(rng: np.random.Generator, users: int, items: int, total: 
     if total < users * floor:
         raise RecforgeError(f"synthetic: {total} interactions cannot give {users} users {floor} each")
     weights = rng.lognormal(mean=0.0, sigma=1.0, size=users)
-    counts = floor + np.floor((total - users * floor) * weights / weights.sum()).astype(np.int64)
-    counts[: total - counts.sum()] += 1  # hand out the rounding remainder
-    return np.minimum(counts, cap)
+    counts = np.full(users, floor, dtype=np.int64)
+    for _ in range(20):  # share out what is left among users below the cap
+        left = min(total, users * cap) - counts.sum()
+        open_ = counts < cap
+        if left <= 0 or not open_.any():
+            break
+        share = np.floor(left * weights * open_ / (weights * open_).sum()).astype(np.int64)
+        if share.sum() == 0:  # rounding remainder: one each to the heaviest open users
+            share[np.argsort(-weights * open_)[:left]] = 1
+        counts = np.minimum(counts + share, cap)
+    return counts
 
 
 def generate(cfg: DataConfig) -> RawInteractions:
@@ -52,21 +60,32 @@ def generate(cfg: DataConfig) -> RawInteractions:
     cdf /= cdf[:, -1:]
     group = rng.integers(0, TASTE_GROUPS, size=users)
 
-    # Oversample with replacement, keep each user's first `count` distinct items.
-    draws = np.ceil(counts * 1.6).astype(np.int64) + 8
-    draw_user = np.repeat(np.arange(users), draws)
+    # Sequential draws without replacement: draw with replacement, keep each user's first `count`
+    # distinct items. Users left short (narrow tastes repeat items) are drawn exactly instead,
+    # by the Gumbel top-k trick over their group's logits.
+    draw_user = np.repeat(np.arange(users), np.ceil(counts * 1.6).astype(np.int64) + 8)
     uniform = rng.random(draw_user.size)
     draw_item = np.empty(draw_user.size, dtype=np.int64)
     for g in range(TASTE_GROUPS):  # one vectorized search per taste group
         rows = group[draw_user] == g
         draw_item[rows] = np.searchsorted(cdf[g], uniform[rows], side="right").clip(max=items - 1)
     _, first = np.unique(draw_user * items + draw_item, return_index=True)
-    first.sort()  # draws are user-major, so this orders by (user, draw order)
+    first.sort()  # draws are user-major: this orders by (user, draw order)
     kept_user = draw_user[first]
-    starts = np.searchsorted(kept_user, np.arange(users))
-    rank = np.arange(first.size) - starts[kept_user]
+    rank = np.arange(first.size) - np.searchsorted(kept_user, kept_user)
     first = first[rank < counts[kept_user]]
-    user, item = draw_user[first], draw_item[first]
+    short = np.bincount(draw_user[first], minlength=users) < counts
+    first = first[~short[draw_user[first]]]
+    user_parts, item_parts = [draw_user[first]], [draw_item[first]]
+    for chunk in np.array_split(np.flatnonzero(short), max(1, int(short.sum()) * items // (1 << 22))):
+        keys = logits[group[chunk]] + rng.gumbel(size=(chunk.size, items))
+        order = np.argsort(-keys, axis=1)
+        take = np.arange(items) < counts[chunk][:, None]
+        user_parts.append(np.broadcast_to(chunk[:, None], order.shape)[take])
+        item_parts.append(order[take])
+    user, item = np.concatenate(user_parts), np.concatenate(item_parts)
+    ordered = np.argsort(user, kind="stable")
+    user, item = user[ordered], item[ordered]
 
     # Ratings follow affinity (1..5 with MovieLens-like shares); timestamps are random per user.
     score = affinity[group[user], item] + rng.normal(0.0, 0.7, size=user.size)

@@ -1,0 +1,21 @@
+"""Item popularity: the baseline every ranking model must beat."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ItemPopularity(nn.Module):
+    """Scores an item by its number of training interactions, whoever the user is."""
+
+    task = "ranking"
+
+    def __init__(self, train_items: np.ndarray, num_items: int):
+        super().__init__()
+        counts = np.bincount(np.asarray(train_items), minlength=num_items)
+        self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.float32))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.counts[batch["item"]]
