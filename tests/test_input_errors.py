@@ -103,14 +103,12 @@ def test_csv_non_numeric_rating_with_string_ids(tmp_path):
     assert one_line(info.value) == f"{tmp_path / 'a.csv'}:4: field 'stars': not a number: 'five'"
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: an empty string id is read as the id '' (pyarrow strings_can_be_null is off), not as a missing value")
 def test_csv_empty_string_user_id(tmp_path):
     with pytest.raises(DataError) as info:
         read_csv(tmp_path, "a.csv", "customer,sku,stars,when\nalice,A1,5,10\nbob,B2,3,20\n,B2,4,30\n", **NAMED)
     assert one_line(info.value) == f"{tmp_path / 'a.csv'}:4: field 'customer': missing value"
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: blank lines are skipped by pyarrow and not counted, so the reported line is too small")
 @pytest.mark.parametrize("bad_row", ["3,30,4,", "3,30,x,300", "3,30"], ids=["missing", "not-a-number", "too-few-fields"])
 def test_csv_line_numbers_count_blank_lines(tmp_path, bad_row):
     with pytest.raises(DataError) as info:
@@ -142,7 +140,6 @@ def test_parquet_missing_value(tmp_path):
     assert text.startswith(f"{tmp_path / 'e.parquet'}:") and "field 'customer': missing value" in text
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: read_parquet puts pyarrow's multi-line schema dump into the message and names no field")
 def test_parquet_missing_configured_column(tmp_path):
     pq.write_table(pa.table({"customer": ["a", "b"], "sku": ["x", "y"], "when": [1, 2]}), tmp_path / "e.parquet")
     with pytest.raises(DataError) as info:
@@ -151,7 +148,6 @@ def test_parquet_missing_configured_column(tmp_path):
     one_line(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: a non-UTF-8 id column is read as binary and the cast to string raises a bare pyarrow ArrowInvalid")
 def test_csv_non_utf8_id(tmp_path):
     (tmp_path / "a.csv").write_bytes("customer,sku\nab,x\ncd,caf\xe9\n".encode("latin-1"))
     cfg = DataConfig(dataset="csv", data_dir=str(tmp_path), data_file="a.csv", user_column="customer", item_column="sku", rating_column=None, timestamp_column=None)
@@ -207,7 +203,6 @@ def test_ncf_test_rating_users_out_of_order(tmp_path):
     assert one_line(info.value).startswith(f"{tmp_path / 't.test.rating'}:2: field 'user':")
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: a test.negative longer than test.rating crashes with a numpy broadcast ValueError")
 def test_ncf_negative_file_longer_than_test_rating(tmp_path):
     cfg = write_triple(tmp_path, "(0,4)\t5\t7\n(1,6)\t2\t7\n(2,0)\t6\t7\n(3,1)\t6\t7\n")
     with pytest.raises(DataError) as info:

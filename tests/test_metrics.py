@@ -36,6 +36,13 @@ def test_hit_and_ndcg_values():
     assert ndcg.mean().item() == pytest.approx(sum(expected) / 6)
 
 
+def test_negatives_repeating_the_held_out_item_are_not_counted():
+    scores = torch.tensor([[0.5, 0.5, 0.7, 0.1]])  # negative 0 is the held-out item again
+    items = torch.tensor([[3, 3, 8, 9]])
+    assert rank_among_sampled(scores).item() == 2
+    assert rank_among_sampled(scores, items[:, 1:] != items[:, :1]).item() == 1
+
+
 def test_nan_scores_are_the_lowest():
     assert rank_among_sampled(torch.tensor([[float("nan"), 0.1, 0.2]])).item() == 2
     assert rank_among_sampled(torch.tensor([[0.3, float("nan"), 0.2]])).item() == 0

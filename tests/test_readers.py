@@ -475,7 +475,6 @@ def test_leave_one_out_errors():
         leave_one_out(raw_from_rows(LOO_ROWS), min_user_interactions=5)
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: string ids that look like integers are parsed as integers, so '007' and '7' become one item")
 def test_csv_zero_padded_string_ids_stay_distinct(tmp_path):
     (tmp_path / "p.csv").write_text("user,item\nA,007\nA,7\nB,007\n")
     raw = interaction_file.read(csv_cfg(tmp_path, "p.csv", user_column="user", item_column="item", rating_column=None, timestamp_column=None))

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from recforge.config import DataConfig
 from recforge.data.implicit import RawInteractions
-from recforge.data.tabular import read_delimited, read_parquet, require_file, to_numpy
+from recforge.data.tabular import ids_to_numpy, read_delimited, read_parquet, require_file, to_numpy
 from recforge.errors import RecforgeError
 
 
@@ -37,7 +37,7 @@ def sources(cfg: DataConfig) -> list[Path]:
 
 def read(cfg: DataConfig) -> RawInteractions:
     path = interaction_path(cfg)
-    wanted = {cfg.user_column: None, cfg.item_column: None}
+    wanted = {cfg.user_column: pa.string(), cfg.item_column: pa.string()}
     if cfg.rating_column:
         wanted[cfg.rating_column] = pa.float32()
     if cfg.timestamp_column:
@@ -47,12 +47,15 @@ def read(cfg: DataConfig) -> RawInteractions:
     else:
         delimiter = "\t" if path.suffix == ".tsv" and cfg.separator == "," else cfg.separator
         table = read_delimited(path, delimiter=delimiter, columns=wanted)
-    timestamps = to_numpy(table.column(cfg.timestamp_column)) if cfg.timestamp_column else None
-    if timestamps is not None and not hasattr(timestamps, "dtype"):
-        raise RecforgeError(f"{path}: column '{cfg.timestamp_column}' holds text, not numbers or dates")
+    timestamps = None
+    if cfg.timestamp_column:
+        try:
+            timestamps = to_numpy(table.column(cfg.timestamp_column))
+        except TypeError:
+            raise RecforgeError(f"{path}: field '{cfg.timestamp_column}': holds text, not numbers or dates") from None
     return RawInteractions(
-        users=to_numpy(table.column(cfg.user_column)),
-        items=to_numpy(table.column(cfg.item_column)),
+        users=ids_to_numpy(table.column(cfg.user_column)),
+        items=ids_to_numpy(table.column(cfg.item_column)),
         ratings=table.column(cfg.rating_column).to_numpy() if cfg.rating_column else None,
         timestamps=timestamps,
     )

@@ -64,9 +64,10 @@ def read_test(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(negative_path, line, "pair", "expected '(user,item)'")
     pair_users = pc.struct_field(pair, "user").cast(pa.int64()).to_numpy()
     pair_items = pc.struct_field(pair, "item").cast(pa.int64()).to_numpy()
-    mismatch = (pair_users != users[: len(pair_users)]) | (pair_items != items[: len(pair_items)])
+    common = min(len(pair_users), len(users))
+    mismatch = (pair_users[:common] != users[:common]) | (pair_items[:common] != items[:common])
     if len(pair_users) != len(users) or mismatch.any():
-        line = int(np.flatnonzero(mismatch)[0]) + 1 if mismatch.any() else len(pair_users) + 1
+        line = int(np.flatnonzero(mismatch)[0]) + 1 if mismatch.any() else common + 1
         raise DataError(negative_path, line, "pair", f"does not match line {line} of {rating_path.name}")
     negatives = np.stack([table.column(n).to_numpy() for n in names[1:]], axis=1)
     return items, negatives

@@ -14,10 +14,15 @@ def _clean(scores: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(scores.float(), nan=float("-inf"))
 
 
-def rank_among_sampled(scores: torch.Tensor) -> torch.Tensor:
-    """Rank (0 = best) of column 0, the held-out item, in each row of [users, 1 + negatives]."""
+def rank_among_sampled(scores: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank (0 = best) of column 0, the held-out item, in each row of [users, 1 + negatives].
+
+    `counted` [users, negatives] can exclude negatives from the count, e.g. those that are the
+    held-out item itself (the NCF paper's files hold such repeats; its evaluation ignored them).
+    """
     scores = _clean(scores)
-    return (scores[:, 1:] >= scores[:, :1]).sum(dim=1)
+    above = scores[:, 1:] >= scores[:, :1]
+    return (above & counted if counted is not None else above).sum(dim=1)
 
 
 def rank_among_all(scores: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:

@@ -104,8 +104,9 @@ class RankingTask:
                 scores[rows, seen.to(torch.int64)] = float("-inf")
                 rank = rank_among_all(scores, held_out)
             else:
-                candidates = torch.cat([held_out.view(-1, 1), self.negatives[start:stop]], dim=1)
-                rank = rank_among_sampled(self._score(model, users, candidates))
+                negatives = self.negatives[start:stop]
+                candidates = torch.cat([held_out.view(-1, 1), negatives], dim=1)
+                rank = rank_among_sampled(self._score(model, users, candidates), negatives != held_out.view(-1, 1))
             hit, ndcg = hit_and_ndcg(rank, self.topk)
             totals += torch.stack([hit.sum(), ndcg.sum(), torch.tensor(float(stop - start), dtype=torch.float64, device=self.device)])
         self.dist.all_reduce_sum(totals)
