@@ -3,13 +3,14 @@
 Items have power-law popularity. Users belong to latent taste groups: group g picks item i with
 probability proportional to popularity(i) * exp(strength * <taste_g, factors_i>), so a model
 that learns user and item factors beats a popularity ranking. Users' interaction counts are
-log-normal with a floor of 20, as MovieLens keeps only users with 20+ ratings. Generation is
-vectorized (inverse-CDF draws, one sort to deduplicate) and takes seconds at ml-20m size.
+log-normal with a floor of 20, as MovieLens keeps only users with 20+ ratings. Each user's items
+are drawn without replacement by exponential races, vectorized over chunks of users.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from recforge.config import DataConfig
 from recforge.data.implicit import RawInteractions
@@ -42,6 +43,29 @@ def interaction_counts(rng: np.random.Generator, users: int, items: int, total: 
     return counts
 
 
+def sample_without_replacement(logits: np.ndarray, group: np.ndarray, counts: np.ndarray, seed: int):
+    """For each user u, `counts[u]` distinct items drawn in sequence with probabilities
+    softmax(logits[group[u]]) renormalised after each draw: the `counts[u]` smallest of
+    E_i / p_i with E_i ~ Exp(1) (the exponential-races form of the Gumbel top-k trick).
+    Exact, and chunked over users sorted by count so each chunk's top-k is tight."""
+    users, items = len(group), logits.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    inverse_p = torch.from_numpy(np.exp(-(logits - logits.max(axis=1, keepdims=True)))).float()
+    order = np.argsort(-counts, kind="stable")
+    user_parts, item_parts = [], []
+    for chunk in np.array_split(order, max(1, users * items // (1 << 24))):
+        k = int(counts[chunk].max())
+        race = torch.rand((chunk.size, items), generator=generator).log_().neg_()  # Exp(1), faster than exponential_
+        race.mul_(inverse_p[torch.from_numpy(group[chunk])])
+        winners = race.topk(k, dim=1, largest=False, sorted=True).indices.numpy()
+        take = np.arange(k) < counts[chunk][:, None]
+        user_parts.append(np.broadcast_to(chunk[:, None], winners.shape)[take])
+        item_parts.append(winners[take])
+    user, item = np.concatenate(user_parts), np.concatenate(item_parts).astype(np.int64)
+    by_user = np.argsort(user, kind="stable")
+    return user[by_user], item[by_user]
+
+
 def generate(cfg: DataConfig) -> RawInteractions:
     users, items, total = cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_interactions
     if min(users, items) < 2:
@@ -55,37 +79,8 @@ def generate(cfg: DataConfig) -> RawInteractions:
     tastes = rng.standard_normal((TASTE_GROUPS, FACTORS))
     affinity = tastes @ item_factors.T / np.sqrt(FACTORS)  # [groups, items]
     logits = np.log(popularity) + STRENGTH * affinity
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    cdf = np.cumsum(probs, axis=1)
-    cdf /= cdf[:, -1:]
     group = rng.integers(0, TASTE_GROUPS, size=users)
-
-    # Sequential draws without replacement: draw with replacement, keep each user's first `count`
-    # distinct items. Users left short (narrow tastes repeat items) are drawn exactly instead,
-    # by the Gumbel top-k trick over their group's logits.
-    draw_user = np.repeat(np.arange(users), np.ceil(counts * 1.6).astype(np.int64) + 8)
-    uniform = rng.random(draw_user.size)
-    draw_item = np.empty(draw_user.size, dtype=np.int64)
-    for g in range(TASTE_GROUPS):  # one vectorized search per taste group
-        rows = group[draw_user] == g
-        draw_item[rows] = np.searchsorted(cdf[g], uniform[rows], side="right").clip(max=items - 1)
-    _, first = np.unique(draw_user * items + draw_item, return_index=True)
-    first.sort()  # draws are user-major: this orders by (user, draw order)
-    kept_user = draw_user[first]
-    rank = np.arange(first.size) - np.searchsorted(kept_user, kept_user)
-    first = first[rank < counts[kept_user]]
-    short = np.bincount(draw_user[first], minlength=users) < counts
-    first = first[~short[draw_user[first]]]
-    user_parts, item_parts = [draw_user[first]], [draw_item[first]]
-    for chunk in np.array_split(np.flatnonzero(short), max(1, int(short.sum()) * items // (1 << 22))):
-        keys = logits[group[chunk]] + rng.gumbel(size=(chunk.size, items))
-        order = np.argsort(-keys, axis=1)
-        take = np.arange(items) < counts[chunk][:, None]
-        user_parts.append(np.broadcast_to(chunk[:, None], order.shape)[take])
-        item_parts.append(order[take])
-    user, item = np.concatenate(user_parts), np.concatenate(item_parts)
-    ordered = np.argsort(user, kind="stable")
-    user, item = user[ordered], item[ordered]
+    user, item = sample_without_replacement(logits, group, counts, cfg.synthetic_seed)
 
     # Ratings follow affinity (1..5 with MovieLens-like shares); timestamps are random per user.
     score = affinity[group[user], item] + rng.normal(0.0, 0.7, size=user.size)
