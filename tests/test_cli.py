@@ -151,3 +151,14 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     e1, e2 = (json.loads((tmp_path / f).read_text())["metrics"] for f in ("e1.json", "e2.json"))
     assert e2["eval_users"] == e1["eval_users"] == double[-1]["eval_users"]
     assert e2["HR@10"] == pytest.approx(e1["HR@10"], abs=1e-12) and e2["NDCG@10"] == pytest.approx(e1["NDCG@10"], abs=1e-12)
+
+
+@pytest.mark.parametrize("flags", [["--precision", "bf16"], ["--precision", "fp16"], ["--compile"]], ids=["bf16", "fp16", "compile"])
+def test_precisions_and_compile_train_and_learn(tmp_path, flags):
+    result = run_cli("train", *tiny_synthetic_args(tmp_path, epochs=4), *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["train_loss"] == m["train_loss"] for m in metrics)  # finite, not NaN
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert max(m["HR@10"] for m in metrics) > 0.2  # a random ranking of 100 candidates gets 0.1
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["precision"] == (flags[1] if len(flags) > 1 else "fp32")

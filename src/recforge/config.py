@@ -53,6 +53,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    weight_decay: float = 0.0  # L2 penalty on all parameters (Adam's weight_decay)
     negative_samples: int = 4  # per positive, drawn afresh every epoch
     verify_negatives: bool = False  # resample negatives that are known positives
     seed: int = 1

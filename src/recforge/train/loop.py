@@ -46,7 +46,8 @@ def build_model(cfg: RunConfig, dims: dict, device: torch.device) -> torch.nn.Mo
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     t = cfg.train
     # The fused kernel updates all parameters in one pass (CPU and GPU, torch >= 2.4).
-    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps,
+                            weight_decay=t.weight_decay, fused=True)
 
 
 class RunDir:

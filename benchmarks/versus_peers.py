@@ -1,0 +1,90 @@
+"""Side-by-side speed against the peer systems of ../shared/peers, alternating runs in one session
+(the machine is noisy: compare medians and per-round ratios, not single runs).
+
+    python benchmarks/versus_peers.py w1 --reps 3      # RecBole NeuMF vs recforge fp32 / bf16 on W1
+
+Needs the peers installed and W1 generated (../shared/peers/README.md: setup.sh, make_data.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = Path(os.environ.get("PEERS", ROOT.parent / "shared" / "peers"))
+DATA = Path(os.environ.get("PEERS_DATA", "/opt/peers-data"))
+RESULT = re.compile(r"^RESULT peer=(\S+) workload=(\S+) samples_per_s=([\d.]+) metric=([^:]+):([\d.]+) wall_s=([\d.]+)(.*)$", re.M)
+
+
+def peer(script: str) -> dict:
+    out = subprocess.run([str(PEERS / script)], capture_output=True, text=True).stdout
+    match = RESULT.findall(out)
+    if not match:
+        raise SystemExit(f"{script} printed no RESULT line:\n{out[-2000:]}")
+    name, workload, rate, metric, value, wall, rest = match[-1]
+    return {"system": name, "samples_per_s": float(rate), metric: float(value), "wall_s": float(wall), "extra": rest.strip()}
+
+
+def recforge(config: str, flags: list[str], label: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "recforge", "train", "--config", str(ROOT / config),
+                   "--output-dir", f"{tmp}/run", "--threads", "2", *flags]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            raise SystemExit(result.stderr[-2000:])
+        summary = json.loads(Path(f"{tmp}/run/summary.json").read_text())
+    return {"system": label, "samples_per_s": summary["train_samples_per_s"], **summary["metrics"],
+            "wall_s": summary["epoch_time_avg_s"]}
+
+
+WORKLOADS = {
+    "w1": {
+        "peers": [("recbole", "run_recbole_w1.sh")],
+        "ours": [("recforge-fp32", "configs/recbole-neumf.yaml", ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "fp32"]),
+                 ("recforge-bf16", "configs/recbole-neumf.yaml", ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "bf16"])],
+        "metric": "HR@10",
+    },
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("workload", choices=list(WORKLOADS))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", help="JSON file for the raw rows")
+    args = parser.parse_args()
+    spec = WORKLOADS[args.workload]
+    rows = []
+    for rep in range(1, args.reps + 1):  # alternate: peer, ours, ours, ... every round
+        for name, script in spec["peers"]:
+            rows.append({"round": rep, **peer(script)})
+            print(json.dumps(rows[-1]), flush=True)
+        for label, config, flags in spec["ours"]:
+            rows.append({"round": rep, **recforge(config, flags, label)})
+            print(json.dumps(rows[-1]), flush=True)
+    metric = spec["metric"]
+    baseline = spec["peers"][0][0]
+    print(f"\n{args.workload}, {args.reps} rounds, {time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.1f}")
+    print(f"| system | samples/s (median) | min..max | ratio to {baseline} (median of rounds) | {metric} |")
+    print("|---|---|---|---|---|")
+    for system in dict.fromkeys(r["system"] for r in rows):
+        mine = [r for r in rows if r["system"] == system]
+        rates = [r["samples_per_s"] for r in mine]
+        ratios = [r["samples_per_s"] / next(p["samples_per_s"] for p in rows if p["system"] == baseline and p["round"] == r["round"]) for r in mine]
+        quality = statistics.median(r.get(metric, float("nan")) for r in mine)
+        print(f"| {system} | {statistics.median(rates):,.0f} | {min(rates):,.0f}..{max(rates):,.0f} | {statistics.median(ratios):.2f}x | {quality:.4f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
