@@ -43,7 +43,7 @@ def build_model(cfg: RunConfig, dims: dict, device: torch.device) -> torch.nn.Mo
     return model_entry(cfg.model).build(**dims, cfg=cfg.arch).to(device)
 
 
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     # The fused kernel updates all parameters in one pass (CPU and GPU, torch >= 2.4).
     return torch.optim.Adam(model.parameters(), lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps,
@@ -59,6 +59,7 @@ class RunDir:
         self.last, self.best = self.path / "checkpoints" / "last.pt", self.path / "checkpoints" / "best.pt"
 
     def start(self, cfg: RunConfig, resumed_epoch: int | None) -> None:
+        """Write config.yaml; on a fresh run refuse to overwrite an earlier one."""
         if not self.enabled:
             return
         if resumed_epoch is None and (self.metrics.exists() or self.last.exists()):
@@ -98,90 +99,46 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
     torch.manual_seed(t.seed)
     task = build_task(cfg, device, dist, log)
     model = build_model(cfg, task.model_dims, device)
-    optimizer = make_optimizer(cfg, model, device)
+    optimizer = make_optimizer(cfg, model)
     scaler = grad_scaler(device, t.precision)
     run = RunDir(cfg.output_dir, dist.is_main)
-
-    history = {"epochs": [], "best_epoch": None, "best_metrics": None, "first_epoch_at_threshold": None, "train_s": 0.0, "eval_s": 0.0, "wall_s": 0.0, "eval_pairs": 0}
-    start_epoch = 0
-    checkpoint = load_checkpoint(run.last) if t.resume and run.last.exists() else None
-    if checkpoint is not None:
-        saved = checkpoint["config"]
-        for key in MUST_MATCH_ON_RESUME:
-            if saved[key] != cfg.to_dict()[key]:
-                raise RecforgeError(f"--resume: '{key}' differs from the run in {cfg.output_dir}; resume with the same settings")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"])
-        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
-        log(f"resuming {cfg.output_dir} after epoch {start_epoch}")
-    else:
-        if t.resume:
-            log(f"--resume: no checkpoint in {run.last.parent}; starting from scratch")
-        if hasattr(model, "warm_start"):
-            model.warm_start(cfg.arch)
-    run.start(cfg, start_epoch if checkpoint is not None else None)
+    start_epoch, history = _restore(cfg, run, model, optimizer, scaler, log)
 
     wrapped = model
     if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
         wrapped = torch.compile(wrapped)
 
-    metric = task.primary_metric
-    threshold = cfg.eval.hr_threshold
+    metric, threshold = task.primary_metric, cfg.eval.hr_threshold
     log(f"{cfg.model} on {cfg.data.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{task.samples_per_epoch:,} samples/epoch, batch {t.batch_size:,}, {t.precision}, {device}"
         + (f", {dist.world} processes" if dist.enabled else ""))
     wall_start = time.perf_counter() - history["wall_s"]
     for epoch in range(start_epoch + 1, t.epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        progress = Progress(task.samples_per_epoch, f"epoch {epoch}", dist.is_main)
-        begin = time.perf_counter()
-        for batch, global_size in task.train_batches(epoch, t.batch_size):
-            with autocast(device, t.precision):
-                logits = wrapped(batch)
-            # Sum over the local slice, scaled so DDP's gradient average equals the global mean.
-            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"], reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss * (dist.world / global_size)).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach()
-            progress.update(global_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_s = time.perf_counter() - begin
-        progress.close()
-        loss_mean = dist.all_reduce_sum(loss_sum).item() / task.samples_per_epoch
+        loss_mean, train_s = _train_epoch(wrapped, optimizer, scaler, task, epoch, cfg, device, dist)
         if not torch.isfinite(torch.tensor(loss_mean)):
             raise RecforgeError(f"epoch {epoch}: training loss is not finite; lower --learning-rate (last good checkpoint: {run.last})")
-
         record = {"epoch": epoch, "train_loss": loss_mean, "train_s": train_s, "train_samples_per_s": task.samples_per_epoch / train_s}
         improved = False
         if epoch > cfg.eval.eval_after or epoch == t.epochs:
             begin = time.perf_counter()
             metrics, pairs = task.evaluate(model)
-            eval_s = time.perf_counter() - begin
-            history["eval_s"] += eval_s
+            record.update(metrics, eval_s=time.perf_counter() - begin)
+            history["eval_s"] += record["eval_s"]
             history["eval_pairs"] += pairs * dist.world
-            record.update(metrics, eval_s=eval_s)
             best = history["best_metrics"]
             improved = best is None or metrics[metric] > best[metric]
             if improved:
-                history["best_epoch"], history["best_metrics"] = epoch, {k: v for k, v in metrics.items()}
+                history["best_epoch"], history["best_metrics"] = epoch, dict(metrics)
             if threshold is not None and metrics[metric] >= threshold and history["first_epoch_at_threshold"] is None:
                 history["first_epoch_at_threshold"] = epoch
         history["train_s"] += train_s
         history["epochs"].append({"epoch": epoch, "train_s": train_s})
-        history["wall_s"] = time.perf_counter() - wall_start
-        record["time_s"] = history["wall_s"]
+        history["wall_s"] = record["time_s"] = time.perf_counter() - wall_start
         run.save(_state(model, optimizer, scaler, epoch, history, cfg, task), best=improved)
         run.log_metrics(record)
-        log(_epoch_line(record, metric, improved))
+        log(_epoch_line(record, improved))
         if history["first_epoch_at_threshold"] is not None:
             log(f"{metric} reached the threshold {threshold} at epoch {epoch}: stopping")
             break
@@ -192,6 +149,53 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
     return summary
 
 
+def _restore(cfg: RunConfig, run: RunDir, model, optimizer, scaler, log) -> tuple[int, dict]:
+    """(last finished epoch, run history): from checkpoints/last.pt with --resume, else a fresh start."""
+    checkpoint = load_checkpoint(run.last) if cfg.train.resume and run.last.exists() else None
+    if checkpoint is None:
+        if cfg.train.resume:
+            log(f"--resume: no checkpoint in {run.last.parent}; starting from scratch")
+        if hasattr(model, "warm_start"):
+            model.warm_start(cfg.arch)
+        run.start(cfg, resumed_epoch=None)
+        return 0, {"epochs": [], "best_epoch": None, "best_metrics": None, "first_epoch_at_threshold": None,
+                   "train_s": 0.0, "eval_s": 0.0, "wall_s": 0.0, "eval_pairs": 0}
+    for key in MUST_MATCH_ON_RESUME:
+        if checkpoint["config"][key] != cfg.to_dict()[key]:
+            raise RecforgeError(f"--resume: '{key}' differs from the run in {cfg.output_dir}; resume with the same settings")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng"])
+    log(f"resuming {cfg.output_dir} after epoch {checkpoint['epoch']}")
+    run.start(cfg, resumed_epoch=checkpoint["epoch"])
+    return checkpoint["epoch"], checkpoint["history"]
+
+
+def _train_epoch(wrapped, optimizer, scaler, task, epoch: int, cfg: RunConfig, device, dist: Dist) -> tuple[float, float]:
+    """One pass over the task's batches: (mean training loss over all ranks, seconds)."""
+    wrapped.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    progress = Progress(task.samples_per_epoch, f"epoch {epoch}", dist.is_main)
+    begin = time.perf_counter()
+    for batch, global_size in task.train_batches(epoch, cfg.train.batch_size):
+        with autocast(device, cfg.train.precision):
+            logits = wrapped(batch)
+        # Sum over the local slice, scaled so DDP's gradient average equals the global mean.
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"], reduction="sum")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss * (dist.world / global_size)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach()
+        progress.update(global_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - begin
+    progress.close()
+    return dist.all_reduce_sum(loss_sum).item() / task.samples_per_epoch, seconds
+
+
 def _state(model, optimizer, scaler, epoch, history, cfg: RunConfig, task) -> dict:
     return {
         "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -200,7 +204,7 @@ def _state(model, optimizer, scaler, epoch, history, cfg: RunConfig, task) -> di
     }
 
 
-def _epoch_line(record: dict, metric: str, improved: bool) -> str:
+def _epoch_line(record: dict, improved: bool) -> str:
     shown = "".join(f", {k} = {v:.4f}" for k, v in record.items() if "@" in k)
     evaluated = f", eval {record['eval_s']:.1f}s" if "eval_s" in record else ""
     return (f"epoch {record['epoch']}: loss {record['train_loss']:.4f}{shown}, train {record['train_s']:.1f}s "
