@@ -22,21 +22,18 @@ commands:
 `recforge <command> --help` lists a command's options."""
 
 
-def _run_parser(prog: str, argv: list[str], extra=None) -> tuple[RunConfig, argparse.Namespace]:
-    """Parse `--config`/`--model` first: the chosen model decides which `arch` flags exist."""
+def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """Parse `--config`/`--model` first: the chosen model decides which `arch` flags exist.
+
+    `base` (a checkpoint's config) takes the place of a YAML preset."""
     from recforge.registry import MODELS, model_entry
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--model")
-    pre.add_argument("--checkpoint")
     known, _ = pre.parse_known_args(argv)
-    file_values, lines, source = {}, {}, "<defaults>"
-    if known.checkpoint:
-        from recforge.train.checkpoint import load_checkpoint
-
-        file_values, source = load_checkpoint(known.checkpoint)["config"], known.checkpoint
-    elif known.config:
+    file_values, lines, source = base or {}, {}, "<checkpoint>" if base else "<defaults>"
+    if known.config and base is None:
         file_values, lines = load_yaml(known.config)
         source = known.config
     model = known.model or file_values.get("model") or RunConfig.model
@@ -45,13 +42,30 @@ def _run_parser(prog: str, argv: list[str], extra=None) -> tuple[RunConfig, argp
         extra(parser)
     else:
         parser.add_argument("--config", help="YAML preset (configs/*.yaml); flags override it")
-    parser.add_argument("--model", choices=list(MODELS), help="model to train (default: neumf)")
-    parser.add_argument("--output-dir", help="run directory (default: runs/latest)")
+        parser.add_argument("--model", choices=list(MODELS), help="model to train (default: neumf)")
+        parser.add_argument("--output-dir", help="run directory (default: runs/latest)")
     add_config_flags(parser, section_classes(model_entry(model).config))
     args = parser.parse_args(argv)
     own = ("config", "checkpoint", "user", "k", "output", "json")
     overrides = {k: v for k, v in vars(args).items() if k not in own and v is not None}
     return build_config(file_values, overrides, source=source, lines=lines), args
+
+
+def _checkpoint_parser(prog: str, argv: list[str], extra) -> tuple[RunConfig, argparse.Namespace, dict]:
+    """For commands that use a checkpoint: its config, with any config flags layered on."""
+    from recforge.train.checkpoint import load_checkpoint
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--checkpoint")
+    known, _ = pre.parse_known_args(argv)
+    checkpoint = load_checkpoint(known.checkpoint) if known.checkpoint else None
+
+    def own_flags(parser):
+        parser.add_argument("--checkpoint", required=True, help="a run's checkpoints/best.pt or last.pt")
+        extra(parser)
+
+    cfg, args = _run_parser(prog, argv, own_flags, base=checkpoint["config"] if checkpoint else None)
+    return cfg, args, checkpoint
 
 
 def cmd_train(argv: list[str]) -> None:
@@ -89,24 +103,22 @@ def cmd_evaluate(argv: list[str]) -> None:
     from recforge.inference import evaluate
 
     def extra(parser):
-        parser.add_argument("--checkpoint", required=True)
         parser.add_argument("--output", help="JSON file (default: evaluation-PROTOCOL.json in the run directory)")
 
-    cfg, args = _run_parser("recforge evaluate", argv, extra)
-    evaluate(args.checkpoint, cfg, args.output)
+    cfg, args, checkpoint = _checkpoint_parser("recforge evaluate", argv, extra)
+    evaluate(checkpoint, args.checkpoint, cfg, args.output)
 
 
 def cmd_recommend(argv: list[str]) -> None:
     from recforge.inference import recommend
 
     def extra(parser):
-        parser.add_argument("--checkpoint", required=True)
         parser.add_argument("--user", required=True, help="raw user id, as in the source data")
         parser.add_argument("--k", type=int, default=10)
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    cfg, args = _run_parser("recforge recommend", argv, extra)
-    rows = recommend(args.checkpoint, args.user, args.k, cfg)
+    cfg, args, checkpoint = _checkpoint_parser("recforge recommend", argv, extra)
+    rows = recommend(checkpoint, args.user, args.k, cfg)
     if args.json:
         print(json.dumps({"user": args.user, "items": rows}))
         return

@@ -9,52 +9,50 @@ from recforge.config import RunConfig, config_from_dict
 from recforge.files import write_json
 from recforge.progress import log_to
 from recforge.registry import build_task
-from recforge.train.checkpoint import load_checkpoint
 from recforge.train.distributed import shutdown
 from recforge.train.loop import build_model, setup
 
 
-def load_run(checkpoint_path: str | Path, cfg: RunConfig | None = None):
-    """Config, device, process group, task and model (with weights) of a checkpoint.
+def load_run(checkpoint: dict, cfg: RunConfig | None = None):
+    """Config, device, process group, task and model (with weights) of a loaded checkpoint.
 
     `cfg` defaults to the checkpoint's own; the CLI passes it with the user's flags layered on
     (other evaluation settings, or where the data moved).
     """
-    checkpoint = load_checkpoint(checkpoint_path)
     cfg = cfg or config_from_dict(checkpoint["config"])
     cfg.data.clean = False
     device, dist = setup(cfg)
     task = build_task(cfg, device, dist, log_to(dist.is_main))
     model = build_model(cfg, checkpoint["model_dims"], device)
     model.load_state_dict(checkpoint["model"])
-    return cfg, device, dist, task, model, checkpoint
+    return cfg, dist, task, model
 
 
-def evaluate(checkpoint_path: str | Path, cfg: RunConfig | None = None, output: str | Path | None = None) -> dict:
-    cfg, device, dist, task, model, checkpoint = load_run(checkpoint_path, cfg)
+def evaluate(checkpoint: dict, path: str | Path, cfg: RunConfig | None = None, output: str | Path | None = None) -> dict:
+    """Metrics of the checkpoint at `path`; printed, and written as JSON beside the run."""
+    cfg, dist, task, model = load_run(checkpoint, cfg)
     try:
         begin = time.perf_counter()
         metrics, pairs = task.evaluate(model)
         seconds = time.perf_counter() - begin
         result = {
-            "checkpoint": str(checkpoint_path), "epoch": checkpoint["epoch"], "model": cfg.model,
+            "checkpoint": str(path), "epoch": checkpoint["epoch"], "model": cfg.model,
             "dataset": cfg.data.dataset, "eval_protocol": cfg.eval.eval_protocol, "metrics": metrics,
             "eval_s": seconds, "eval_samples_per_s": pairs * dist.world / seconds,
             "eval_users_per_s": metrics["eval_users"] / seconds,
         }
         if dist.is_main:
-            shown = ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items() if "@" in k)
-            print(shown, flush=True)
+            print(", ".join(f"{k} = {v:.4f}" for k, v in metrics.items() if "@" in k), flush=True)
             if output is None:
-                output = Path(checkpoint_path).resolve().parent.parent / f"evaluation-{cfg.eval.eval_protocol}.json"
+                output = Path(path).resolve().parent.parent / f"evaluation-{cfg.eval.eval_protocol}.json"
             write_json(output, result)
         return result
     finally:
         shutdown(dist)
 
 
-def recommend(checkpoint_path: str | Path, user: str, k: int, cfg: RunConfig | None = None) -> list[dict]:
-    cfg, device, dist, task, model, _ = load_run(checkpoint_path, cfg)
+def recommend(checkpoint: dict, user: str, k: int, cfg: RunConfig | None = None) -> list[dict]:
+    cfg, dist, task, model = load_run(checkpoint, cfg)
     try:
         return task.recommend(model, user, k)
     finally:
