@@ -64,12 +64,14 @@ def main() -> None:
     args = parser.parse_args()
     spec = WORKLOADS[args.workload]
     rows = []
-    for rep in range(1, args.reps + 1):  # alternate: peer, ours, ours, ... every round
+    # Alternate peer, ours, ours, ... every round. The peer's seed is fixed by its driver; ours is
+    # the round number, so the quality column shows a median over seeds, not one draw.
+    for rep in range(1, args.reps + 1):
         for name, script in spec["peers"]:
             rows.append({"round": rep, **peer(script)})
             print(json.dumps(rows[-1]), flush=True)
         for label, config, flags in spec["ours"]:
-            rows.append({"round": rep, **recforge(config, flags, label)})
+            rows.append({"round": rep, **recforge(config, [*flags, "--seed", str(rep)], label)})
             print(json.dumps(rows[-1]), flush=True)
     metric = spec["metric"]
     baseline = spec["peers"][0][0]

@@ -1,0 +1,71 @@
+import io
+
+import pytest
+import yaml
+
+from recforge.cli import _run_parser
+from recforge.config import DataConfig, build_config, coerce
+from recforge.errors import RecforgeError
+from recforge.progress import Progress
+from recforge.registry import MODELS
+
+
+def test_flags_override_the_preset_which_overrides_defaults(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump({"model": "gmf", "arch": {"num_factors": 16}, "train": {"epochs": 7, "learning_rate": 0.01}}))
+    cfg, _ = _run_parser("t", ["--config", str(preset), "--epochs", "3", "--layers", "8,4"])
+    assert cfg.model == "gmf"
+    assert cfg.train.epochs == 3  # flag beats preset
+    assert cfg.train.learning_rate == 0.01  # preset beats default
+    assert cfg.arch.num_factors == 16 and cfg.arch.layers == [8, 4]
+    assert cfg.train.batch_size == 16384  # default
+    assert cfg.eval.valid_negative == 99
+
+
+def test_resolved_config_round_trips():
+    cfg = build_config({}, {"model": "mlp", "layers": "16,8", "hr_threshold": "0.635", "rating_column": "none"})
+    again = build_config(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+    assert again.eval.hr_threshold == 0.635 and again.data.rating_column is None
+
+
+def test_coerce_rejects_wrong_types():
+    assert coerce(int, "1_000") == 1000 and coerce(float, "1e-3") == 0.001 and coerce(list[int], [1, "2"]) == [1, 2]
+    for tp, value in ((int, "x"), (int, 1.5), (int, True), (bool, "maybe"), (float, "fast"), (list[int], 3)):
+        with pytest.raises(ValueError):
+            coerce(tp, value)
+
+
+def test_unknown_flag_for_the_model_is_an_error():
+    with pytest.raises(RecforgeError, match="unknown option"):
+        build_config({}, {"no_such_option": 1})
+
+
+def test_every_model_has_unique_flag_names():
+    for name in MODELS:
+        _run_parser("t", ["--model", name])  # raises if two sections share a field name
+
+
+def test_data_config_fields_are_all_flags():
+    cfg, _ = _run_parser("t", ["--min-rating", "4", "--min-user-interactions", "5", "--no-clean"])
+    assert cfg.data.min_rating == 4.0 and cfg.data.min_user_interactions == 5 and cfg.data.clean is False
+    assert set(DataConfig.__dataclass_fields__) <= set(cfg.to_dict()["data"])
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_and_silent_in_a_log():
+    terminal = Terminal()
+    bar = Progress(100, "epoch 1", stream=terminal)
+    bar.update(50, "loss 0.5")
+    bar.update(50)
+    bar.close()
+    assert "epoch 1 [" in terminal.getvalue() and "100%" in terminal.getvalue() and "samples/s" in terminal.getvalue()
+    log = io.StringIO()
+    quiet = Progress(100, "epoch 1", stream=log)
+    quiet.update(100)
+    quiet.close()
+    assert log.getvalue() == ""
