@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/recforge train --config configs/quickstart.yaml
+	$(BIN)/recforge train --config configs/quickstart.yaml --output-dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
