@@ -4,7 +4,7 @@ import torch
 
 from recforge.config import build_config
 from recforge.data.synthetic import generate
-from recforge.models.layers import ReLUDropout, dropout_mask
+from recforge.models.layers import ReLUDropout, keep_mask
 from recforge.models.ncf import NCFConfig, gmf, mlp_model, neumf
 from recforge.models.popularity import ItemPopularity
 from recforge.registry import build_task
@@ -62,8 +62,9 @@ def test_projected_first_layer_matches_the_plain_layer():
 
 def test_relu_dropout_drops_at_rate_and_scales_survivors():
     torch.manual_seed(1)
-    mask = dropout_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"))
-    assert abs(mask.float().mean().item() - 0.1) < 0.002
+    for generator in (None, np.random.Generator(np.random.PCG64(0))):
+        keep = keep_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"), generator)
+        assert abs(keep.float().mean().item() - 0.9) < 0.002
     layer = ReLUDropout(0.25)
     x = torch.randn(400, 500, requires_grad=True)
     y = layer(x)

@@ -2,53 +2,75 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 
-def dropout_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bernoulli(p) drop mask from 16-bit random lanes (p resolved to 1/65536).
+def keep_mask(shape: torch.Size, p: float, device: torch.device, generator: np.random.Generator | None = None) -> torch.Tensor:
+    """Bernoulli(1 - p) keep mask from 16-bit random lanes (p resolved to 1/65536).
 
     `bernoulli_` draws one random number per element; slicing 64-bit draws into four 16-bit
-    lanes needs a quarter of the generator calls (5x faster on CPU, the largest cost of a
-    dropout MLP step there).
+    lanes needs a quarter of the draws. On CPUs, where torch's generator runs on one core,
+    numpy's PCG64 (`generator`) makes the words another 2.4x faster.
     """
     count = shape.numel()
-    words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=device)
-    lanes = words.view(torch.int16)[:count].view(shape)
-    return lanes < round(p * 65536) - 32768
+    words = (count + 3) // 4
+    if generator is not None and device.type == "cpu":
+        raw = torch.from_numpy(generator.bit_generator.random_raw(words).view(np.int64))
+    else:
+        raw = torch.randint(-(2**63), 2**63 - 1, (words,), dtype=torch.int64, device=device)
+    lanes = raw.view(torch.int16)[:count].view(shape)
+    return lanes >= round(p * 65536) - 32768
 
 
 class _ReLUDropout(torch.autograd.Function):
-    """relu(x) with dropout in one autograd node; only the output is saved for backward."""
+    """relu(x) with dropout in one autograd node, in place on x (a fresh layer output that no
+    other node saves); only the output is kept for backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        y = x.masked_fill(dropout_mask(x.shape, p, x.device), 0.0).clamp_(min=0.0).mul_(1.0 / (1.0 - p))
-        ctx.save_for_backward(y)
+    def forward(ctx, x: torch.Tensor, p: float, generator: np.random.Generator | None) -> torch.Tensor:
+        keep = keep_mask(x.shape, p, x.device, generator)
         ctx.scale = 1.0 / (1.0 - p)
+        y = x.mul_(keep).clamp_(min=0.0).mul_(ctx.scale)  # a bool multiply beats masked_fill on CPU
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (y,) = ctx.saved_tensors
         # y > 0 exactly where x > 0 and the unit was kept.
-        return torch.ops.aten.threshold_backward(grad, y, 0.0).mul_(ctx.scale), None
+        return torch.ops.aten.threshold_backward(grad, y, 0.0).mul_(ctx.scale), None, None
 
 
 class ReLUDropout(nn.Module):
-    """ReLU followed by inverted dropout (a no-op in eval mode)."""
+    """ReLU followed by inverted dropout (a no-op in eval mode). In training it overwrites its
+    input, which in `mlp()` is a Linear's fresh output that nothing else reads.
+
+    Its CPU random stream is seeded from torch's generator when the module is built (so a seeded
+    run is repeatable) and travels in the state dict (so a resumed run continues it).
+    """
 
     def __init__(self, p: float):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.p = p
+        self.generator = np.random.Generator(np.random.PCG64(int(torch.randint(2**62, ()).item())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.p > 0:
-            return _ReLUDropout.apply(x, self.p)
+            if x.is_leaf and x.requires_grad:  # autograd forbids writing into a leaf
+                x = x.clone()
+            return _ReLUDropout.apply(x, self.p, self.generator)
         return torch.relu(x)
+
+    def get_extra_state(self) -> dict:
+        return self.generator.bit_generator.state
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.bit_generator.state = state
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
