@@ -52,13 +52,16 @@ class NCF(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user, item = batch["user"], batch["item"]
-        parts = []
+        logit = self.predict.bias
+        # predict([gmf, mlp]) as a sum of two products: no concatenated copy, no mixed-precision cat.
         if self.gmf_user is not None:
             # index_select's backward (index_add) is faster than nn.Embedding's on CPU.
-            parts.append(self.gmf_user.weight.index_select(0, user) * self.gmf_item.weight.index_select(0, item))
+            gmf = self.gmf_user.weight.index_select(0, user) * self.gmf_item.weight.index_select(0, item)
+            logit = logit + gmf @ self.predict.weight[0, : gmf.shape[1]].to(gmf.dtype)
         if self.mlp is not None:
-            parts.append(self.mlp[1:](self._mlp_first_layer(user, item)))
-        return self.predict(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).squeeze(1)
+            mlp = self.mlp[1:](self._mlp_first_layer(user, item))
+            logit = logit + mlp @ self.predict.weight[0, -mlp.shape[1] :].to(mlp.dtype)
+        return logit
 
     def _mlp_first_layer(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """The MLP's first Linear over [user embedding, item embedding].

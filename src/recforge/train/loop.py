@@ -23,6 +23,7 @@ from recforge.progress import Progress, log_to
 from recforge.registry import build_task, model_entry
 from recforge.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from recforge.train.distributed import Dist, init_distributed, pick_device, shutdown
+from recforge.train.memory import keep_freed_memory
 from recforge.train.precision import autocast, configure_fp32_matmul, grad_scaler
 
 CHECKPOINT_FORMAT = "recforge-checkpoint-1"
@@ -32,6 +33,8 @@ MUST_MATCH_ON_RESUME = ("model", "data", "arch")
 def setup(cfg: RunConfig) -> tuple[torch.device, Dist]:
     """Device, process group and threads for a run (or an evaluation)."""
     device = pick_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cpu":
+        keep_freed_memory()
     dist = init_distributed(device.type)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
