@@ -46,13 +46,6 @@ def test_u_data_non_integer_item(tmp_path):
     assert (info.value.line, info.value.field) == (3, "item")
 
 
-def test_u_data_non_numeric_rating(tmp_path):
-    (tmp_path / "u.data").write_text("1\t10\t5\t100\n1\t20\tgood\t200\n")
-    with pytest.raises(DataError) as info:
-        movielens.read("ml-100k", DataConfig(dataset="ml-100k", data_dir=str(tmp_path)))
-    assert "u.data:2: field 'rating': not a number: 'good'" in one_line(info.value)
-
-
 def test_ratings_csv_row_with_too_few_fields(tmp_path):
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
@@ -65,18 +58,16 @@ def test_ratings_csv_row_with_too_few_fields(tmp_path):
     assert info.value.line == 4
 
 
-def test_ratings_dat_missing_timestamp(tmp_path):
-    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::\n")
+@pytest.mark.parametrize("name, file, text, expected", [
+    ("ml-100k", "u.data", "1\t10\t5\t100\n1\t20\tgood\t200\n", "u.data:2: field 'rating': not a number: 'good'"),
+    ("ml-1m", "ratings.dat", "1::1193::5::978300760\n1::661::3::\n", "ratings.dat:2: field 'timestamp': missing value"),
+    ("ml-1m", "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n1::914:3::978301968\n", "ratings.dat:3:"),
+], ids=["u.data-rating", "ratings.dat-timestamp", "ratings.dat-single-colon"])
+def test_movielens_bad_value(tmp_path, name, file, text, expected):
+    (tmp_path / file).write_text(text)
     with pytest.raises(DataError) as info:
-        movielens.read("ml-1m", DataConfig(dataset="ml-1m", data_dir=str(tmp_path)))
-    assert "ratings.dat:2: field 'timestamp': missing value" in one_line(info.value)
-
-
-def test_ratings_dat_single_colon_separator(tmp_path):
-    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n1::914:3::978301968\n")
-    with pytest.raises(DataError) as info:
-        movielens.read("ml-1m", DataConfig(dataset="ml-1m", data_dir=str(tmp_path)))
-    assert f"{tmp_path / 'ratings.dat'}:3:" in one_line(info.value)
+        movielens.read(name, DataConfig(dataset=name, data_dir=str(tmp_path)))
+    assert one_line(info.value).startswith(f"{tmp_path}/{expected}")
 
 
 # --------------------------------------------------------------------------- generic csv / parquet
@@ -182,32 +173,20 @@ def test_ncf_pair_not_matching_test_rating(tmp_path, pair):
     assert one_line(info.value) == f"{tmp_path / 't.test.negative'}:2: field 'pair': does not match line 2 of t.test.rating"
 
 
-def test_ncf_negative_file_shorter_than_test_rating(tmp_path):
-    cfg = write_triple(tmp_path, "(0,4)\t5\t7\n(1,6)\t2\t7\n")
+RATING = "0\t4\t5\t200\n1\t6\t4\t201\n2\t0\t3\t202\n"
+
+
+@pytest.mark.parametrize("negative, rating, expected", [
+    ("(0,4)\t5\t7\n(1,6)\t2\t7\n", RATING, "t.test.negative:3:"),
+    ("(0,4)\t5\t7\n(1,6)\t2\t7\n(2,0)\t6\t7\n(3,1)\t6\t7\n", RATING, "t.test.negative:4:"),
+    ("(0,4)\t5\t7\n(1,6)\t2\tseven\n(2,0)\t6\t7\n", RATING, "t.test.negative:2: field 'n1': not an integer: 'seven'"),
+    ("(0,4)\t5\t7\n(2,6)\t2\t7\n(1,0)\t6\t7\n", "0\t4\t5\t200\n2\t6\t4\t201\n1\t0\t3\t202\n", "t.test.rating:2: field 'user':"),
+], ids=["negatives-shorter", "negatives-longer", "non-integer-negative", "users-out-of-order"])
+def test_ncf_files_that_do_not_line_up(tmp_path, negative, rating, expected):
+    cfg = write_triple(tmp_path, negative, rating)
     with pytest.raises(DataError) as info:
         ncf_files.read(cfg)
-    assert one_line(info.value).startswith(f"{tmp_path / 't.test.negative'}:3:")
-
-
-def test_ncf_non_integer_negative(tmp_path):
-    cfg = write_triple(tmp_path, "(0,4)\t5\t7\n(1,6)\t2\tseven\n(2,0)\t6\t7\n")
-    with pytest.raises(DataError) as info:
-        ncf_files.read(cfg)
-    assert one_line(info.value) == f"{tmp_path / 't.test.negative'}:2: field 'n1': not an integer: 'seven'"
-
-
-def test_ncf_test_rating_users_out_of_order(tmp_path):
-    cfg = write_triple(tmp_path, "(0,4)\t5\t7\n(2,6)\t2\t7\n(1,0)\t6\t7\n", rating="0\t4\t5\t200\n2\t6\t4\t201\n1\t0\t3\t202\n")
-    with pytest.raises(DataError) as info:
-        ncf_files.read(cfg)
-    assert one_line(info.value).startswith(f"{tmp_path / 't.test.rating'}:2: field 'user':")
-
-
-def test_ncf_negative_file_longer_than_test_rating(tmp_path):
-    cfg = write_triple(tmp_path, "(0,4)\t5\t7\n(1,6)\t2\t7\n(2,0)\t6\t7\n(3,1)\t6\t7\n")
-    with pytest.raises(DataError) as info:
-        ncf_files.read(cfg)
-    assert one_line(info.value).startswith(f"{tmp_path / 't.test.negative'}:4:")
+    assert one_line(info.value).startswith(f"{tmp_path}/{expected}")
 
 
 # --------------------------------------------------------------------------- YAML config
@@ -229,22 +208,14 @@ def test_yaml_wrong_type(tmp_path):
     assert (error.line, error.field) == (6, "train.epochs")
 
 
-def test_yaml_wrong_type_flow_style(tmp_path):
+@pytest.mark.parametrize("text, line, field, message", [
+    ("# preset\n\ntrain: {epochs: many}\n", 3, "train.epochs", "must be an integer"),
+    ("model: gmf\ndata:\n  dataset: ml-100k\n  min_user_interactions: 20\n  colour: blue\n", 5, "data.colour", "unknown key"),
+    ("model: neumf\ndata:\n  dataset: ml-100k\ntrainer:\n  epochs: 3\n", 4, "trainer", "unknown key"),
+], ids=["flow-style", "unknown-key-in-section", "unknown-section"])
+def test_yaml_error_names_line_and_key(tmp_path, text, line, field, message):
     path = tmp_path / "run.yaml"
-    error = config_error(path, "# preset\n\ntrain: {epochs: many}\n")
-    assert str(error).startswith(f"{path}:3: field 'train.epochs':")
-
-
-def test_yaml_unknown_key_in_section(tmp_path):
-    path = tmp_path / "run.yaml"
-    error = config_error(path, "model: gmf\ndata:\n  dataset: ml-100k\n  min_user_interactions: 20\n  colour: blue\n")
-    assert str(error).startswith(f"{path}:5: field 'data.colour': unknown key")
-
-
-def test_yaml_unknown_top_level_key(tmp_path):
-    path = tmp_path / "run.yaml"
-    error = config_error(path, "model: neumf\ndata:\n  dataset: ml-100k\ntrainer:\n  epochs: 3\n")
-    assert str(error).startswith(f"{path}:4: field 'trainer': unknown key")
+    assert str(config_error(path, text)).startswith(f"{path}:{line}: field '{field}': {message}")
 
 
 def test_yaml_bad_literal_and_section(tmp_path):
