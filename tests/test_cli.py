@@ -39,7 +39,7 @@ def test_train_evaluate_recommend(tmp_path, capsys):
     assert summary["train_samples_per_s"] > 0 and summary["time_to_train_s"] > 0
 
     checkpoint = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
-    assert checkpoint["epoch"] == summary["best_epoch"] and {"model", "optimizer", "scaler", "rng"} <= set(checkpoint)
+    assert checkpoint["epoch"] == summary["best_epoch"] and {"model", "optimizers", "scaler", "rng"} <= set(checkpoint)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
 
     main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt")])

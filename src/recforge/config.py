@@ -25,10 +25,14 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 @dataclass
 class DataConfig:
-    """Where interactions come from and how they become an implicit leave-one-out dataset."""
+    """Where the data comes from and how it is prepared.
 
-    dataset: str = "synthetic"  # a name from recforge.registry.DATASETS
-    data_dir: str | None = None  # folder of the raw files
+    Ranking (NCF): raw interactions become an implicit leave-one-out dataset, cached.
+    Click logs (DLRM): `recforge prepare` writes a prepared folder; training reads it (data_dir).
+    """
+
+    dataset: str = "synthetic"  # a name from recforge.registry.DATASETS or CLICK_LOGS
+    data_dir: str | None = None  # folder of the raw files (click logs: of the prepared folder)
     data_file: str | None = None  # file (csv/parquet) or NCF file prefix inside data_dir
     cache_dir: str | None = None  # default: ~/.cache/recforge (or $RECFORGE_CACHE)
     clean: bool = False  # rebuild the cache
@@ -43,6 +47,12 @@ class DataConfig:
     synthetic_items: int = 3706
     synthetic_interactions: int = 1_000_209
     synthetic_seed: int = 0
+    out: str | None = None  # click logs: `recforge prepare` writes the prepared folder here
+    min_frequency: int = 1  # click logs: rarer categorical values share the out-of-vocabulary id
+    max_ind_range: int | None = None  # click logs: hash ids modulo this instead of a vocabulary (MLPerf)
+    workers: int = 2  # click logs: preparation processes
+    synthetic_rows: int = 2_000_000  # the synthetic click log (criteo-synthetic)
+    shuffle: Literal["rows", "blocks", "none"] = "rows"  # click logs: per-epoch order (blocks: batch-sized runs)
 
 
 @dataclass
@@ -62,6 +72,21 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     resume: bool = False  # continue from output_dir/checkpoints/last.pt
+    mode: Literal["train", "eval", "inference"] = "train"  # eval/inference score --restore-checkpoint
+    restore_checkpoint: str | None = None  # start from these weights (train) or score them (eval, inference)
+    optimizer: Literal["adam", "sgd", "adagrad", "rowwise-adagrad"] = "adam"
+    warmup_steps: int = 0  # linear learning-rate warm-up (MLPerf DLRM)
+    decay_start_step: int = 0  # then polynomial decay to 0 over decay_steps (0: no decay)
+    decay_steps: int = 0
+    decay_power: float = 2.0
+    max_steps: int | None = None  # stop after this many optimizer steps
+    print_freq: int = 0  # a progress line every N steps (0: per epoch only)
+    save_steps: int = 0  # also checkpoint every N steps (0: at evaluations)
+    keep_checkpoint_max: int = 3  # step checkpoints kept (best.pt and last.pt always are)
+    profile: bool = False  # torch.profiler trace into the run directory
+    profile_start_step: int = 10
+    profile_steps: int = 5
+    write_predictions: bool = False  # inference mode: write predictions.npy to the run directory
 
 
 @dataclass
@@ -69,8 +94,11 @@ class EvalConfig:
     topk: int = 10
     valid_negative: int = 99  # sampled evaluation: negatives per held-out item
     eval_protocol: Literal["sampled", "full"] = "sampled"
-    eval_batch_size: int = 1 << 18  # (user, item) pairs scored per forward pass
+    valid_batch_size: int = 1 << 18  # examples (ranking: (user, item) pairs) scored per forward pass
     eval_after: int = 0  # evaluate only after this many epochs
+    evals_per_epoch: int = 1
+    no_eval: bool = False  # never evaluate (throughput runs)
+    eval_split: Literal["valid", "test"] = "valid"  # click logs: the split evaluations score
     hr_threshold: float | None = None  # stop once HR@topk reaches it (MLPerf: 0.635)
 
 

@@ -33,16 +33,15 @@ def evaluate(checkpoint: dict, path: str | Path, cfg: RunConfig | None = None, o
     cfg, dist, task, model = load_run(checkpoint, cfg)
     try:
         begin = time.perf_counter()
-        metrics, pairs = task.evaluate(model)
+        metrics, examples = task.evaluate(model)
         seconds = time.perf_counter() - begin
         result = {
             "checkpoint": str(path), "epoch": checkpoint["epoch"], "model": cfg.model,
             "dataset": cfg.data.dataset, "eval_protocol": cfg.eval.eval_protocol, "metrics": metrics,
-            "eval_s": seconds, "eval_samples_per_s": pairs * dist.world / seconds,
-            "eval_users_per_s": metrics["eval_users"] / seconds,
+            "eval_s": seconds, "eval_samples_per_s": examples / seconds,
         }
         if dist.is_main:
-            print(", ".join(f"{k} = {v:.4f}" for k, v in metrics.items() if "@" in k), flush=True)
+            print(", ".join(f"{k} = {metrics[k]:.4f}" for k in task.metric_names), flush=True)
             if output is None:
                 output = Path(path).resolve().parent.parent / f"evaluation-{cfg.eval.eval_protocol}.json"
             write_json(output, result)

@@ -38,14 +38,15 @@ class ImplicitEpochs:
     def samples_per_epoch(self) -> int:
         return self.users.numel() * (1 + self.negatives)
 
-    def batches(self, epoch: int, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[tuple[dict, int]]:
-        """Yield (this rank's part of each global batch, the global batch's size)."""
+    def batches(self, epoch: int, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0) -> Iterator[tuple[dict, int]]:
+        """Yield (this rank's part of each global batch, the global batch's size), from batch
+        `start_step` on (a resumed run skips what it already trained on)."""
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + epoch)
         positives = self.users.numel()
         negatives = sample_train_negatives(self.users, self.negatives, self.num_items, generator, self.known_keys)
         items = torch.cat([self.items, negatives])
         order = torch.randperm(items.numel(), generator=generator, device=self.device)
-        for start in range(0, order.numel(), batch_size):
+        for start in range(start_step * batch_size, order.numel(), batch_size):
             index = order[start : start + batch_size]
             size = index.numel()
             index = index[size * rank // world : size * (rank + 1) // world]

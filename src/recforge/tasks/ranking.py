@@ -71,8 +71,15 @@ class RankingTask:
     def primary_metric(self) -> str:
         return f"HR@{self.topk}"
 
-    def train_batches(self, epoch: int, batch_size: int):
-        return self.epochs.batches(epoch, batch_size, self.dist.rank, self.dist.world)
+    @property
+    def metric_names(self) -> list[str]:
+        return [f"HR@{self.topk}", f"NDCG@{self.topk}"]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.samples_per_epoch // batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
+        return self.epochs.batches(epoch, batch_size, self.dist.rank, self.dist.world, start_step)
 
     def _score(self, model, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores [len(users), items per user] for each user against its row of `items`."""
@@ -81,17 +88,15 @@ class RankingTask:
         with autocast(self.device, self.cfg.train.precision):
             return model(batch).float().view(-1, width)
 
-    @torch.no_grad()
-    def evaluate(self, model) -> tuple[dict, int]:
-        """Metrics over all users (summed across ranks) and the number of pairs this rank scored."""
-        was_training = model.training
-        model.eval()
+    def _scored_chunks(self, model):
+        """This rank's users in chunks: (first user, held-out items, candidate scores, ranks).
+
+        Sampled protocol: scores [n, 1 + negatives], column 0 the held-out item. Full protocol:
+        scores [n, items], the user's training items at -inf."""
         num_users, num_items = self.data.num_users, self.data.num_items
         lo, hi = num_users * self.dist.rank // self.dist.world, num_users * (self.dist.rank + 1) // self.dist.world
         full = self.negatives is None
-        width = num_items if full else 1 + self.negatives.shape[1]
-        step = max(1, self.cfg.eval.eval_batch_size // width)
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # hits, ndcg, users
+        step = max(1, self.cfg.eval.valid_batch_size // (num_items if full else 1 + self.negatives.shape[1]))
         offsets = self.data.user_offsets
         for start in range(lo, hi, step):
             stop = min(hi, start + step)
@@ -102,18 +107,37 @@ class RankingTask:
                 seen = torch.as_tensor(np.asarray(self.data.train_items[offsets[start] : offsets[stop]]), device=self.device)
                 rows = torch.repeat_interleave(torch.as_tensor(np.diff(offsets[start : stop + 1]), device=self.device))
                 scores[rows, seen.to(torch.int64)] = float("-inf")
-                rank = rank_among_all(scores, held_out)
+                yield scores, rank_among_all(scores, held_out)
             else:
                 negatives = self.negatives[start:stop]
                 candidates = torch.cat([held_out.view(-1, 1), negatives], dim=1)
-                rank = rank_among_sampled(self._score(model, users, candidates), negatives != held_out.view(-1, 1))
+                scores = self._score(model, users, candidates)
+                yield scores, rank_among_sampled(scores, negatives != held_out.view(-1, 1))
+
+    @torch.no_grad()
+    def evaluate(self, model) -> tuple[dict, int]:
+        """Metrics over all users (summed across ranks) and the number of pairs scored."""
+        was_training = model.training
+        model.eval()
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # hits, ndcg, users, pairs
+        for scores, rank in self._scored_chunks(model):
             hit, ndcg = hit_and_ndcg(rank, self.topk)
-            totals += torch.stack([hit.sum(), ndcg.sum(), torch.tensor(float(stop - start), dtype=torch.float64, device=self.device)])
+            users, width = scores.shape
+            totals[0] += hit.sum()
+            totals[1] += ndcg.sum()
+            totals[2] += users
+            totals[3] += users * width
         self.dist.all_reduce_sum(totals)
         model.train(was_training)
-        hits, ndcg, users = totals.tolist()
+        hits, ndcg, users, pairs = totals.tolist()
         metrics = {f"HR@{self.topk}": hits / users, f"NDCG@{self.topk}": ndcg / users, "eval_users": int(users)}
-        return metrics, (hi - lo) * width
+        return metrics, int(pairs)
+
+    @torch.no_grad()
+    def predict(self, model) -> torch.Tensor:
+        """Click-style probabilities of this rank's evaluation candidates (for --mode inference)."""
+        model.eval()
+        return torch.cat([torch.sigmoid(scores).flatten() for scores, _ in self._scored_chunks(model)])
 
     @torch.no_grad()
     def recommend(self, model, raw_user: str, k: int) -> list[dict]:

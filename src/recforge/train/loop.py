@@ -2,28 +2,33 @@
 
 A task supplies batches (dicts of tensors with a 0/1 "label"), an evaluation and the model's
 dimensions; a model maps a batch to logits. The loop adds what every run needs: precision,
-torch.compile, data parallelism, checkpoints that resume exactly, the run directory and the
+torch.compile, data parallelism, optimizers and schedules, evaluations (per epoch or several per
+epoch), checkpoints that resume exactly (also mid-epoch), the run directory, the profiler and the
 terminal report. It never branches on a model's name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from recforge.config import RunConfig
 from recforge.errors import RecforgeError
-from recforge.files import read_jsonl, append_jsonl, write_json, write_text
+from recforge.files import append_jsonl, atomic_write, read_jsonl, write_json, write_text
 from recforge.progress import Progress, log_to
 from recforge.registry import build_task, model_entry
 from recforge.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from recforge.train.distributed import Dist, init_distributed, pick_device, shutdown
 from recforge.train.memory import keep_freed_memory
+from recforge.train.optim import make_optimizers, set_learning_rate
 from recforge.train.precision import autocast, configure_fp32_matmul, grad_scaler
 
 CHECKPOINT_FORMAT = "recforge-checkpoint-1"
@@ -46,42 +51,43 @@ def build_model(cfg: RunConfig, dims: dict, device: torch.device) -> torch.nn.Mo
     return model_entry(cfg.model).build(**dims, cfg=cfg.arch).to(device)
 
 
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    t = cfg.train
-    # The fused kernel updates all parameters in one pass (CPU and GPU, torch >= 2.4).
-    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps,
-                            weight_decay=t.weight_decay, fused=True)
-
-
 class RunDir:
     """The run's output folder: config.yaml, metrics.jsonl, summary.json, checkpoints/."""
 
     def __init__(self, path: str | Path, enabled: bool):
         self.path, self.enabled = Path(path), enabled
         self.metrics = self.path / "metrics.jsonl"
-        self.last, self.best = self.path / "checkpoints" / "last.pt", self.path / "checkpoints" / "best.pt"
+        self.checkpoints = self.path / "checkpoints"
+        self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
 
-    def start(self, cfg: RunConfig, resumed_epoch: int | None) -> None:
+    def start(self, cfg: RunConfig, resumed_step: int | None) -> None:
         """Write config.yaml; on a fresh run refuse to overwrite an earlier one."""
         if not self.enabled:
             return
-        if resumed_epoch is None and (self.metrics.exists() or self.last.exists()):
+        if resumed_step is None and (self.metrics.exists() or self.last.exists()):
             raise RecforgeError(f"{self.path}: holds an earlier run; pass --resume to continue it or choose another --output-dir")
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.path / "config.yaml", cfg.to_yaml())
         # Evaluations logged after the checkpoint we resume from are repeated: drop them.
-        kept = [m for m in read_jsonl(self.metrics) if resumed_epoch and m.get("epoch", 0) <= resumed_epoch]
+        kept = [m for m in read_jsonl(self.metrics) if resumed_step and m.get("step", 0) <= resumed_step]
         write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in kept))
 
     def log_metrics(self, record: dict) -> None:
         if self.enabled:
             append_jsonl(self.metrics, record)
 
-    def save(self, state: dict, best: bool) -> None:
-        if self.enabled:
-            save_checkpoint(self.last, state)
-            if best:
-                save_checkpoint(self.best, state)
+    def save(self, state: dict, best: bool = False, keep_steps: int = 0) -> None:
+        """last.pt (and best.pt); with `keep_steps`, also step-N.pt, keeping the newest ones."""
+        if not self.enabled:
+            return
+        save_checkpoint(self.last, state)
+        if best:
+            save_checkpoint(self.best, state)
+        if keep_steps:
+            save_checkpoint(self.checkpoints / f"step-{state['step']}.pt", state)
+            steps = sorted(self.checkpoints.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+            for old in steps[:-keep_steps]:
+                old.unlink()
 
     def summary(self, summary: dict) -> None:
         if self.enabled:
@@ -89,11 +95,67 @@ class RunDir:
 
 
 def train(cfg: RunConfig) -> dict:
+    """Train (or, with --mode eval/inference, score a checkpoint); returns the summary."""
     device, dist = setup(cfg)
     try:
-        return _train(cfg, device, dist)
+        if cfg.train.mode == "train":
+            return _train(cfg, device, dist)
+        return _score(cfg, device, dist)
     finally:
         shutdown(dist)
+
+
+def _fresh_history() -> dict:
+    return {"epoch": 1, "step_in_epoch": 0, "step": 0, "best_step": None, "best_epoch": None, "best_metrics": None,
+            "first_epoch_at_threshold": None, "epochs": [], "train_s": 0.0, "eval_s": 0.0, "wall_s": 0.0,
+            "eval_examples": 0, "samples": 0}
+
+
+def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, log) -> dict:
+    """The run history: from checkpoints/last.pt with --resume, else a fresh start (from
+    --restore-checkpoint's weights or the model's own warm start, if any)."""
+    checkpoint = load_checkpoint(run.last) if cfg.train.resume and run.last.exists() else None
+    if checkpoint is None:
+        if cfg.train.resume:
+            log(f"--resume: no checkpoint in {run.checkpoints}; starting from scratch")
+        if cfg.train.restore_checkpoint:
+            model.load_state_dict(load_checkpoint(cfg.train.restore_checkpoint)["model"])
+        elif hasattr(model, "warm_start"):
+            model.warm_start(cfg.arch)
+        run.start(cfg, resumed_step=None)
+        return _fresh_history()
+    for key in MUST_MATCH_ON_RESUME:
+        if checkpoint["config"][key] != cfg.to_dict()[key]:
+            raise RecforgeError(f"--resume: '{key}' differs from the run in {cfg.output_dir}; resume with the same settings")
+    model.load_state_dict(checkpoint["model"])
+    for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
+        optimizer.load_state_dict(state)
+    scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng"])
+    history = checkpoint["history"]
+    log(f"resuming {cfg.output_dir} at epoch {history['epoch']}, step {history['step']}")
+    run.start(cfg, resumed_step=history["step"])
+    return history
+
+
+def _profiler(cfg: RunConfig, run: RunDir, enabled: bool):
+    """torch.profiler over --profile-steps steps from --profile-start-step; trace in the run dir."""
+    if not (cfg.train.profile and enabled):
+        return contextlib.nullcontext(None)
+    t = cfg.train
+
+    def export(profiler):
+        folder = run.path / "profile"
+        folder.mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(str(folder / "trace.json"))
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+        write_text(folder / "top_ops.txt", table + "\n")
+
+    schedule = torch.profiler.schedule(wait=max(0, t.profile_start_step - 1), warmup=1, active=t.profile_steps, repeat=1)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=export, record_shapes=True)
 
 
 def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
@@ -102,10 +164,10 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
     torch.manual_seed(t.seed)
     task = build_task(cfg, device, dist, log)
     model = build_model(cfg, task.model_dims, device)
-    optimizer = make_optimizer(cfg, model)
+    optimizers = make_optimizers(t, model)
     scaler = grad_scaler(device, t.precision)
     run = RunDir(cfg.output_dir, dist.is_main)
-    start_epoch, history = _restore(cfg, run, model, optimizer, scaler, log)
+    history = _restore(cfg, run, model, optimizers, scaler, log)
 
     wrapped = model
     if dist.enabled:
@@ -113,116 +175,166 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
     if t.compile:
         wrapped = torch.compile(wrapped)
 
+    steps_per_epoch = task.steps_per_epoch(t.batch_size)
+    eval_every = math.ceil(steps_per_epoch / max(1, cfg.eval.evals_per_epoch))
     metric, threshold = task.primary_metric, cfg.eval.hr_threshold
     log(f"{cfg.model} on {cfg.data.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{task.samples_per_epoch:,} samples/epoch, batch {t.batch_size:,}, {t.precision}, {device}"
-        + (f", {dist.world} processes" if dist.enabled else ""))
-    wall_start = time.perf_counter() - history["wall_s"]
-    for epoch in range(start_epoch + 1, t.epochs + 1):
-        loss_mean, train_s = _train_epoch(wrapped, optimizer, scaler, task, epoch, cfg, device, dist)
-        if not torch.isfinite(torch.tensor(loss_mean)):
-            raise RecforgeError(f"epoch {epoch}: training loss is not finite; lower --learning-rate (last good checkpoint: {run.last})")
-        record = {"epoch": epoch, "train_loss": loss_mean, "train_s": train_s, "train_samples_per_s": task.samples_per_epoch / train_s}
+        f"{task.samples_per_epoch:,} samples/epoch in {steps_per_epoch:,} steps of {t.batch_size:,}, {t.optimizer}, "
+        f"{t.precision}, {device}" + (f", {dist.world} processes" if dist.enabled else ""))
+
+    def evaluate_and_save(epoch: int, step_in_epoch: int, window: dict, epoch_train_s: float) -> bool:
+        """Evaluate (unless disabled), log, checkpoint; True when the run should stop."""
+        record = {"epoch": epoch, "step": history["step"], "train_loss": window["loss"] / max(1, window["samples"]),
+                  "train_samples_per_s": window["samples"] / max(window["seconds"], 1e-9)}
         improved = False
-        if epoch > cfg.eval.eval_after or epoch == t.epochs:
+        last_epoch = epoch == t.epochs and step_in_epoch == steps_per_epoch
+        if not cfg.eval.no_eval and (epoch > cfg.eval.eval_after or last_epoch):
             begin = time.perf_counter()
-            metrics, pairs = task.evaluate(model)
+            metrics, examples = task.evaluate(model)
             record.update(metrics, eval_s=time.perf_counter() - begin)
             history["eval_s"] += record["eval_s"]
-            history["eval_pairs"] += pairs * dist.world
+            history["eval_examples"] += examples
             best = history["best_metrics"]
             improved = best is None or metrics[metric] > best[metric]
             if improved:
-                history["best_epoch"], history["best_metrics"] = epoch, dict(metrics)
+                history["best_epoch"], history["best_step"], history["best_metrics"] = epoch, history["step"], dict(metrics)
             if threshold is not None and metrics[metric] >= threshold and history["first_epoch_at_threshold"] is None:
                 history["first_epoch_at_threshold"] = epoch
-        history["train_s"] += train_s
-        history["epochs"].append({"epoch": epoch, "train_s": train_s})
+        history["epoch"], history["step_in_epoch"] = epoch, step_in_epoch
+        if step_in_epoch == steps_per_epoch:
+            history["epochs"].append({"epoch": epoch, "train_s": epoch_train_s})
         history["wall_s"] = record["time_s"] = time.perf_counter() - wall_start
-        run.save(_state(model, optimizer, scaler, epoch, history, cfg, task), best=improved)
+        run.save(_state(model, optimizers, scaler, history, cfg, task), best=improved)
         run.log_metrics(record)
-        log(_epoch_line(record, improved))
+        log(_eval_line(record, task.metric_names, improved))
+        window.update(loss=0.0, samples=0, seconds=0.0)
         if history["first_epoch_at_threshold"] is not None:
             log(f"{metric} reached the threshold {threshold} at epoch {epoch}: stopping")
-            break
+            return True
+        return False
+
+    wall_start = time.perf_counter() - history["wall_s"]
+    window = {"loss": 0.0, "samples": 0, "seconds": 0.0}  # training since the last evaluation
+    stop = t.max_steps is not None and history["step"] >= t.max_steps
+    start_epoch, start_step = history["epoch"], history["step_in_epoch"]
+    if start_step >= steps_per_epoch:  # the checkpoint ended an epoch
+        start_epoch, start_step = start_epoch + 1, 0
+    with _profiler(cfg, run, dist.is_main) as profiler:
+        for epoch in range(start_epoch, t.epochs + 1):
+            if stop:
+                break
+            wrapped.train()
+            progress = Progress(task.samples_per_epoch, f"epoch {epoch}", dist.is_main)
+            epoch_train_s = 0.0
+            begin = time.perf_counter()
+            first = start_step if epoch == start_epoch else 0
+            for step_in_epoch, (batch, global_size) in enumerate(task.train_batches(epoch, t.batch_size, first), start=first + 1):
+                set_learning_rate(optimizers, t, history["step"])
+                with autocast(device, t.precision):
+                    logits = wrapped(batch)
+                # Sum over the local slice, scaled so DDP's gradient average equals the global mean.
+                loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"], reduction="sum")
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss * (dist.world / global_size)).backward()
+                for optimizer in optimizers:
+                    scaler.step(optimizer)
+                scaler.update()
+                history["step"] += 1
+                loss_value = dist.all_reduce_sum(loss.detach().double()).item()
+                if not math.isfinite(loss_value):
+                    raise RecforgeError(f"step {history['step']} (epoch {epoch}): the training loss is {loss_value}; "
+                                        f"stopped; the last good checkpoint is {run.last}; lower --learning-rate or add --warmup-steps")
+                window["loss"] += loss_value
+                window["samples"] += global_size
+                history["samples"] += global_size
+                progress.update(global_size)
+                if profiler is not None:
+                    profiler.step()
+                if t.print_freq and history["step"] % t.print_freq == 0:
+                    seconds = time.perf_counter() - begin
+                    log(f"epoch {epoch} step {step_in_epoch}/{steps_per_epoch} (global {history['step']}): "
+                        f"loss {window['loss'] / max(1, window['samples']):.4f}, {(window['samples']) / max(window['seconds'] + seconds, 1e-9):,.0f} samples/s")
+                stop = t.max_steps is not None and history["step"] >= t.max_steps
+                if step_in_epoch % eval_every == 0 or step_in_epoch == steps_per_epoch or stop:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    seconds = time.perf_counter() - begin
+                    window["seconds"] += seconds
+                    epoch_train_s += seconds
+                    history["train_s"] += seconds
+                    progress.close()
+                    stop = evaluate_and_save(epoch, step_in_epoch, window, epoch_train_s) or stop
+                    begin = time.perf_counter()
+                elif t.save_steps and history["step"] % t.save_steps == 0:
+                    history["epoch"], history["step_in_epoch"] = epoch, step_in_epoch
+                    run.save(_state(model, optimizers, scaler, history, cfg, task), keep_steps=t.keep_checkpoint_max)
+                if stop:
+                    break
 
     summary = _summary(cfg, task, history, device, dist)
     run.summary(summary)
-    log(_summary_lines(summary, metric))
+    log(_summary_lines(summary, task.metric_names, metric))
     return summary
 
 
-def _restore(cfg: RunConfig, run: RunDir, model, optimizer, scaler, log) -> tuple[int, dict]:
-    """(last finished epoch, run history): from checkpoints/last.pt with --resume, else a fresh start."""
-    checkpoint = load_checkpoint(run.last) if cfg.train.resume and run.last.exists() else None
-    if checkpoint is None:
-        if cfg.train.resume:
-            log(f"--resume: no checkpoint in {run.last.parent}; starting from scratch")
-        if hasattr(model, "warm_start"):
-            model.warm_start(cfg.arch)
-        run.start(cfg, resumed_epoch=None)
-        return 0, {"epochs": [], "best_epoch": None, "best_metrics": None, "first_epoch_at_threshold": None,
-                   "train_s": 0.0, "eval_s": 0.0, "wall_s": 0.0, "eval_pairs": 0}
-    for key in MUST_MATCH_ON_RESUME:
-        if checkpoint["config"][key] != cfg.to_dict()[key]:
-            raise RecforgeError(f"--resume: '{key}' differs from the run in {cfg.output_dir}; resume with the same settings")
+def _score(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
+    """--mode eval: metrics of --restore-checkpoint; --mode inference: its scoring throughput."""
+    log = log_to(dist.is_main)
+    if not cfg.train.restore_checkpoint:
+        raise RecforgeError(f"--mode {cfg.train.mode} needs --restore-checkpoint FILE")
+    checkpoint = load_checkpoint(cfg.train.restore_checkpoint)
+    task = build_task(cfg, device, dist, log)
+    model = build_model(cfg, checkpoint["model_dims"], device)
     model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    set_rng_state(checkpoint["rng"])
-    log(f"resuming {cfg.output_dir} after epoch {checkpoint['epoch']}")
-    run.start(cfg, resumed_epoch=checkpoint["epoch"])
-    return checkpoint["epoch"], checkpoint["history"]
-
-
-def _train_epoch(wrapped, optimizer, scaler, task, epoch: int, cfg: RunConfig, device, dist: Dist) -> tuple[float, float]:
-    """One pass over the task's batches: (mean training loss over all ranks, seconds)."""
-    wrapped.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    progress = Progress(task.samples_per_epoch, f"epoch {epoch}", dist.is_main)
+    run = RunDir(cfg.output_dir, dist.is_main)
+    if run.enabled:
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_text(run.path / "config.yaml", cfg.to_yaml())
     begin = time.perf_counter()
-    for batch, global_size in task.train_batches(epoch, cfg.train.batch_size):
-        with autocast(device, cfg.train.precision):
-            logits = wrapped(batch)
-        # Sum over the local slice, scaled so DDP's gradient average equals the global mean.
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"], reduction="sum")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss * (dist.world / global_size)).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach()
-        progress.update(global_size)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - begin
-    progress.close()
-    return dist.all_reduce_sum(loss_sum).item() / task.samples_per_epoch, seconds
+    if cfg.train.mode == "eval":
+        metrics, examples = task.evaluate(model)
+        seconds = time.perf_counter() - begin
+        summary = {"mode": "eval", "checkpoint": cfg.train.restore_checkpoint, "metrics": metrics,
+                   "eval_s": seconds, "eval_samples_per_s": examples / seconds}
+        run.log_metrics({"step": checkpoint["history"]["step"], **metrics, "eval_s": seconds})
+        log(", ".join(f"{k} = {metrics[k]:.4f}" for k in task.metric_names))
+    else:
+        probabilities = task.predict(model)
+        seconds = time.perf_counter() - begin
+        summary = {"mode": "inference", "checkpoint": cfg.train.restore_checkpoint, "examples": int(probabilities.numel()),
+                   "inference_s": seconds, "inference_samples_per_s": probabilities.numel() / seconds}
+        if cfg.train.write_predictions and run.enabled:
+            atomic_write(run.path / "predictions.npy", lambda f: np.save(f, probabilities.cpu().numpy()), mode="wb")
+            summary["predictions"] = str(run.path / "predictions.npy")
+        log(f"scored {probabilities.numel():,} examples in {seconds:.2f}s: {summary['inference_samples_per_s']:,.0f} samples/s")
+    run.summary(summary)
+    return summary
 
 
-def _state(model, optimizer, scaler, epoch, history, cfg: RunConfig, task) -> dict:
+def _state(model, optimizers, scaler, history, cfg: RunConfig, task) -> dict:
     return {
-        "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history,
-        "config": cfg.to_dict(), "model_dims": task.model_dims,
+        "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+        "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": history["epoch"], "step": history["step"],
+        "history": history, "config": cfg.to_dict(), "model_dims": task.model_dims,
     }
 
 
-def _epoch_line(record: dict, improved: bool) -> str:
-    shown = "".join(f", {k} = {v:.4f}" for k, v in record.items() if "@" in k)
+def _eval_line(record: dict, names: list[str], improved: bool) -> str:
+    shown = "".join(f", {k} = {record[k]:.4f}" for k in names if k in record)
     evaluated = f", eval {record['eval_s']:.1f}s" if "eval_s" in record else ""
-    return (f"epoch {record['epoch']}: loss {record['train_loss']:.4f}{shown}, train {record['train_s']:.1f}s "
-            f"({record['train_samples_per_s']:,.0f} samples/s){evaluated}" + ("  New Best Epoch" if improved else ""))
+    return (f"epoch {record['epoch']} (step {record['step']}): loss {record['train_loss']:.4f}{shown}, "
+            f"{record['train_samples_per_s']:,.0f} samples/s{evaluated}" + ("  New Best Epoch" if improved else ""))
 
 
 def _summary(cfg: RunConfig, task, history: dict, device: torch.device, dist: Dist) -> dict:
     times = [e["train_s"] for e in history["epochs"]]
-    samples = task.samples_per_epoch * len(times)
     return {
         "model": cfg.model, "dataset": cfg.data.dataset,
-        "metrics": history["best_metrics"] or {}, "best_epoch": history["best_epoch"],
-        "epochs_trained": len(times),
-        "train_samples_per_s": samples / history["train_s"] if history["train_s"] else None,
-        "eval_samples_per_s": history["eval_pairs"] / history["eval_s"] if history["eval_s"] else None,
+        "metrics": history["best_metrics"] or {}, "best_epoch": history["best_epoch"], "best_step": history["best_step"],
+        "epochs_trained": len(times), "steps": history["step"],
+        "train_samples_per_s": history["samples"] / history["train_s"] if history["train_s"] else None,
+        "eval_samples_per_s": history["eval_examples"] / history["eval_s"] if history["eval_s"] else None,
         "time_to_train_s": history["wall_s"],
         "epoch_time_avg_s": sum(times) / len(times) if times else None,
         "epoch_time_min_s": min(times) if times else None,
@@ -231,12 +343,12 @@ def _summary(cfg: RunConfig, task, history: dict, device: torch.device, dist: Di
     }
 
 
-def _summary_lines(s: dict, metric: str) -> str:
+def _summary_lines(s: dict, names: list[str], metric: str) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    best = ", ".join(f"{k} = {v:.4f}" for k, v in s["metrics"].items() if "@" in k)
+    best = ", ".join(f"{k} = {s['metrics'][k]:.4f}" for k in names if k in s["metrics"])
     lines = [
         "summary:",
-        f"  best: {best or 'n/a'} (epoch {s['best_epoch']})",
+        f"  best: {best or 'n/a'} (epoch {s['best_epoch']}, step {s['best_step']})",
         f"  train: {fmt(s['train_samples_per_s'], ',.0f')} samples/s, epoch time avg {fmt(s['epoch_time_avg_s'], '.2f')}s, "
         f"min {fmt(s['epoch_time_min_s'], '.2f')}s",
         f"  eval: {fmt(s['eval_samples_per_s'], ',.0f')} samples/s",

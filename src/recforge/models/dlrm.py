@@ -1,0 +1,113 @@
+"""DLRM (Naumov et al. 2019): dense features through a bottom MLP, one embedding per categorical
+field, pairwise interactions, a top MLP, one click logit.
+
+    dense [B, 13] --bottom MLP--> x [B, D]
+    sparse [B, F] --tables------> e [B, F, D]
+    interaction "dot": pairwise dot products of [x, e_1 .. e_F] (strict upper triangle, or with
+                       the diagonal when self_interaction), next to x -> [B, D + (F+1)F/2]
+    interaction "cat": [x, e_1 .. e_F] flattened -> [B, (F + 1) D]
+    top MLP -> logit [B]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from recforge.errors import RecforgeError
+from recforge.models.layers import mlp
+
+
+@dataclass
+class DLRMConfig:
+    embedding_dim: int = 16
+    bottom_mlp: list[int] = field(default_factory=lambda: [13, 512, 256, 64, 16])  # input = number of dense features
+    top_mlp: list[int] = field(default_factory=lambda: [512, 256, 1])  # its input size follows from the interaction
+    interaction: Literal["dot", "cat"] = "dot"
+    self_interaction: bool = False  # "dot": include each feature's dot product with itself
+    emb_fusion: bool = False  # one table for all fields, indexed with per-field offsets
+    sparse_embeddings: bool = True  # sparse gradients for the tables (optimizers that allow them use them)
+
+
+class FieldEmbeddings(nn.Module):
+    """One vector per (row, field): ids [B, F] -> [B, F, D], from sum-pooled `EmbeddingBag`s (a bag
+    of one id per field here; multi-hot fields pool more) per field, or from one fused table whose
+    rows are the fields' tables end to end, indexed with per-field offsets (one kernel, not F)."""
+
+    def __init__(self, cardinalities: list[int], dim: int, fused: bool, sparse: bool):
+        super().__init__()
+        self.fused = fused
+        # DLRM's initialisation: U(-1/sqrt(rows), 1/sqrt(rows)) for each field's rows.
+        bounds = [c ** -0.5 for c in cardinalities]
+        if fused:
+            self.table = nn.EmbeddingBag(sum(cardinalities), dim, mode="sum", sparse=sparse)
+            self.register_buffer("offsets", torch.tensor([0] + cardinalities[:-1]).cumsum(0), persistent=False)
+            with torch.no_grad():
+                bound = torch.tensor(bounds).repeat_interleave(torch.tensor(cardinalities))[:, None]
+                self.table.weight.uniform_(-1.0, 1.0).mul_(bound)
+        else:
+            self.tables = nn.ModuleList(nn.EmbeddingBag(c, dim, mode="sum", sparse=sparse) for c in cardinalities)
+            for table, bound in zip(self.tables, bounds):
+                nn.init.uniform_(table.weight, -bound, bound)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows, fields = ids.shape
+        if self.fused:
+            return self.table((ids + self.offsets).reshape(-1, 1)).view(rows, fields, -1)
+        return torch.stack([table(ids[:, f : f + 1]) for f, table in enumerate(self.tables)], dim=1)
+
+
+class DotInteraction(nn.Module):
+    """[B, N, D] -> [B, N(N-1)/2] (or N(N+1)/2 with self interactions): pairwise dot products."""
+
+    def __init__(self, features: int, self_interaction: bool):
+        super().__init__()
+        rows, cols = torch.triu_indices(features, features, offset=0 if self_interaction else 1)
+        self.register_buffer("flat_index", rows * features + cols, persistent=False)
+
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        gram = torch.bmm(stacked, stacked.transpose(1, 2))
+        return gram.flatten(1).index_select(1, self.flat_index)
+
+
+class DLRM(nn.Module):
+    """batch["dense"] [B, dense] float, batch["sparse"] [B, F] int -> logits [B]."""
+
+    task = "ctr"
+
+    def __init__(self, num_dense: int, cardinalities: list[int], cfg: DLRMConfig):
+        super().__init__()
+        if cfg.bottom_mlp[0] != num_dense:
+            raise RecforgeError(f"--bottom-mlp starts at {cfg.bottom_mlp[0]} but the data has {num_dense} dense features")
+        if cfg.interaction == "dot" and cfg.bottom_mlp[-1] != cfg.embedding_dim:
+            raise RecforgeError(f"--bottom-mlp must end at --embedding-dim ({cfg.embedding_dim}) for the dot interaction")
+        if cfg.top_mlp[-1] != 1:
+            raise RecforgeError("--top-mlp must end with 1 (the click logit)")
+        features = len(cardinalities) + 1
+        self.bottom = mlp(cfg.bottom_mlp)
+        self.embeddings = FieldEmbeddings(cardinalities, cfg.embedding_dim, cfg.emb_fusion, cfg.sparse_embeddings)
+        if cfg.interaction == "dot":
+            self.interaction = DotInteraction(features, cfg.self_interaction)
+            pairs = features * (features + 1) // 2 if cfg.self_interaction else features * (features - 1) // 2
+            top_input = cfg.bottom_mlp[-1] + pairs
+        else:
+            self.interaction = None
+            top_input = cfg.bottom_mlp[-1] + (features - 1) * cfg.embedding_dim
+        self.top = mlp([top_input, *cfg.top_mlp], last_activation=False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.bottom(batch["dense"])
+        embedded = self.embeddings(batch["sparse"])
+        stacked = torch.cat([x.unsqueeze(1), embedded.to(x.dtype)], dim=1)
+        if self.interaction is not None:
+            features = torch.cat([x, self.interaction(stacked)], dim=1)
+        else:
+            features = stacked.flatten(1)
+        return self.top(features).squeeze(1)
+
+
+def dlrm(num_dense: int, cardinalities: list[int], cfg: DLRMConfig) -> DLRM:
+    return DLRM(num_dense, cardinalities, cfg)
