@@ -54,7 +54,7 @@ def main():
     device = torch.device(args.device)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("device", "negatives")}
     cfg = build_config({}, {**overrides, "device": args.device, "model": "neumf", "num_factors": 64,
-                            "layers": "256,256,128,64", "eval_batch_size": 1 << 20})
+                            "layers": "256,256,128,64", "valid_batch_size": 1 << 20})
     start = time.perf_counter()
     task = build_task(cfg, device, Dist(), print)
     setup_s = time.perf_counter() - start
