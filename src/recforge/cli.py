@@ -28,7 +28,7 @@ def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None
     `base` (a checkpoint's config) takes the place of a YAML preset."""
     from recforge.registry import MODELS, model_entry
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     pre.add_argument("--model")
     known, _ = pre.parse_known_args(argv)
@@ -37,7 +37,7 @@ def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None
         file_values, lines = load_yaml(known.config)
         source = known.config
     model = known.model or file_values.get("model") or RunConfig.model
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
     if extra:
         extra(parser)
     else:
@@ -55,7 +55,7 @@ def _checkpoint_parser(prog: str, argv: list[str], extra) -> tuple[RunConfig, ar
     """For commands that use a checkpoint: its config, with any config flags layered on."""
     from recforge.train.checkpoint import load_checkpoint
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--checkpoint")
     known, _ = pre.parse_known_args(argv)
     checkpoint = load_checkpoint(known.checkpoint) if known.checkpoint else None
@@ -77,13 +77,19 @@ def cmd_train(argv: list[str]) -> None:
 
 def cmd_prepare(argv: list[str]) -> None:
     from recforge.data.cache import prepare
-    from recforge.registry import DATASETS
+    from recforge.registry import CLICK_LOGS, DATASETS
 
-    parser = argparse.ArgumentParser(prog="recforge prepare")
-    parser.add_argument("dataset", choices=list(DATASETS))
+    parser = argparse.ArgumentParser(prog="recforge prepare", allow_abbrev=False)
+    parser.add_argument("dataset", choices=[*DATASETS, *CLICK_LOGS])
     add_config_flags(parser, {"data": DataConfig})
     args = vars(parser.parse_args(argv))
     cfg = build_config({}, args).data
+    if cfg.dataset in CLICK_LOGS:
+        if not cfg.out:
+            raise RecforgeError(f"recforge prepare {cfg.dataset} needs --out FOLDER (the prepared click log)")
+        meta = CLICK_LOGS[cfg.dataset](cfg, print)
+        print(f"{cfg.dataset}: {', '.join(f'{k} {v:,}' for k, v in meta.rows.items())} rows -> {cfg.out}")
+        return
     data, path = prepare(cfg)
     print(f"{cfg.dataset}: {data.describe()}")
     print(f"cache: {path}")
@@ -92,7 +98,7 @@ def cmd_prepare(argv: list[str]) -> None:
 def cmd_download(argv: list[str]) -> None:
     from recforge.data.download import MD5, download
 
-    parser = argparse.ArgumentParser(prog="recforge download")
+    parser = argparse.ArgumentParser(prog="recforge download", allow_abbrev=False)
     parser.add_argument("name", choices=list(MD5))
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args(argv)

@@ -137,8 +137,8 @@ def coerce(tp: Any, value: Any) -> Any:
         return value
     if origin is list:
         (elem,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.replace(" ", ",").split(",") if v]
+        if isinstance(value, str):  # "256,256,128" or DLRM's "13-512-256-64"
+            value = [v for v in value.replace(" ", ",").replace("-", ",").split(",") if v]
         if not isinstance(value, list):
             raise ValueError(f"must be a list, got {value!r}")
         return [coerce(elem, v) for v in value]
@@ -244,6 +244,9 @@ def build_config(
     model = overrides.pop("model", None) or file_values.get("model") or RunConfig.model
     entry = model_entry(model)
     cfg = RunConfig(model=model, arch=entry.config())
+    for section, values in entry.defaults.items():  # the model's defaults sit under the preset
+        for key, value in values.items():
+            setattr(getattr(cfg, section), key, value)
     if "output_dir" in file_values:
         cfg.output_dir = coerce(str, file_values["output_dir"])
     for section, cls in section_classes(entry.config).items():

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from recforge.data import interaction_file, movielens, ncf_files, synthetic
+from recforge.data import interaction_file, movielens, ncf_files, synthetic, synthetic_ctr
 from recforge.errors import RecforgeError
-from recforge.models import ncf
+from recforge.models import dlrm, ncf
+from recforge.tasks.ctr import CTRTask
 from recforge.tasks.ranking import RankingTask
 
 
@@ -18,6 +19,7 @@ class ModelEntry:
     build: Callable  # (dimensions from the task..., config) -> nn.Module
     config: type  # the model's config dataclass (the `arch` section)
     task: str  # which task (data, batches, evaluation) the model trains on
+    defaults: dict = field(default_factory=dict)  # the model's own defaults, by section, under presets and flags
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ MODELS = {
     "gmf": ModelEntry(ncf.gmf, ncf.NCFConfig, "ranking"),
     "mlp": ModelEntry(ncf.mlp_model, ncf.NCFConfig, "ranking"),
     "neumf": ModelEntry(ncf.neumf, ncf.NCFConfig, "ranking"),
+    "dlrm": ModelEntry(dlrm.dlrm, dlrm.DLRMConfig, "ctr", {
+        "data": {"dataset": "criteo-kaggle"},
+        "train": {"batch_size": 65536, "optimizer": "sgd", "learning_rate": 0.1, "epochs": 1},
+        "eval": {"valid_batch_size": 65536},
+    }),
 }
 
 DATASETS = {
@@ -40,7 +47,13 @@ DATASETS = {
 }
 
 
-TASKS = {"ranking": RankingTask}
+# Click logs are prepared once into a folder (`recforge prepare NAME ... --out DIR`) that
+# training reads; each entry writes that folder from DataConfig.
+CLICK_LOGS = {
+    "criteo-synthetic": lambda cfg, log: synthetic_ctr.generate_ctr(cfg.out, rows=cfg.synthetic_rows, seed=cfg.synthetic_seed, log=log),
+}
+
+TASKS = {"ranking": RankingTask, "ctr": CTRTask}
 
 
 def build_task(cfg, device, dist, log):

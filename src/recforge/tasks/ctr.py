@@ -1,0 +1,139 @@
+"""Click prediction (DLRM, Wide & Deep): labelled rows of dense and categorical features.
+
+Training reads the prepared folder's train split; when it fits in memory (a quarter of RAM, or
+of the GPU), it is loaded onto the device once and every epoch is a seeded permutation of rows;
+otherwise batches are sliced from the memory-mapped arrays, in a shuffled order of contiguous
+batch-sized blocks (`--shuffle blocks`). Evaluation scores the valid (or test) split, sharded by
+rank; every rank then holds all scores and computes the exact AUC, log loss and accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from recforge.config import RunConfig
+from recforge.data.ctr_format import load_meta, load_split
+from recforge.errors import RecforgeError
+from recforge.metrics.classification import accuracy, auc, logloss
+from recforge.train.distributed import Dist
+from recforge.train.precision import autocast
+
+MEMORY_FRACTION = 0.25
+
+
+def _fits(nbytes: int, device: torch.device) -> bool:
+    if device.type == "cuda":
+        return nbytes < MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory
+    return nbytes < MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _to_batch(label, dense, sparse) -> dict[str, torch.Tensor]:
+    return {"dense": dense, "sparse": sparse, "label": label.to(torch.float32)}
+
+
+class CTRTask:
+    def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
+        if cfg.data.data_dir is None:
+            raise RecforgeError(f"--data-dir PREPARED is required for {cfg.data.dataset} (made by `recforge prepare {cfg.data.dataset}`)")
+        self.cfg, self.device, self.dist = cfg, device, dist
+        self.meta = load_meta(cfg.data.data_dir)
+        self.train = load_split(cfg.data.data_dir, "train") if cfg.train.mode == "train" else None
+        self.eval_arrays = load_split(cfg.data.data_dir, cfg.eval.eval_split) if self.meta.rows.get(cfg.eval.eval_split) else None
+        if self.train is not None and _fits(sum(a.nbytes for a in self.train.values()), device):
+            self.train = {k: torch.from_numpy(np.array(v)).to(device) for k, v in self.train.items()}
+            log(f"{cfg.data.data_dir}: {self.meta.rows['train']:,} training rows loaded onto {device}")
+
+    @property
+    def model_dims(self) -> dict:
+        return {"num_dense": len(self.meta.dense_names), "cardinalities": list(self.meta.cardinalities)}
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.meta.rows["train"]
+
+    @property
+    def primary_metric(self) -> str:
+        return "AUC"
+
+    @property
+    def metric_names(self) -> list[str]:
+        return ["AUC", "logloss", "accuracy"]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.samples_per_epoch // batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
+        """(this rank's part of each global batch, global batch size); the same order on every rank."""
+        rows = self.samples_per_epoch
+        generator = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
+        in_memory = isinstance(self.train["label"], torch.Tensor)
+        # Out of core, a row permutation would read the disk at random: shuffle batch-sized blocks.
+        shuffle = "blocks" if self.cfg.data.shuffle == "rows" and not in_memory else self.cfg.data.shuffle
+        order = torch.randperm(rows, generator=generator).to(self.device) if shuffle == "rows" else None
+        blocks = torch.randperm(self.steps_per_epoch(batch_size), generator=generator) if shuffle == "blocks" else None
+        rank, world = self.dist.rank, self.dist.world
+        for step in range(start_step, self.steps_per_epoch(batch_size)):
+            block = int(blocks[step]) if blocks is not None else step
+            lo, hi = block * batch_size, min(rows, (block + 1) * batch_size)
+            size = hi - lo
+            mine = slice(lo + size * rank // world, lo + size * (rank + 1) // world)
+            if order is not None:
+                index = order[mine]
+                arrays = [self.train[k][index] for k in ("label", "dense", "sparse")]
+            elif in_memory:
+                arrays = [self.train[k][mine] for k in ("label", "dense", "sparse")]
+            else:
+                arrays = [torch.from_numpy(np.array(self.train[k][mine])) for k in ("label", "dense", "sparse")]
+            yield _to_batch(*(a.to(self.device, non_blocking=True) for a in arrays)), size
+
+    def _eval_shard(self):
+        if self.eval_arrays is None:
+            raise RecforgeError(f"{self.cfg.data.data_dir}: no '{self.cfg.eval.eval_split}' split to evaluate")
+        rows = len(self.eval_arrays["label"])
+        return rows * self.dist.rank // self.dist.world, rows * (self.dist.rank + 1) // self.dist.world
+
+    @torch.no_grad()
+    def _probabilities(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and labels of this rank's shard of the evaluation split."""
+        was_training = model.training
+        model.eval()
+        lo, hi = self._eval_shard()
+        probabilities, labels = [], []
+        for start in range(lo, hi, self.cfg.eval.valid_batch_size):
+            stop = min(hi, start + self.cfg.eval.valid_batch_size)
+            arrays = [torch.from_numpy(np.array(self.eval_arrays[k][start:stop])).to(self.device) for k in ("label", "dense", "sparse")]
+            batch = _to_batch(*arrays)
+            with autocast(self.device, self.cfg.train.precision):
+                probabilities.append(torch.sigmoid(model(batch).float()))
+            labels.append(batch["label"])
+        model.train(was_training)
+        empty = torch.zeros(0, device=self.device)
+        return torch.cat(probabilities) if probabilities else empty, torch.cat(labels) if labels else empty
+
+    def _gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's values, concatenated in rank order (shards may differ in length)."""
+        if not self.dist.enabled:
+            return values
+        sizes = [torch.zeros(1, dtype=torch.int64, device=values.device) for _ in range(self.dist.world)]
+        torch_dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+        padded[: values.numel()] = values
+        parts = [torch.empty_like(padded) for _ in range(self.dist.world)]
+        torch_dist.all_gather(parts, padded)
+        return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes)])
+
+    def evaluate(self, model) -> tuple[dict, int]:
+        probabilities, labels = self._probabilities(model)
+        probabilities, labels = self._gather(probabilities), self._gather(labels)
+        metrics = {"AUC": auc(probabilities, labels), "logloss": logloss(probabilities, labels),
+                   "accuracy": accuracy(probabilities, labels), "eval_rows": int(labels.numel())}
+        return metrics, int(labels.numel())
+
+    def predict(self, model) -> torch.Tensor:
+        """Probabilities of the evaluation split, in row order (for --mode inference)."""
+        return self._gather(self._probabilities(model)[0])
