@@ -99,6 +99,9 @@ def test_profile_writes_a_trace(click_log, tmp_path):
     main(["train", *dlrm_args(click_log, tmp_path / "run", **{"max-steps": 8, "profile-start-step": 3, "profile-steps": 2}), "--profile", "--no-eval"])
     assert (tmp_path / "run" / "profile" / "trace.json").stat().st_size > 1000
     assert "aten::" in (tmp_path / "run" / "profile" / "top_ops.txt").read_text()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records and not any("AUC" in r for r in records)  # --no-eval
+    assert summary_of(tmp_path / "run")["steps"] == 8
 
 
 def test_fused_table_equals_per_field_tables():
