@@ -87,8 +87,7 @@ def cmd_prepare(argv: list[str]) -> None:
     if cfg.dataset in CLICK_LOGS:
         if not cfg.out:
             raise RecforgeError(f"recforge prepare {cfg.dataset} needs --out FOLDER (the prepared click log)")
-        meta = CLICK_LOGS[cfg.dataset](cfg, print)
-        print(f"{cfg.dataset}: {', '.join(f'{k} {v:,}' for k, v in meta.rows.items())} rows -> {cfg.out}")
+        CLICK_LOGS[cfg.dataset](cfg, print)
         return
     data, path = prepare(cfg)
     print(f"{cfg.dataset}: {data.describe()}")

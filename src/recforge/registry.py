@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from recforge.data import interaction_file, movielens, ncf_files, synthetic, synthetic_ctr
+from recforge.data import criteo, interaction_file, movielens, ncf_files, synthetic, synthetic_ctr
 from recforge.errors import RecforgeError
 from recforge.models import dlrm, ncf
 from recforge.tasks.ctr import CTRTask
@@ -49,7 +49,16 @@ DATASETS = {
 
 # Click logs are prepared once into a folder (`recforge prepare NAME ... --out DIR`) that
 # training reads; each entry writes that folder from DataConfig.
+def _criteo(cfg, log):
+    if cfg.data_dir is None:
+        raise RecforgeError(f"recforge prepare {cfg.dataset} needs --data-dir (the raw train.txt or day_N files)")
+    return criteo.prepare_criteo(cfg.dataset, Path(cfg.data_dir).expanduser(), Path(cfg.out).expanduser(), cfg.min_frequency,
+                                 cfg.max_ind_range, cfg.workers, log=log)
+
+
 CLICK_LOGS = {
+    "criteo-kaggle": _criteo,
+    "criteo-terabyte": _criteo,
     "criteo-synthetic": lambda cfg, log: synthetic_ctr.generate_ctr(cfg.out, rows=cfg.synthetic_rows, seed=cfg.synthetic_seed, log=log),
 }
 
