@@ -2,6 +2,7 @@
 (the machine is noisy: compare medians and per-round ratios, not single runs).
 
     python benchmarks/versus_peers.py w1 --reps 3      # RecBole NeuMF vs recforge fp32 / bf16 on W1
+    python benchmarks/versus_peers.py w2 --reps 3      # TorchRec DLRM vs recforge fp32 / bf16 on W2
 
 Needs the peers installed and W1 generated (../shared/peers/README.md: setup.sh, make_data.py).
 """
@@ -46,7 +47,17 @@ def recforge(config: str, flags: list[str], label: str) -> dict:
             "wall_s": summary["epoch_time_avg_s"]}
 
 
+W2_PREPARED = DATA / "recforge-w2"
+W2_FLAGS = ["--data-dir", str(W2_PREPARED), "--batch-size", "2048", "--optimizer", "adam", "--learning-rate", "0.001"]
+
 WORKLOADS = {
+    "w2": {
+        "prepare": ["prepare", "criteo-kaggle", "--data-dir", str(DATA / "w2_dlrm"), "--out", str(W2_PREPARED)],
+        "peers": [("torchrec", "run_torchrec_w2.sh")],
+        "ours": [("recforge-fp32", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "fp32"]),
+                 ("recforge-bf16", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "bf16"])],
+        "metric": "AUC",
+    },
     "w1": {
         "peers": [("recbole", "run_recbole_w1.sh")],
         "ours": [("recforge-fp32", "configs/recbole-neumf.yaml", ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "fp32"]),
@@ -63,6 +74,9 @@ def main() -> None:
     parser.add_argument("--out", help="JSON file for the raw rows")
     args = parser.parse_args()
     spec = WORKLOADS[args.workload]
+    prepared = spec.get("prepare")
+    if prepared and not Path(prepared[prepared.index("--out") + 1], "meta.json").exists():
+        subprocess.run([sys.executable, "-m", "recforge", *prepared], check=True)
     rows = []
     # Alternate peer, ours, ours, ... every round. The peer's seed is fixed by its driver; ours is
     # the round number, so the quality column shows a median over seeds, not one draw.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import math
 import random
 from collections import Counter
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recforge.cli import main
 from recforge.data import criteo
 from recforge.data.criteo import prepare_criteo
 from recforge.data.ctr_format import CTRMeta, load_meta, load_split
@@ -290,3 +292,18 @@ def test_existing_output_is_replaced_only_with_overwrite(tmp_path):
     with pytest.raises(RecforgeError, match="not a prepared dataset"):
         prepare_criteo("criteo-kaggle", tmp_path, tmp_path / "notes", workers=1, log=quiet, overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_real_kaggle_sample_prepare_train_eval_through_the_cli(kaggle_tiny, tmp_path, capsys):
+    raw, _ = kaggle_tiny
+    out, run = tmp_path / "prepared", tmp_path / "run"
+    main(["prepare", "criteo-kaggle", "--data-dir", str(raw), "--out", str(out), "--workers", "1"])
+    args = ["--config", "configs/dlrm-criteo-kaggle.yaml", "--data-dir", str(out), "--output-dir", str(run),
+            "--batch-size", "128", "--optimizer", "adam", "--learning-rate", "0.001", "--threads", "1",
+            "--embedding-dim", "4", "--bottom-mlp", "13-16-4", "--top-mlp", "16-1"]
+    main(["train", *args])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 14 and 0.0 < summary["metrics"]["AUC"] <= 1.0  # 1,714 rows: 14 steps of 128
+    main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--eval-split", "test"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("AUC = ") and "logloss = " in line and "accuracy = " in line
