@@ -87,8 +87,10 @@ def main() -> None:
         for label, config, flags in spec["ours"]:
             rows.append({"round": rep, **recforge(config, [*flags, "--seed", str(rep)], label)})
             print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     metric = spec["metric"]
-    baseline = spec["peers"][0][0]
+    baseline = rows[0]["system"]  # the peer's own name for itself (e.g. torchrec-dmp)
     print(f"\n{args.workload}, {args.reps} rounds, {time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.1f}")
     print(f"| system | samples/s (median) | min..max | ratio to {baseline} (median of rounds) | {metric} |")
     print("|---|---|---|---|---|")
@@ -98,8 +100,6 @@ def main() -> None:
         ratios = [r["samples_per_s"] / next(p["samples_per_s"] for p in rows if p["system"] == baseline and p["round"] == r["round"]) for r in mine]
         quality = statistics.median(r.get(metric, float("nan")) for r in mine)
         print(f"| {system} | {statistics.median(rates):,.0f} | {min(rates):,.0f}..{max(rates):,.0f} | {statistics.median(ratios):.2f}x | {quality:.4f} |")
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
