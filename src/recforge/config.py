@@ -51,6 +51,7 @@ class DataConfig:
     min_frequency: int = 1  # click logs: rarer categorical values share the out-of-vocabulary id
     max_ind_range: int | None = None  # click logs: hash ids modulo this instead of a vocabulary (MLPerf)
     workers: int = 2  # click logs: preparation processes
+    feature_spec: str | None = None  # click logs (dataset ctr): the YAML feature spec of a CSV/Parquet log
     synthetic_rows: int = 2_000_000  # the synthetic click log (criteo-synthetic)
     shuffle: Literal["rows", "blocks", "none"] = "rows"  # click logs: per-epoch order (blocks: batch-sized runs)
 
@@ -186,7 +187,7 @@ def section_classes(arch_cls) -> dict[str, type]:
     return {"data": DataConfig, "arch": arch_cls, "train": TrainConfig, "eval": EvalConfig}
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
     """Line number (1-based) of every mapping key in a YAML document, by its key path."""
     lines: dict[tuple[str, ...], int] = {}
 
@@ -210,7 +211,7 @@ def load_yaml(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]]:
     text = path.read_text()
     try:
         data = yaml.safe_load(text) or {}
-        lines = _key_lines(text)
+        lines = key_lines(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None

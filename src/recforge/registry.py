@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from recforge.data import criteo, interaction_file, movielens, ncf_files, synthetic, synthetic_ctr
+from recforge.data import criteo, ctr_spec, interaction_file, movielens, ncf_files, synthetic, synthetic_ctr
 from recforge.errors import RecforgeError
 from recforge.models import dlrm, ncf
 from recforge.tasks.ctr import CTRTask
@@ -49,6 +49,12 @@ DATASETS = {
 
 # Click logs are prepared once into a folder (`recforge prepare NAME ... --out DIR`) that
 # training reads; each entry writes that folder from DataConfig.
+def _required(value, flag: str):
+    if value is None:
+        raise RecforgeError(f"recforge prepare needs {flag}")
+    return value
+
+
 def _criteo(cfg, log):
     if cfg.data_dir is None:
         raise RecforgeError(f"recforge prepare {cfg.dataset} needs --data-dir (the raw train.txt or day_N files)")
@@ -59,6 +65,8 @@ def _criteo(cfg, log):
 CLICK_LOGS = {
     "criteo-kaggle": _criteo,
     "criteo-terabyte": _criteo,
+    "ctr": lambda cfg, log: ctr_spec.prepare_ctr(_required(cfg.feature_spec, "--feature-spec SPEC.yaml"),
+                                                 _required(cfg.data_dir, "--data-dir"), cfg.out, log),
     "criteo-synthetic": lambda cfg, log: synthetic_ctr.generate_ctr(cfg.out, rows=cfg.synthetic_rows, seed=cfg.synthetic_seed, log=log),
 }
 

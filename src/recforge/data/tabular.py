@@ -47,11 +47,12 @@ def read_delimited(
     columns: dict[str, pa.DataType | None],
     column_names: list[str] | None = None,
     encoding: str = "utf8",
+    missing_ok: bool = False,
 ) -> pa.Table:
     """Read `columns` (name -> type, None to infer) of a delimited file.
 
     `column_names` names the columns of a file without a header line; otherwise the first line is
-    the header. Missing values (empty fields) in the requested columns are errors.
+    the header. Missing values (empty fields) in the requested columns are errors unless `missing_ok`.
     """
     header_lines = 0 if column_names else 1
     read = pcsv.ReadOptions(column_names=column_names, encoding=encoding, block_size=1 << 24)
@@ -64,15 +65,15 @@ def read_delimited(
     try:
         table = pcsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
-        raise _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, e) from None
+        raise _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, e, missing_ok) from None
     for name in columns:
         column = table.column(name)
-        if column.null_count or pa.types.is_binary(column.type):  # binary: bytes that are not UTF-8
-            raise _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, None)
+        if (column.null_count and not missing_ok) or pa.types.is_binary(column.type):  # binary: not UTF-8
+            raise _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, None, missing_ok)
     return table
 
 
-def _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, error) -> Exception:
+def _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, error, missing_ok=False) -> Exception:
     """Re-read the file as raw bytes, single-threaded, to find the first row that cannot parse."""
     bad_rows = []
 
@@ -100,7 +101,7 @@ def _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lin
     for name, dtype in columns.items():
         column = raw.column(name)
         problem = None
-        if column.null_count:
+        if column.null_count and not missing_ok:
             row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
             found.append((row, name, "missing value"))
         if dtype is not None and (pa.types.is_integer(dtype) or pa.types.is_floating(dtype)):

@@ -1,0 +1,278 @@
+"""Any click log in CSV or Parquet, described by a YAML feature spec, into the prepared format.
+
+A spec names the label, the numeric and the categorical columns, and where the rows are:
+
+    label: click
+    numeric: [price, {name: age, transform: none}]      # default transform: log1p(max(x, 0))
+    categorical: [user_id, {name: item_id, min_frequency: 5}, {name: query, hash_buckets: 100000}]
+    files: {train: train.csv, valid: valid.csv, test: test.csv}   # or {all: log.csv}
+    holdout: {test: 0.05, valid: 0.05}                   # with `all`: the last rows, in file order
+    separator: ","                                       # CSV only
+
+Categorical values are read as text. A vocabulary (sorted values seen in train rows at least
+`min_frequency` times) numbers them 1..V, and 0 is missing or out of vocabulary; or a stable
+64-bit FNV-1a hash modulo `hash_buckets - 1`, plus 1. Files are read in batches (pyarrow's
+streaming CSV reader, Parquet row groups): memory is bounded by the vocabularies, not the rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import yaml
+
+from recforge.config import key_lines
+from recforge.data.ctr_format import CTRMeta, allocate, finish
+from recforge.data.tabular import line_number, read_delimited, require_file
+from recforge.errors import DataError, RecforgeError
+
+BATCH_BYTES = 1 << 24
+FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+@dataclass
+class Feature:
+    name: str
+    transform: str = "log1p"  # numeric: log1p(max(x, 0)) | none
+    min_frequency: int = 1  # categorical vocabulary threshold
+    hash_buckets: int | None = None  # categorical: hash instead of a vocabulary
+
+
+@dataclass
+class FeatureSpec:
+    label: str
+    numeric: list[Feature]
+    categorical: list[Feature]
+    files: dict[str, str]
+    holdout: dict[str, float] = field(default_factory=dict)
+    separator: str = ","
+    path: Path | None = None
+
+
+def load_spec(path: str | Path) -> FeatureSpec:
+    path = Path(path).expanduser()
+    text = require_file(path, "the YAML feature spec").read_text()
+    lines = key_lines(text)
+    raw = yaml.safe_load(text) or {}
+
+    def fail(key: str, message: str):
+        raise DataError(path, lines.get(tuple(key.split("."))), key, message)
+
+    known = {"label", "numeric", "categorical", "files", "holdout", "separator"}
+    for key in raw:
+        if key not in known:
+            fail(key, f"unknown key (expected {', '.join(sorted(known))})")
+    if not isinstance(raw.get("label"), str):
+        fail("label", "the label column's name is required")
+    files = raw.get("files") or {}
+    if not isinstance(files, dict) or not files or set(files) - {"all", "train", "valid", "test"}:
+        fail("files", "a mapping of train/valid/test (or all) to file names")
+    if "all" in files and len(files) > 1:
+        fail("files", "either `all` or train/valid/test, not both")
+    if "all" not in files and "train" not in files:
+        fail("files", "needs a `train` file (or `all`)")
+    holdout = raw.get("holdout") or {}
+    if set(holdout) - {"valid", "test"} or sum(holdout.values()) >= 1 or min(holdout.values(), default=0) < 0:
+        fail("holdout", "fractions of the rows for valid and test, summing to less than 1")
+
+    def features(section: str, allowed: set[str]) -> list[Feature]:
+        entries = raw.get(section) or []
+        if not isinstance(entries, list):
+            fail(section, "a list of column names or {name: ..., ...} mappings")
+        out = []
+        for entry in entries:
+            entry = {"name": entry} if isinstance(entry, (str, int)) else entry
+            if not isinstance(entry, dict) or "name" not in entry or set(entry) - allowed - {"name"}:
+                fail(section, f"each feature is a name or a mapping with name and {', '.join(sorted(allowed))}: {entry!r}")
+            out.append(Feature(**{**entry, "name": str(entry["name"])}))
+        return out
+
+    spec = FeatureSpec(
+        label=raw["label"], numeric=features("numeric", {"transform"}),
+        categorical=features("categorical", {"min_frequency", "hash_buckets"}),
+        files={k: str(v) for k, v in files.items()}, holdout={k: float(v) for k, v in holdout.items()},
+        separator=str(raw.get("separator", ",")), path=path,
+    )
+    if not spec.numeric and not spec.categorical:
+        fail("numeric", "the spec names no features")
+    for f in spec.numeric:
+        if f.transform not in ("log1p", "none"):
+            fail("numeric", f"{f.name}: transform must be log1p or none")
+    for f in spec.categorical:
+        if f.hash_buckets is not None and f.hash_buckets < 2:
+            fail("categorical", f"{f.name}: hash_buckets must be at least 2")
+    return spec
+
+
+def stable_hash(values: pa.Array) -> np.ndarray:
+    """FNV-1a 64-bit of each string's UTF-8 bytes (null -> 0), vectorized over character positions."""
+    values = values.cast(pa.string())
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8) if values.buffers()[2] is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    hashes = np.full(len(values), FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for position in range(int(lengths.max(initial=0))):
+            active = np.flatnonzero(lengths > position)
+            hashes[active] = (hashes[active] ^ data[starts[active] + position].astype(np.uint64)) * FNV_PRIME
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    return np.where(valid, hashes, np.uint64(0))
+
+
+class _Source:
+    """Batches of one file's spec columns: numbers as float64, categories as text."""
+
+    def __init__(self, path: Path, spec: FeatureSpec):
+        self.path, self.spec = path, spec
+        self.types = {spec.label: pa.float64(), **{f.name: pa.float64() for f in spec.numeric},
+                      **{f.name: pa.string() for f in spec.categorical}}
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        if self.path.suffix == ".parquet":
+            names = set(pq.read_schema(self.path).names)
+            for column in self.types:
+                if column not in names:
+                    raise DataError(self.path, None, column, "column not found")
+            for batch in pq.ParquetFile(self.path).iter_batches(columns=list(self.types), batch_size=1 << 16):
+                columns = [batch.column(c).cast(t) for c, t in self.types.items()]
+                # An empty string is a missing category, as in CSV files.
+                columns = [pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.string()), c) if c.type == pa.string() else c for c in columns]
+                yield pa.RecordBatch.from_arrays(columns, names=list(self.types))
+            return
+        try:
+            reader = pcsv.open_csv(
+                self.path, read_options=pcsv.ReadOptions(block_size=BATCH_BYTES),
+                parse_options=pcsv.ParseOptions(delimiter=self.spec.separator),
+                convert_options=pcsv.ConvertOptions(column_types=self.types, include_columns=list(self.types), strings_can_be_null=True),
+            )
+            yield from reader
+        except (pa.ArrowInvalid, pa.ArrowKeyError):
+            # The slow path names the first bad line and field (and raises there).
+            read_delimited(self.path, delimiter=self.spec.separator, missing_ok=True,
+                           columns={c: t for c, t in self.types.items() if t != pa.string()})
+            raise
+
+    def rows(self) -> int:
+        if self.path.suffix == ".parquet":
+            return pq.ParquetFile(self.path).metadata.num_rows
+        return sum(batch.num_rows for batch in self.batches())
+
+
+def _add_counts(counts: pa.Table | None, values: pa.Array) -> pa.Table:
+    """Merge one batch's value counts into the running (value, count) table."""
+    batch = pc.value_counts(values.drop_null())
+    table = pa.table({"value": batch.field("values"), "count": batch.field("counts")})
+    if counts is None:
+        return table
+    merged = pa.concat_tables([counts, table]).group_by("value").aggregate([("count", "sum")])
+    return merged.rename_columns(["value", "count"])
+
+
+def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, log=print) -> CTRMeta:
+    """Prepare the click log a feature spec describes into `out` (created; must not exist)."""
+    start = time.perf_counter()
+    spec = load_spec(spec_path)
+    data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise RecforgeError(f"{out}: exists and is not empty; remove it or choose another --out")
+    sources = {split: _Source(require_file(data_dir / name), spec) for split, name in spec.files.items()}
+
+    # Which rows of which file form each split.
+    if "all" in sources:
+        total = sources["all"].rows()
+        test = int(total * spec.holdout.get("test", 0.0))
+        valid = int(total * spec.holdout.get("valid", 0.0))
+        ranges = {"train": ("all", 0, total - valid - test), "valid": ("all", total - valid - test, total - test),
+                  "test": ("all", total - test, total)}
+    else:
+        ranges = {split: (split, 0, source.rows()) for split, source in sources.items()}
+
+    def rows_of(split: str) -> Iterator[pa.RecordBatch]:
+        name, lo, hi = ranges[split]
+        seen = 0
+        for batch in sources[name].batches():
+            take = batch.slice(max(0, lo - seen), max(0, min(hi, seen + batch.num_rows) - max(lo, seen)))
+            seen += batch.num_rows
+            if take.num_rows:
+                yield take
+            if seen >= hi:
+                return
+
+    # Pass 1: vocabularies from the train rows.
+    counts: dict[str, pa.Table | None] = {f.name: None for f in spec.categorical if f.hash_buckets is None}
+    for batch in rows_of("train"):
+        for name in counts:
+            counts[name] = _add_counts(counts[name], batch.column(name))
+    vocabularies = {}
+    for f in spec.categorical:
+        if f.hash_buckets is None:
+            table = counts[f.name]
+            kept = table.filter(pc.greater_equal(table.column("count"), f.min_frequency)) if table is not None else pa.table({"value": pa.array([], pa.string())})
+            vocabularies[f.name] = pc.take(kept.column("value"), pc.sort_indices(kept.column("value"))).combine_chunks()
+    cardinalities = [f.hash_buckets if f.hash_buckets else len(vocabularies[f.name]) + 1 for f in spec.categorical]
+
+    # Pass 2: transform and write each split in place.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        sizes = {split: hi - lo for split, (_, lo, hi) in ranges.items() if hi > lo}
+        for split, size in sizes.items():
+            arrays = allocate(tmp, split, size, len(spec.numeric), len(spec.categorical))
+            at = 0
+            for batch in rows_of(split):
+                n = batch.num_rows
+                arrays["label"][at : at + n] = _labels(batch.column(spec.label), sources[ranges[split][0]], at + ranges[split][1], spec.label)
+                for j, f in enumerate(spec.numeric):
+                    x = batch.column(f.name).to_numpy(zero_copy_only=False)
+                    x = np.nan_to_num(x, nan=0.0)
+                    arrays["dense"][at : at + n, j] = np.log1p(np.maximum(x, 0.0)) if f.transform == "log1p" else x
+                for j, f in enumerate(spec.categorical):
+                    column = batch.column(f.name)
+                    if f.hash_buckets:
+                        ids = np.where(column.is_valid().to_numpy(zero_copy_only=False),
+                                       1 + stable_hash(column) % np.uint64(f.hash_buckets - 1), 0)
+                    else:
+                        index = pc.index_in(column, value_set=vocabularies[f.name])
+                        ids = pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False)
+                    arrays["sparse"][at : at + n, j] = ids
+                at += n
+            for array in arrays.values():
+                array.flush()
+        meta = CTRMeta(
+            dense_names=[f.name for f in spec.numeric], sparse_names=[f.name for f in spec.categorical],
+            cardinalities=cardinalities, rows=sizes,
+            info={"source": "feature spec", "spec": str(spec.path), "files": spec.files, "holdout": spec.holdout,
+                  "seconds": time.perf_counter() - start},
+        )
+        finish(tmp, meta)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"ctr: {', '.join(f'{k} {v:,}' for k, v in sizes.items())} rows, {sum(cardinalities):,} embedding rows over "
+        f"{len(cardinalities)} fields; {time.perf_counter() - start:.1f}s -> {out}")
+    return meta
+
+
+def _labels(column: pa.Array, source: _Source, first_row: int, name: str) -> np.ndarray:
+    labels = column.to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~np.isin(labels, (0.0, 1.0)))
+    if bad.size:
+        row = first_row + int(bad[0])
+        where = f"row {row + 1}" if source.path.suffix == ".parquet" else None
+        line = None if where else line_number(source.path, row + 1)  # + the header line
+        raise DataError(source.path, line, name, f"label must be 0 or 1, got {labels[bad[0]]}" + (f" ({where})" if where else ""))
+    return labels.astype(np.uint8)
+
