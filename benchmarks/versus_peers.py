@@ -48,7 +48,7 @@ def recforge(config: str, flags: list[str], label: str) -> dict:
 
 
 W2_PREPARED = DATA / "recforge-w2"
-W2_FLAGS = ["--data-dir", str(W2_PREPARED), "--batch-size", "2048", "--optimizer", "adam", "--learning-rate", "0.001"]
+W2_FLAGS = ["--data-dir", str(W2_PREPARED), "--batch-size", "2048", "--optimizer", "adam", "--learning-rate", "0.001", "--emb-fusion"]
 
 WORKLOADS = {
     "w2": {

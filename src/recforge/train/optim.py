@@ -8,7 +8,7 @@ algorithm for the tables where one exists:
 |------------------|-------------------------|-------------------------------------|
 | sgd              | SGD                     | SGD (sparse update)                 |
 | adagrad          | Adagrad                 | Adagrad (sparse update)             |
-| adam             | Adam (fused)            | SparseAdam (lazy: rows in the batch)|
+| adam             | Adam (fused)            | SparseRowAdam (lazy: rows in batch) |
 | rowwise-adagrad  | Adagrad                 | RowWiseAdagrad (one accumulator/row)|
 """
 
@@ -18,6 +18,51 @@ import torch
 from torch import nn
 
 from recforge.config import TrainConfig
+
+
+def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unique rows, their summed gradient rows) of a table's gradient, sparse or dense.
+
+    An embedding's sparse gradient holds one row per lookup, uncoalesced; one `unique` and one
+    `index_add_` sum them, cheaper than `coalesce()` and the sparse-tensor arithmetic that
+    torch's sparse optimizers do per step.
+    """
+    if not grad.is_sparse:
+        return torch.arange(grad.shape[0], device=grad.device), grad
+    indices, values = grad._indices()[0], grad._values()
+    rows, inverse = torch.unique(indices, return_inverse=True)
+    summed = torch.zeros((rows.numel(), values.shape[1]), dtype=values.dtype, device=values.device)
+    return rows, summed.index_add_(0, inverse, values)
+
+
+class SparseRowAdam(torch.optim.Optimizer):
+    """Adam on the rows a step touches ("lazy" Adam), the same update as `torch.optim.SparseAdam`
+    (bias corrections from the global step, eps outside the corrected square root), computed on
+    the touched rows directly: several times faster per step on CPUs."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                rows, grad = touched_rows(p.grad)
+                exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, rows, exp_avg)
+                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+                step_size = group["lr"] * (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
+                p.index_add_(0, rows, exp_avg / exp_avg_sq.sqrt_().add_(group["eps"]), alpha=-step_size)
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
@@ -40,14 +85,9 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 state = self.state[p]
                 if "sum" not in state:
                     state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                grad = p.grad
-                if grad.is_sparse:
-                    grad = grad.coalesce()
-                    rows, values = grad.indices()[0], grad.values()
-                else:
-                    rows, values = torch.arange(p.shape[0], device=p.device), grad
-                accumulated = state["sum"].index_add_(0, rows, values.float().pow(2).mean(dim=1))[rows]
-                step = values / (accumulated.sqrt() + group["eps"]).unsqueeze(1).to(values.dtype)
+                rows, grad = touched_rows(p.grad)
+                accumulated = state["sum"].index_add_(0, rows, grad.float().pow(2).mean(dim=1))[rows]
+                step = grad / (accumulated.sqrt() + group["eps"]).unsqueeze(1).to(grad.dtype)
                 p.index_add_(0, rows, step, alpha=-group["lr"])
 
 
@@ -69,7 +109,7 @@ def make_optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Opti
         optimizers = [torch.optim.Adam(dense, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                                        weight_decay=cfg.weight_decay, fused=True)]
         if sparse:
-            optimizers.append(torch.optim.SparseAdam(sparse, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps))
+            optimizers.append(SparseRowAdam(sparse, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps))
         return optimizers
     if cfg.optimizer == "sgd":  # sparse updates take no weight decay
         groups = [{"params": dense, "weight_decay": cfg.weight_decay}, {"params": sparse, "weight_decay": 0.0}]
