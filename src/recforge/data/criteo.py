@@ -40,7 +40,6 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import gzip
-import math
 import multiprocessing as mp
 import os
 import queue

@@ -15,7 +15,10 @@ so memory stays bounded whatever the input size; a folder is complete once meta.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +53,25 @@ def allocate(folder: Path, split: str, rows: int, num_dense: int, num_sparse: in
         name: np.lib.format.open_memmap(folder / split / f"{name}.npy", mode="w+", dtype=dtype, shape=shapes[name])
         for name, dtype in COLUMNS.items()
     }
+
+
+@contextlib.contextmanager
+def new_folder(out: Path):
+    """A temp folder beside `out` to write into; renamed to `out` when the block succeeds, removed
+    when it fails, so `out` never holds half a dataset. `out` must not exist or be empty."""
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise RecforgeError(f"{out}: exists and is not empty; remove it or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def finish(folder: Path, meta: CTRMeta) -> None:

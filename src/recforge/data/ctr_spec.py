@@ -17,8 +17,6 @@ streaming CSV reader, Parquet row groups): memory is bounded by the vocabularies
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +30,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from recforge.config import key_lines
-from recforge.data.ctr_format import CTRMeta, allocate, finish
+from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
 from recforge.data.tabular import line_number, read_delimited, require_file
-from recforge.errors import DataError, RecforgeError
+from recforge.errors import DataError
 
 BATCH_BYTES = 1 << 24
 FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
@@ -183,8 +181,6 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
     start = time.perf_counter()
     spec = load_spec(spec_path)
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise RecforgeError(f"{out}: exists and is not empty; remove it or choose another --out")
     sources = {split: _Source(require_file(data_dir / name), spec) for split, name in spec.files.items()}
 
     # Which rows of which file form each split.
@@ -222,9 +218,7 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
     cardinalities = [f.hash_buckets if f.hash_buckets else len(vocabularies[f.name]) + 1 for f in spec.categorical]
 
     # Pass 2: transform and write each split in place.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with new_folder(out) as tmp:
         sizes = {split: hi - lo for split, (_, lo, hi) in ranges.items() if hi > lo}
         for split, size in sizes.items():
             arrays = allocate(tmp, split, size, len(spec.numeric), len(spec.categorical))
@@ -255,12 +249,6 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
                   "seconds": time.perf_counter() - start},
         )
         finish(tmp, meta)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"ctr: {', '.join(f'{k} {v:,}' for k, v in sizes.items())} rows, {sum(cardinalities):,} embedding rows over "
         f"{len(cardinalities)} fields; {time.perf_counter() - start:.1f}s -> {out}")
     return meta

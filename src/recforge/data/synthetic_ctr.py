@@ -10,16 +10,13 @@ transformed as DLRM prepares Criteo: log(1 + max(x, 0)), missing -> 0.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from recforge.data.ctr_format import CTRMeta, allocate, finish
-from recforge.errors import RecforgeError
+from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
 from recforge.metrics.classification import auc
 
 KAGGLE_CARDINALITIES = [1460, 583, 100000, 100000, 305, 24, 12517, 633, 3, 93145, 5683, 100000, 3194,
@@ -57,13 +54,8 @@ def generate_ctr(
     train = rows * 6 // 7
     valid = (rows - train) // 2
     sizes = {"train": train, "valid": valid, "test": rows - train - valid}
-    out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise RecforgeError(f"{out}: exists and is not empty; remove it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     start = time.perf_counter()
-    try:
+    with new_folder(out) as tmp:
         logits_by_split: dict[str, list[np.ndarray]] = {"valid": [], "test": []}
         labels_by_split: dict[str, list[np.ndarray]] = {"valid": [], "test": []}
         bias = None
@@ -102,11 +94,5 @@ def generate_ctr(
             info={"source": "synthetic", "seed": seed, "bayes_auc": bayes, "seconds": time.perf_counter() - start},
         )
         finish(tmp, meta)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"synthetic click log: {rows:,} rows -> {out} (Bayes AUC valid {bayes.get('valid', float('nan')):.4f}) in {time.perf_counter() - start:.1f}s")
     return meta

@@ -6,7 +6,6 @@ value) is the file looked at again, slowly, to name the first bad row's line and
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
