@@ -69,8 +69,9 @@ class DotInteraction(nn.Module):
         self.register_buffer("flat_index", rows * features + cols, persistent=False)
 
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
-        gram = torch.bmm(stacked, stacked.transpose(1, 2))
-        return gram.flatten(1).index_select(1, self.flat_index)
+        gram = torch.bmm(stacked, stacked.transpose(1, 2)).flatten(1)
+        # gather's backward (a scatter-add by rows) beats index_select's column-wise index_add.
+        return gram.gather(1, self.flat_index.expand(gram.shape[0], -1))
 
 
 class DLRM(nn.Module):
