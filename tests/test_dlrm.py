@@ -178,3 +178,15 @@ def test_sparse_row_adam_matches_torch_sparse_adam():
             optimizer.step()
         assert torch.allclose(ours.weight, reference.weight, atol=1e-6), step
     assert torch.equal(ours.weight[20:], reference.weight[20:])  # untouched rows stay
+
+
+def test_prepare_replaces_a_prepared_folder_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    args = ["prepare", "criteo-synthetic", "--synthetic-rows", "1400", "--out", str(out)]
+    main(args)
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "already holds a prepared dataset (meta.json); replace it with --overwrite" in capsys.readouterr().err
+    main([*args, "--synthetic-seed", "5", "--overwrite"])
+    assert load_meta(out).info["seed"] == 5
+    assert not list(tmp_path.glob(".synthetic.*"))  # no partial or old folder left behind

@@ -48,6 +48,7 @@ class DataConfig:
     synthetic_interactions: int = 1_000_209
     synthetic_seed: int = 0
     out: str | None = None  # click logs: `recforge prepare` writes the prepared folder here
+    overwrite: bool = False  # click logs: replace a prepared folder already at --out
     min_frequency: int = 1  # click logs: rarer categorical values share the out-of-vocabulary id
     max_ind_range: int | None = None  # click logs: hash ids modulo this instead of a vocabulary (MLPerf)
     workers: int = 2  # click logs: preparation processes

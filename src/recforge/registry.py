@@ -56,18 +56,18 @@ def _required(value, flag: str):
 
 
 def _criteo(cfg, log):
-    if cfg.data_dir is None:
-        raise RecforgeError(f"recforge prepare {cfg.dataset} needs --data-dir (the raw train.txt or day_N files)")
-    return criteo.prepare_criteo(cfg.dataset, Path(cfg.data_dir).expanduser(), Path(cfg.out).expanduser(), cfg.min_frequency,
-                                 cfg.max_ind_range, cfg.workers, log=log)
+    data_dir = _required(cfg.data_dir, "--data-dir (the raw train.txt or day_N files)")
+    return criteo.prepare_criteo(cfg.dataset, Path(data_dir).expanduser(), Path(cfg.out).expanduser(), cfg.min_frequency,
+                                 cfg.max_ind_range, cfg.workers, log=log, overwrite=cfg.overwrite)
 
 
 CLICK_LOGS = {
     "criteo-kaggle": _criteo,
     "criteo-terabyte": _criteo,
     "ctr": lambda cfg, log: ctr_spec.prepare_ctr(_required(cfg.feature_spec, "--feature-spec SPEC.yaml"),
-                                                 _required(cfg.data_dir, "--data-dir"), cfg.out, log),
-    "criteo-synthetic": lambda cfg, log: synthetic_ctr.generate_ctr(cfg.out, rows=cfg.synthetic_rows, seed=cfg.synthetic_seed, log=log),
+                                                 _required(cfg.data_dir, "--data-dir"), cfg.out, log, cfg.overwrite),
+    "criteo-synthetic": lambda cfg, log: synthetic_ctr.generate_ctr(cfg.out, rows=cfg.synthetic_rows, seed=cfg.synthetic_seed,
+                                                                    log=log, overwrite=cfg.overwrite),
 }
 
 TASKS = {"ranking": RankingTask, "ctr": CTRTask}

@@ -24,7 +24,7 @@ from recforge.files import write_json
 
 FORMAT_VERSION = 1
 ARRAYS = ("train_users", "train_items", "test_items", "user_ids", "item_ids", "item_titles", "eval_negatives")
-NOT_IN_KEY = ("cache_dir", "clean", "data_dir", "data_file")  # the resolved source files stand in
+NOT_IN_KEY = ("cache_dir", "clean", "data_dir", "data_file", "out", "overwrite", "workers")  # files stand in; the rest is not preprocessing
 
 
 def cache_root(cfg: DataConfig) -> Path:

@@ -44,7 +44,6 @@ import multiprocessing as mp
 import os
 import queue
 import re
-import shutil
 import time
 import zlib
 from collections import deque
@@ -58,7 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from recforge.data.ctr_format import SPLITS, CTRMeta, allocate, finish
+from recforge.data.ctr_format import SPLITS, CTRMeta, allocate, finish, new_folder
 from recforge.errors import DataError, RecforgeError
 from recforge.progress import Progress
 from recforge.train.memory import keep_freed_memory
@@ -117,7 +116,6 @@ def prepare_criteo(
             raise RecforgeError("min_frequency applies to a vocabulary; max_ind_range hashes without one (use one of them)")
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
     files = criteo_files(kind, data_dir)
-    _check_out(out, overwrite)
 
     line_bytes = _mean_line_bytes(files[0])
     chunk_bytes = int(min(MAX_CHUNK_BYTES, max(1, chunk_rows * line_bytes)))
@@ -132,21 +130,17 @@ def prepare_criteo(
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in sorted(out.parent.glob(f".{out.name}.partial-*")):
         log(f"  note: {stale} is left from an interrupted run; remove it to free its disk space")
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     pool = None
     try:
-        pool = _Workers(processes)
-        meta = _prepare(kind, files, units, chunk_bytes, line_bytes, tmp, pool, min_frequency, max_ind_range, log)
-        pool.close()
-        meta.info["seconds"] = round(time.perf_counter() - started, 1)
-        finish(tmp, meta)
-        _move_into_place(tmp, out)
+        with new_folder(out, overwrite) as tmp:
+            pool = _Workers(processes)
+            meta = _prepare(kind, files, units, chunk_bytes, line_bytes, tmp, pool, min_frequency, max_ind_range, log)
+            pool.close()
+            meta.info["seconds"] = round(time.perf_counter() - started, 1)
+            finish(tmp, meta)
     except BaseException:
         if pool is not None:
             pool.terminate()
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         _VOCABULARY.clear()
@@ -810,35 +804,6 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in {low}..{high}"
         raise RecforgeError(f"{name} must be an integer {bound}, got {value!r}")
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """`out` may be new or empty; a prepared folder is replaced only with `overwrite`, and a folder
-    with anything else in it never is."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise RecforgeError(f"{out}: exists and is not a folder")
-    entries = {p.name for p in out.iterdir()}
-    if "meta.json" in entries:
-        if not overwrite:
-            raise RecforgeError(f"{out}: already holds a prepared dataset (meta.json); "
-                                "replace it with overwrite=True (--overwrite)")
-        others = entries - {"meta.json", *SPLITS}
-        if others:
-            raise RecforgeError(f"{out}: holds other files too ({', '.join(sorted(others))}); not replacing it")
-    elif entries:
-        raise RecforgeError(f"{out}: exists, is not empty and is not a prepared dataset; choose a new or empty folder")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _fsync(path: str) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,20 +55,43 @@ def allocate(folder: Path, split: str, rows: int, num_dense: int, num_sparse: in
     }
 
 
+def check_out(out: Path, overwrite: bool) -> None:
+    """`out` may be new or empty; a prepared folder is replaced only with `overwrite`, and a folder
+    with anything else in it never is."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RecforgeError(f"{out}: exists and is not a folder")
+    entries = {p.name for p in out.iterdir()}
+    if "meta.json" in entries:
+        if not overwrite:
+            raise RecforgeError(f"{out}: already holds a prepared dataset (meta.json); replace it with --overwrite")
+        others = entries - {"meta.json", *SPLITS}
+        if others:
+            raise RecforgeError(f"{out}: holds other files too ({', '.join(sorted(others))}); not replacing it")
+    elif entries:
+        raise RecforgeError(f"{out}: exists, is not empty and is not a prepared dataset; choose a new or empty folder")
+
+
 @contextlib.contextmanager
-def new_folder(out: Path):
-    """A temp folder beside `out` to write into; renamed to `out` when the block succeeds, removed
-    when it fails, so `out` never holds half a dataset. `out` must not exist or be empty."""
+def new_folder(out: str | Path, overwrite: bool = False):
+    """A folder beside `out` to write into (`.NAME.partial-PID`); it replaces `out` when the block
+    succeeds and is removed when it fails, so `out` never holds half a dataset."""
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise RecforgeError(f"{out}: exists and is not empty; remove it or choose another --out")
+    check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         yield tmp
         if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -176,8 +176,9 @@ def _add_counts(counts: pa.Table | None, values: pa.Array) -> pa.Table:
     return merged.rename_columns(["value", "count"])
 
 
-def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, log=print) -> CTRMeta:
-    """Prepare the click log a feature spec describes into `out` (created; must not exist)."""
+def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, log=print, overwrite: bool = False) -> CTRMeta:
+    """Prepare the click log a feature spec describes into `out` (new, empty, or with `overwrite`
+    a prepared folder to replace)."""
     start = time.perf_counter()
     spec = load_spec(spec_path)
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
@@ -218,7 +219,7 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
     cardinalities = [f.hash_buckets if f.hash_buckets else len(vocabularies[f.name]) + 1 for f in spec.categorical]
 
     # Pass 2: transform and write each split in place.
-    with new_folder(out) as tmp:
+    with new_folder(out, overwrite) as tmp:
         sizes = {split: hi - lo for split, (_, lo, hi) in ranges.items() if hi > lo}
         for split, size in sizes.items():
             arrays = allocate(tmp, split, size, len(spec.numeric), len(spec.categorical))

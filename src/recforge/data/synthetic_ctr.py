@@ -39,6 +39,7 @@ def generate_ctr(
     positive_rate: float = 0.25,
     chunk_rows: int = 1 << 20,
     log=print,
+    overwrite: bool = False,
 ) -> CTRMeta:
     """Write `rows` rows split 6/7 train, 1/14 valid, 1/14 test (Criteo Kaggle's day split)."""
     cardinalities = list(cardinalities or KAGGLE_CARDINALITIES)
@@ -55,7 +56,7 @@ def generate_ctr(
     valid = (rows - train) // 2
     sizes = {"train": train, "valid": valid, "test": rows - train - valid}
     start = time.perf_counter()
-    with new_folder(out) as tmp:
+    with new_folder(out, overwrite) as tmp:
         logits_by_split: dict[str, list[np.ndarray]] = {"valid": [], "test": []}
         labels_by_split: dict[str, list[np.ndarray]] = {"valid": [], "test": []}
         bias = None

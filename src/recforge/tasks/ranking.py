@@ -89,7 +89,7 @@ class RankingTask:
             return model(batch).float().view(-1, width)
 
     def _scored_chunks(self, model):
-        """This rank's users in chunks: (first user, held-out items, candidate scores, ranks).
+        """This rank's users in chunks: (candidate scores, rank of the held-out item).
 
         Sampled protocol: scores [n, 1 + negatives], column 0 the held-out item. Full protocol:
         scores [n, items], the user's training items at -inf."""

@@ -200,7 +200,6 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
                 history["best_epoch"], history["best_step"], history["best_metrics"] = epoch, history["step"], dict(metrics)
             if threshold is not None and metrics[metric] >= threshold and history["first_epoch_at_threshold"] is None:
                 history["first_epoch_at_threshold"] = epoch
-        history["epoch"], history["step_in_epoch"] = epoch, step_in_epoch
         if step_in_epoch == steps_per_epoch:
             history["epochs"].append({"epoch": epoch, "train_s": epoch_train_s})
         history["wall_s"] = record["time_s"] = time.perf_counter() - wall_start
@@ -241,6 +240,7 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
                     scaler.step(optimizer)
                 scaler.update()
                 history["step"] += 1
+                history["epoch"], history["step_in_epoch"] = epoch, step_in_epoch  # where a resume picks up
                 loss_value = dist.all_reduce_sum(loss.detach().double()).item()
                 if not math.isfinite(loss_value):
                     raise RecforgeError(f"step {history['step']} (epoch {epoch}): the training loss is {loss_value}; "
@@ -267,7 +267,6 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
                     stop = evaluate_and_save(epoch, step_in_epoch, window, epoch_train_s) or stop
                     begin = time.perf_counter()
                 elif t.save_steps and history["step"] % t.save_steps == 0:
-                    history["epoch"], history["step_in_epoch"] = epoch, step_in_epoch
                     run.save(_state(model, optimizers, scaler, history, cfg, task), keep_steps=t.keep_checkpoint_max)
                 if stop:
                     break
