@@ -123,6 +123,14 @@ def test_dot_interaction_is_the_upper_triangle():
     assert DotInteraction(3, True)(x).shape == (2, 6)
 
 
+@pytest.mark.parametrize("self_interaction", [False, True])
+def test_dot_interaction_gradient_matches_finite_differences(self_interaction):
+    # Its backward is hand-written (one bmm on the symmetrised pair gradients), the diagonal
+    # counting twice when a feature meets itself.
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(DotInteraction(5, self_interaction), (x,))
+
+
 def test_rowwise_adagrad_step_by_hand():
     table = torch.nn.EmbeddingBag(3, 2, mode="sum", sparse=True)
     with torch.no_grad():

@@ -4,7 +4,8 @@ import torch
 
 from recforge.config import build_config
 from recforge.data.synthetic import generate
-from recforge.models.layers import ReLUDropout, keep_mask
+from recforge.models import layers
+from recforge.models.layers import Linear, ReLUDropout, keep_mask
 from recforge.models.ncf import NCFConfig, gmf, mlp_model, neumf
 from recforge.models.popularity import ItemPopularity
 from recforge.registry import build_task
@@ -58,6 +59,30 @@ def test_projected_first_layer_matches_the_plain_layer():
         assert torch.allclose(fast, slow, atol=1e-6)
         for name, param in model.named_parameters():
             assert torch.allclose(grads[name], param.grad, atol=1e-5), name
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_linear_on_onednn_equals_torch_linear(input_grad):
+    # fp32 on the CPU runs through oneDNN with a hand-written backward; results and every
+    # gradient must be nn.Linear's (up to float rounding).
+    torch.manual_seed(0)
+    ours = Linear(37, 24)
+    reference = torch.nn.Linear(37, 24)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(65, 37, requires_grad=input_grad)
+    assert layers._onednn_fp32(x, ours.weight) or not torch.backends.mkldnn.is_available()
+    upstream = torch.randn(65, 24)
+    outputs = []
+    for layer in (ours, reference):
+        x.grad = None
+        y = layer(x)
+        y.backward(upstream)
+        outputs.append((y, layer.weight.grad, layer.bias.grad, x.grad))
+    for got, want in zip(*outputs):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.is_tensor(outputs[0][1]) and outputs[0][1].abs().sum() > 0
 
 
 def test_relu_dropout_drops_at_rate_and_scales_survivors():

@@ -60,18 +60,39 @@ class FieldEmbeddings(nn.Module):
         return torch.stack([table(ids[:, f : f + 1]) for f, table in enumerate(self.tables)], dim=1)
 
 
+class _PairwiseDots(torch.autograd.Function):
+    """[B, N, D] -> the chosen entries of each sample's Gram matrix T T^T, flattened.
+
+    Autograd through bmm(T, T^T) would run two bmms and add them; the Gram matrix is symmetric,
+    so backward scatters each pair's gradient to (i, j) and (j, i) of one matrix S (twice onto
+    the diagonal, as d(t.t) = 2t dt) and runs one: dT = S T."""
+
+    @staticmethod
+    def forward(ctx, stacked: torch.Tensor, pairs: torch.Tensor, both_triangles: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(stacked, both_triangles)
+        gram = torch.bmm(stacked, stacked.transpose(1, 2)).flatten(1)
+        return gram.gather(1, pairs.expand(gram.shape[0], -1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        stacked, both_triangles = ctx.saved_tensors
+        batch, features = stacked.shape[:2]
+        symmetric = grad.new_zeros(batch, features * features)
+        symmetric.scatter_add_(1, both_triangles.expand(batch, -1), torch.cat([grad, grad], dim=1))
+        return torch.bmm(symmetric.view(batch, features, features), stacked), None, None
+
+
 class DotInteraction(nn.Module):
     """[B, N, D] -> [B, N(N-1)/2] (or N(N+1)/2 with self interactions): pairwise dot products."""
 
     def __init__(self, features: int, self_interaction: bool):
         super().__init__()
         rows, cols = torch.triu_indices(features, features, offset=0 if self_interaction else 1)
-        self.register_buffer("flat_index", rows * features + cols, persistent=False)
+        self.register_buffer("pairs", rows * features + cols, persistent=False)
+        self.register_buffer("both_triangles", torch.cat([rows * features + cols, cols * features + rows]), persistent=False)
 
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
-        gram = torch.bmm(stacked, stacked.transpose(1, 2)).flatten(1)
-        # gather's backward (a scatter-add by rows) beats index_select's column-wise index_add.
-        return gram.gather(1, self.flat_index.expand(gram.shape[0], -1))
+        return _PairwiseDots.apply(stacked, self.pairs, self.both_triangles)
 
 
 class DLRM(nn.Module):

@@ -62,7 +62,9 @@ class SparseRowAdam(torch.optim.Optimizer):
                 state["exp_avg"].index_copy_(0, rows, exp_avg)
                 state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
                 step_size = group["lr"] * (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
-                p.index_add_(0, rows, exp_avg / exp_avg_sq.sqrt_().add_(group["eps"]), alpha=-step_size)
+                # rows are unique: index_copy_ writes them in parallel, index_add_ would not
+                step = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"]))
+                p.index_copy_(0, rows, p.index_select(0, rows).add_(step, alpha=-step_size))
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
@@ -86,9 +88,10 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if "sum" not in state:
                     state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
                 rows, grad = touched_rows(p.grad)
-                accumulated = state["sum"].index_add_(0, rows, grad.float().pow(2).mean(dim=1))[rows]
+                accumulated = state["sum"].index_select(0, rows).add_(grad.float().pow(2).mean(dim=1))
+                state["sum"].index_copy_(0, rows, accumulated)
                 step = grad / (accumulated.sqrt() + group["eps"]).unsqueeze(1).to(grad.dtype)
-                p.index_add_(0, rows, step, alpha=-group["lr"])
+                p.index_copy_(0, rows, p.index_select(0, rows).add_(step, alpha=-group["lr"]))
 
 
 def sparse_parameters(model: nn.Module) -> set[int]:
