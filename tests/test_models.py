@@ -62,16 +62,17 @@ def test_projected_first_layer_matches_the_plain_layer():
 
 
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_linear_on_onednn_equals_torch_linear(input_grad):
+@pytest.mark.parametrize("fan_in,fan_out", [(37, 24), (13, 40)])  # both ways of taking the weight gradient
+def test_linear_on_onednn_equals_torch_linear(input_grad, fan_in, fan_out):
     # fp32 on the CPU runs through oneDNN with a hand-written backward; results and every
     # gradient must be nn.Linear's (up to float rounding).
     torch.manual_seed(0)
-    ours = Linear(37, 24)
-    reference = torch.nn.Linear(37, 24)
+    ours = Linear(fan_in, fan_out)
+    reference = torch.nn.Linear(fan_in, fan_out)
     reference.load_state_dict(ours.state_dict())
-    x = torch.randn(65, 37, requires_grad=input_grad)
+    x = torch.randn(65, fan_in, requires_grad=input_grad)
     assert layers._onednn_fp32(x, ours.weight) or not torch.backends.mkldnn.is_available()
-    upstream = torch.randn(65, 24)
+    upstream = torch.randn(65, fan_out)
     outputs = []
     for layer in (ours, reference):
         x.grad = None
