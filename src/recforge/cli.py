@@ -44,10 +44,20 @@ def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None
         parser.add_argument("--config", help="YAML preset (configs/*.yaml); flags override it")
         parser.add_argument("--model", choices=list(MODELS), help="model to train (default: neumf)")
         parser.add_argument("--output-dir", help="run directory (default: runs/latest)")
+        modes = parser.add_mutually_exclusive_group()  # the replaced Wide & Deep scripts' mode flags
+        modes.add_argument("--evaluate", action="store_true", help="= --mode eval")
+        modes.add_argument("--predict", action="store_true", help="= --mode inference --write-predictions")
+        modes.add_argument("--benchmark", action="store_true", help="training throughput only: = --no-eval")
     add_config_flags(parser, section_classes(model_entry(model).config))
     args = parser.parse_args(argv)
-    own = ("config", "checkpoint", "user", "k", "output", "json")
+    own = ("config", "checkpoint", "user", "k", "output", "json", "evaluate", "predict", "benchmark")
     overrides = {k: v for k, v in vars(args).items() if k not in own and v is not None}
+    if getattr(args, "evaluate", False):
+        overrides["mode"] = "eval"
+    if getattr(args, "predict", False):
+        overrides |= {"mode": "inference", "write_predictions": True}
+    if getattr(args, "benchmark", False):
+        overrides["no_eval"] = True
     return build_config(file_values, overrides, source=source, lines=lines), args
 
 

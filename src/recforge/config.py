@@ -76,7 +76,17 @@ class TrainConfig:
     resume: bool = False  # continue from output_dir/checkpoints/last.pt
     mode: Literal["train", "eval", "inference"] = "train"  # eval/inference score --restore-checkpoint
     restore_checkpoint: str | None = None  # start from these weights (train) or score them (eval, inference)
-    optimizer: Literal["adam", "sgd", "adagrad", "rowwise-adagrad"] = "adam"
+    optimizer: Literal["adam", "sgd", "adagrad", "rowwise-adagrad", "ftrl+proximal-adagrad"] = "adam"
+    # ftrl+proximal-adagrad (Wide & Deep): FTRL on the wide part, Proximal Adagrad on the deep part
+    linear_learning_rate: float = 0.2
+    linear_l1_regularization: float = 0.0
+    linear_l2_regularization: float = 0.0
+    linear_learning_rate_power: float = -0.5
+    linear_initial_accumulator: float = 0.1
+    deep_learning_rate: float = 1.0
+    deep_l1_regularization: float = 0.0
+    deep_l2_regularization: float = 0.0
+    deep_initial_accumulator: float = 0.1
     warmup_steps: int = 0  # linear learning-rate warm-up (MLPerf DLRM)
     decay_start_step: int = 0  # then polynomial decay to 0 over decay_steps (0: no decay)
     decay_steps: int = 0
@@ -88,7 +98,7 @@ class TrainConfig:
     profile: bool = False  # torch.profiler trace into the run directory
     profile_start_step: int = 10
     profile_steps: int = 5
-    write_predictions: bool = False  # inference mode: write predictions.npy to the run directory
+    write_predictions: bool = False  # inference mode: write predictions.npy (and, for grouped click logs, submission.csv)
 
 
 @dataclass
@@ -101,7 +111,7 @@ class EvalConfig:
     evals_per_epoch: int = 1
     no_eval: bool = False  # never evaluate (throughput runs)
     eval_split: Literal["valid", "test"] = "valid"  # click logs: the split evaluations score
-    hr_threshold: float | None = None  # stop once the task metric (HR@topk; AUC for click logs) reaches it (MLPerf: 0.635 HR, 0.8025 AUC)
+    hr_threshold: float | None = None  # stop once the task metric (HR@topk; AUC, or MAP@12 for grouped click logs) reaches it (MLPerf: 0.635 HR, 0.8025 AUC)
 
 
 @dataclass

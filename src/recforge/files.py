@@ -27,6 +27,13 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+def write_array(path: str | Path, array) -> None:
+    """A numpy array as .npy, atomically."""
+    import numpy as np
+
+    atomic_write(path, lambda f: np.save(f, array), mode="wb")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from recforge.data import criteo, ctr_spec, interaction_file, movielens, ncf_files, synthetic, synthetic_ctr
 from recforge.errors import RecforgeError
-from recforge.models import dlrm, ncf
+from recforge.models import dlrm, ncf, wide_deep
 from recforge.tasks.ctr import CTRTask
 from recforge.tasks.ranking import RankingTask
 
@@ -36,6 +36,11 @@ MODELS = {
         "data": {"dataset": "criteo-kaggle"},
         "train": {"batch_size": 65536, "optimizer": "sgd", "learning_rate": 0.1, "epochs": 1},
         "eval": {"valid_batch_size": 65536},
+    }),
+    "wide-deep": ModelEntry(wide_deep.wide_deep, wide_deep.WideDeepConfig, "ctr", {
+        "data": {"dataset": "ctr"},
+        "train": {"batch_size": 131072, "optimizer": "ftrl+proximal-adagrad", "epochs": 1},
+        "eval": {"valid_batch_size": 32768},
     }),
 }
 

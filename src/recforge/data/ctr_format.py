@@ -6,6 +6,11 @@ A prepared dataset is a folder:
     <split>/label.npy               uint8   [rows]          0/1 clicks
     <split>/dense.npy               float32 [rows, dense]   numeric features, already transformed
     <split>/sparse.npy              int32   [rows, fields]  categorical ids, 0..cardinality-1
+    <split>/multi_hot.npy           int32   [rows, sum of max lengths]  optional: each multi-hot
+                                    field's ids in its own block of columns, -1 after the list ends
+    <split>/crossed.npy             int32   [rows, crosses]  optional: hashed crosses (wide part only)
+    <split>/group.npy               int64   [rows]  optional: the ranking group (e.g. display_id)
+    <split>/item.npy                int64   [rows]  optional: the raw item id (e.g. ad_id)
 
 for splits `train`, `valid`, `test` (a split may be absent). Every array is a `.npy` file, so it
 memory-maps and the trainer slices large contiguous batches without per-row Python. Writers
@@ -30,6 +35,7 @@ from recforge.files import write_json
 FORMAT = "recforge-ctr-1"
 SPLITS = ("train", "valid", "test")
 COLUMNS = {"label": np.uint8, "dense": np.float32, "sparse": np.int32}
+OPTIONAL = {"multi_hot": np.int32, "crossed": np.int32, "group": np.int64, "item": np.int64}
 
 
 @dataclass
@@ -39,19 +45,35 @@ class CTRMeta:
     cardinalities: list[int]
     rows: dict[str, int]  # split -> rows
     info: dict = field(default_factory=dict)  # provenance, options, e.g. a synthetic set's Bayes AUC
+    multi_hot: list[dict] = field(default_factory=list)  # {name, cardinality, max_length, pooling}
+    crossed: list[dict] = field(default_factory=list)  # {name, columns, cardinality}
+    features: dict[str, dict] = field(default_factory=dict)  # name -> {tag: request|item, embedding_dim}
+    group: str | None = None  # the column group.npy holds
+    item: str | None = None  # the column item.npy holds
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "dense": self.dense_names, "sparse": self.sparse_names,
-                "cardinalities": self.cardinalities, "rows": self.rows, "info": self.info}
+                "cardinalities": self.cardinalities, "multi_hot": self.multi_hot, "crossed": self.crossed,
+                "features": self.features, "group": self.group, "item": self.item, "rows": self.rows, "info": self.info}
+
+    @property
+    def multi_hot_width(self) -> int:
+        return sum(f["max_length"] for f in self.multi_hot)
 
 
-def allocate(folder: Path, split: str, rows: int, num_dense: int, num_sparse: int) -> dict[str, np.memmap]:
-    """Writable, preallocated arrays of one split (filled in place by the caller)."""
+def allocate(folder: Path, split: str, rows: int, num_dense: int, num_sparse: int,
+             optional: dict[str, int] | None = None) -> dict[str, np.memmap]:
+    """Writable, preallocated arrays of one split (filled in place by the caller); `optional` names
+    the optional arrays to add with their widths (0: one value per row)."""
     (folder / split).mkdir(parents=True, exist_ok=True)
     shapes = {"label": (rows,), "dense": (rows, num_dense), "sparse": (rows, num_sparse)}
+    dtypes = dict(COLUMNS)
+    for name, width in (optional or {}).items():
+        shapes[name] = (rows, width) if width else (rows,)
+        dtypes[name] = OPTIONAL[name]
     return {
         name: np.lib.format.open_memmap(folder / split / f"{name}.npy", mode="w+", dtype=dtype, shape=shapes[name])
-        for name, dtype in COLUMNS.items()
+        for name, dtype in dtypes.items()
     }
 
 
@@ -113,12 +135,14 @@ def load_meta(folder: str | Path) -> CTRMeta:
     raw = json.loads(path.read_text())
     if raw.get("format") != FORMAT:
         raise RecforgeError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
-    return CTRMeta(raw["dense"], raw["sparse"], raw["cardinalities"], raw["rows"], raw.get("info", {}))
+    return CTRMeta(raw["dense"], raw["sparse"], raw["cardinalities"], raw["rows"], raw.get("info", {}),
+                   raw.get("multi_hot", []), raw.get("crossed", []), raw.get("features", {}), raw.get("group"), raw.get("item"))
 
 
 def load_split(folder: str | Path, split: str) -> dict[str, np.ndarray]:
-    """Memory-mapped arrays of one split."""
+    """Memory-mapped arrays of one split (the optional ones that it has)."""
     folder = Path(folder).expanduser()
     if not (folder / split / "label.npy").is_file():
         raise RecforgeError(f"{folder / split}: split not prepared")
-    return {name: np.load(folder / split / f"{name}.npy", mmap_mode="r") for name in COLUMNS}
+    names = [*COLUMNS, *(name for name in OPTIONAL if (folder / split / f"{name}.npy").is_file())]
+    return {name: np.load(folder / split / f"{name}.npy", mmap_mode="r") for name in names}

@@ -1,18 +1,27 @@
 """Any click log in CSV or Parquet, described by a YAML feature spec, into the prepared format.
 
-A spec names the label, the numeric and the categorical columns, and where the rows are:
+A spec names the label, the numeric, categorical (one value per row) and multi-hot (a delimited
+list per row) columns, optional hashed crosses for a wide part, and where the rows are:
 
     label: click
-    numeric: [price, {name: age, transform: none}]      # default transform: log1p(max(x, 0))
-    categorical: [user_id, {name: item_id, min_frequency: 5}, {name: query, hash_buckets: 100000}]
+    numeric: [price, {name: age, transform: none, tag: request}]   # log1p(max(x, 0)) (default), none, standardize
+    categorical: [user_id, {name: item_id, min_frequency: 5, embedding_dim: 32, tag: item},
+                  {name: query, hash_buckets: 100000}]
+    multi_hot: [{name: topics, delimiter: "|", max_length: 3, pooling: mean, hash_buckets: 350}]
+    crossed: [{name: user_x_item, columns: [user_id, item_id], hash_buckets: 100000}]
+    group: display_id                                    # optional: rows ranked together (MAP@12)
+    item: ad_id                                          # optional: the id predictions name
     files: {train: train.csv, valid: valid.csv, test: test.csv}   # or {all: log.csv}
     holdout: {test: 0.05, valid: 0.05}                   # with `all`: the last rows, in file order
     separator: ","                                       # CSV only
 
 Categorical values are read as text. A vocabulary (sorted values seen in train rows at least
 `min_frequency` times) numbers them 1..V, and 0 is missing or out of vocabulary; or a stable
-64-bit FNV-1a hash modulo `hash_buckets - 1`, plus 1. Files are read in batches (pyarrow's
-streaming CSV reader, Parquet row groups): memory is bounded by the vocabularies, not the rows.
+64-bit FNV-1a hash modulo `hash_buckets - 1`, plus 1. A multi-hot list keeps its first
+`max_length` values (default: the longest list in the train rows); empty items are skipped and
+an empty list stays empty. A cross hashes the joined text of its columns. `embedding_dim` and
+`tag` (request or item level) travel to the model through meta.json. Files are read in batches
+(pyarrow's streaming CSV reader, Parquet row groups): memory is bounded by the vocabularies.
 """
 
 from __future__ import annotations
@@ -41,9 +50,15 @@ FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 @dataclass
 class Feature:
     name: str
-    transform: str = "log1p"  # numeric: log1p(max(x, 0)) | none
+    transform: str = "log1p"  # numeric: log1p(max(x, 0)) | none | standardize (train rows' mean and std)
     min_frequency: int = 1  # categorical vocabulary threshold
     hash_buckets: int | None = None  # categorical: hash instead of a vocabulary
+    embedding_dim: int | None = None  # categorical: the model's default when absent
+    tag: str | None = None  # request | item
+    delimiter: str = "|"  # multi-hot: between the values of a list
+    max_length: int | None = None  # multi-hot: values kept per row (default: longest in train)
+    pooling: str = "mean"  # multi-hot: sum | mean of the values' embeddings
+    columns: list[str] = field(default_factory=list)  # crossed: the categorical columns joined
 
 
 @dataclass
@@ -52,6 +67,10 @@ class FeatureSpec:
     numeric: list[Feature]
     categorical: list[Feature]
     files: dict[str, str]
+    multi_hot: list[Feature] = field(default_factory=list)
+    crossed: list[Feature] = field(default_factory=list)
+    group: str | None = None
+    item: str | None = None
     holdout: dict[str, float] = field(default_factory=dict)
     separator: str = ","
     path: Path | None = None
@@ -66,7 +85,7 @@ def load_spec(path: str | Path) -> FeatureSpec:
     def fail(key: str, message: str):
         raise DataError(path, lines.get(tuple(key.split("."))), key, message)
 
-    known = {"label", "numeric", "categorical", "files", "holdout", "separator"}
+    known = {"label", "numeric", "categorical", "multi_hot", "crossed", "group", "item", "files", "holdout", "separator"}
     for key in raw:
         if key not in known:
             fail(key, f"unknown key (expected {', '.join(sorted(known))})")
@@ -95,20 +114,48 @@ def load_spec(path: str | Path) -> FeatureSpec:
             out.append(Feature(**{**entry, "name": str(entry["name"])}))
         return out
 
+    for key in ("group", "item"):
+        if key in raw and not isinstance(raw[key], str):
+            fail(key, "a column name")
+    categorical_keys = {"min_frequency", "hash_buckets", "embedding_dim", "tag"}
     spec = FeatureSpec(
-        label=raw["label"], numeric=features("numeric", {"transform"}),
-        categorical=features("categorical", {"min_frequency", "hash_buckets"}),
+        label=raw["label"], numeric=features("numeric", {"transform", "tag"}),
+        categorical=features("categorical", categorical_keys),
+        multi_hot=features("multi_hot", categorical_keys | {"delimiter", "max_length", "pooling"}),
+        crossed=features("crossed", {"columns", "hash_buckets"}),
+        group=raw.get("group"), item=raw.get("item"),
         files={k: str(v) for k, v in files.items()}, holdout={k: float(v) for k, v in holdout.items()},
         separator=str(raw.get("separator", ",")), path=path,
     )
-    if not spec.numeric and not spec.categorical:
+    if not spec.numeric and not spec.categorical and not spec.multi_hot:
         fail("numeric", "the spec names no features")
     for f in spec.numeric:
-        if f.transform not in ("log1p", "none"):
-            fail("numeric", f"{f.name}: transform must be log1p or none")
-    for f in spec.categorical:
-        if f.hash_buckets is not None and f.hash_buckets < 2:
-            fail("categorical", f"{f.name}: hash_buckets must be at least 2")
+        if f.transform not in ("log1p", "none", "standardize"):
+            fail("numeric", f"{f.name}: transform must be log1p, none or standardize")
+    categorical_names = {f.name for f in spec.categorical}
+    for section in ("numeric", "categorical", "multi_hot"):
+        for f in getattr(spec, section):
+            if f.tag not in (None, "request", "item"):
+                fail(section, f"{f.name}: tag must be request or item")
+            if f.hash_buckets is not None and f.hash_buckets < 2:
+                fail(section, f"{f.name}: hash_buckets must be at least 2")
+            if f.embedding_dim is not None and f.embedding_dim < 1:
+                fail(section, f"{f.name}: embedding_dim must be positive")
+    for f in spec.multi_hot:
+        if f.pooling not in ("sum", "mean"):
+            fail("multi_hot", f"{f.name}: pooling must be sum or mean")
+        if f.max_length is not None and f.max_length < 1:
+            fail("multi_hot", f"{f.name}: max_length must be positive")
+        if not f.delimiter:
+            fail("multi_hot", f"{f.name}: delimiter must not be empty")
+    for f in spec.crossed:
+        if len(f.columns) < 2 or set(f.columns) - categorical_names:
+            fail("crossed", f"{f.name}: columns must name two or more categorical features")
+        if f.hash_buckets is None or f.hash_buckets < 2:
+            fail("crossed", f"{f.name}: hash_buckets (at least 2) is required")
+    as_text = {f.name for f in spec.categorical + spec.multi_hot}
+    for column in sorted(as_text & ({f.name for f in spec.numeric} | {spec.label})):
+        fail("numeric", f"{column}: read as a number and as text; name a column in one of them")
     return spec
 
 
@@ -132,8 +179,10 @@ class _Source:
 
     def __init__(self, path: Path, spec: FeatureSpec):
         self.path, self.spec = path, spec
+        categorical = {f.name for f in spec.categorical}  # a group or item column may be a feature too (read as text)
         self.types = {spec.label: pa.float64(), **{f.name: pa.float64() for f in spec.numeric},
-                      **{f.name: pa.string() for f in spec.categorical}}
+                      **{f.name: pa.string() for f in spec.categorical + spec.multi_hot},
+                      **{name: pa.int64() for name in (spec.group, spec.item) if name and name not in categorical}}
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         if self.path.suffix == ".parquet":
@@ -205,54 +254,132 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
             if seen >= hi:
                 return
 
-    # Pass 1: vocabularies from the train rows.
-    counts: dict[str, pa.Table | None] = {f.name: None for f in spec.categorical if f.hash_buckets is None}
+    # Pass 1: vocabularies (and the longest lists) from the train rows.
+    vocabulary_features = [f for f in spec.categorical + spec.multi_hot if f.hash_buckets is None]
+    counts: dict[str, pa.Table | None] = {f.name: None for f in vocabulary_features}
+    longest = {f.name: 1 for f in spec.multi_hot}
+    moments = {f.name: np.zeros(3) for f in spec.numeric if f.transform == "standardize"}  # count, sum, sum of squares
     for batch in rows_of("train"):
-        for name in counts:
-            counts[name] = _add_counts(counts[name], batch.column(name))
+        for name, m in moments.items():
+            x = np.nan_to_num(batch.column(name).to_numpy(zero_copy_only=False), nan=0.0)
+            m += (len(x), x.sum(), np.square(x).sum())
+        for f in spec.multi_hot:
+            values, rows = _list_values(batch.column(f.name), f.delimiter)
+            longest[f.name] = max(longest[f.name], int(np.bincount(rows).max(initial=0)))
+            if f.name in counts:
+                counts[f.name] = _add_counts(counts[f.name], values)
+        for f in spec.categorical:
+            if f.name in counts:
+                counts[f.name] = _add_counts(counts[f.name], batch.column(f.name))
     vocabularies = {}
-    for f in spec.categorical:
-        if f.hash_buckets is None:
-            table = counts[f.name]
-            kept = table.filter(pc.greater_equal(table.column("count"), f.min_frequency)) if table is not None else pa.table({"value": pa.array([], pa.string())})
-            vocabularies[f.name] = pc.take(kept.column("value"), pc.sort_indices(kept.column("value"))).combine_chunks()
-    cardinalities = [f.hash_buckets if f.hash_buckets else len(vocabularies[f.name]) + 1 for f in spec.categorical]
+    for f in vocabulary_features:
+        table = counts[f.name]
+        kept = table.filter(pc.greater_equal(table.column("count"), f.min_frequency)) if table is not None else pa.table({"value": pa.array([], pa.string())})
+        vocabularies[f.name] = pc.take(kept.column("value"), pc.sort_indices(kept.column("value"))).combine_chunks()
+
+    def cardinality(f: Feature) -> int:
+        return f.hash_buckets if f.hash_buckets else len(vocabularies[f.name]) + 1
+
+    def ids_of(f: Feature, column: pa.Array) -> np.ndarray:
+        if f.hash_buckets:
+            return np.where(column.is_valid().to_numpy(zero_copy_only=False), 1 + stable_hash(column) % np.uint64(f.hash_buckets - 1), 0)
+        index = pc.index_in(column, value_set=vocabularies[f.name])
+        return pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False)
+
+    scales = {}  # name -> (mean, std) of the train rows
+    for name, (count, total, squares) in moments.items():
+        mean = total / max(count, 1)
+        scales[name] = (mean, max(np.sqrt(max(squares / max(count, 1) - mean * mean, 0.0)), 1e-12))
+    lengths = [f.max_length or longest[f.name] for f in spec.multi_hot]
+    optional = {"multi_hot": sum(lengths)} if spec.multi_hot else {}
+    optional |= {"crossed": len(spec.crossed)} if spec.crossed else {}
+    optional |= {name: 0 for name, column in (("group", spec.group), ("item", spec.item)) if column}
 
     # Pass 2: transform and write each split in place.
     with new_folder(out, overwrite) as tmp:
         sizes = {split: hi - lo for split, (_, lo, hi) in ranges.items() if hi > lo}
         for split, size in sizes.items():
-            arrays = allocate(tmp, split, size, len(spec.numeric), len(spec.categorical))
+            arrays = allocate(tmp, split, size, len(spec.numeric), len(spec.categorical), optional)
+            source, first = sources[ranges[split][0]], ranges[split][1]
             at = 0
             for batch in rows_of(split):
                 n = batch.num_rows
-                arrays["label"][at : at + n] = _labels(batch.column(spec.label), sources[ranges[split][0]], at + ranges[split][1], spec.label)
+                arrays["label"][at : at + n] = _labels(batch.column(spec.label), source, at + first, spec.label)
                 for j, f in enumerate(spec.numeric):
                     x = batch.column(f.name).to_numpy(zero_copy_only=False)
                     x = np.nan_to_num(x, nan=0.0)
-                    arrays["dense"][at : at + n, j] = np.log1p(np.maximum(x, 0.0)) if f.transform == "log1p" else x
+                    if f.transform == "log1p":
+                        x = np.log1p(np.maximum(x, 0.0))
+                    elif f.transform == "standardize":
+                        x = (x - scales[f.name][0]) / scales[f.name][1]
+                    arrays["dense"][at : at + n, j] = x
                 for j, f in enumerate(spec.categorical):
-                    column = batch.column(f.name)
-                    if f.hash_buckets:
-                        ids = np.where(column.is_valid().to_numpy(zero_copy_only=False),
-                                       1 + stable_hash(column) % np.uint64(f.hash_buckets - 1), 0)
-                    else:
-                        index = pc.index_in(column, value_set=vocabularies[f.name])
-                        ids = pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False)
-                    arrays["sparse"][at : at + n, j] = ids
+                    arrays["sparse"][at : at + n, j] = ids_of(f, batch.column(f.name))
+                column_start = 0
+                for f, width in zip(spec.multi_hot, lengths):
+                    values, rows = _list_values(batch.column(f.name), f.delimiter)
+                    arrays["multi_hot"][at : at + n, column_start : column_start + width] = _padded(ids_of(f, values), rows, n, width)
+                    column_start += width
+                for j, f in enumerate(spec.crossed):
+                    joined = pc.binary_join_element_wise(*(pc.fill_null(batch.column(c), "") for c in f.columns), "\x1f")
+                    arrays["crossed"][at : at + n, j] = 1 + stable_hash(joined) % np.uint64(f.hash_buckets - 1)
+                for name, column in (("group", spec.group), ("item", spec.item)):
+                    if column:
+                        arrays[name][at : at + n] = _required_ints(batch.column(column), source, at + first, column)
                 at += n
             for array in arrays.values():
                 array.flush()
+        features = {f.name: {k: v for k, v in (("tag", f.tag), ("embedding_dim", f.embedding_dim)) if v is not None}
+                    for f in spec.numeric + spec.categorical + spec.multi_hot}
         meta = CTRMeta(
             dense_names=[f.name for f in spec.numeric], sparse_names=[f.name for f in spec.categorical],
-            cardinalities=cardinalities, rows=sizes,
+            cardinalities=[cardinality(f) for f in spec.categorical], rows=sizes,
             info={"source": "feature spec", "spec": str(spec.path), "files": spec.files, "holdout": spec.holdout,
-                  "seconds": time.perf_counter() - start},
+                  "standardized": {name: list(v) for name, v in scales.items()}, "seconds": time.perf_counter() - start},
+            multi_hot=[{"name": f.name, "cardinality": cardinality(f), "max_length": width, "pooling": f.pooling}
+                       for f, width in zip(spec.multi_hot, lengths)],
+            crossed=[{"name": f.name, "columns": f.columns, "cardinality": f.hash_buckets} for f in spec.crossed],
+            features={name: entry for name, entry in features.items() if entry}, group=spec.group, item=spec.item,
         )
         finish(tmp, meta)
-    log(f"ctr: {', '.join(f'{k} {v:,}' for k, v in sizes.items())} rows, {sum(cardinalities):,} embedding rows over "
-        f"{len(cardinalities)} fields; {time.perf_counter() - start:.1f}s -> {out}")
+    embedding_rows = sum(meta.cardinalities) + sum(f["cardinality"] for f in meta.multi_hot)
+    log(f"ctr: {', '.join(f'{k} {v:,}' for k, v in sizes.items())} rows, {embedding_rows:,} embedding rows over "
+        f"{len(meta.cardinalities) + len(meta.multi_hot)} fields; {time.perf_counter() - start:.1f}s -> {out}")
     return meta
+
+
+def _list_values(column: pa.Array, delimiter: str) -> tuple[pa.Array, np.ndarray]:
+    """The non-empty values of a column of delimited lists, in row order, and the row of each."""
+    lists = pc.split_pattern(pc.fill_null(column, ""), delimiter)
+    values = pc.list_flatten(lists)
+    rows = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    keep = pc.not_equal(values, "")
+    return values.filter(keep), rows[keep.to_numpy(zero_copy_only=False)]
+
+
+def _padded(ids: np.ndarray, rows: np.ndarray, n: int, width: int) -> np.ndarray:
+    """[n, width] ids, each row's list first (cut at width), -1 after it."""
+    counts = np.bincount(rows, minlength=n)
+    position = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
+    keep = position < width
+    out = np.full((n, width), -1, dtype=np.int32)
+    out[rows[keep], position[keep]] = ids[keep]
+    return out
+
+
+def _required_ints(column: pa.Array, source: _Source, first_row: int, name: str) -> np.ndarray:
+    """An integer id per row (a group or item column), read as text when it is a feature too."""
+    bad = ~column.is_valid().to_numpy(zero_copy_only=False)
+    if column.type == pa.string():
+        digits = pc.match_substring_regex(column, r"^-?[0-9]+$").to_numpy(zero_copy_only=False)
+        bad |= ~np.asarray(digits, dtype=bool)
+    if bad.any():
+        row = first_row + int(np.flatnonzero(bad)[0])
+        message = "missing or not an integer"
+        if source.path.suffix == ".parquet":
+            raise DataError(source.path, None, name, f"{message} (row {row + 1})")
+        raise DataError(source.path, line_number(source.path, row + 1), name, message)
+    return pc.cast(column, pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def _labels(column: pa.Array, source: _Source, first_row: int, name: str) -> np.ndarray:

@@ -37,3 +37,28 @@ def hit_and_ndcg(rank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     hit = rank < k
     ndcg = torch.where(hit, 1.0 / torch.log2(rank.to(torch.float64) + 2.0), torch.zeros((), dtype=torch.float64))
     return hit.to(torch.float64), ndcg
+
+
+def map_at_k(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, k: int = 12) -> float:
+    """Mean over groups (e.g. Outbrain displays) of the average precision at k of the rows ranked
+    by score, as the Kaggle Outbrain competition's MAP@12: with one clicked row per group it is
+    1 / (its rank) if that rank is at most k, else 0. Groups without a click are left out. Ties
+    count against clicked rows (an unclicked row scoring the same ranks first)."""
+    scores, labels, groups = _clean(scores), labels.float(), groups.long()
+    # Sort by group, then score descending, then unclicked before clicked: stable sorts, last key first.
+    order = torch.argsort(labels, stable=True)
+    order = order[torch.argsort(-scores[order], stable=True)]
+    order = order[torch.argsort(groups[order], stable=True)]
+    clicked = labels[order]
+    _, group, sizes = torch.unique_consecutive(groups[order], return_inverse=True, return_counts=True)
+    starts = sizes.cumsum(0) - sizes
+    position = torch.arange(len(order), device=scores.device) - starts[group]
+    hits = clicked.cumsum(0)
+    hits = hits - (hits - clicked)[starts][group]  # clicked rows up to here, within the group
+    precision = torch.where((clicked > 0) & (position < k), hits / (position + 1), torch.zeros_like(hits))
+    per_group = torch.zeros(len(sizes), device=scores.device).index_add_(0, group, precision)
+    relevant = torch.zeros(len(sizes), device=scores.device).index_add_(0, group, clicked)
+    counted = relevant > 0
+    if not counted.any():
+        return float("nan")
+    return (per_group[counted] / relevant[counted].clamp(max=k)).mean().item()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from recforge.errors import RecforgeError
-from recforge.models.layers import mlp
+from recforge.models.layers import FieldEmbeddings, mlp
 
 
 @dataclass
@@ -30,34 +30,6 @@ class DLRMConfig:
     self_interaction: bool = False  # "dot": include each feature's dot product with itself
     emb_fusion: bool = False  # one table for all fields, indexed with per-field offsets
     sparse_embeddings: bool = True  # sparse gradients for the tables (optimizers that allow them use them)
-
-
-class FieldEmbeddings(nn.Module):
-    """One vector per (row, field): ids [B, F] -> [B, F, D], from sum-pooled `EmbeddingBag`s (a bag
-    of one id per field here; multi-hot fields pool more) per field, or from one fused table whose
-    rows are the fields' tables end to end, indexed with per-field offsets (one kernel, not F)."""
-
-    def __init__(self, cardinalities: list[int], dim: int, fused: bool, sparse: bool):
-        super().__init__()
-        self.fused = fused
-        # DLRM's initialisation: U(-1/sqrt(rows), 1/sqrt(rows)) for each field's rows.
-        bounds = [c ** -0.5 for c in cardinalities]
-        if fused:
-            self.table = nn.EmbeddingBag(sum(cardinalities), dim, mode="sum", sparse=sparse)
-            self.register_buffer("offsets", torch.tensor([0] + cardinalities[:-1]).cumsum(0), persistent=False)
-            with torch.no_grad():
-                bound = torch.tensor(bounds).repeat_interleave(torch.tensor(cardinalities))[:, None]
-                self.table.weight.uniform_(-1.0, 1.0).mul_(bound)
-        else:
-            self.tables = nn.ModuleList(nn.EmbeddingBag(c, dim, mode="sum", sparse=sparse) for c in cardinalities)
-            for table, bound in zip(self.tables, bounds):
-                nn.init.uniform_(table.weight, -bound, bound)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows, fields = ids.shape
-        if self.fused:
-            return self.table((ids + self.offsets).reshape(-1, 1)).view(rows, fields, -1)
-        return torch.stack([table(ids[:, f : f + 1]) for f, table in enumerate(self.tables)], dim=1)
 
 
 class _PairwiseDots(torch.autograd.Function):
@@ -131,5 +103,8 @@ class DLRM(nn.Module):
         return self.top(features).squeeze(1)
 
 
-def dlrm(num_dense: int, cardinalities: list[int], cfg: DLRMConfig) -> DLRM:
+def dlrm(num_dense: int, cardinalities: list[int], cfg: DLRMConfig, meta: dict | None = None) -> DLRM:
+    """`meta`: the prepared data's meta.json (DLRM takes one-hot fields only)."""
+    if meta and (meta.get("multi_hot") or meta.get("crossed")):
+        raise RecforgeError("dlrm takes one-hot categorical features only; this prepared data has multi-hot or crossed ones (use --model wide-deep)")
     return DLRM(num_dense, cardinalities, cfg)

@@ -1,5 +1,9 @@
 """Click prediction (DLRM, Wide & Deep): labelled rows of dense and categorical features.
 
+Batches hold `label`, `dense`, `sparse` and, when the prepared data has them, `multi_hot` and
+`crossed`. Data with a group column (Outbrain's display_id) is also scored by MAP@12 (its primary
+metric then) and its predictions can be written as a Kaggle submission, ads ranked per display.
+
 Training reads the prepared folder's train split; when it fits in memory (a quarter of RAM, or
 of the GPU), it is loaded onto the device once and every epoch is a seeded permutation of rows;
 otherwise batches are sliced from the memory-mapped arrays, in a shuffled order of contiguous
@@ -11,14 +15,21 @@ from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import torch
 import torch.distributed as torch_dist
 
 from recforge.config import RunConfig
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.errors import RecforgeError
+from recforge.files import atomic_write, write_array
 from recforge.metrics.classification import accuracy, auc, logloss
+from recforge.metrics.ranking import map_at_k
 from recforge.train.distributed import Dist
 from recforge.train.precision import autocast
 
@@ -31,8 +42,11 @@ def _fits(nbytes: int, device: torch.device) -> bool:
     return nbytes < MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _to_batch(label, dense, sparse) -> dict[str, torch.Tensor]:
-    return {"dense": dense, "sparse": sparse, "label": label.to(torch.float32)}
+FEATURES = ("label", "dense", "sparse", "multi_hot", "crossed")  # the arrays a batch holds, when present
+
+
+def _to_batch(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {**arrays, "label": arrays["label"].to(torch.float32)}
 
 
 class CTRTask:
@@ -43,13 +57,15 @@ class CTRTask:
         self.meta = load_meta(cfg.data.data_dir)
         self.train = load_split(cfg.data.data_dir, "train") if cfg.train.mode == "train" else None
         self.eval_arrays = load_split(cfg.data.data_dir, cfg.eval.eval_split) if self.meta.rows.get(cfg.eval.eval_split) else None
+        if self.train is not None:
+            self.train = {k: v for k, v in self.train.items() if k in FEATURES}
         if self.train is not None and _fits(sum(a.nbytes for a in self.train.values()), device):
             self.train = {k: torch.from_numpy(np.array(v)).to(device) for k, v in self.train.items()}
             log(f"{cfg.data.data_dir}: {self.meta.rows['train']:,} training rows loaded onto {device}")
 
     @property
     def model_dims(self) -> dict:
-        return {"num_dense": len(self.meta.dense_names), "cardinalities": list(self.meta.cardinalities)}
+        return {"num_dense": len(self.meta.dense_names), "cardinalities": list(self.meta.cardinalities), "meta": self.meta.to_json()}
 
     @property
     def samples_per_epoch(self) -> int:
@@ -57,11 +73,11 @@ class CTRTask:
 
     @property
     def primary_metric(self) -> str:
-        return "AUC"
+        return "MAP@12" if self.meta.group else "AUC"
 
     @property
     def metric_names(self) -> list[str]:
-        return ["AUC", "logloss", "accuracy"]
+        return ["MAP@12", "AUC", "logloss", "accuracy"] if self.meta.group else ["AUC", "logloss", "accuracy"]
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-self.samples_per_epoch // batch_size)
@@ -71,6 +87,7 @@ class CTRTask:
         rows = self.samples_per_epoch
         generator = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
         in_memory = isinstance(self.train["label"], torch.Tensor)
+        names = list(self.train)
         # Out of core, a row permutation would read the disk at random: shuffle batch-sized blocks.
         shuffle = "blocks" if self.cfg.data.shuffle == "rows" and not in_memory else self.cfg.data.shuffle
         order = torch.randperm(rows, generator=generator).to(self.device) if shuffle == "rows" else None
@@ -83,12 +100,12 @@ class CTRTask:
             mine = slice(lo + size * rank // world, lo + size * (rank + 1) // world)
             if order is not None:
                 index = order[mine]
-                arrays = [self.train[k][index] for k in ("label", "dense", "sparse")]
+                arrays = {k: self.train[k][index] for k in names}
             elif in_memory:
-                arrays = [self.train[k][mine] for k in ("label", "dense", "sparse")]
+                arrays = {k: self.train[k][mine] for k in names}
             else:
-                arrays = [torch.from_numpy(np.array(self.train[k][mine])) for k in ("label", "dense", "sparse")]
-            yield _to_batch(*(a.to(self.device, non_blocking=True) for a in arrays)), size
+                arrays = {k: torch.from_numpy(np.array(self.train[k][mine])) for k in names}
+            yield _to_batch({k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}), size
 
     def _eval_shard(self):
         if self.eval_arrays is None:
@@ -105,8 +122,8 @@ class CTRTask:
         probabilities, labels = [], []
         for start in range(lo, hi, self.cfg.eval.valid_batch_size):
             stop = min(hi, start + self.cfg.eval.valid_batch_size)
-            arrays = [torch.from_numpy(np.array(self.eval_arrays[k][start:stop])).to(self.device) for k in ("label", "dense", "sparse")]
-            batch = _to_batch(*arrays)
+            batch = _to_batch({k: torch.from_numpy(np.array(v[start:stop])).to(self.device)
+                               for k, v in self.eval_arrays.items() if k in FEATURES})
             with autocast(self.device, self.cfg.train.precision):
                 probabilities.append(torch.sigmoid(model(batch).float()))
             labels.append(batch["label"])
@@ -132,8 +149,32 @@ class CTRTask:
         probabilities, labels = self._gather(probabilities), self._gather(labels)
         metrics = {"AUC": auc(probabilities, labels), "logloss": logloss(probabilities, labels),
                    "accuracy": accuracy(probabilities, labels), "eval_rows": int(labels.numel())}
+        if self.meta.group:
+            groups = torch.from_numpy(np.array(self.eval_arrays["group"])).to(probabilities.device)
+            metrics = {"MAP@12": map_at_k(probabilities, labels, groups, k=12), **metrics}
         return metrics, int(labels.numel())
 
     def predict(self, model) -> torch.Tensor:
         """Probabilities of the evaluation split, in row order (for --mode inference)."""
         return self._gather(self._probabilities(model)[0])
+
+    def write_predictions(self, folder: Path, probabilities: torch.Tensor) -> list[Path]:
+        """predictions.npy (row order) and, for grouped data with an item column, submission.csv in
+        the Kaggle Outbrain format: `display_id,ad_id` then per display its ads, most probable first."""
+        scores = probabilities.cpu().numpy()
+        written = [folder / "predictions.npy"]
+        write_array(written[0], scores)
+        if self.meta.group and self.meta.item:
+            groups, items = np.asarray(self.eval_arrays["group"]), np.asarray(self.eval_arrays["item"])
+            order = np.lexsort((-scores, groups))  # by group, then probability descending
+            groups, items = groups[order], items[order]
+            starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+            ranked = pa.ListArray.from_arrays(pa.array(np.r_[starts, len(groups)].astype(np.int32)), pc.cast(pa.array(items), pa.string()))
+            table = pa.table({self.meta.group: groups[starts], self.meta.item: pc.binary_join(ranked, " ")})
+            written.append(folder / "submission.csv")
+
+            def write(f):
+                f.write(f"{self.meta.group},{self.meta.item}\n".encode())
+                pcsv.write_csv(table, f, pcsv.WriteOptions(include_header=False, quoting_style="none"))
+            atomic_write(written[1], write, mode="wb")
+        return written

@@ -20,7 +20,7 @@ from recforge.data.cache import prepare
 from recforge.data.implicit import LeaveOneOutData
 from recforge.data.sampling import sample_eval_negatives
 from recforge.errors import RecforgeError
-from recforge.files import atomic_write
+from recforge.files import atomic_write, write_array
 from recforge.metrics.ranking import hit_and_ndcg, rank_among_all, rank_among_sampled
 from recforge.train.distributed import Dist
 from recforge.train.precision import autocast
@@ -138,6 +138,10 @@ class RankingTask:
         """Click-style probabilities of this rank's evaluation candidates (for --mode inference)."""
         model.eval()
         return torch.cat([torch.sigmoid(scores).flatten() for scores, _ in self._scored_chunks(model)])
+
+    def write_predictions(self, folder: Path, probabilities: torch.Tensor) -> list[Path]:
+        write_array(folder / "predictions.npy", probabilities.cpu().numpy())
+        return [folder / "predictions.npy"]
 
     @torch.no_grad()
     def recommend(self, model, raw_user: str, k: int) -> list[dict]:

@@ -16,13 +16,12 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recforge.config import RunConfig
+from recforge.config import RunConfig, build_config
 from recforge.errors import RecforgeError
-from recforge.files import append_jsonl, atomic_write, read_jsonl, write_json, write_text
+from recforge.files import append_jsonl, read_jsonl, write_json, write_text
 from recforge.progress import Progress, log_to
 from recforge.registry import build_task, model_entry
 from recforge.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -284,7 +283,11 @@ def _score(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
         raise RecforgeError(f"--mode {cfg.train.mode} needs --restore-checkpoint FILE")
     checkpoint = load_checkpoint(cfg.train.restore_checkpoint)
     task = build_task(cfg, device, dist, log)
-    model = build_model(cfg, checkpoint["model_dims"], device)
+    # The architecture is the checkpoint's, whatever the flags of this command say.
+    trained = build_config(checkpoint["config"], source=cfg.train.restore_checkpoint)
+    if trained.model != cfg.model:
+        raise RecforgeError(f"{cfg.train.restore_checkpoint}: a {trained.model} checkpoint, not {cfg.model} (--model)")
+    model = build_model(trained, checkpoint["model_dims"], device)
     model.load_state_dict(checkpoint["model"])
     run = RunDir(cfg.output_dir, dist.is_main)
     if run.enabled:
@@ -304,8 +307,7 @@ def _score(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
         summary = {"mode": "inference", "checkpoint": cfg.train.restore_checkpoint, "examples": int(probabilities.numel()),
                    "inference_s": seconds, "inference_samples_per_s": probabilities.numel() / seconds}
         if cfg.train.write_predictions and run.enabled:
-            atomic_write(run.path / "predictions.npy", lambda f: np.save(f, probabilities.cpu().numpy()), mode="wb")
-            summary["predictions"] = str(run.path / "predictions.npy")
+            summary["predictions"] = [str(path) for path in task.write_predictions(run.path, probabilities)]
         log(f"scored {probabilities.numel():,} examples in {seconds:.2f}s: {summary['inference_samples_per_s']:,.0f} samples/s")
     run.summary(summary)
     return summary

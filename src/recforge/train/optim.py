@@ -10,6 +10,10 @@ algorithm for the tables where one exists:
 | adagrad          | Adagrad                 | Adagrad (sparse update)             |
 | adam             | Adam (fused)            | SparseRowAdam (lazy: rows in batch) |
 | rowwise-adagrad  | Adagrad                 | RowWiseAdagrad (one accumulator/row)|
+
+`ftrl+proximal-adagrad` (Wide & Deep, as the replaced TensorFlow system) splits by model part
+instead: FTRL on `model.wide`, Proximal Adagrad on the rest, each with its own learning rate and
+L1/L2 (`--linear-*`, `--deep-*`), dense or sparse gradients alike.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 from torch import nn
 
 from recforge.config import TrainConfig
+from recforge.errors import RecforgeError
+from recforge.train.proximal import Ftrl, ProximalAdagrad
 
 
 def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +109,25 @@ def sparse_parameters(model: nn.Module) -> set[int]:
 
 
 def make_optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    optimizers = _optimizers(cfg, model)
+    for optimizer in optimizers:  # schedules scale each group's own starting rate
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    return optimizers
+
+
+def _optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    if cfg.optimizer == "ftrl+proximal-adagrad":
+        wide = getattr(model, "wide", None)
+        if wide is None:
+            raise RecforgeError("--optimizer ftrl+proximal-adagrad needs a model with a wide part (wide-deep)")
+        wide_ids = {id(p) for p in wide.parameters()}
+        return [
+            Ftrl(wide.parameters(), lr=cfg.linear_learning_rate, lr_power=cfg.linear_learning_rate_power,
+                 initial_accumulator=cfg.linear_initial_accumulator, l1=cfg.linear_l1_regularization, l2=cfg.linear_l2_regularization),
+            ProximalAdagrad([p for p in model.parameters() if id(p) not in wide_ids], lr=cfg.deep_learning_rate,
+                            initial_accumulator=cfg.deep_initial_accumulator, l1=cfg.deep_l1_regularization, l2=cfg.deep_l2_regularization),
+        ]
     sparse_ids = sparse_parameters(model)
     sparse = [p for p in model.parameters() if id(p) in sparse_ids]
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
@@ -136,7 +161,7 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 def set_learning_rate(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, step: int) -> None:
-    lr = cfg.learning_rate * lr_factor(cfg, step)
+    factor = lr_factor(cfg, step)
     for optimizer in optimizers:
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["initial_lr"] * factor
