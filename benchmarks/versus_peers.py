@@ -3,6 +3,7 @@
 
     python benchmarks/versus_peers.py w1 --reps 3      # RecBole NeuMF vs recforge fp32 / bf16 on W1
     python benchmarks/versus_peers.py w2 --reps 3      # TorchRec DLRM vs recforge fp32 / bf16 on W2
+    python benchmarks/versus_peers.py w3 --reps 3      # DeepCTR-Torch WDL vs recforge Wide & Deep on W3
 
 Needs the peers installed and W1 generated (../shared/peers/README.md: setup.sh, make_data.py).
 """
@@ -50,12 +51,22 @@ def recforge(config: str, flags: list[str], label: str) -> dict:
 W2_PREPARED = DATA / "recforge-w2"
 W2_FLAGS = ["--data-dir", str(W2_PREPARED), "--batch-size", "2048", "--optimizer", "adam", "--learning-rate", "0.001", "--emb-fusion"]
 
+W3_PREPARED = DATA / "recforge-w3"
+
 WORKLOADS = {
     "w2": {
         "prepare": ["prepare", "criteo-kaggle", "--data-dir", str(DATA / "w2_dlrm"), "--out", str(W2_PREPARED)],
         "peers": [("torchrec", "run_torchrec_w2.sh")],
         "ours": [("recforge-fp32", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "fp32"]),
                  ("recforge-bf16", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "bf16"])],
+        "metric": "AUC",
+    },
+    "w3": {
+        "prepare": ["prepare", "ctr", "--feature-spec", str(ROOT / "configs/feature-specs/deepctr-w3.yaml"),
+                    "--data-dir", str(DATA / "w3_wd"), "--out", str(W3_PREPARED)],
+        "peers": [("deepctr", "run_deepctr_w3.sh")],
+        "ours": [("recforge-fp32", "configs/deepctr-wdl.yaml", ["--data-dir", str(W3_PREPARED), "--precision", "fp32"]),
+                 ("recforge-bf16", "configs/deepctr-wdl.yaml", ["--data-dir", str(W3_PREPARED), "--precision", "bf16"])],
         "metric": "AUC",
     },
     "w1": {

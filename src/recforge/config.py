@@ -54,6 +54,8 @@ class DataConfig:
     workers: int = 2  # click logs: preparation processes
     feature_spec: str | None = None  # click logs (dataset ctr): the YAML feature spec of a CSV/Parquet log
     synthetic_rows: int = 2_000_000  # the synthetic click log (criteo-synthetic)
+    synthetic_displays: int = 200_000  # the synthetic Outbrain log (outbrain-synthetic), 2-12 ads each
+    valid_fraction: float = 0.2  # outbrain: the share of displays held out for validation
     shuffle: Literal["rows", "blocks", "none"] = "rows"  # click logs: per-epoch order (blocks: batch-sized runs)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from recforge.data import criteo, ctr_spec, interaction_file, movielens, ncf_files, synthetic, synthetic_ctr
+from recforge.data import criteo, ctr_spec, interaction_file, movielens, ncf_files, outbrain, synthetic, synthetic_ctr, synthetic_outbrain
 from recforge.errors import RecforgeError
 from recforge.models import dlrm, ncf, wide_deep
 from recforge.tasks.ctr import CTRTask
@@ -66,6 +68,24 @@ def _criteo(cfg, log):
                                  cfg.max_ind_range, cfg.workers, log=log, overwrite=cfg.overwrite)
 
 
+def _outbrain(cfg, log):
+    return outbrain.prepare_outbrain(_required(cfg.data_dir, "--data-dir (the Kaggle Outbrain CSVs)"), cfg.out,
+                                     valid_fraction=cfg.valid_fraction, seed=cfg.synthetic_seed, overwrite=cfg.overwrite, log=log)
+
+
+def _outbrain_synthetic(cfg, log):
+    """Kaggle-format CSVs of a synthetic Outbrain world, written beside --out, then prepared."""
+    out = Path(cfg.out).expanduser()
+    raw = out.parent / f".{out.name}.raw-{os.getpid()}"
+    try:
+        info = synthetic_outbrain.write_outbrain_csvs(raw, displays=cfg.synthetic_displays, seed=cfg.synthetic_seed)
+        log(f"outbrain-synthetic: {cfg.synthetic_displays:,} displays; best achievable MAP@12 {info['best_map12']:.4f}")
+        return outbrain.prepare_outbrain(raw, out, valid_fraction=cfg.valid_fraction, seed=cfg.synthetic_seed,
+                                         overwrite=cfg.overwrite, log=log)
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
+
+
 CLICK_LOGS = {
     "criteo-kaggle": _criteo,
     "criteo-terabyte": _criteo,
@@ -73,6 +93,8 @@ CLICK_LOGS = {
                                                  _required(cfg.data_dir, "--data-dir"), cfg.out, log, cfg.overwrite),
     "criteo-synthetic": lambda cfg, log: synthetic_ctr.generate_ctr(cfg.out, rows=cfg.synthetic_rows, seed=cfg.synthetic_seed,
                                                                     log=log, overwrite=cfg.overwrite),
+    "outbrain": _outbrain,
+    "outbrain-synthetic": _outbrain_synthetic,
 }
 
 TASKS = {"ranking": RankingTask, "ctr": CTRTask}

@@ -150,9 +150,11 @@ def lecun_uniform_(weight: torch.Tensor) -> torch.Tensor:
 class FieldEmbeddings(nn.Module):
     """One vector per (row, field): ids [B, F] -> [B, F, D], from sum-pooled `EmbeddingBag`s (a bag
     of one id per field here; multi-hot fields pool more) per field, or from one fused table whose
-    rows are the fields' tables end to end, indexed with per-field offsets (one kernel, not F)."""
+    rows are the fields' tables end to end, indexed with per-field offsets (one kernel, not F).
 
-    def __init__(self, cardinalities: list[int], dim: int, fused: bool, sparse: bool):
+    Rows start as DLRM starts them, or N(0, init_std^2) when `init_std` is given."""
+
+    def __init__(self, cardinalities: list[int], dim: int, fused: bool, sparse: bool, init_std: float | None = None):
         super().__init__()
         self.fused = fused
         # DLRM's initialisation: U(-1/sqrt(rows), 1/sqrt(rows)) for each field's rows.
@@ -167,6 +169,10 @@ class FieldEmbeddings(nn.Module):
             self.tables = nn.ModuleList(nn.EmbeddingBag(c, dim, mode="sum", sparse=sparse) for c in cardinalities)
             for table, bound in zip(self.tables, bounds):
                 nn.init.uniform_(table.weight, -bound, bound)
+        if init_std is not None:
+            for table in self.modules():
+                if isinstance(table, nn.EmbeddingBag):
+                    nn.init.normal_(table.weight, std=init_std)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows, fields = ids.shape
