@@ -350,8 +350,8 @@ def _summary_lines(s: dict, names: list[str], metric: str) -> str:
     lines = [
         "summary:",
         f"  best: {best or 'n/a'} (epoch {s['best_epoch']}, step {s['best_step']})",
-        f"  train: {fmt(s['train_samples_per_s'], ',.0f')} samples/s, epoch time avg {fmt(s['epoch_time_avg_s'], '.2f')}s, "
-        f"min {fmt(s['epoch_time_min_s'], '.2f')}s",
+        f"  train: {fmt(s['train_samples_per_s'], ',.0f')} samples/s, epoch time avg {fmt(s['epoch_time_avg_s'], '.2f')}, "
+        f"min {fmt(s['epoch_time_min_s'], '.2f')} (s)",
         f"  eval: {fmt(s['eval_samples_per_s'], ',.0f')} samples/s",
         f"  time to train: {s['time_to_train_s']:.1f}s",
     ]
