@@ -86,6 +86,15 @@ def test_linear_on_onednn_equals_torch_linear(input_grad, fan_in, fan_out):
     assert torch.is_tensor(outputs[0][1]) and outputs[0][1].abs().sum() > 0
 
 
+def test_linear_takes_empty_batches_and_no_inputs():
+    # An evaluation shard can be empty, and a click log can have no numeric features.
+    assert Linear(3, 2)(torch.zeros(0, 3)).shape == (0, 2)
+    layer = Linear(0, 1)
+    y = layer(torch.zeros(4, 0))
+    y.sum().backward()
+    assert torch.equal(y, layer.bias.expand(4, 1)) and layer.bias.grad.item() == 4
+
+
 def test_relu_dropout_drops_at_rate_and_scales_survivors():
     torch.manual_seed(1)
     for generator in (None, np.random.Generator(np.random.PCG64(0))):

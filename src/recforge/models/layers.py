@@ -112,6 +112,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def _onednn_fp32(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 2
+            and x.shape[0] > 0 and weight.numel() > 0  # oneDNN has no empty products
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and torch.backends.mkldnn.is_available())
 
