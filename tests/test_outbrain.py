@@ -12,8 +12,8 @@ import pytest
 
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.ctr_spec import stable_hash
-from recforge.data.outbrain import (CTR_PRIOR_VIEWS, DAY_MS, KAGGLE_EPOCH_MS, feature_columns, prepare_outbrain,
-                                    valid_displays)
+from recforge.data.outbrain import (CTR_PRIOR_VIEWS, DAY_MS, HOUR_MS, KAGGLE_EPOCH_MS, REQUEST_CTR_KEYS, feature_columns,
+                                    prepare_outbrain, valid_displays)
 from recforge.data.synthetic_outbrain import FILES, write_outbrain_csvs
 from recforge.errors import DataError, RecforgeError
 
@@ -45,6 +45,13 @@ def test_prepare_generated_csvs(generated, tmp_path):
     assert [f["max_length"] for f in meta.multi_hot] == [3] * 6 and meta.multi_hot_width == 18
     assert meta.features["ad_id"] == {"tag": "item", "embedding_dim": 128}
     assert meta.features["document_id"]["tag"] == "request" and meta.features["ad_id_ctr"]["tag"] == "item"
+    assert meta.features["event_hour"] == {"tag": "request", "embedding_dim": 16} == meta.features["event_weekday"]
+    tags = [meta.features[name]["tag"] for name in meta.dense_names]
+    assert len(meta.dense_names) == 32 and tags.count("request") == 16 and tags.count("item") == 16
+    assert {f"{key}_{what}" for key in REQUEST_CTR_KEYS for what in ("ctr", "count")} | {"days_since_published", "document_page_views"} \
+        == {name for name, tag in zip(meta.dense_names, tags) if tag == "request"}
+    assert meta.cardinalities[meta.sparse_names.index("event_hour")] == 25  # hours 0-23 (15 days of events) + missing
+    assert meta.cardinalities[meta.sparse_names.index("event_weekday")] == 8
     columns = feature_columns()
     assert set(meta.dense_names) == set(columns["numeric"])
     assert set(meta.sparse_names) == set(columns["request"] + columns["item"] + ["ad_id"])
@@ -80,6 +87,13 @@ def test_gzip_inputs_give_the_same_arrays(generated, tmp_path):
 
 
 # A hand-made world. Displays 1-3 are train, 4-5 valid (found from the split hash below).
+# t1, t2 show document 10 (source 100, publisher 1000) in US>CA>807, t3 document 12 (source 103,
+# publisher 1003) in US>NY>501 at 2016-06-17 01:00:00.000 UTC; all three on platform 2.
+# v1 shows document 10 in GB on a missing platform, v2 document 11 (source 101) with no location
+# and no timestamp.
+T3_TIMESTAMP = 2 * DAY_MS + 21 * HOUR_MS + 2  # KAGGLE_EPOCH_MS is 2 ms before an hour
+
+
 def tiny(folder, *, clicks=None):
     ids = np.arange(1, 200)
     in_valid = valid_displays(ids, 0.5, seed=0)
@@ -90,11 +104,12 @@ def tiny(folder, *, clicks=None):
     files = {
         "clicks_train.csv": "display_id,ad_id,clicked\n" + "".join(f"{d},{a},{c}\n" for d, a, c in rows),
         "events.csv": "display_id,uuid,document_id,timestamp,platform,geo_location\n"
-                      + "".join(f"{d},u{d},10,{2 * DAY_MS},2,US>CA>807\n" for d in (t1, t2, t3))
+                      + "".join(f"{d},u{d},10,{2 * DAY_MS},2,US>CA>807\n" for d in (t1, t2))
+                      + f"{t3},u{t3},12,{T3_TIMESTAMP},2,US>NY>501\n"
                       + f"{v1},u9,10,{3 * DAY_MS},\\N,GB\n{v2},u9,11,,2,\n",
         "promoted_content.csv": "ad_id,document_id,campaign_id,advertiser_id\n1,20,7,70\n2,21,8,70\n3,20,7,71\n",
         "documents_meta.csv": "document_id,source_id,publisher_id,publish_time\n10,100,1000,2016-06-10 03:59:59\n"
-                              "11,101,,\n20,100,1001,2016-06-01 00:00:00\n21,102,1002,2016-06-20 00:00:00\n",
+                              "11,101,,\n12,103,1003,2016-06-12 00:00:00\n20,100,1001,2016-06-01 00:00:00\n21,102,1002,2016-06-20 00:00:00\n",
         # document 10: four topics (the least confident, 4, is dropped); 20: topic 1 only
         "documents_topics.csv": "document_id,topic_id,confidence_level\n10,4,0.1\n10,1,0.5\n10,2,0.5\n10,3,0.2\n20,1,0.9\n",
         "documents_entities.csv": "document_id,entity_id,confidence_level\n10,e1,0.3\n",
@@ -132,6 +147,65 @@ def test_ctr_features_count_train_rows_only(tmp_path):
     assert column(meta, valid, "advertiser_id_ctr")[0] == pytest.approx(prior)  # advertiser 71: ad 3 only
     # document 20 is promoted by ads 1 and 3, so its train counts are ad 1's
     assert column(meta, valid, "document_id_promo_ctr")[0] == pytest.approx(smoothed(2, 3))
+    # request level: source 101 (of v2's page) appears in valid displays only -> the prior, 0 views
+    assert column(meta, valid, "source_id_ctr")[2:] == pytest.approx([prior] * 3)
+    assert column(meta, valid, "source_id_count")[2:].tolist() == [0.0] * 3
+    assert column(meta, train, "source_id_count") == pytest.approx([math.log1p(4)] * 4 + [math.log1p(2)] * 2)
+
+
+def test_request_ctr_features_count_train_rows_only(tmp_path):
+    (t1, t2, t3), (v1, v2) = tiny(tmp_path / "raw")
+    clicks = [(t1, 1, 1), (t1, 2, 1), (t2, 1, 1), (t2, 2, 0), (t3, 1, 0), (t3, 2, 0),
+              (v1, 3, 1), (v1, 1, 0), (v2, 3, 0), (v2, 2, 1), (v2, 9, 0)]
+    tiny(tmp_path / "raw", clicks=clicks)
+    meta = prepare_outbrain(tmp_path / "raw", tmp_path / "out", valid_fraction=0.5, seed=0, **QUIET)
+    prior = 3 / 6
+    assert meta.info["train_click_rate"] == pytest.approx(prior)
+
+    def smoothed(clicks, views):
+        return (clicks + prior * CTR_PRIOR_VIEWS) / (views + CTR_PRIOR_VIEWS)
+
+    train, valid = load_split(tmp_path / "out", "train"), load_split(tmp_path / "out", "valid")
+    # document 10: t1 and t2, 3 clicks in 4 train views (v1's 2 rows on it do not count); 12: t3, 0 in 2
+    page = [smoothed(3, 4)] * 4 + [smoothed(0, 2)] * 2
+    for name in ("document_id", "source_id", "publisher_id", "geo_location", "geo_location_state"):
+        assert column(meta, train, f"{name}_ctr") == pytest.approx(page), name
+        assert column(meta, train, f"{name}_count") == pytest.approx([math.log1p(4)] * 4 + [math.log1p(2)] * 2), name
+    for name in ("geo_location_country", "platform"):  # US and platform 2: every train row
+        assert column(meta, train, f"{name}_ctr") == pytest.approx([smoothed(3, 6)] * 6), name
+        assert column(meta, train, f"{name}_count") == pytest.approx([math.log1p(6)] * 6), name
+    # v1: document 10, source 100, publisher 1000 (train counts); GB only in valid, platform missing -> the prior
+    # v2: document 11 and source 101 only in valid, no publisher, no location -> the prior; platform 2
+    expected = {"document_id": [smoothed(3, 4)] * 2 + [prior] * 3, "source_id": [smoothed(3, 4)] * 2 + [prior] * 3,
+                "publisher_id": [smoothed(3, 4)] * 2 + [prior] * 3, "geo_location": [prior] * 5,
+                "geo_location_country": [prior] * 5, "geo_location_state": [prior] * 5,
+                "platform": [prior] * 2 + [smoothed(3, 6)] * 3}
+    for name, values in expected.items():
+        assert column(meta, valid, f"{name}_ctr") == pytest.approx(values), name
+    assert column(meta, valid, "document_id_count") == pytest.approx([math.log1p(4)] * 2 + [0.0] * 3)
+    assert column(meta, valid, "platform_count") == pytest.approx([0.0] * 2 + [math.log1p(6)] * 3)
+    tags = [meta.features[name]["tag"] for name in meta.dense_names]
+    assert tags.count("request") == 16 and tags.count("item") == 16
+
+
+def test_event_hour_and_weekday_by_hand(tmp_path):
+    (t1, t2, t3), (v1, v2) = tiny(tmp_path / "raw")
+    meta = prepare_outbrain(tmp_path / "raw", tmp_path / "out", valid_fraction=0.5, seed=0, **QUIET)
+    train, valid = load_split(tmp_path / "out", "train"), load_split(tmp_path / "out", "valid")
+    timestamps = {t1: 2 * DAY_MS, t2: 2 * DAY_MS, t3: T3_TIMESTAMP, v1: 3 * DAY_MS, v2: None}
+    when = {d: datetime.fromtimestamp((KAGGLE_EPOCH_MS + ms) / 1000, tz=timezone.utc) for d, ms in timestamps.items() if ms is not None}
+    assert when[t1] == datetime(2016, 6, 16, 3, 59, 59, 998000, tzinfo=timezone.utc)  # a Thursday
+    assert when[t3] == datetime(2016, 6, 17, 1, tzinfo=timezone.utc)  # a Friday, on the hour
+    hours = {d: t.hour for d, t in when.items()}
+    weekdays = {d: t.weekday() for d, t in when.items()}
+    assert (hours[t1], weekdays[t1], hours[t3], weekdays[t3], hours[v1], weekdays[v1]) == (3, 3, 1, 4, 3, 4)
+    for name, truth in (("event_hour", hours), ("event_weekday", weekdays)):
+        vocabulary = sorted({str(truth[d]) for d in (t1, t2, t3)})  # train values as text, sorted; 0 = missing / unseen
+        for split in (train, valid):
+            ids = [vocabulary.index(str(truth[d])) + 1 if d in truth else 0 for d in split["group"].tolist()]
+            assert column(meta, split, name).tolist() == ids, name
+    assert column(meta, valid, "event_hour").tolist() == [2, 2, 0, 0, 0]  # hour 3 of {1, 3}; v2 has no timestamp
+    assert meta.features["event_hour"]["tag"] == "request" and meta.features["event_weekday"]["embedding_dim"] == 16
 
 
 def test_document_features_by_hand(tmp_path):

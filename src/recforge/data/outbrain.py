@@ -20,10 +20,12 @@ What it does (docs/outbrain.md lists every column):
    -1 after the list ends).
 2. A display goes to `valid` iff a seeded 64-bit hash of its display_id falls under
    `valid_fraction` (`valid_displays`), so all ads of a display are in one split.
-3. Pass 1 streams clicks_train and counts views and clicks of the TRAIN rows only per ad_id,
-   the ad's document, campaign, advertiser, and the source and publisher of the ad's document.
-   A smoothed CTR `(clicks + prior * CTR_PRIOR_VIEWS) / (views + CTR_PRIOR_VIEWS)` (prior: the
-   train click rate) and the view count follow from them: rows of valid displays never
+3. Pass 1 streams clicks_train and counts views and clicks of the TRAIN rows only per key:
+   request level the displayed document, its source and publisher, geo_location (and its country
+   and state) and platform; item level the ad_id, the ad's document, campaign, advertiser, and the
+   source and publisher of the ad's document. A smoothed CTR
+   `(clicks + prior * CTR_PRIOR_VIEWS) / (views + CTR_PRIOR_VIEWS)` (prior: the train click
+   rate) and the view count follow from them: rows of valid displays never
    contributed to any feature. (Train rows do see their own click in these counts, as in
    NVIDIA's preparation; the prior's weight keeps that small for rarely shown ads.)
 4. Pass 2 streams clicks_train again and writes one Parquet feature table per split into a
@@ -67,7 +69,13 @@ TOP = 3  # topics / entities / categories kept per document
 MISSING_DAYS = -1.0  # days since publication when a time is missing (log1p(max(x, 0)) makes it 0)
 BLOCK_BYTES = 1 << 20  # CSV bytes per batch (~75k clicks_train rows; larger batches are hardly faster)
 NULLS = ["", "\\N"]  # Kaggle's files write a missing platform as \N
-CTR_KEYS = ("ad_id", "document_id_promo", "campaign_id", "advertiser_id", "source_id_promo", "publisher_id_promo")
+HOUR_MS = 3_600_000
+# Smoothed train CTR + train views per key; the request keys describe the display (page, reader),
+# the item keys the ad. Every key is an int32 code per row (-1: missing), see _Tables.rows.
+REQUEST_CTR_KEYS = ("document_id", "source_id", "publisher_id", "geo_location", "geo_location_country",
+                    "geo_location_state", "platform")
+ITEM_CTR_KEYS = ("ad_id", "document_id_promo", "campaign_id", "advertiser_id", "source_id_promo", "publisher_id_promo")
+CTR_KEYS = REQUEST_CTR_KEYS + ITEM_CTR_KEYS
 LISTS = {"topics": ("documents_topics.csv", "topic_id"), "entities": ("documents_entities.csv", "entity_id"),
          "categories": ("documents_categories.csv", "category_id")}
 _MAX_ID = (1 << 31) - 1
@@ -78,10 +86,10 @@ def feature_columns() -> dict[str, list[str]]:
     return {
         "keys": ["clicked", "display_id", "ad_id"],
         "request": ["document_id", "platform", "geo_location", "geo_location_country", "geo_location_state",
-                    "source_id", "publisher_id"],
+                    "source_id", "publisher_id", "event_hour", "event_weekday"],
         "item": ["document_id_promo", "campaign_id", "advertiser_id", "source_id_promo", "publisher_id_promo"],
         "multi_hot": [f"{side}_{kind}" for side in ("document", "promo") for kind in LISTS],
-        "numeric": [*(f"{key}_{what}" for key in CTR_KEYS for what in ("ctr", "count")),
+        "numeric": [*(f"{key}_{what}" for key in CTR_KEYS for what in ("ctr", "count")),  # request keys, then item keys
                     "days_since_published", "days_since_published_promo",
                     *(f"{kind}_similarity" for kind in LISTS), "document_page_views"],
     }
@@ -345,8 +353,10 @@ class _Tables:
     page_views: np.ndarray
     platform: _Dictionary
     geo: _Dictionary
-    geo_country: pa.Array
+    geo_country: pa.Array  # text per geo code
     geo_state: pa.Array
+    geo_country_code: np.ndarray  # int32 code per geo code (+ the missing row, -1)
+    geo_state_code: np.ndarray
     missing: dict[str, int]
 
     @classmethod
@@ -356,14 +366,20 @@ class _Tables:
         path = files["events.csv"]
         self.platform, self.geo = _Dictionary(), _Dictionary()
         events = _ById(path, "display_id", {"document_id": (np.int32, -1), "day": (np.float32, np.nan),
-                                            "platform": (np.int16, -1), "geo": (np.int32, -1)})
+                                            "platform": (np.int16, -1), "geo": (np.int32, -1),
+                                            "hour": (np.int8, -1), "weekday": (np.int8, -1)})
         types = {"display_id": pa.int64(), "document_id": pa.int64(), "timestamp": pa.int64(),
                  "platform": pa.string(), "geo_location": pa.string()}
         for first, batch in _batches(path, types, required=("display_id",)):
             timestamp = batch.column("timestamp").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> NaN
+            known = batch.column("timestamp").is_valid().to_numpy(zero_copy_only=False)
+            with np.errstate(over="ignore"):  # UTC instant in ms; floor division and % keep hour 0-23, weekday 0-6
+                utc = pc.fill_null(batch.column("timestamp"), 0).to_numpy(zero_copy_only=False).astype(np.int64) + KAGGLE_EPOCH_MS
             events.put(_ids(batch.column("display_id"), path, first, "display_id"), first, {
                 "document_id": _ids(batch.column("document_id"), path, first, "document_id"),
                 "day": (timestamp / DAY_MS).astype(np.float32),
+                "hour": np.where(known, utc // HOUR_MS % 24, -1).astype(np.int8),
+                "weekday": np.where(known, (utc // DAY_MS + 3) % 7, -1).astype(np.int8),  # 1970-01-01 was a Thursday (3)
                 "platform": self.platform.encode(batch.column("platform")).astype(np.int16),
                 "geo": self.geo.encode(batch.column("geo_location")),
             })
@@ -373,6 +389,10 @@ class _Tables:
         self.geo_country = pc.binary_join(pc.list_slice(parts, 0, 1), ">")
         state = pc.binary_join(pc.list_slice(parts, 0, 2), ">")
         self.geo_state = pc.if_else(pc.greater_equal(pc.list_value_length(parts), 2), state, pa.scalar(None, pa.string()))
+        # Integer codes of countries and states per geo code, for their CTR counts (the last row: missing geo).
+        self.geo_country_code, self.geo_state_code = (
+            np.r_[pc.fill_null(pc.dictionary_encode(text).indices, -1).to_numpy(zero_copy_only=False), -1].astype(np.int32)
+            for text in (self.geo_country, self.geo_state))
 
         path = files["promoted_content.csv"]
         ads = _ById(path, "ad_id", {"document_id": (np.int32, -1), "campaign_id": (np.int32, -1),
@@ -417,8 +437,11 @@ class _Tables:
         return self
 
     def rows(self, display_id: np.ndarray, ad_id: np.ndarray) -> dict[str, np.ndarray]:
-        """The ids behind each click-log row (-1: missing)."""
+        """The ids (or text codes) behind each click-log row (-1: missing)."""
+        geo = _at(self.events["geo"], display_id)
         row = {"display_id": display_id, "ad_id": ad_id, "document_id": _at(self.events["document_id"], display_id),
+               "platform": _at(self.events["platform"], display_id).astype(np.int32), "geo_location": geo,
+               "geo_location_country": _at(self.geo_country_code, geo), "geo_location_state": _at(self.geo_state_code, geo),
                "document_id_promo": _at(self.ads["document_id"], ad_id),
                "campaign_id": _at(self.ads["campaign_id"], ad_id), "advertiser_id": _at(self.ads["advertiser_id"], ad_id)}
         for side in ("", "_promo"):
@@ -481,12 +504,15 @@ def _count_train(path: Path, tables: _Tables, valid_fraction: float, seed: int, 
     counts = {key: _Counts() for key in CTR_KEYS}
     rows = {"train": 0, "valid": 0, "train_clicks": 0}
     known_ads = len(tables.ads["known"]) - 1
+    known_documents = len(tables.documents["known"]) - 1
     for _, display_id, ad_id, clicked in _clicks(path):
         train = ~valid_displays(display_id, valid_fraction, seed)
         row = tables.rows(display_id[train], ad_id[train])
         # Ads outside promoted_content's id range are not counted (they read the prior), so that
         # a stray huge ad_id cannot make the count arrays huge.
         row["ad_id"] = np.where(row["ad_id"] < known_ads, row["ad_id"], -1)
+        # The same for displayed documents beyond documents_meta's id range (events' ids are not checked for density).
+        row["document_id"] = np.where(row["document_id"] < known_documents, row["document_id"], -1)
         for key in CTR_KEYS:
             counts[key].add(row[key], clicked[train])
         rows["train"] += int(train.sum())
@@ -533,8 +559,8 @@ def _write_features(path: Path, tables: _Tables, ctr: dict, valid_fraction: floa
 def _feature_table(tables: _Tables, ctr: dict, display_id: np.ndarray, ad_id: np.ndarray, clicked: np.ndarray) -> pa.Table:
     row = tables.rows(display_id, ad_id)
     tables.note_missing(display_id, ad_id, row)
-    platform = _at(tables.events["platform"], display_id).astype(np.int32)
-    geo = _at(tables.events["geo"], display_id)
+    platform, geo = row["platform"], row["geo_location"]
+    hour, weekday = _at(tables.events["hour"], display_id), _at(tables.events["weekday"], display_id)
     columns: dict[str, pa.Array] = {
         "clicked": pa.array(clicked), "display_id": pa.array(display_id.astype(np.int64)),
         "ad_id": pa.array(ad_id.astype(np.int64)),
@@ -544,6 +570,7 @@ def _feature_table(tables: _Tables, ctr: dict, display_id: np.ndarray, ad_id: np
         "geo_location_country": tables.geo_country.take(pa.array(geo, mask=geo < 0)),
         "geo_location_state": tables.geo_state.take(pa.array(geo, mask=geo < 0)),
         "source_id": _nullable(row["source_id"]), "publisher_id": _nullable(row["publisher_id"]),
+        "event_hour": _nullable(hour), "event_weekday": _nullable(weekday),  # UTC, 0-23 and 0 Monday .. 6 Sunday
         **{name: _nullable(row[name]) for name in ("document_id_promo", "campaign_id", "advertiser_id",
                                                    "source_id_promo", "publisher_id_promo")},
     }
