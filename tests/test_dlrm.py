@@ -1,6 +1,7 @@
 """DLRM, the click-log task and the step-based loop features it brought."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -162,8 +163,10 @@ def test_optimizers_take_sparse_tables_apart():
 def test_two_process_torchrun_evaluates_every_row_once(click_log, tmp_path):
     args = dlrm_args(click_log, tmp_path / "two", **{"batch-size": 999})  # uneven last batch and shards
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29741", "-m", "recforge"]
-    result = subprocess.run([*torchrun, "train", *args], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = subprocess.run([*torchrun, "train", *args], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash shows its Python stack
+    crash = result.stderr.find("Fatal Python error")
+    assert result.returncode == 0, result.stderr[crash : crash + 3000] if crash >= 0 else result.stderr[-2000:]
     main(["train", *dlrm_args(click_log, tmp_path / "one", **{"batch-size": 999})])
     one, two = summary_of(tmp_path / "one"), summary_of(tmp_path / "two")
     assert two["metrics"]["eval_rows"] == one["metrics"]["eval_rows"] == 4_286

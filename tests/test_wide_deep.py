@@ -3,6 +3,7 @@ the model, its optimizers through the CLI, the Kaggle submission, torchrun."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -176,8 +177,10 @@ def test_wide_deep_two_process_torchrun_evaluates_every_row_once(grouped, tmp_pa
     args = ["--model", "wide-deep", "--data-dir", str(prepared), "--batch-size", "333", "--epochs", "1",
             "--deep-hidden-units", "16", "--embedding-dim", "4"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29743", "-m", "recforge"]
-    result = subprocess.run([*torchrun, "train", *args, "--output-dir", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = subprocess.run([*torchrun, "train", *args, "--output-dir", str(tmp_path / "two")], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash shows its Python stack
+    crash = result.stderr.find("Fatal Python error")
+    assert result.returncode == 0, result.stderr[crash : crash + 3000] if crash >= 0 else result.stderr[-2000:]
     main(["train", *args, "--output-dir", str(tmp_path / "one")])
     one, two = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("one", "two"))
     rows = len(load_split(prepared, "valid")["label"])
