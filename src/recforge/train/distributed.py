@@ -6,6 +6,7 @@ torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; the backend is NCCL on GPUs and gl
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 
@@ -65,6 +66,9 @@ def init_distributed(device_kind: str) -> Dist:
 
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
+        # DDP wrappers left in reference cycles must go before their process group does:
+        # destroyed after it, at interpreter exit, gloo's threads abort the process.
+        gc.collect()
         dist.destroy_process_group()
 
 

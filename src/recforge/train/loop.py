@@ -97,9 +97,11 @@ def train(cfg: RunConfig) -> dict:
     """Train (or, with --mode eval/inference, score a checkpoint); returns the summary."""
     device, dist = setup(cfg)
     try:
-        if cfg.train.mode == "train":
-            return _train(cfg, device, dist)
-        return _score(cfg, device, dist)
+        summary = _train(cfg, device, dist) if cfg.train.mode == "train" else _score(cfg, device, dist)
+        # Ranks end together: one that tears its process group down while rank 0 still writes
+        # the summary can crash gloo's teardown.
+        dist.barrier()
+        return summary
     finally:
         shutdown(dist)
 
