@@ -184,35 +184,37 @@ class _Source:
                       **{f.name: pa.string() for f in spec.categorical + spec.multi_hot},
                       **{name: pa.int64() for name in (spec.group, spec.item) if name and name not in categorical}}
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Batches of `columns` (default: every spec column)."""
+        types = {c: self.types[c] for c in columns} if columns else self.types
         if self.path.suffix == ".parquet":
             names = set(pq.read_schema(self.path).names)
-            for column in self.types:
+            for column in types:
                 if column not in names:
                     raise DataError(self.path, None, column, "column not found")
-            for batch in pq.ParquetFile(self.path).iter_batches(columns=list(self.types), batch_size=1 << 16):
-                columns = [batch.column(c).cast(t) for c, t in self.types.items()]
+            for batch in pq.ParquetFile(self.path).iter_batches(columns=list(types), batch_size=1 << 16):
+                arrays = [batch.column(c).cast(t) for c, t in types.items()]
                 # An empty string is a missing category, as in CSV files.
-                columns = [pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.string()), c) if c.type == pa.string() else c for c in columns]
-                yield pa.RecordBatch.from_arrays(columns, names=list(self.types))
+                arrays = [pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a) if a.type == pa.string() else a for a in arrays]
+                yield pa.RecordBatch.from_arrays(arrays, names=list(types))
             return
         try:
             reader = pcsv.open_csv(
                 self.path, read_options=pcsv.ReadOptions(block_size=BATCH_BYTES),
                 parse_options=pcsv.ParseOptions(delimiter=self.spec.separator),
-                convert_options=pcsv.ConvertOptions(column_types=self.types, include_columns=list(self.types), strings_can_be_null=True),
+                convert_options=pcsv.ConvertOptions(column_types=types, include_columns=list(types), strings_can_be_null=True),
             )
             yield from reader
         except (pa.ArrowInvalid, pa.ArrowKeyError):
             # The slow path names the first bad line and field (and raises there).
             read_delimited(self.path, delimiter=self.spec.separator, missing_ok=True,
-                           columns={c: t for c, t in self.types.items() if t != pa.string()})
+                           columns={c: t for c, t in types.items() if t != pa.string()})
             raise
 
     def rows(self) -> int:
         if self.path.suffix == ".parquet":
             return pq.ParquetFile(self.path).metadata.num_rows
-        return sum(batch.num_rows for batch in self.batches())
+        return sum(batch.num_rows for batch in self.batches([self.spec.label]))
 
 
 def _add_counts(counts: pa.Table | None, values: pa.Array) -> pa.Table:
@@ -243,10 +245,10 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
     else:
         ranges = {split: (split, 0, source.rows()) for split, source in sources.items()}
 
-    def rows_of(split: str) -> Iterator[pa.RecordBatch]:
+    def rows_of(split: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         name, lo, hi = ranges[split]
         seen = 0
-        for batch in sources[name].batches():
+        for batch in sources[name].batches(columns):
             take = batch.slice(max(0, lo - seen), max(0, min(hi, seen + batch.num_rows) - max(lo, seen)))
             seen += batch.num_rows
             if take.num_rows:
@@ -259,11 +261,14 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
     counts: dict[str, pa.Table | None] = {f.name: None for f in vocabulary_features}
     longest = {f.name: 1 for f in spec.multi_hot}
     moments = {f.name: np.zeros(3) for f in spec.numeric if f.transform == "standardize"}  # count, sum, sum of squares
-    for batch in rows_of("train"):
+    # Only the columns this pass needs are read; with none (all hashed, lengths given) it is skipped.
+    measured = [f for f in spec.multi_hot if f.name in counts or f.max_length is None]
+    needed = list(dict.fromkeys([*counts, *(f.name for f in measured), *moments]))
+    for batch in rows_of("train", needed) if needed else ():
         for name, m in moments.items():
             x = np.nan_to_num(batch.column(name).to_numpy(zero_copy_only=False), nan=0.0)
             m += (len(x), x.sum(), np.square(x).sum())
-        for f in spec.multi_hot:
+        for f in measured:
             values, rows = _list_values(batch.column(f.name), f.delimiter)
             longest[f.name] = max(longest[f.name], int(np.bincount(rows).max(initial=0)))
             if f.name in counts:
