@@ -139,6 +139,15 @@ def test_wide_part_starts_at_zero_and_sees_every_field():
     assert wide.tolist() == expected
 
 
+def test_wide_deep_takes_multi_hot_features_alone():
+    model = WideDeep(0, [], [], [{"name": "m", "cardinality": 6, "max_length": 3, "pooling": "sum"}], [4], [],
+                     WideDeepConfig(deep_hidden_units=[8]))
+    batch = {"dense": torch.zeros(2, 0), "sparse": torch.zeros(2, 0, dtype=torch.long), "multi_hot": torch.tensor([[1, 5, -1], [-1, -1, -1]])}
+    logits = model(batch)
+    logits.sum().backward()
+    assert logits.shape == (2,) and model.multi_hot[0].weight.grad is not None
+
+
 def test_wide_deep_learns_the_planted_ranking_through_the_cli(grouped, tmp_path):
     prepared, best_map = grouped
     run = tmp_path / "run"

@@ -41,7 +41,8 @@ def bags(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _offsets(cardinalities: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0)
+    """Where each field's rows start in a table of all fields end to end."""
+    return torch.tensor([0, *cardinalities[:-1]] if cardinalities else [], dtype=torch.long).cumsum(0)
 
 
 class Wide(nn.Module):
@@ -67,8 +68,8 @@ class Wide(nn.Module):
 
     def forward(self, dense: torch.Tensor, one_hot: torch.Tensor, multi_hot: torch.Tensor | None,
                 crossed: torch.Tensor | None) -> torch.Tensor:
-        ids = [one_hot if crossed is None else torch.cat([one_hot, crossed], dim=1)]
-        ids[0] = ids[0] + self.field_offsets
+        fields = one_hot if crossed is None else torch.cat([one_hot, crossed], dim=1)
+        ids = [fields + self.field_offsets]
         if multi_hot is not None:
             ids.append(torch.where(multi_hot >= 0, multi_hot + self.multi_hot_offsets, -1))
         return self.table(*bags(torch.cat(ids, dim=1))).squeeze(1) + self.numeric(dense).squeeze(1)
@@ -85,13 +86,13 @@ class WideDeep(nn.Module):
         super().__init__()
         self.wide = Wide(num_dense, cardinalities, multi_hot, crossed, cfg.sparse_embeddings)
         # One fused table per embedding width: one lookup per width, not per field.
-        self.widths = sorted(set(dims))
+        widths = sorted(set(dims))
         self.one_hot = nn.ModuleList(
             FieldEmbeddings([c for c, d in zip(cardinalities, dims) if d == width], width, fused=True, sparse=cfg.sparse_embeddings,
                             init_std=cfg.embedding_init_std)
-            for width in self.widths
+            for width in widths
         )
-        for i, width in enumerate(self.widths):
+        for i, width in enumerate(widths):
             self.register_buffer(f"fields_{i}", torch.tensor([f for f, d in enumerate(dims) if d == width]), persistent=False)
         self.multi_hot = nn.ModuleList(
             nn.EmbeddingBag(f["cardinality"], dim, mode=f["pooling"], sparse=cfg.sparse_embeddings) for f, dim in zip(multi_hot, multi_hot_dims)
