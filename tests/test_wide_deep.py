@@ -139,6 +139,7 @@ def test_wide_part_starts_at_zero_and_sees_every_field():
     assert wide.tolist() == expected
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_wide_deep_takes_multi_hot_features_alone():
     model = WideDeep(0, [], [], [{"name": "m", "cardinality": 6, "max_length": 3, "pooling": "sum"}], [4], [],
                      WideDeepConfig(deep_hidden_units=[8]))
