@@ -40,7 +40,7 @@ import yaml
 
 from recforge.config import key_lines
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
-from recforge.data.tabular import line_number, read_delimited, require_file
+from recforge.data.tabular import read_delimited, require_file, row_error
 from recforge.errors import DataError
 
 BATCH_BYTES = 1 << 24
@@ -379,11 +379,7 @@ def _required_ints(column: pa.Array, source: _Source, first_row: int, name: str)
         digits = pc.match_substring_regex(column, r"^-?[0-9]+$").to_numpy(zero_copy_only=False)
         bad |= ~np.asarray(digits, dtype=bool)
     if bad.any():
-        row = first_row + int(np.flatnonzero(bad)[0])
-        message = "missing or not an integer"
-        if source.path.suffix == ".parquet":
-            raise DataError(source.path, None, name, f"{message} (row {row + 1})")
-        raise DataError(source.path, line_number(source.path, row + 1), name, message)
+        raise row_error(source.path, first_row + int(np.flatnonzero(bad)[0]), name, "missing or not an integer")
     return pc.cast(column, pa.int64()).to_numpy(zero_copy_only=False)
 
 
@@ -391,9 +387,6 @@ def _labels(column: pa.Array, source: _Source, first_row: int, name: str) -> np.
     labels = column.to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(~np.isin(labels, (0.0, 1.0)))
     if bad.size:
-        row = first_row + int(bad[0])
-        where = f"row {row + 1}" if source.path.suffix == ".parquet" else None
-        line = None if where else line_number(source.path, row + 1)  # + the header line
-        raise DataError(source.path, line, name, f"label must be 0 or 1, got {labels[bad[0]]}" + (f" ({where})" if where else ""))
+        raise row_error(source.path, first_row + int(bad[0]), name, f"label must be 0 or 1, got {labels[bad[0]]}")
     return labels.astype(np.uint8)
 

@@ -57,7 +57,7 @@ import pyarrow.parquet as pq
 
 from recforge.data.ctr_format import CTRMeta, check_out, finish
 from recforge.data.ctr_spec import prepare_ctr
-from recforge.data.tabular import line_number, read_delimited
+from recforge.data.tabular import read_delimited, row_error
 from recforge.errors import DataError, RecforgeError
 from recforge.progress import Progress
 
@@ -173,13 +173,6 @@ def _header(path: Path) -> list[str]:
         return [name.strip().strip('"') for name in f.readline().rstrip("\r\n").split(",")]
 
 
-def _row_error(path: Path, row: int, field: str | None, message: str) -> DataError:
-    """The error of data row `row` (0-based); lines can be counted in plain files only."""
-    if path.suffix == ".gz":
-        return DataError(path, None, field, f"{message} (data row {row + 1:,})")
-    return DataError(path, line_number(path, row + 1), field, message)  # + the header line
-
-
 def _batches(path: Path, types: dict[str, pa.DataType], required: tuple[str, ...] = ()) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first data row, batch) of a CSV file's `types` columns, streamed. A missing value in a
     `required` column, a bad number or a wrong field count is a DataError with its line."""
@@ -197,7 +190,7 @@ def _batches(path: Path, types: dict[str, pa.DataType], required: tuple[str, ...
                 column = batch.column(name)
                 if column.null_count:
                     at = row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-                    raise _row_error(path, at, name, "missing value")
+                    raise row_error(path, at, name, "missing value")
             yield row, batch
             row += batch.num_rows
     except (pa.ArrowInvalid, pa.ArrowKeyError) as error:
@@ -217,7 +210,7 @@ def _ids(column: pa.Array, path: Path, first_row: int, name: str) -> np.ndarray:
     bad = (ids < -1) | (ids > _MAX_ID) | ((ids == -1) & column.is_valid().to_numpy(zero_copy_only=False))
     if bad.any():
         at = int(np.flatnonzero(bad)[0])
-        raise _row_error(path, first_row + at, name, f"an id must be an integer in 0..{_MAX_ID}, got {ids[at]}")
+        raise row_error(path, first_row + at, name, f"an id must be an integer in 0..{_MAX_ID}, got {ids[at]}")
     return ids.astype(np.int32)
 
 
@@ -262,11 +255,11 @@ class _ById:
     def put(self, ids: np.ndarray, first_row: int, values: dict[str, np.ndarray]) -> None:
         self.rows += len(ids)
         if (ids < 0).any():
-            raise _row_error(self.path, first_row + int(np.flatnonzero(ids < 0)[0]), self.key, "missing value")
+            raise row_error(self.path, first_row + int(np.flatnonzero(ids < 0)[0]), self.key, "missing value")
         top = int(ids.max(initial=-1)) + 1
         if top > 16 * self.rows + (1 << 24):
             at = first_row + int(np.argmax(ids))
-            raise _row_error(self.path, at, self.key, f"id {top - 1} is far beyond the {self.rows:,} rows read; "
+            raise row_error(self.path, at, self.key, f"id {top - 1} is far beyond the {self.rows:,} rows read; "
                              "ids are expected to be numbered densely (1..N) as in Kaggle's files")
         size = len(next(iter(self.columns.values())))
         if top + 1 > size:
@@ -493,7 +486,7 @@ def _clicks(path: Path) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarra
         bad = (clicked != 0) & (clicked != 1)
         if bad.any():
             at = int(np.flatnonzero(bad)[0])
-            raise _row_error(path, first + at, "clicked", f"must be 0 or 1, got {clicked[at]}")
+            raise row_error(path, first + at, "clicked", f"must be 0 or 1, got {clicked[at]}")
         yield (first, _ids(batch.column("display_id"), path, first, "display_id"),
                _ids(batch.column("ad_id"), path, first, "ad_id"), clicked.astype(np.int8))
 

@@ -39,6 +39,14 @@ def line_number(path: Path, ordinal: int) -> int:
     return int(nonblank[ordinal]) + 1 if ordinal < nonblank.size else int(ordinal) + 1
 
 
+def row_error(path: Path, row: int, field: str | None, message: str) -> DataError:
+    """The error of data row `row` (0-based, after one header line): its line in a plain text
+    file; its row number where lines cannot be counted (compressed files, Parquet)."""
+    if path.suffix in (".gz", ".parquet"):
+        return DataError(path, None, field, f"{message} (data row {row + 1:,})")
+    return DataError(path, line_number(path, row + 1), field, message)
+
+
 def read_delimited(
     path: Path,
     *,

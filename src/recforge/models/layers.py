@@ -151,6 +151,11 @@ def lecun_uniform_(weight: torch.Tensor) -> torch.Tensor:
     return nn.init.uniform_(weight, -bound, bound)
 
 
+def field_offsets(cardinalities: list[int]) -> torch.Tensor:
+    """Where each field's rows start in one table of all the fields' rows end to end."""
+    return torch.tensor([0, *cardinalities[:-1]] if cardinalities else [], dtype=torch.long).cumsum(0)
+
+
 class FieldEmbeddings(nn.Module):
     """One vector per (row, field): ids [B, F] -> [B, F, D], from sum-pooled `EmbeddingBag`s (a bag
     of one id per field here; multi-hot fields pool more) per field, or from one fused table whose
@@ -165,7 +170,7 @@ class FieldEmbeddings(nn.Module):
         bounds = [c ** -0.5 for c in cardinalities]
         if fused:
             self.table = nn.EmbeddingBag(sum(cardinalities), dim, mode="sum", sparse=sparse)
-            self.register_buffer("offsets", torch.tensor([0] + cardinalities[:-1]).cumsum(0), persistent=False)
+            self.register_buffer("offsets", field_offsets(cardinalities), persistent=False)
             with torch.no_grad():
                 bound = torch.tensor(bounds).repeat_interleave(torch.tensor(cardinalities))[:, None]
                 self.table.weight.uniform_(-1.0, 1.0).mul_(bound)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from recforge.models.layers import FieldEmbeddings, Linear, mlp
+from recforge.models.layers import FieldEmbeddings, Linear, field_offsets, mlp
 
 
 @dataclass
@@ -40,11 +40,6 @@ def bags(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ids[present], counts.cumsum(0) - counts
 
 
-def _offsets(cardinalities: list[int]) -> torch.Tensor:
-    """Where each field's rows start in a table of all fields end to end."""
-    return torch.tensor([0, *cardinalities[:-1]] if cardinalities else [], dtype=torch.long).cumsum(0)
-
-
 class Wide(nn.Module):
     """One scalar weight per categorical value of every field, in one table, plus a linear term
     on the numeric features and the bias. Starts at zero, as a linear model does."""
@@ -52,7 +47,7 @@ class Wide(nn.Module):
     def __init__(self, num_dense: int, cardinalities: list[int], multi_hot: list[dict], crossed: list[int], sparse: bool = True):
         super().__init__()
         fields = [*cardinalities, *crossed]
-        self.register_buffer("field_offsets", _offsets(fields), persistent=False)
+        self.register_buffer("field_offsets", field_offsets(fields), persistent=False)
         # Multi-hot rows follow the one-hot and crossed ones; one offset per padded column.
         start = sum(fields)
         per_column = []

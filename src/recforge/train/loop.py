@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recforge.config import RunConfig, build_config
+from recforge.config import RunConfig, config_from_dict
 from recforge.errors import RecforgeError
 from recforge.files import append_jsonl, read_jsonl, write_json, write_text
 from recforge.progress import Progress, log_to
@@ -286,7 +286,7 @@ def _score(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
     checkpoint = load_checkpoint(cfg.train.restore_checkpoint)
     task = build_task(cfg, device, dist, log)
     # The architecture is the checkpoint's, whatever the flags of this command say.
-    trained = build_config(checkpoint["config"], source=cfg.train.restore_checkpoint)
+    trained = config_from_dict(checkpoint["config"])
     if trained.model != cfg.model:
         raise RecforgeError(f"{cfg.train.restore_checkpoint}: a {trained.model} checkpoint, not {cfg.model} (--model)")
     model = build_model(trained, checkpoint["model_dims"], device)

@@ -24,21 +24,7 @@ from torch import nn
 from recforge.config import TrainConfig
 from recforge.errors import RecforgeError
 from recforge.train.proximal import Ftrl, ProximalAdagrad
-
-
-def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unique rows, their summed gradient rows) of a table's gradient, sparse or dense.
-
-    An embedding's sparse gradient holds one row per lookup, uncoalesced; one `unique` and one
-    `index_add_` sum them, cheaper than `coalesce()` and the sparse-tensor arithmetic that
-    torch's sparse optimizers do per step.
-    """
-    if not grad.is_sparse:
-        return torch.arange(grad.shape[0], device=grad.device), grad
-    indices, values = grad._indices()[0], grad._values()
-    rows, inverse = torch.unique(indices, return_inverse=True)
-    summed = torch.zeros((rows.numel(), values.shape[1]), dtype=values.dtype, device=values.device)
-    return rows, summed.index_add_(0, inverse, values)
+from recforge.train.sparse_grad import touched_rows
 
 
 class SparseRowAdam(torch.optim.Optimizer):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from recforge.train.sparse_grad import touched_rows
+
 
 class _RowProximal(torch.optim.Optimizer):
     """Shared step: read the touched rows of the weights and fp32 state, let `_update` compute
@@ -22,8 +24,6 @@ class _RowProximal(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from recforge.train.optim import touched_rows  # here: optim imports this module
-
         loss = None
         if closure is not None:
             with torch.enable_grad():
