@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 
 from recforge.config import DataConfig, RunConfig, add_config_flags, build_config, load_yaml, section_classes
-from recforge.errors import RecforgeError
+from recforge.errors import RecforgeError, one_line, user_message
 
 USAGE = """recforge <command> [options]
 
@@ -22,13 +24,20 @@ commands:
 `recforge <command> --help` lists a command's options."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as the CLI's one error line (not usage text and a line)."""
+
+    def error(self, message: str):
+        raise RecforgeError(f"{message} (see `{self.prog} --help`)")
+
+
 def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None) -> tuple[RunConfig, argparse.Namespace]:
     """Parse `--config`/`--model` first: the chosen model decides which `arch` flags exist.
 
     `base` (a checkpoint's config) takes the place of a YAML preset."""
     from recforge.registry import MODELS, model_entry
 
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = Parser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     pre.add_argument("--model")
     known, _ = pre.parse_known_args(argv)
@@ -37,7 +46,7 @@ def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None
         file_values, lines = load_yaml(known.config)
         source = known.config
     model = known.model or file_values.get("model") or RunConfig.model
-    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
+    parser = Parser(prog=prog, allow_abbrev=False)
     if extra:
         extra(parser)
     else:
@@ -65,7 +74,7 @@ def _checkpoint_parser(prog: str, argv: list[str], extra) -> tuple[RunConfig, ar
     """For commands that use a checkpoint: its config, with any config flags layered on."""
     from recforge.train.checkpoint import load_checkpoint
 
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = Parser(add_help=False, allow_abbrev=False)
     pre.add_argument("--checkpoint")
     known, _ = pre.parse_known_args(argv)
     checkpoint = load_checkpoint(known.checkpoint) if known.checkpoint else None
@@ -89,7 +98,7 @@ def cmd_prepare(argv: list[str]) -> None:
     from recforge.data.cache import prepare
     from recforge.registry import CLICK_LOGS, DATASETS
 
-    parser = argparse.ArgumentParser(prog="recforge prepare", allow_abbrev=False)
+    parser = Parser(prog="recforge prepare", allow_abbrev=False)
     parser.add_argument("dataset", choices=[*DATASETS, *CLICK_LOGS])
     add_config_flags(parser, {"data": DataConfig})
     args = vars(parser.parse_args(argv))
@@ -107,7 +116,7 @@ def cmd_prepare(argv: list[str]) -> None:
 def cmd_download(argv: list[str]) -> None:
     from recforge.data.download import MD5, download
 
-    parser = argparse.ArgumentParser(prog="recforge download", allow_abbrev=False)
+    parser = Parser(prog="recforge download", allow_abbrev=False)
     parser.add_argument("name", choices=list(MD5))
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args(argv)
@@ -145,14 +154,24 @@ COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "download": cmd_download
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a command. A user's mistake or a named environment fault (a full disk, a read-only
+    folder) prints one line and exits 2; anything else is our bug: one line asking for a report,
+    the traceback with RECFORGE_DEBUG=1."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    debug = os.environ.get("RECFORGE_DEBUG", "") not in ("", "0")
     try:
         COMMANDS[argv[0]](argv[1:])
-    except RecforgeError as e:
-        print(f"recforge: error: {e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        message, code = user_message(e)
+        if message is None:
+            message = (f"internal error ({type(e).__name__}: {one_line(str(e))}); please report it with the command "
+                       f"line and RECFORGE_DEBUG=1's traceback")
+        print(f"recforge: error: {message}", file=sys.stderr)
+        sys.exit(code)

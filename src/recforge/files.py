@@ -1,26 +1,97 @@
-"""Writes that never leave a half-written file behind: write a temp file, then rename."""
+"""Writes that never leave a half-written file behind: write a temp file, then rename.
+
+Every file operation whose interruption matters passes `fault_point`, the hook of the kill tests
+(tests/test_kills.py): with `RECFORGE_FAULT_AT=N` the process kills itself (SIGKILL, as the OOM
+killer or a pre-empted machine would) at the Nth such point, and `RECFORGE_FAULT_LOG=FILE`
+records each point's name, so a test can count them and try every one. Unset, a point costs an
+environment lookup.
+
+Files and folders get the permissions the user's umask gives (as `open` and `mkdir` do), not the
+0600 / 0700 that `tempfile` uses for its own names.
+"""
+
+from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+_fault_count = 0
+
+
+def fault_point(operation: str, path: str | Path) -> None:
+    """Count a file operation; kill this process at the one `RECFORGE_FAULT_AT` names (tests)."""
+    global _fault_count
+    log, at = os.environ.get("RECFORGE_FAULT_LOG"), os.environ.get("RECFORGE_FAULT_AT")
+    if not (log or at):
+        return
+    _fault_count += 1
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{_fault_count} {operation} {path}\n")
+    if at and int(at) == _fault_count:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _as_umask_allows(path: str | Path, mode: int) -> None:
+    os.chmod(path, mode & ~_umask())
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Call `write(fileobj)` on a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fault_point("write", path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _as_umask_allows(tmp, 0o666)
+        fault_point("rename", path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fault_point("written", path)
+
+
+def temp_folder(beside: str | Path) -> Path:
+    """A new, empty folder next to `beside` (`.NAME.partial-XXXX`) to build its replacement in."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    fault_point("mkdir", beside)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.partial-", dir=beside.parent))
+    _as_umask_allows(tmp, 0o777)
+    return tmp
+
+
+def replace(source: str | Path, target: str | Path) -> None:
+    """Rename `source` over `target` (files; or a folder onto a missing or empty one)."""
+    fault_point("rename", target)
+    os.replace(source, target)
+    fault_point("renamed", target)
+
+
+def remove(path: str | Path) -> None:
+    """Delete a file or a folder tree, if it exists."""
+    path = Path(path)
+    fault_point("remove", path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -31,7 +102,7 @@ def write_array(path: str | Path, array) -> None:
     """A numpy array as .npy, atomically."""
     import numpy as np
 
-    atomic_write(path, lambda f: np.save(f, array), mode="wb")
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), mode="wb")
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -40,14 +111,27 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def append_jsonl(path: str | Path, obj: Any) -> None:
     """Append one JSON object as one line; a line is written with a single write call."""
+    fault_point("append", path)
     with open(path, "a") as f:
         f.write(json.dumps(obj) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    fault_point("appended", path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The objects of a JSON-lines file; a last line cut short by a kill is ignored."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                from recforge.errors import DataError
+
+                raise DataError(path, number, None, "not a JSON object (the file was edited or damaged)") from None
+    return records
