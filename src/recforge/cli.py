@@ -100,7 +100,7 @@ def cmd_prepare(argv: list[str]) -> None:
 
     parser = Parser(prog="recforge prepare", allow_abbrev=False)
     parser.add_argument("dataset", choices=[*DATASETS, *CLICK_LOGS])
-    add_config_flags(parser, {"data": DataConfig})
+    add_config_flags(parser, {"data": DataConfig}, exclude=("dataset",))  # the positional names it
     args = vars(parser.parse_args(argv))
     cfg = build_config({}, args).data
     if cfg.dataset in CLICK_LOGS:
@@ -142,7 +142,7 @@ def cmd_recommend(argv: list[str]) -> None:
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     cfg, args, checkpoint = _checkpoint_parser("recforge recommend", argv, extra)
-    rows = recommend(checkpoint, args.user, args.k, cfg)
+    rows = recommend(checkpoint, args.checkpoint, args.user, args.k, cfg)
     if args.json:
         print(json.dumps({"user": args.user, "items": rows}))
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,44 @@ import yaml
 from recforge.errors import DataError, RecforgeError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number (or every number of a list) may take; checked when a config is built,
+    so a degenerate setting fails at once, naming its flag or YAML line, not mid-run."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself excluded
+    high_open: bool = False
+
+    def problem(self, value) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, list):
+            if not value:
+                return "must not be empty"
+            return next((f"{problem} (item {i + 1})" for i, v in enumerate(value) if (problem := self.problem(v))), None)
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if above and below:
+            return None
+        bounds = [f"{'greater than' if self.low_open else 'at least'} {self.low:g}" if self.low is not None else "",
+                  f"{'less than' if self.high_open else 'at most'} {self.high:g}" if self.high is not None else ""]
+        return f"must be {' and '.join(b for b in bounds if b)}, got {value}"
+
+
+def bounded(default, low=None, high=None, *, low_open=False, high_open=False):
+    """A dataclass field whose value must lie in a `Range` (lists: each item, and not empty)."""
+    limits = {"range": Range(low, high, low_open, high_open)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=limits)
+    return field(default=default, metadata=limits)
+
+
+POSITIVE = {"low": 0, "low_open": True}
+FRACTION = {"low": 0, "high": 1, "high_open": True}  # [0, 1)
 
 
 @dataclass
@@ -42,78 +81,78 @@ class DataConfig:
     timestamp_column: str | None = "timestamp"
     separator: str = ","
     min_rating: float | None = None  # keep ratings >= this as positives (None: all)
-    min_user_interactions: int = 20  # drop users with fewer interactions
-    synthetic_users: int = 6040  # the built-in dataset (ml-1m shape by default)
-    synthetic_items: int = 3706
-    synthetic_interactions: int = 1_000_209
-    synthetic_seed: int = 0
+    min_user_interactions: int = bounded(20, 1)  # drop users with fewer interactions
+    synthetic_users: int = bounded(6040, 1)  # the built-in dataset (ml-1m shape by default)
+    synthetic_items: int = bounded(3706, 2)
+    synthetic_interactions: int = bounded(1_000_209, 1)
+    synthetic_seed: int = bounded(0, 0)
     out: str | None = None  # click logs: `recforge prepare` writes the prepared folder here
     overwrite: bool = False  # click logs: replace a prepared folder already at --out
-    min_frequency: int = 1  # click logs: rarer categorical values share the out-of-vocabulary id
-    max_ind_range: int | None = None  # click logs: hash ids modulo this instead of a vocabulary (MLPerf)
-    workers: int = 2  # click logs: preparation processes
+    min_frequency: int = bounded(1, 1)  # click logs: rarer categorical values share the out-of-vocabulary id
+    max_ind_range: int | None = bounded(None, 2)  # click logs: hash ids modulo this instead of a vocabulary (MLPerf)
+    workers: int = bounded(2, 1)  # click logs: preparation processes
     feature_spec: str | None = None  # click logs (dataset ctr): the YAML feature spec of a CSV/Parquet log
-    synthetic_rows: int = 2_000_000  # the synthetic click log (criteo-synthetic)
-    synthetic_displays: int = 200_000  # the synthetic Outbrain log (outbrain-synthetic), 2-12 ads each
-    valid_fraction: float = 0.2  # outbrain: the share of displays held out for validation
+    synthetic_rows: int = bounded(2_000_000, 10)  # the synthetic click log (criteo-synthetic)
+    synthetic_displays: int = bounded(200_000, 1)  # the synthetic Outbrain log (outbrain-synthetic), 2-12 ads each
+    valid_fraction: float = bounded(0.2, 0, 1, low_open=True, high_open=True)  # outbrain: the share of displays held out for validation
     shuffle: Literal["rows", "blocks", "none"] = "rows"  # click logs: per-epoch order (blocks: batch-sized runs)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 16384  # global: split across ranks under torchrun
-    learning_rate: float = 0.001
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0  # L2 penalty on all parameters (Adam's weight_decay)
-    negative_samples: int = 4  # per positive, drawn afresh every epoch
+    epochs: int = bounded(20, 1)
+    batch_size: int = bounded(16384, 1)  # global: split across ranks under torchrun
+    learning_rate: float = bounded(0.001, **POSITIVE)
+    beta1: float = bounded(0.9, **FRACTION)
+    beta2: float = bounded(0.999, **FRACTION)
+    eps: float = bounded(1e-8, **POSITIVE)
+    weight_decay: float = bounded(0.0, 0)  # L2 penalty on all parameters (Adam's weight_decay)
+    negative_samples: int = bounded(4, 1)  # per positive, drawn afresh every epoch
     verify_negatives: bool = False  # resample negatives that are known positives
-    seed: int = 1
+    seed: int = bounded(1, 0)
     precision: Precision = "fp32"
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    threads: int | None = bounded(None, 1)  # torch intra-op threads (None: torch's default)
     resume: bool = False  # continue from output_dir/checkpoints/last.pt
     mode: Literal["train", "eval", "inference"] = "train"  # eval/inference score --restore-checkpoint
     restore_checkpoint: str | None = None  # start from these weights (train) or score them (eval, inference)
     optimizer: Literal["adam", "sgd", "adagrad", "rowwise-adagrad", "ftrl+proximal-adagrad"] = "adam"
     # ftrl+proximal-adagrad (Wide & Deep): FTRL on the wide part, Proximal Adagrad on the deep part
-    linear_learning_rate: float = 0.2
-    linear_l1_regularization: float = 0.0
-    linear_l2_regularization: float = 0.0
-    linear_learning_rate_power: float = -0.5
-    linear_initial_accumulator: float = 0.1
-    deep_learning_rate: float = 1.0
-    deep_l1_regularization: float = 0.0
-    deep_l2_regularization: float = 0.0
-    deep_initial_accumulator: float = 0.1
-    warmup_steps: int = 0  # linear learning-rate warm-up (MLPerf DLRM)
-    decay_start_step: int = 0  # then polynomial decay to 0 over decay_steps (0: no decay)
-    decay_steps: int = 0
-    decay_power: float = 2.0
-    max_steps: int | None = None  # stop after this many optimizer steps
-    print_freq: int = 0  # a progress line every N steps (0: per epoch only)
-    save_steps: int = 0  # also checkpoint every N steps (0: at evaluations)
-    keep_checkpoint_max: int = 3  # step checkpoints kept (best.pt and last.pt always are)
+    linear_learning_rate: float = bounded(0.2, **POSITIVE)
+    linear_l1_regularization: float = bounded(0.0, 0)
+    linear_l2_regularization: float = bounded(0.0, 0)
+    linear_learning_rate_power: float = bounded(-0.5, high=0)
+    linear_initial_accumulator: float = bounded(0.1, **POSITIVE)
+    deep_learning_rate: float = bounded(1.0, **POSITIVE)
+    deep_l1_regularization: float = bounded(0.0, 0)
+    deep_l2_regularization: float = bounded(0.0, 0)
+    deep_initial_accumulator: float = bounded(0.1, **POSITIVE)
+    warmup_steps: int = bounded(0, 0)  # linear learning-rate warm-up (MLPerf DLRM)
+    decay_start_step: int = bounded(0, 0)  # then polynomial decay to 0 over decay_steps (0: no decay)
+    decay_steps: int = bounded(0, 0)
+    decay_power: float = bounded(2.0, **POSITIVE)
+    max_steps: int | None = bounded(None, 1)  # stop after this many optimizer steps
+    print_freq: int = bounded(0, 0)  # a progress line every N steps (0: per epoch only)
+    save_steps: int = bounded(0, 0)  # also checkpoint every N steps (0: at evaluations)
+    keep_checkpoint_max: int = bounded(3, 1)  # step checkpoints kept (best.pt and last.pt always are)
     profile: bool = False  # torch.profiler trace into the run directory
-    profile_start_step: int = 10
-    profile_steps: int = 5
+    profile_start_step: int = bounded(10, 1)
+    profile_steps: int = bounded(5, 1)
     write_predictions: bool = False  # inference mode: write predictions.npy (and, for grouped click logs, submission.csv)
 
 
 @dataclass
 class EvalConfig:
-    topk: int = 10
-    valid_negative: int = 99  # sampled evaluation: negatives per held-out item
+    topk: int = bounded(10, 1)
+    valid_negative: int = bounded(99, 1)  # sampled evaluation: negatives per held-out item
     eval_protocol: Literal["sampled", "full"] = "sampled"
-    valid_batch_size: int = 1 << 18  # examples (ranking: (user, item) pairs) scored per forward pass
-    eval_after: int = 0  # evaluate only after this many epochs
-    evals_per_epoch: int = 1
+    valid_batch_size: int = bounded(1 << 18, 1)  # examples (ranking: (user, item) pairs) scored per forward pass
+    eval_after: int = bounded(0, 0)  # evaluate only after this many epochs
+    evals_per_epoch: int = bounded(1, 1)
     no_eval: bool = False  # never evaluate (throughput runs)
     eval_split: Literal["valid", "test"] = "valid"  # click logs: the split evaluations score
-    hr_threshold: float | None = None  # stop once the task metric (HR@topk; AUC, or MAP@12 for grouped click logs) reaches it (MLPerf: 0.635 HR, 0.8025 AUC)
+    hr_threshold: float | None = bounded(None, 0, 1)  # stop once the task metric (HR@topk; AUC, or MAP@12 for grouped click logs) reaches it (MLPerf: 0.635 HR, 0.8025 AUC)
 
 
 @dataclass
@@ -176,14 +215,19 @@ def coerce(tp: Any, value: Any) -> Any:
                 pass
         raise ValueError(f"must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ValueError(f"must be a number, got {value!r}")
+        if number is None:
+            raise ValueError(f"must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -251,6 +295,8 @@ def build_config(
     def fail(path: tuple[str, ...], message: str):
         raise DataError(source, lines.get(path), ".".join(path), message)
 
+    flags: dict[tuple[str, str], str] = {}  # (section, key) -> the flag that set it
+
     unknown = set(file_values) - set(SECTIONS) - set(TOP_LEVEL)
     if unknown:
         key = sorted(unknown)[0]
@@ -278,14 +324,23 @@ def build_config(
                 fail((section, key), str(e))
         for key in list(overrides):
             if key in types_:
+                flags[section, key] = f"--{key.replace('_', '-')}"
                 try:
                     setattr(target, key, coerce(types_[key], overrides.pop(key)))
                 except ValueError as e:
-                    raise RecforgeError(f"--{key.replace('_', '-')}: {e}") from None
+                    raise RecforgeError(f"{flags[section, key]}: {e}") from None
     if "output_dir" in overrides:
         cfg.output_dir = overrides.pop("output_dir")
     if overrides:
         raise RecforgeError(f"unknown option(s) for model '{model}': {', '.join(sorted(overrides))}")
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, section)):
+            limits = f.metadata.get("range")
+            problem = limits and limits.problem(getattr(getattr(cfg, section), f.name))
+            if problem and (section, f.name) in flags:
+                raise RecforgeError(f"{flags[section, f.name]}: {problem}")
+            if problem:
+                fail((section, f.name), problem)
     return cfg
 
 
@@ -294,12 +349,14 @@ def config_from_dict(values: dict) -> RunConfig:
     return build_config(values, source="<checkpoint config>")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
-    """One flag per field of `sections`; absent flags stay absent (argparse.SUPPRESS) so YAML wins."""
+def add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type], exclude: tuple[str, ...] = ()) -> None:
+    """One flag per field of `sections` (but `exclude`); absent flags stay absent (argparse.SUPPRESS) so YAML wins."""
     seen: dict[str, str] = {}
     for section, cls in sections.items():
         group = parser.add_argument_group(section)
         for name, tp in _fields(cls).items():
+            if name in exclude:
+                continue
             if name in seen:
                 raise AssertionError(f"config field '{name}' in both '{seen[name]}' and '{section}'")
             seen[name] = section

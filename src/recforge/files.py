@@ -8,10 +8,16 @@ environment lookup.
 
 Files and folders get the permissions the user's umask gives (as `open` and `mkdir` do), not the
 0600 / 0700 that `tempfile` uses for its own names.
+
+A write that fails (a full disk, a read-only folder) raises an OSError naming the file the user
+knows (`naming`), never a temp name or none, so the CLI prints it as one line; nothing half-written
+stays behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -47,24 +53,91 @@ def _as_umask_allows(path: str | Path, mode: int) -> None:
     os.chmod(path, mode & ~_umask())
 
 
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError that `error` is, or was raised from or while handling (torch.save turns a failed
+    write into a RuntimeError), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
+def _within(filename, folder: str | Path) -> bool:
+    return filename is not None and Path(os.fsdecode(filename)).is_relative_to(folder)
+
+
+@contextlib.contextmanager
+def naming(path: str | Path, inside: str | Path | None = None):
+    """Re-raise a failed file operation in the block as an OSError naming `path` (numpy's, pyarrow's
+    and torch's write errors name no file; a temp file's name means nothing to the user). With
+    `inside` (a temp folder standing in for `path`), only errors about files in it are renamed."""
+    try:
+        yield
+    except Exception as error:
+        from recforge.errors import RecforgeError
+
+        cause = None if isinstance(error, RecforgeError) else _os_error(error)
+        if cause is None or (inside is not None and not _within(cause.filename, inside)):
+            raise
+        raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from error
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Call `write(fileobj)` on a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fault_point("write", path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _as_umask_allows(tmp, 0o666)
-        fault_point("rename", path)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, mode) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            _as_umask_allows(tmp, 0o666)
+            fault_point("rename", path)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     fault_point("written", path)
+
+
+def preallocate(path: str | Path) -> None:
+    """Reserve the disk space of the whole file (a fresh memory-mapped output is sparse): a full
+    disk then fails here as an OSError, not later as SIGBUS when a page of the map is written."""
+    with naming(path):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot: write as before
+                raise
+        finally:
+            os.close(fd)
+
+
+def atomic_link(source: str | Path, target: str | Path) -> None:
+    """Make `target` name the same file as `source` (a hard link; a copy where the file system has
+    none), replacing `target` in one rename."""
+    source, target = Path(source), Path(target)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.link"
+    tmp.unlink(missing_ok=True)
+    fault_point("link", target)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    try:
+        fault_point("rename", target)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fault_point("renamed", target)
 
 
 def temp_folder(beside: str | Path) -> Path:
@@ -72,7 +145,8 @@ def temp_folder(beside: str | Path) -> Path:
     beside = Path(beside)
     beside.parent.mkdir(parents=True, exist_ok=True)
     fault_point("mkdir", beside)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.partial-", dir=beside.parent))
+    with naming(beside):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.partial-", dir=beside.parent))
     _as_umask_allows(tmp, 0o777)
     return tmp
 
@@ -110,12 +184,24 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, obj: Any) -> None:
-    """Append one JSON object as one line; a line is written with a single write call."""
+    """Append one JSON object as one line; a line is written with a single write call, and one
+    that fails (a full disk) is cut off again, so the file never ends in half a line."""
+    line = (json.dumps(obj) + "\n").encode()
     fault_point("append", path)
-    with open(path, "a") as f:
-        f.write(json.dumps(obj) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with naming(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                written = 0
+                while written < len(line):  # unbuffered: nothing is left to flush after a failure
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
     fault_point("appended", path)
 
 

@@ -11,21 +11,22 @@ field, pairwise interactions, a top MLP, one click logit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from recforge.config import bounded
 from recforge.errors import RecforgeError
 from recforge.models.layers import FieldEmbeddings, mlp
 
 
 @dataclass
 class DLRMConfig:
-    embedding_dim: int = 16
-    bottom_mlp: list[int] = field(default_factory=lambda: [13, 512, 256, 64, 16])  # input = number of dense features
-    top_mlp: list[int] = field(default_factory=lambda: [512, 256, 1])  # its input size follows from the interaction
+    embedding_dim: int = bounded(16, 1)
+    bottom_mlp: list[int] = bounded([13, 512, 256, 64, 16], 1)  # input = number of dense features
+    top_mlp: list[int] = bounded([512, 256, 1], 1)  # its input size follows from the interaction
     interaction: Literal["dot", "cat"] = "dot"
     self_interaction: bool = False  # "dot": include each feature's dot product with itself
     emb_fusion: bool = False  # one table for all fields, indexed with per-field offsets

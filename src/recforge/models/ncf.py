@@ -8,24 +8,25 @@ One module with two optional branches, scored on (user, item) pairs:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recforge.config import FRACTION, bounded
 from recforge.errors import RecforgeError
 from recforge.models.layers import lecun_uniform_, mlp
 
 
 @dataclass
 class NCFConfig:
-    num_factors: int = 64  # GMF factors
-    layers: list[int] = field(default_factory=lambda: [256, 256, 128, 64])  # MLP: input = 2 x embedding
-    dropout: float = 0.0  # after each MLP hidden layer
+    num_factors: int = bounded(64, 1)  # GMF factors
+    layers: list[int] = bounded([256, 256, 128, 64], 1)  # MLP: input = 2 x embedding
+    dropout: float = bounded(0.0, **FRACTION)  # after each MLP hidden layer
     pretrained_gmf: str | None = None  # NeuMF: start from these GMF / MLP checkpoints (the paper's pretraining)
     pretrained_mlp: str | None = None
-    pretrained_alpha: float = 0.5  # weight of the GMF half of the pretrained predict layer
+    pretrained_alpha: float = bounded(0.5, 0, 1)  # weight of the GMF half of the pretrained predict layer
 
 
 class NCF(nn.Module):

@@ -14,23 +14,24 @@ parts can take different optimizers (FTRL and Proximal Adagrad, as the replaced 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from recforge.config import FRACTION, POSITIVE, bounded
 from recforge.models.layers import FieldEmbeddings, Linear, field_offsets, mlp
 
 
 @dataclass
 class WideDeepConfig:
-    embedding_dim: int = 64  # for categorical features whose feature spec gives no embedding_dim
-    deep_hidden_units: list[int] = field(default_factory=lambda: [1024] * 5)
-    deep_dropout: float = 0.0
+    embedding_dim: int = bounded(64, 1)  # for categorical features whose feature spec gives no embedding_dim
+    deep_hidden_units: list[int] = bounded([1024] * 5, 1)
+    deep_dropout: float = bounded(0.0, **FRACTION)
     sparse_embeddings: bool = True  # sparse table gradients (lazy updates of the rows a batch touches)
     # Deep embeddings start small (N(0, 0.01^2)): on W3, DLRM's U(+-1/sqrt(rows)) start, large for
     # small fields, gave AUC 0.886 after one epoch; 1e-4..1e-2 all gave 0.891.
-    embedding_init_std: float = 0.01
+    embedding_init_std: float = bounded(0.01, **POSITIVE)
 
 
 def bags(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,9 @@ rank; every rank then holds all scores and computes the exact AUC, log loss and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,15 @@ class CTRTask:
     @property
     def model_dims(self) -> dict:
         return {"num_dense": len(self.meta.dense_names), "cardinalities": list(self.meta.cardinalities), "meta": self.meta.to_json()}
+
+    @property
+    def data_fingerprint(self) -> dict:
+        """The prepared layout a checkpoint's tables index: features, their cardinalities, rows."""
+        meta = self.meta.to_json()
+        layout = json.dumps({k: meta[k] for k in ("dense", "sparse", "cardinalities", "multi_hot", "crossed", "rows")}, sort_keys=True)
+        return {"train rows": self.meta.rows.get("train", 0), "fields": len(self.meta.cardinalities) + len(self.meta.multi_hot),
+                "embedding rows": sum(self.meta.cardinalities) + sum(f["cardinality"] for f in self.meta.multi_hot),
+                "layout hash": hashlib.sha256(layout.encode()).hexdigest()[:16]}
 
     @property
     def samples_per_epoch(self) -> int:

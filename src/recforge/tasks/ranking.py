@@ -9,6 +9,7 @@ evaluated by exactly one rank and the per-rank sums are added up.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,11 @@ class RankingTask:
             data.train_users, data.train_items, data.num_items, cfg.train.negative_samples, device,
             cfg.train.seed, data.interaction_keys() if cfg.train.verify_negatives else None,
         )
+        candidates = data.num_items if not sampled else 1 + (data.eval_negatives.shape[1] if data.eval_negatives is not None
+                                                             else cfg.eval.valid_negative)
+        if cfg.eval.topk > candidates:  # HR@K would be 1.0 whatever the model
+            raise RecforgeError(f"--topk {cfg.eval.topk}: more than the {candidates} candidates each held-out item is ranked "
+                                f"among ({'every item' if not sampled else 'it and its negatives, --valid-negative'})")
         self.test_items = torch.as_tensor(np.asarray(data.test_items), device=device)
         self.negatives = None if negatives is None else torch.as_tensor(np.asarray(negatives), device=device)
         self.topk = cfg.eval.topk
@@ -62,6 +68,15 @@ class RankingTask:
     @property
     def model_dims(self) -> dict:
         return {"num_users": self.data.num_users, "num_items": self.data.num_items}
+
+    @property
+    def data_fingerprint(self) -> dict:
+        """The id spaces a checkpoint's tables index: sizes and a hash of the raw id maps."""
+        digest = hashlib.sha256()
+        for ids in (self.data.user_ids, self.data.item_ids):
+            digest.update(np.ascontiguousarray(ids).tobytes())
+        return {"dataset": self.cfg.data.dataset, "users": self.data.num_users, "items": self.data.num_items,
+                "training interactions": int(len(self.data.train_items)), "id hash": digest.hexdigest()[:16]}
 
     @property
     def samples_per_epoch(self) -> int:

@@ -18,24 +18,58 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from recforge.config import RunConfig, config_from_dict
 from recforge.errors import RecforgeError
-from recforge.files import append_jsonl, read_jsonl, write_json, write_text
+from recforge.files import append_jsonl, atomic_link, read_jsonl, remove, write_json, write_text
 from recforge.progress import Progress, log_to
 from recforge.registry import build_task, model_entry
-from recforge.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from recforge.train.checkpoint import FORMAT, check_same_data, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from recforge.train.distributed import Dist, init_distributed, pick_device, shutdown
 from recforge.train.memory import keep_freed_memory
 from recforge.train.optim import make_optimizers, set_learning_rate
 from recforge.train.precision import autocast, configure_fp32_matmul, grad_scaler
 
-CHECKPOINT_FORMAT = "recforge-checkpoint-1"
-MUST_MATCH_ON_RESUME = ("model", "data", "arch")
+# Settings that may change on --resume and take effect from the resumed step (recorded in
+# metrics.jsonl): rates and their schedule, the run's length, evaluation and logging, where the
+# data lives and how the run executes. Every other setting shapes the state being resumed (the
+# data and its order, the model, the optimizer's algorithm and state, what the best metric means)
+# and is refused.
+CHANGEABLE_ON_RESUME = {
+    "data": {"data_dir", "data_file", "cache_dir", "clean", "workers", "out", "overwrite"},
+    "train": {"epochs", "max_steps", "learning_rate", "beta1", "beta2", "eps", "weight_decay",
+              "linear_learning_rate", "linear_l1_regularization", "linear_l2_regularization", "linear_learning_rate_power",
+              "deep_learning_rate", "deep_l1_regularization", "deep_l2_regularization", "warmup_steps",
+              "decay_start_step", "decay_steps", "decay_power", "print_freq", "save_steps", "keep_checkpoint_max",
+              "profile", "profile_start_step", "profile_steps", "device", "threads", "compile", "resume",
+              "restore_checkpoint", "mode", "write_predictions"},
+    "eval": {"valid_batch_size", "eval_after", "evals_per_epoch", "no_eval", "hr_threshold"},
+}
+NOT_RECORDED = {("train", "resume"), ("train", "restore_checkpoint")}
+# A smoothed training loss this many times its start (or ln 2's, a coin's) means the run diverged.
+DIVERGENCE_FACTOR = 10.0
+
+
+def check_device(requested: str) -> None:
+    """A --device that names no device here fails now, in one line, not inside torch."""
+    if requested == "auto":
+        return
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise RecforgeError(f"--device {requested}: not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecforgeError(f"--device {requested}: no CUDA GPU is visible to this torch ({torch.__version__}); use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RecforgeError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here")
+    if device.type not in ("cpu", "cuda"):
+        raise RecforgeError(f"--device {requested}: recforge runs on cpu or cuda")
 
 
 def setup(cfg: RunConfig) -> tuple[torch.device, Dist]:
     """Device, process group and threads for a run (or an evaluation)."""
+    check_device(cfg.train.device)
     device = pick_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cpu":
         keep_freed_memory()
@@ -51,42 +85,79 @@ def build_model(cfg: RunConfig, dims: dict, device: torch.device) -> torch.nn.Mo
 
 
 class RunDir:
-    """The run's output folder: config.yaml, metrics.jsonl, summary.json, checkpoints/."""
+    """The run's output folder: config.yaml, metrics.jsonl, summary.json, checkpoints/.
+
+    Kept consistent through a kill at any instant: a checkpoint is written to a temp file and
+    renamed; best.pt is a second name of the last.pt it equals, made after last.pt (a kill in
+    between is repaired on --resume, when last.pt's history says it is the best); metrics are
+    appended after the checkpoint they describe; summary.json, written last, exists only for a
+    finished run (a resumed run removes it first).
+    """
 
     def __init__(self, path: str | Path, enabled: bool):
-        self.path, self.enabled = Path(path), enabled
+        self.path, self.enabled = Path(path).expanduser(), enabled
         self.metrics = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
         self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
+        self.last_step: int | None = None  # the step of last.pt
+        self.resumed: dict = {}
 
-    def start(self, cfg: RunConfig, resumed_step: int | None) -> None:
-        """Write config.yaml; on a fresh run refuse to overwrite an earlier one."""
+    def holds_training_run(self) -> bool:
+        if self.checkpoints.is_dir():
+            return True
+        config = self.path / "config.yaml"
+        try:
+            return config.is_file() and (yaml.safe_load(config.read_text()) or {}).get("train", {}).get("mode") == "train"
+        except (yaml.YAMLError, AttributeError):
+            return False
+
+    def start(self, cfg: RunConfig, resumed_step: int | None = None, changed: dict | None = None) -> None:
+        """Write config.yaml; on a fresh run refuse to overwrite an earlier one; on a resumed one
+        drop the records after its step and note the settings that changed."""
+        self.last_step = resumed_step
         if not self.enabled:
             return
         if resumed_step is None and (self.metrics.exists() or self.last.exists()):
             raise RecforgeError(f"{self.path}: holds an earlier run; pass --resume to continue it or choose another --output-dir")
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        remove(self.path / "summary.json")
         write_text(self.path / "config.yaml", cfg.to_yaml())
         # Evaluations logged after the checkpoint we resume from are repeated: drop them.
         kept = [m for m in read_jsonl(self.metrics) if resumed_step and m.get("step", 0) <= resumed_step]
+        if resumed_step is not None:  # noted in the first evaluation after the resume
+            self.resumed = {"resumed_from_step": resumed_step, "changed_on_resume": changed or {}}
         write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in kept))
+
+    def repair_best(self, history: dict) -> None:
+        """best.pt after a kill between the renames of last.pt and best.pt (see the class)."""
+        if self.enabled and history["best_step"] == history["step"] and self.last.exists():
+            if not (self.best.exists() and os.path.samefile(self.best, self.last)):
+                atomic_link(self.last, self.best)
 
     def log_metrics(self, record: dict) -> None:
         if self.enabled:
-            append_jsonl(self.metrics, record)
+            append_jsonl(self.metrics, {**record, **self.resumed})
+            self.resumed = {}
 
     def save(self, state: dict, best: bool = False, keep_steps: int = 0) -> None:
         """last.pt (and best.pt); with `keep_steps`, also step-N.pt, keeping the newest ones."""
+        self.last_step = state["step"]
         if not self.enabled:
             return
         save_checkpoint(self.last, state)
         if best:
-            save_checkpoint(self.best, state)
+            atomic_link(self.last, self.best)
         if keep_steps:
             save_checkpoint(self.checkpoints / f"step-{state['step']}.pt", state)
             steps = sorted(self.checkpoints.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
             for old in steps[:-keep_steps]:
-                old.unlink()
+                remove(old)
+
+    def saved(self) -> str:
+        """What a stopped run leaves to continue from, for its message."""
+        if self.last_step is None:
+            return "no checkpoint was written"
+        return f"the last checkpoint, {self.last} (step {self.last_step}), is from before it"
 
     def summary(self, summary: dict) -> None:
         if self.enabled:
@@ -112,7 +183,51 @@ def _fresh_history() -> dict:
             "eval_examples": 0, "samples": 0}
 
 
-def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, log) -> dict:
+def _flag(section: str, key: str) -> str:
+    return f"--{key.replace('_', '-')}" if section != "top" else key
+
+
+def _differences(old: dict, new: dict, sections=("data", "arch", "train", "eval")) -> dict[tuple[str, str], tuple]:
+    """(section, key) -> (old value, new value) of two `RunConfig.to_dict()`s; keys the old one
+    lacks (settings newer than it) are not differences."""
+    found = {("top", "model"): (old["model"], new["model"])} if old["model"] != new["model"] else {}
+    for section in sections:
+        for key, value in new[section].items():
+            if key in old[section] and old[section][key] != value:
+                found[section, key] = (old[section][key], value)
+    return found
+
+
+def _describe(differences: dict) -> str:
+    return ", ".join(f"{_flag(*key)} ({a!r} -> {b!r})" for key, (a, b) in differences.items())
+
+
+def data_where(cfg: RunConfig) -> str:
+    return f"{cfg.data.dataset} in {cfg.data.data_dir}" if cfg.data.data_dir else cfg.data.dataset
+
+
+def restore_weights(path: str | Path, checkpoint: dict, cfg: RunConfig, model, task) -> None:
+    """Load a checkpoint's weights into `model`, refusing another model, architecture or data."""
+    trained = checkpoint["config"]
+    if trained["model"] != cfg.model:
+        raise RecforgeError(f"{path}: a {trained['model']} checkpoint, not {cfg.model} (--model)")
+    check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
+    different = _differences(trained, cfg.to_dict(), sections=("arch",))
+    if different:
+        raise RecforgeError(f"{path}: trained with another architecture: {_describe(different)}")
+    model.load_state_dict(checkpoint["model"])
+
+
+def _load_optimizers(optimizers, states: list[dict]) -> None:
+    """Optimizer state from a checkpoint, with this run's hyperparameters (rates, betas, decay...)."""
+    for optimizer, state in zip(optimizers, states):
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        optimizer.load_state_dict(state)
+        for group, settings in zip(optimizer.param_groups, configured):
+            group.update(settings)
+
+
+def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, task, log) -> dict:
     """The run history: from checkpoints/last.pt with --resume, else a fresh start (from
     --restore-checkpoint's weights or the model's own warm start, if any)."""
     checkpoint = load_checkpoint(run.last) if cfg.train.resume and run.last.exists() else None
@@ -120,22 +235,30 @@ def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, log) -> dic
         if cfg.train.resume:
             log(f"--resume: no checkpoint in {run.checkpoints}; starting from scratch")
         if cfg.train.restore_checkpoint:
-            model.load_state_dict(load_checkpoint(cfg.train.restore_checkpoint)["model"])
+            path = cfg.train.restore_checkpoint
+            restore_weights(path, load_checkpoint(path), cfg, model, task)
         elif hasattr(model, "warm_start"):
             model.warm_start(cfg.arch)
-        run.start(cfg, resumed_step=None)
+        run.start(cfg)
         return _fresh_history()
-    for key in MUST_MATCH_ON_RESUME:
-        if checkpoint["config"][key] != cfg.to_dict()[key]:
-            raise RecforgeError(f"--resume: '{key}' differs from the run in {cfg.output_dir}; resume with the same settings")
+    check_same_data(checkpoint, run.last, task.data_fingerprint, data_where(cfg))
+    differences = _differences(checkpoint["config"], cfg.to_dict())
+    refused = {key: v for key, v in differences.items() if key[1] not in CHANGEABLE_ON_RESUME.get(key[0], ())}
+    if refused:
+        raise RecforgeError(f"--resume: {_describe(refused)} {'differs' if len(refused) == 1 else 'differ'} from the run in "
+                            f"{run.path} and cannot change mid-run; "
+                            f"resume with the run's values, or train into a new --output-dir")
     model.load_state_dict(checkpoint["model"])
-    for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
-        optimizer.load_state_dict(state)
+    _load_optimizers(optimizers, checkpoint["optimizers"])
     scaler.load_state_dict(checkpoint["scaler"])
     set_rng_state(checkpoint["rng"])
     history = checkpoint["history"]
-    log(f"resuming {cfg.output_dir} at epoch {history['epoch']}, step {history['step']}")
-    run.start(cfg, resumed_step=history["step"])
+    changed = {f"{section}.{key}": {"from": a, "to": b} for (section, key), (a, b) in differences.items()
+               if (section, key) not in NOT_RECORDED}
+    log(f"resuming {run.path} at epoch {history['epoch']}, step {history['step']}"
+        + (f"; from here on: {_describe({k: v for k, v in differences.items() if k not in NOT_RECORDED})}" if changed else ""))
+    run.repair_best(history)
+    run.start(cfg, resumed_step=history["step"], changed=changed)
     return history
 
 
@@ -168,7 +291,7 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
     optimizers = make_optimizers(t, model)
     scaler = grad_scaler(device, t.precision)
     run = RunDir(cfg.output_dir, dist.is_main)
-    history = _restore(cfg, run, model, optimizers, scaler, log)
+    history = _restore(cfg, run, model, optimizers, scaler, task, log)
 
     wrapped = model
     if dist.enabled:
@@ -185,13 +308,18 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
 
     def evaluate_and_save(epoch: int, step_in_epoch: int, window: dict, epoch_train_s: float) -> bool:
         """Evaluate (unless disabled), log, checkpoint; True when the run should stop."""
+        # After a mid-epoch resume the window starts at the resumed step: train_loss_from_step says so.
         record = {"epoch": epoch, "step": history["step"], "train_loss": window["loss"] / max(1, window["samples"]),
+                  "train_loss_from_step": window["from_step"],
                   "train_samples_per_s": window["samples"] / max(window["seconds"], 1e-9)}
         improved = False
         last_epoch = epoch == t.epochs and step_in_epoch == steps_per_epoch
         if not cfg.eval.no_eval and (epoch > cfg.eval.eval_after or last_epoch):
             begin = time.perf_counter()
             metrics, examples = task.evaluate(model)
+            if not math.isfinite(metrics[metric]):
+                raise RecforgeError(f"step {history['step']} (epoch {epoch}): {metric} is {metrics[metric]}: the model "
+                                    f"diverged; stopped; {run.saved()}; {_advice(t)}")
             record.update(metrics, eval_s=time.perf_counter() - begin)
             history["eval_s"] += record["eval_s"]
             history["eval_examples"] += examples
@@ -207,14 +335,14 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
         run.save(_state(model, optimizers, scaler, history, cfg, task), best=improved)
         run.log_metrics(record)
         log(_eval_line(record, task.metric_names, improved))
-        window.update(loss=0.0, samples=0, seconds=0.0)
+        window.update(loss=0.0, samples=0, seconds=0.0, from_step=history["step"] + 1)
         if history["first_epoch_at_threshold"] is not None:
             log(f"{metric} reached the threshold {threshold} at epoch {epoch}: stopping")
             return True
         return False
 
     wall_start = time.perf_counter() - history["wall_s"]
-    window = {"loss": 0.0, "samples": 0, "seconds": 0.0}  # training since the last evaluation
+    window = {"loss": 0.0, "samples": 0, "seconds": 0.0, "from_step": history["step"] + 1}  # training since the last evaluation
     stop = t.max_steps is not None and history["step"] >= t.max_steps
     start_epoch, start_step = history["epoch"], history["step_in_epoch"]
     if start_step >= steps_per_epoch:  # the checkpoint ended an epoch
@@ -243,9 +371,7 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
                 history["step"] += 1
                 history["epoch"], history["step_in_epoch"] = epoch, step_in_epoch  # where a resume picks up
                 loss_value = dist.all_reduce_sum(loss.detach().double()).item()
-                if not math.isfinite(loss_value):
-                    raise RecforgeError(f"step {history['step']} (epoch {epoch}): the training loss is {loss_value}; "
-                                        f"stopped; the last good checkpoint is {run.last}; lower --learning-rate or add --warmup-steps")
+                _check_loss(history, loss_value / global_size, epoch, run, t)
                 window["loss"] += loss_value
                 window["samples"] += global_size
                 history["samples"] += global_size
@@ -278,23 +404,47 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
     return summary
 
 
+def _advice(t) -> str:
+    rates = "--linear-learning-rate / --deep-learning-rate" if t.optimizer == "ftrl+proximal-adagrad" else "--learning-rate"
+    return f"lower {rates} (it takes effect on --resume) or add --warmup-steps"
+
+
+def _check_loss(history: dict, loss: float, epoch: int, run: RunDir, t) -> None:
+    """Stop a run whose loss is not finite or far above where it started (smoothed over steps),
+    before it is evaluated and saved as if it had learned."""
+    where = f"step {history['step']} (epoch {epoch})"
+    if not math.isfinite(loss):
+        raise RecforgeError(f"{where}: the training loss is {loss}; stopped; {run.saved()}; {_advice(t)}")
+    if history.get("start_loss") is None:
+        history["start_loss"] = history["smoothed_loss"] = loss
+    history["smoothed_loss"] = smoothed = 0.9 * history["smoothed_loss"] + 0.1 * loss
+    if smoothed > DIVERGENCE_FACTOR * max(history["start_loss"], math.log(2)):
+        raise RecforgeError(f"{where}: the training loss diverged ({smoothed:.3g} smoothed, {history['start_loss']:.3g} "
+                            f"at the start); stopped; {run.saved()}; {_advice(t)}")
+
+
 def _score(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
     """--mode eval: metrics of --restore-checkpoint; --mode inference: its scoring throughput."""
     log = log_to(dist.is_main)
     if not cfg.train.restore_checkpoint:
         raise RecforgeError(f"--mode {cfg.train.mode} needs --restore-checkpoint FILE")
-    checkpoint = load_checkpoint(cfg.train.restore_checkpoint)
+    path = cfg.train.restore_checkpoint
+    checkpoint = load_checkpoint(path)
+    if checkpoint["config"]["model"] != cfg.model:
+        raise RecforgeError(f"{path}: a {checkpoint['config']['model']} checkpoint, not {cfg.model} (--model)")
     task = build_task(cfg, device, dist, log)
+    check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
     # The architecture is the checkpoint's, whatever the flags of this command say.
-    trained = config_from_dict(checkpoint["config"])
-    if trained.model != cfg.model:
-        raise RecforgeError(f"{cfg.train.restore_checkpoint}: a {trained.model} checkpoint, not {cfg.model} (--model)")
-    model = build_model(trained, checkpoint["model_dims"], device)
+    model = build_model(config_from_dict(checkpoint["config"]), checkpoint["model_dims"], device)
     model.load_state_dict(checkpoint["model"])
     run = RunDir(cfg.output_dir, dist.is_main)
+    if run.holds_training_run():  # scoring never rewrites a training run's records
+        run = RunDir(run.path / cfg.train.mode, dist.is_main)
+        log(f"{cfg.output_dir} holds a training run: writing this {cfg.train.mode} run's records to {run.path}")
     if run.enabled:
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.path / "config.yaml", cfg.to_yaml())
+        write_text(run.metrics, "")
     begin = time.perf_counter()
     if cfg.train.mode == "eval":
         metrics, examples = task.evaluate(model)
@@ -317,7 +467,7 @@ def _score(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
 
 def _state(model, optimizers, scaler, history, cfg: RunConfig, task) -> dict:
     return {
-        "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+        "format": FORMAT, "data": task.data_fingerprint, "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
         "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": history["epoch"], "step": history["step"],
         "history": history, "config": cfg.to_dict(), "model_dims": task.model_dims,
     }
