@@ -75,7 +75,7 @@ def test_parquet_gives_the_same_arrays(tmp_path):
 @pytest.mark.parametrize("spec, line, key, message", [
     ("label: click\nnumeric: [price]\nfiles: {all: log.csv}\ncolour: red\n", 4, "colour", "unknown key"),
     ("numeric: [price]\nfiles: {all: log.csv}\n", None, "label", "required"),
-    ("label: click\nnumeric: [{name: price, transform: sqrt}]\nfiles: {all: log.csv}\n", 2, "numeric", "transform must be"),
+    ("label: click\nnumeric: [{name: price, transform: sqrt}]\nfiles: {all: log.csv}\n", 2, "numeric.transform", "transform must be"),
     ("label: click\nnumeric: [price]\nfiles: {all: log.csv}\nholdout: {test: 0.6, valid: 0.5}\n", 4, "holdout", "less than 1"),
     ("label: click\nnumeric: [price]\nfiles: {train: a.csv, all: b.csv}\n", 3, "files", "not both"),
 ])

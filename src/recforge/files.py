@@ -66,7 +66,7 @@ def _os_error(error: BaseException | None) -> OSError | None:
 
 
 def _within(filename, folder: str | Path) -> bool:
-    return filename is not None and Path(os.fsdecode(filename)).is_relative_to(folder)
+    return filename is not None and Path(os.path.abspath(os.fsdecode(filename))).is_relative_to(os.path.abspath(folder))
 
 
 @contextlib.contextmanager
@@ -127,16 +127,17 @@ def atomic_link(source: str | Path, target: str | Path) -> None:
     tmp = target.parent / f".{target.name}.{os.getpid()}.link"
     tmp.unlink(missing_ok=True)
     fault_point("link", target)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    try:
-        fault_point("rename", target)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with naming(target):
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            fault_point("rename", target)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     fault_point("renamed", target)
 
 
@@ -172,11 +173,19 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+class _WriteOnly:
+    """A file seen only through its `write`: numpy then writes an array's data in chunks with it,
+    not with `tofile`, whose short write on a full disk raises an OSError without an errno."""
+
+    def __init__(self, f):
+        self.write = f.write
+
+
 def write_array(path: str | Path, array) -> None:
     """A numpy array as .npy, atomically."""
     import numpy as np
 
-    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), mode="wb")
+    atomic_write(path, lambda f: np.save(_WriteOnly(f), array, allow_pickle=False), mode="wb")
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -49,8 +49,9 @@ def evaluate(checkpoint: dict, path: str | Path, cfg: RunConfig | None = None, o
         }
         if dist.is_main:
             print(", ".join(f"{k} = {metrics[k]:.4f}" for k in task.metric_names), flush=True)
-            if output is None:
-                output = Path(path).resolve().parent.parent / f"evaluation-{cfg.eval.eval_protocol}.json"
+            if output is None:  # beside the run (RUN/checkpoints/X.pt), else beside the checkpoint
+                folder = Path(path).resolve().parent
+                output = (folder.parent if folder.name == "checkpoints" else folder) / f"evaluation-{cfg.eval.eval_protocol}.json"
             write_json(output, result)
         return result
     finally:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -11,6 +9,7 @@ from typing import Callable
 
 from recforge.data import criteo, ctr_spec, interaction_file, movielens, ncf_files, outbrain, synthetic, synthetic_ctr, synthetic_outbrain
 from recforge.errors import RecforgeError
+from recforge.files import naming, remove, temp_folder
 from recforge.models import dlrm, ncf, wide_deep
 from recforge.tasks.ctr import CTRTask
 from recforge.tasks.ranking import RankingTask
@@ -76,14 +75,15 @@ def _outbrain(cfg, log):
 def _outbrain_synthetic(cfg, log):
     """Kaggle-format CSVs of a synthetic Outbrain world, written beside --out, then prepared."""
     out = Path(cfg.out).expanduser()
-    raw = out.parent / f".{out.name}.raw-{os.getpid()}"
+    raw = temp_folder(out)
     try:
-        info = synthetic_outbrain.write_outbrain_csvs(raw, displays=cfg.synthetic_displays, seed=cfg.synthetic_seed)
+        with naming(out, inside=raw):  # a full disk is reported as one about --out
+            info = synthetic_outbrain.write_outbrain_csvs(raw, displays=cfg.synthetic_displays, seed=cfg.synthetic_seed)
         log(f"outbrain-synthetic: {cfg.synthetic_displays:,} displays; best achievable MAP@12 {info['best_map12']:.4f}")
         return outbrain.prepare_outbrain(raw, out, valid_fraction=cfg.valid_fraction, seed=cfg.synthetic_seed,
                                          overwrite=cfg.overwrite, log=log)
     finally:
-        shutil.rmtree(raw, ignore_errors=True)
+        remove(raw)
 
 
 CLICK_LOGS = {

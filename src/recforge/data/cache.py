@@ -2,16 +2,17 @@
 
 A cache entry is keyed by the dataset name, the source files (path, size, mtime) and every
 preprocessing option, so changing any of them prepares afresh. Entries are written into a temp
-folder and renamed into place: a crash never leaves a half-written entry.
+folder and renamed into place: a crash or a full disk never leaves a half-written entry, and a
+failed write is reported as one about the entry.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from recforge.config import DataConfig
 from recforge.data.implicit import LeaveOneOutData, leave_one_out
-from recforge.files import write_json
+from recforge.files import naming, remove, replace, temp_folder, write_array, write_json
 
 FORMAT_VERSION = 1
 ARRAYS = ("train_users", "train_items", "test_items", "user_ids", "item_ids", "item_titles", "eval_negatives")
@@ -40,20 +41,22 @@ def cache_key(cfg: DataConfig, sources: list[Path]) -> str:
 
 
 def save(path: Path, data: LeaveOneOutData, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = temp_folder(path)
     try:
-        for name in ARRAYS:
-            value = getattr(data, name)
-            if value is not None:
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(value), allow_pickle=False)
-        write_json(tmp / "meta.json", meta)
+        with naming(path, inside=tmp):
+            for name in ARRAYS:
+                value = getattr(data, name)
+                if value is not None:
+                    write_array(tmp / f"{name}.npy", np.ascontiguousarray(value))
+            write_json(tmp / "meta.json", meta)
         try:
-            os.rename(tmp, path)
-        except OSError:  # another process finished the same entry first
-            shutil.rmtree(tmp)
+            replace(tmp, path)
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            remove(tmp)  # another process finished the same entry first
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
         raise
 
 

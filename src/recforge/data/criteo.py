@@ -59,6 +59,7 @@ import pyarrow.csv as pcsv
 
 from recforge.data.ctr_format import SPLITS, CTRMeta, allocate, finish, new_folder
 from recforge.errors import DataError, RecforgeError
+from recforge.files import naming, write_array
 from recforge.progress import Progress
 from recforge.train.memory import keep_freed_memory
 
@@ -235,7 +236,7 @@ def _prepare(kind, files, units, chunk_bytes, line_bytes, tmp, pool, min_frequen
             del arrays
     if vocabulary is not None:
         offsets = np.concatenate([[0], np.cumsum([len(v) for v in vocabulary])]).tolist()
-        np.save(tmp / "vocabulary.npy", np.concatenate(vocabulary).astype(np.uint32))
+        write_array(tmp / "vocabulary.npy", np.concatenate(vocabulary).astype(np.uint32))
         mapping = ("vocabulary", str(tmp / "vocabulary.npy"), offsets)
         cardinalities = [len(v) + 1 for v in vocabulary]
         del vocabulary
@@ -461,13 +462,11 @@ class _Vocabulary:
 
 def _write_at(path: str, offset: int, array: np.ndarray) -> None:
     """Workers write disjoint byte ranges of the preallocated .npy files with plain file writes:
-    unlike a memmap, this never counts the written pages in the worker's resident memory."""
-    try:
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
-    except OSError as e:
-        raise RecforgeError(f"{path}: cannot write: {e}") from None
+    unlike a memmap, this never counts the written pages in the worker's resident memory. A
+    failure comes back to the main process as an OSError naming the file, printed as one line."""
+    with naming(path), open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
 def _blocks(unit: _Unit, chunk_bytes: int) -> Iterator[bytes | bytearray]:
@@ -631,6 +630,9 @@ def _hex_words(w: np.ndarray) -> np.ndarray:
 def _locate(data: bytes) -> tuple[int | None, str | None, str]:
     """Error path only (the fast path has failed): the first bad line of a block, field by field,
     in Python. Accepts exactly what the fast path accepts."""
+    nul = data.find(b"\0")
+    if nul >= 0:  # a binary file: say so, rather than describe the bytes of its first line
+        return data.count(b"\n", 0, nul), None, "binary data (a NUL byte), not text"
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
@@ -663,8 +665,10 @@ def _check_value(name: str, value: bytes) -> str | None:
         if not _INT.match(value) or int(value) not in (0, 1):
             return f"expected 0 or 1, found {text}"
     elif name.startswith("I"):
-        if value and (not _INT.match(value) or not -(1 << 63) <= int(value) < (1 << 63)):
+        if value and not _INT.match(value):
             return f"not an integer: {text}"
+        if value and not -(1 << 63) <= int(value) < (1 << 63):
+            return f"integer out of range for int64: {text}"
     elif value and not _HEX.match(value):
         return f"not 8 hex digits: {text}"
     return None

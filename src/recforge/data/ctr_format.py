@@ -14,23 +14,22 @@ A prepared dataset is a folder:
 
 for splits `train`, `valid`, `test` (a split may be absent). Every array is a `.npy` file, so it
 memory-maps and the trainer slices large contiguous batches without per-row Python. Writers
-preallocate the arrays (`open_memmap`) once the row counts are known and fill them in place,
-so memory stays bounded whatever the input size; a folder is complete once meta.json exists.
+preallocate the arrays (`open_memmap`, with their disk space reserved, so a full disk fails
+there and not as SIGBUS mid-write) once the row counts are known and fill them in place, so
+memory stays bounded whatever the input size; a folder is complete once meta.json exists.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from recforge.errors import RecforgeError
-from recforge.files import write_json
+from recforge.files import naming, preallocate, remove, replace, temp_folder, write_json
 
 FORMAT = "recforge-ctr-1"
 SPLITS = ("train", "valid", "test")
@@ -71,10 +70,13 @@ def allocate(folder: Path, split: str, rows: int, num_dense: int, num_sparse: in
     for name, width in (optional or {}).items():
         shapes[name] = (rows, width) if width else (rows,)
         dtypes[name] = OPTIONAL[name]
-    return {
-        name: np.lib.format.open_memmap(folder / split / f"{name}.npy", mode="w+", dtype=dtype, shape=shapes[name])
-        for name, dtype in dtypes.items()
-    }
+    arrays = {}
+    for name, dtype in dtypes.items():
+        path = folder / split / f"{name}.npy"
+        with naming(path):
+            arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shapes[name])
+        preallocate(path)
+    return arrays
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -97,25 +99,25 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def new_folder(out: str | Path, overwrite: bool = False):
-    """A folder beside `out` to write into (`.NAME.partial-PID`); it replaces `out` when the block
-    succeeds and is removed when it fails, so `out` never holds half a dataset."""
+    """A folder beside `out` to write into (`.NAME.partial-XXXX`); it replaces `out` when the block
+    succeeds and is removed when it fails, so `out` never holds half a dataset and a dataset being
+    replaced stays as it was until the new one is complete. A failed write in it (a full disk)
+    is reported as one about `out`."""
     out = Path(out).expanduser()
     check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_folder(out)
     try:
-        yield tmp
+        with naming(out, inside=tmp):
+            yield tmp
         if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            old = temp_folder(out)
+            replace(out, old)
+            replace(tmp, out)
+            remove(old)
         else:
-            os.replace(tmp, out)
+            replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
         raise
 
 

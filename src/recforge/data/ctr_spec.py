@@ -38,9 +38,8 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import yaml
 
-from recforge.config import key_lines
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
-from recforge.data.tabular import read_delimited, require_file, row_error
+from recforge.data.tabular import check_parquet, convert, os_error, read_delimited, require_file, row_error, text_problem
 from recforge.errors import DataError
 
 BATCH_BYTES = 1 << 24
@@ -76,86 +75,138 @@ class FeatureSpec:
     path: Path | None = None
 
 
+def _integer(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+# What a feature's keys must be: (a test of the YAML value, the words for it). YAML types are kept
+# as written: `max_length: "3"` is text, not a number.
+FEATURE_KEYS = {
+    "transform": (lambda v: v in ("log1p", "none", "standardize"), "log1p, none or standardize"),
+    "min_frequency": (lambda v: _integer(v, 1), "a positive integer"),
+    "hash_buckets": (lambda v: v is None or _integer(v, 2), "an integer, at least 2"),
+    "embedding_dim": (lambda v: v is None or _integer(v, 1), "a positive integer"),
+    "tag": (lambda v: v in (None, "request", "item"), "request or item"),
+    "delimiter": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "max_length": (lambda v: v is None or _integer(v, 1), "a positive integer"),
+    "pooling": (lambda v: v in ("sum", "mean"), "sum or mean"),
+    "columns": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of column names"),
+}
+SECTION_KEYS = {"numeric": {"transform", "tag"}, "categorical": {"min_frequency", "hash_buckets", "embedding_dim", "tag"},
+                "multi_hot": {"min_frequency", "hash_buckets", "embedding_dim", "tag", "delimiter", "max_length", "pooling"},
+                "crossed": {"columns", "hash_buckets"}}
+
+
+def _node_lines(text: str) -> dict[tuple, int]:
+    """Line (1-based) of every mapping key and list item of a YAML document, by its path of keys
+    and list positions (config.key_lines, which stops at lists)."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            children = [(str(key.value), key, value) for key, value in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(i, item, item) for i, item in enumerate(node.value)]
+        else:
+            return
+        for key, marked, value in children:  # `marked`: the node whose line is the key's
+            lines[prefix + (key,)] = marked.start_mark.line + 1
+            walk(value, prefix + (key,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
 def load_spec(path: str | Path) -> FeatureSpec:
     path = Path(path).expanduser()
-    text = require_file(path, "the YAML feature spec").read_text()
-    lines = key_lines(text)
-    raw = yaml.safe_load(text) or {}
+    require_file(path, "the YAML feature spec")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw, lines = yaml.safe_load(text), _node_lines(text)
+    except UnicodeDecodeError:
+        raise DataError(path, None, None, "not a YAML feature spec (not UTF-8 text)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError(path, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+    known = ("label", "numeric", "categorical", "multi_hot", "crossed", "group", "item", "files", "holdout", "separator")
+    if raw is None:
+        raise DataError(path, None, None, "the feature spec is empty (it names the label, the features and the files)")
+    if not isinstance(raw, dict):
+        raise DataError(path, 1, None, f"a feature spec is a mapping of {', '.join(known)}, not a {type(raw).__name__}")
 
-    def fail(key: str, message: str):
-        raise DataError(path, lines.get(tuple(key.split("."))), key, message)
+    def fail(where: tuple, message: str):
+        """A DataError at the line of `where` (a path of keys and list positions), naming its keys."""
+        line = next((lines[where[:n]] for n in range(len(where), 0, -1) if where[:n] in lines), None)
+        raise DataError(path, line, ".".join(str(p) for p in where if not isinstance(p, int)), message)
 
-    known = {"label", "numeric", "categorical", "multi_hot", "crossed", "group", "item", "files", "holdout", "separator"}
     for key in raw:
         if key not in known:
-            fail(key, f"unknown key (expected {', '.join(sorted(known))})")
+            fail((str(key),), f"unknown key (expected {', '.join(sorted(known))})")
     if not isinstance(raw.get("label"), str):
-        fail("label", "the label column's name is required")
+        fail(("label",), "the label column's name is required")
     files = raw.get("files") or {}
     if not isinstance(files, dict) or not files or set(files) - {"all", "train", "valid", "test"}:
-        fail("files", "a mapping of train/valid/test (or all) to file names")
+        fail(("files",), "a mapping of train/valid/test (or all) to file names")
     if "all" in files and len(files) > 1:
-        fail("files", "either `all` or train/valid/test, not both")
+        fail(("files",), "either `all` or train/valid/test, not both")
     if "all" not in files and "train" not in files:
-        fail("files", "needs a `train` file (or `all`)")
+        fail(("files",), "needs a `train` file (or `all`)")
+    for split, name in files.items():
+        if not isinstance(name, str):
+            fail(("files", split), f"must be a file name, got {name!r}")
     holdout = raw.get("holdout") or {}
-    if set(holdout) - {"valid", "test"} or sum(holdout.values()) >= 1 or min(holdout.values(), default=0) < 0:
-        fail("holdout", "fractions of the rows for valid and test, summing to less than 1")
+    if not isinstance(holdout, dict) or set(holdout) - {"valid", "test"}:
+        fail(("holdout",), "fractions of the rows for valid and test, summing to less than 1")
+    for split, fraction in holdout.items():
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            fail(("holdout", split), f"must be a fraction of the rows (a number), got {fraction!r}")
+    if sum(holdout.values()) >= 1 or min(holdout.values(), default=0) < 0:
+        fail(("holdout",), "fractions of the rows for valid and test, summing to less than 1")
+    separator = raw.get("separator", ",")
+    if not isinstance(separator, str) or len(separator) != 1:
+        fail(("separator",), f"must be one character, got {separator!r}")
 
-    def features(section: str, allowed: set[str]) -> list[Feature]:
+    def features(section: str) -> list[Feature]:
         entries = raw.get(section) or []
         if not isinstance(entries, list):
-            fail(section, "a list of column names or {name: ..., ...} mappings")
+            fail((section,), "a list of column names or {name: ..., ...} mappings")
+        allowed = SECTION_KEYS[section]
         out = []
-        for entry in entries:
-            entry = {"name": entry} if isinstance(entry, (str, int)) else entry
+        for i, entry in enumerate(entries):
+            entry = {"name": entry} if isinstance(entry, (str, int)) and not isinstance(entry, bool) else entry
             if not isinstance(entry, dict) or "name" not in entry or set(entry) - allowed - {"name"}:
-                fail(section, f"each feature is a name or a mapping with name and {', '.join(sorted(allowed))}: {entry!r}")
-            out.append(Feature(**{**entry, "name": str(entry["name"])}))
+                fail((section, i), f"each feature is a name or a mapping with name and {', '.join(sorted(allowed))}: {entry!r}")
+            name = entry["name"]
+            if isinstance(name, bool) or not isinstance(name, (str, int)):
+                fail((section, i, "name"), f"must be a column name, got {name!r}")
+            for key, value in entry.items():
+                test, words = FEATURE_KEYS[key] if key != "name" else (lambda v: True, "")
+                if not test(value):
+                    fail((section, i, key), f"{name}: {key} must be {words}, got {value!r}")
+            out.append(Feature(**{**entry, "name": str(name)}))
         return out
 
     for key in ("group", "item"):
         if key in raw and not isinstance(raw[key], str):
-            fail(key, "a column name")
-    categorical_keys = {"min_frequency", "hash_buckets", "embedding_dim", "tag"}
+            fail((key,), "a column name")
     spec = FeatureSpec(
-        label=raw["label"], numeric=features("numeric", {"transform", "tag"}),
-        categorical=features("categorical", categorical_keys),
-        multi_hot=features("multi_hot", categorical_keys | {"delimiter", "max_length", "pooling"}),
-        crossed=features("crossed", {"columns", "hash_buckets"}),
-        group=raw.get("group"), item=raw.get("item"),
-        files={k: str(v) for k, v in files.items()}, holdout={k: float(v) for k, v in holdout.items()},
-        separator=str(raw.get("separator", ",")), path=path,
+        label=raw["label"], numeric=features("numeric"), categorical=features("categorical"),
+        multi_hot=features("multi_hot"), crossed=features("crossed"), group=raw.get("group"), item=raw.get("item"),
+        files=dict(files), holdout={k: float(v) for k, v in holdout.items()}, separator=separator, path=path,
     )
     if not spec.numeric and not spec.categorical and not spec.multi_hot:
-        fail("numeric", "the spec names no features")
-    for f in spec.numeric:
-        if f.transform not in ("log1p", "none", "standardize"):
-            fail("numeric", f"{f.name}: transform must be log1p, none or standardize")
+        fail(("numeric",), "the spec names no features")
     categorical_names = {f.name for f in spec.categorical}
-    for section in ("numeric", "categorical", "multi_hot"):
-        for f in getattr(spec, section):
-            if f.tag not in (None, "request", "item"):
-                fail(section, f"{f.name}: tag must be request or item")
-            if f.hash_buckets is not None and f.hash_buckets < 2:
-                fail(section, f"{f.name}: hash_buckets must be at least 2")
-            if f.embedding_dim is not None and f.embedding_dim < 1:
-                fail(section, f"{f.name}: embedding_dim must be positive")
-    for f in spec.multi_hot:
-        if f.pooling not in ("sum", "mean"):
-            fail("multi_hot", f"{f.name}: pooling must be sum or mean")
-        if f.max_length is not None and f.max_length < 1:
-            fail("multi_hot", f"{f.name}: max_length must be positive")
-        if not f.delimiter:
-            fail("multi_hot", f"{f.name}: delimiter must not be empty")
-    for f in spec.crossed:
+    for i, f in enumerate(spec.crossed):
         if len(f.columns) < 2 or set(f.columns) - categorical_names:
-            fail("crossed", f"{f.name}: columns must name two or more categorical features")
-        if f.hash_buckets is None or f.hash_buckets < 2:
-            fail("crossed", f"{f.name}: hash_buckets (at least 2) is required")
+            fail(("crossed", i, "columns"), f"{f.name}: columns must name two or more categorical features")
+        if f.hash_buckets is None:
+            fail(("crossed", i), f"{f.name}: hash_buckets (at least 2) is required")
     as_text = {f.name for f in spec.categorical + spec.multi_hot}
     for column in sorted(as_text & ({f.name for f in spec.numeric} | {spec.label})):
-        fail("numeric", f"{column}: read as a number and as text; name a column in one of them")
+        fail(("numeric",), f"{column}: read as a number and as text; name a column in one of them")
     return spec
 
 
@@ -188,15 +239,14 @@ class _Source:
         """Batches of `columns` (default: every spec column)."""
         types = {c: self.types[c] for c in columns} if columns else self.types
         if self.path.suffix == ".parquet":
-            names = set(pq.read_schema(self.path).names)
-            for column in types:
-                if column not in names:
-                    raise DataError(self.path, None, column, "column not found")
+            check_parquet(self.path, types)
+            first = 0
             for batch in pq.ParquetFile(self.path).iter_batches(columns=list(types), batch_size=1 << 16):
-                arrays = [batch.column(c).cast(t) for c, t in types.items()]
+                arrays = [convert(self.path, batch.column(c), t, c, first) for c, t in types.items()]
                 # An empty string is a missing category, as in CSV files.
                 arrays = [pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a) if a.type == pa.string() else a for a in arrays]
                 yield pa.RecordBatch.from_arrays(arrays, names=list(types))
+                first += batch.num_rows
             return
         try:
             reader = pcsv.open_csv(
@@ -205,13 +255,16 @@ class _Source:
                 convert_options=pcsv.ConvertOptions(column_types=types, include_columns=list(types), strings_can_be_null=True),
             )
             yield from reader
-        except (pa.ArrowInvalid, pa.ArrowKeyError):
+        except (pa.ArrowInvalid, pa.ArrowKeyError) as error:
             # The slow path names the first bad line and field (and raises there).
-            read_delimited(self.path, delimiter=self.spec.separator, missing_ok=True,
-                           columns={c: t for c, t in types.items() if t != pa.string()})
-            raise
+            read_delimited(self.path, delimiter=self.spec.separator, missing_ok=True, columns=types)
+            raise text_problem(self.path, BATCH_BYTES) or DataError(self.path, None, None, str(error).splitlines()[0]) from None
+        except OSError as error:
+            raise os_error(self.path, error) from None
 
     def rows(self) -> int:
+        """The file's data rows, after a look at its first batch (every spec column is there)."""
+        next(self.batches(), None)
         if self.path.suffix == ".parquet":
             return pq.ParquetFile(self.path).metadata.num_rows
         return sum(batch.num_rows for batch in self.batches([self.spec.label]))
@@ -227,23 +280,29 @@ def _add_counts(counts: pa.Table | None, values: pa.Array) -> pa.Table:
     return merged.rename_columns(["value", "count"])
 
 
-def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, log=print, overwrite: bool = False) -> CTRMeta:
+def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, log=print, overwrite: bool = False,
+                info: dict | None = None) -> CTRMeta:
     """Prepare the click log a feature spec describes into `out` (new, empty, or with `overwrite`
-    a prepared folder to replace)."""
+    a prepared folder to replace). `info`: a caller's provenance for meta.json's info (meta.json
+    is written once, last, so a failure never replaces `out`)."""
     start = time.perf_counter()
     spec = load_spec(spec_path)
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
     sources = {split: _Source(require_file(data_dir / name), spec) for split, name in spec.files.items()}
 
     # Which rows of which file form each split.
+    file_rows = {split: source.rows() for split, source in sources.items()}
+    for split in ("train", "all"):  # an empty valid or test file is a split without rows (Outbrain writes one)
+        if file_rows.get(split) == 0:
+            raise DataError(sources[split].path, None, None, "no data rows")
     if "all" in sources:
-        total = sources["all"].rows()
+        total = file_rows["all"]
         test = int(total * spec.holdout.get("test", 0.0))
         valid = int(total * spec.holdout.get("valid", 0.0))
         ranges = {"train": ("all", 0, total - valid - test), "valid": ("all", total - valid - test, total - test),
                   "test": ("all", total - test, total)}
     else:
-        ranges = {split: (split, 0, source.rows()) for split, source in sources.items()}
+        ranges = {split: (split, 0, count) for split, count in file_rows.items()}
 
     def rows_of(split: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         name, lo, hi = ranges[split]
@@ -340,7 +399,8 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
             dense_names=[f.name for f in spec.numeric], sparse_names=[f.name for f in spec.categorical],
             cardinalities=[cardinality(f) for f in spec.categorical], rows=sizes,
             info={"source": "feature spec", "spec": str(spec.path), "files": spec.files, "holdout": spec.holdout,
-                  "standardized": {name: list(v) for name, v in scales.items()}, "seconds": time.perf_counter() - start},
+                  "standardized": {name: list(v) for name, v in scales.items()}, "seconds": time.perf_counter() - start,
+                  **(info or {})},
             multi_hot=[{"name": f.name, "cardinality": cardinality(f), "max_length": width, "pooling": f.pooling}
                        for f, width in zip(spec.multi_hot, lengths)],
             crossed=[{"name": f.name, "columns": f.columns, "cardinality": f.hash_buckets} for f in spec.crossed],

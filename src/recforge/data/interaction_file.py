@@ -43,7 +43,7 @@ def read(cfg: DataConfig) -> RawInteractions:
     if cfg.timestamp_column:
         wanted[cfg.timestamp_column] = None
     if path.suffix == ".parquet":
-        table = read_parquet(path, list(wanted))
+        table = read_parquet(path, wanted)
     else:
         delimiter = "\t" if path.suffix == ".tsv" and cfg.separator == "," else cfg.separator
         table = read_delimited(path, delimiter=delimiter, columns=wanted)

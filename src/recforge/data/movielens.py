@@ -17,8 +17,8 @@ import pyarrow.csv as pcsv
 
 from recforge.config import DataConfig
 from recforge.data.implicit import RawInteractions
-from recforge.data.tabular import read_delimited, require_file
-from recforge.errors import RecforgeError
+from recforge.data.tabular import first_bad_integer, read_delimited, require_file, row_error, text_problem
+from recforge.errors import DataError, RecforgeError
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,22 @@ def read(name: str, cfg: DataConfig) -> RawInteractions:
 
 def read_titles(path: Path, encoding: str) -> dict[str, np.ndarray]:
     if path.suffix == ".csv":
-        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=["movieId", "title"]))
+        table = read_delimited(path, delimiter=",", columns={"movieId": pa.int64(), "title": pa.string()})
         return {"ids": table.column("movieId").to_numpy(), "titles": table.column("title").to_numpy(zero_copy_only=False)}
     # u.item ('|') and movies.dat ('::'): titles may hold ':' or quotes, so split whole lines.
-    lines = pcsv.read_csv(
-        path,
-        read_options=pcsv.ReadOptions(column_names=["line"], encoding=encoding),
-        parse_options=pcsv.ParseOptions(delimiter="\x1f", quote_char=False),
-    ).column("line")
+    try:
+        lines = pcsv.read_csv(
+            path,
+            read_options=pcsv.ReadOptions(column_names=["line"], encoding=encoding),
+            parse_options=pcsv.ParseOptions(delimiter="\x1f", quote_char=False),
+        ).column("line")
+    except pa.ArrowInvalid as e:  # a binary file, say
+        raise text_problem(path) or DataError(path, None, None, str(e).splitlines()[0]) from None
     parts = pc.split_pattern(lines, "|" if path.name == "u.item" else "::", max_splits=2)
-    ids = pc.list_element(parts, 0).cast(pa.int64()).to_numpy()
+    id_text = pc.utf8_trim_whitespace(pc.list_element(parts, 0))
+    try:
+        ids = id_text.cast(pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        row, problem = first_bad_integer(id_text, pa.int64())
+        raise text_problem(path) or row_error(path, row, "movie id", problem, header_lines=0) from None
     return {"ids": ids, "titles": pc.list_element(parts, 1).to_numpy(zero_copy_only=False)}

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from recforge.config import DataConfig
 from recforge.data.implicit import LeaveOneOutData
-from recforge.data.tabular import read_delimited, require_file
+from recforge.data.tabular import read_delimited, require_file, row_error
 from recforge.errors import DataError, RecforgeError
 
 RATING_COLUMNS = ["user", "item", "rating", "timestamp"]
@@ -38,9 +38,13 @@ def sources(cfg: DataConfig) -> list[Path]:
     return [require_file(Path(f"{prefix}.{part}")) for part in ("train.rating", "test.rating", "test.negative")]
 
 
+def fields_in_first_line(path: Path) -> int:
+    with open(require_file(path), "rb") as f:  # bytes: a binary file is named by read_delimited
+        return len(f.readline().rstrip(b"\r\n").split(b"\t"))
+
+
 def read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(require_file(path)) as f:
-        width = len(f.readline().rstrip("\n").split("\t"))
+    width = fields_in_first_line(path)
     names = RATING_COLUMNS[:width] + [f"_{i}" for i in range(width - len(RATING_COLUMNS))]
     table = read_delimited(path, delimiter="\t", columns={"user": pa.int64(), "item": pa.int64()}, column_names=names)
     return table.column("user").to_numpy(), table.column("item").to_numpy()
@@ -53,12 +57,10 @@ def read_test(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
     if not np.array_equal(users, np.arange(len(users))):
         line = int(np.flatnonzero(users != np.arange(len(users)))[0]) + 1
         raise DataError(rating_path, line, "user", f"expected user {line - 1}: one test row per user, in order")
-    with open(require_file(negative_path)) as f:
-        width = len(f.readline().rstrip("\n").split("\t"))
-    names = ["pair"] + [f"n{i}" for i in range(width - 1)]
+    names = ["pair"] + [f"n{i}" for i in range(fields_in_first_line(negative_path) - 1)]
     columns = {"pair": pa.string(), **{n: pa.int64() for n in names[1:]}}
     table = read_delimited(negative_path, delimiter="\t", columns=columns, column_names=names)
-    pair = pc.extract_regex(table.column("pair"), r"^\((?P<user>\d+),(?P<item>\d+)\)$")
+    pair = pc.extract_regex(table.column("pair"), r"^\((?P<user>\d{1,18}),(?P<item>\d{1,18})\)$")
     if pair.null_count:
         line = int(np.flatnonzero(pair.is_null().to_numpy(zero_copy_only=False))[0]) + 1
         raise DataError(negative_path, line, "pair", "expected '(user,item)'")
@@ -75,13 +77,21 @@ def read_test(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read(cfg: DataConfig) -> LeaveOneOutData:
     prefix = ncf_prefix(cfg)
-    sources(cfg)
-    train_users, train_items = read_ratings(Path(f"{prefix}.train.rating"))
+    train_path, test_path, negative_path = sources(cfg)
+    train_users, train_items = read_ratings(train_path)
     test_items, negatives = read_test(prefix)
     num_users = len(test_items)
-    if train_users.size and train_users.max() >= num_users:
-        raise RecforgeError(f"{prefix}.train.rating: user {train_users.max()} has no row in {prefix.name}.test.rating")
-    num_items = int(max(train_items.max(initial=0), test_items.max(), negatives.max())) + 1
+    _check_ids(train_path, train_users, ["user"], num_users, f"has no row in {test_path.name}")
+    # NCF files number items densely from 0, so the tables are sized by the largest id. An id beyond
+    # any dense numbering of these files (more ids than they hold, plus slack for items seen in none)
+    # is refused at its line rather than remapped: remapping would hide a corrupt file and change
+    # which items exist; files with arbitrary ids are `--dataset csv`, which renumbers them.
+    held = train_items.size + test_items.size + negatives.size
+    beyond = f"is far beyond the {held:,} items listed in these files (NCF files number items from 0; --dataset csv renumbers any ids)"
+    for path, ids, fields in ((train_path, train_items, ["item"]), (test_path, test_items, ["item"]),
+                              (negative_path, negatives, [f"n{i}" for i in range(negatives.shape[1])])):
+        _check_ids(path, ids, fields, held + (1 << 20), beyond)
+    num_items = int(max(train_items.max(initial=0), test_items.max(), negatives.max(initial=0))) + 1
     order = np.lexsort((train_items, train_users))
     return LeaveOneOutData(
         train_users=train_users[order].astype(np.int32),
@@ -91,3 +101,14 @@ def read(cfg: DataConfig) -> LeaveOneOutData:
         item_ids=np.arange(num_items, dtype=np.int64),
         eval_negatives=negatives.astype(np.int32),
     )
+
+
+def _check_ids(path: Path, ids: np.ndarray, fields: list[str], limit: int, beyond: str) -> None:
+    """Ids ([rows] or [rows, fields]) must be in 0..limit-1; the first that is not names its line."""
+    table = ids.reshape(len(ids), -1)
+    bad = (table < 0) | (table >= limit)
+    if bad.any():
+        row, column = divmod(int(np.argmax(bad)), table.shape[1])
+        value = int(table[row, column])
+        message = f"id {value} is negative (ids count from 0)" if value < 0 else f"id {value:,} {beyond}"
+        raise row_error(path, row, fields[column], message, header_lines=0)

@@ -42,10 +42,9 @@ file on that error path.
 from __future__ import annotations
 
 import gzip
-import os
 import re
-import shutil
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,10 +54,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from recforge.data.ctr_format import CTRMeta, check_out, finish
+from recforge.data.ctr_format import CTRMeta, check_out
 from recforge.data.ctr_spec import prepare_ctr
-from recforge.data.tabular import read_delimited, row_error
+from recforge.data.tabular import os_error, read_delimited, row_error, text_problem
 from recforge.errors import DataError, RecforgeError
+from recforge.files import naming, remove, temp_folder
 from recforge.progress import Progress
 
 SPEC = Path(__file__).resolve().parents[3] / "configs" / "feature-specs" / "outbrain.yaml"
@@ -133,24 +133,21 @@ def prepare_outbrain(
     prior = rows["train_clicks"] / rows["train"]
     ctr = {key: counts[key].tables(prior) for key in CTR_KEYS}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    features = out.parent / f".{out.name}.outbrain-features-{os.getpid()}"
-    shutil.rmtree(features, ignore_errors=True)
-    features.mkdir()
+    features = temp_folder(out)
     try:
-        _write_features(files["clicks_train.csv"], tables, ctr, valid_fraction, seed, features, rows["train"] + rows["valid"], log)
-        meta = prepare_ctr(SPEC, features, out, log=log, overwrite=overwrite)
+        with naming(out, inside=features):  # a full disk is reported as one about `out`
+            _write_features(files["clicks_train.csv"], tables, ctr, valid_fraction, seed, features, rows["train"] + rows["valid"], log)
+        info = {
+            "source": "outbrain", "data_dir": str(data_dir), "files": sorted(p.name for p in [*files.values(), page_views] if p),
+            "split": f"display_id hashed with seed {seed}: {valid_fraction:g} of the displays are valid",
+            "valid_fraction": valid_fraction, "seed": seed, "train_click_rate": float(prior),
+            "ctr": f"(train clicks + {prior:.4f} * {CTR_PRIOR_VIEWS:g}) / (train views + {CTR_PRIOR_VIEWS:g})",
+            "missing": tables.missing,
+        }
+        meta = prepare_ctr(SPEC, features, out, log=log, overwrite=overwrite, info=info)
     finally:
-        shutil.rmtree(features, ignore_errors=True)
-    meta.info.update({
-        "source": "outbrain", "data_dir": str(data_dir), "files": sorted(p.name for p in [*files.values(), page_views] if p),
-        "split": f"display_id hashed with seed {seed}: {valid_fraction:g} of the displays are valid",
-        "valid_fraction": valid_fraction, "seed": seed, "train_click_rate": float(prior),
-        "ctr": f"(train clicks + {prior:.4f} * {CTR_PRIOR_VIEWS:g}) / (train views + {CTR_PRIOR_VIEWS:g})",
-        "missing": tables.missing, "seconds": round(time.perf_counter() - started, 1),
-    })
-    finish(out, meta)  # meta.json again, with the Outbrain provenance (atomic rename)
-    log(f"outbrain: {', '.join(f'{s} {n:,}' for s, n in meta.rows.items())} rows in {meta.info['seconds']:.1f} s -> {out}")
+        remove(features)
+    log(f"outbrain: {', '.join(f'{s} {n:,}' for s, n in meta.rows.items())} rows in {time.perf_counter() - started:.1f} s -> {out}")
     return meta
 
 
@@ -176,10 +173,13 @@ def _header(path: Path) -> list[str]:
 def _batches(path: Path, types: dict[str, pa.DataType], required: tuple[str, ...] = ()) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first data row, batch) of a CSV file's `types` columns, streamed. A missing value in a
     `required` column, a bad number or a wrong field count is a DataError with its line."""
-    header = _header(path)
+    try:
+        header = _header(path)
+    except (OSError, EOFError, zlib.error) as error:  # a corrupt .gz
+        raise os_error(path, error) from None
     for name in types:
-        if name not in header:
-            raise DataError(path, 1, name, f"column not found in the header ({', '.join(header)})")
+        if name not in header:  # a binary or empty file, or a header without the column
+            raise text_problem(path, BLOCK_BYTES) or DataError(path, 1, name, f"column not found in the header ({', '.join(header)})")
     row = 0
     try:
         reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES),
@@ -196,12 +196,18 @@ def _batches(path: Path, types: dict[str, pa.DataType], required: tuple[str, ...
     except (pa.ArrowInvalid, pa.ArrowKeyError) as error:
         if path.suffix != ".gz":
             # The slow path names the first bad line and field (and raises there).
-            read_delimited(path, delimiter=",", missing_ok=True,
-                           columns={c: t for c, t in types.items() if not pa.types.is_string(t)})
+            read_delimited(path, delimiter=",", missing_ok=True, columns=types)
+        problem = text_problem(path, BLOCK_BYTES)  # binary data or a line longer than a block
+        if problem:
+            raise problem from None
         message = str(error).splitlines()[0]
         column = re.match(r"In CSV column #(\d+)", message)  # the file's column index
         field = header[int(column.group(1))] if column and int(column.group(1)) < len(header) else None
         raise DataError(path, None, field, f"{message} (in the block of rows after data row {row:,})") from None
+    except OSError as error:
+        raise os_error(path, error) from None
+    if row == 0:
+        raise DataError(path, None, None, "no data rows")
 
 
 def _ids(column: pa.Array, path: Path, first_row: int, name: str) -> np.ndarray:
@@ -528,23 +534,30 @@ def _write_features(path: Path, tables: _Tables, ctr: dict, valid_fraction: floa
     started = time.perf_counter()
     progress = Progress(total, "outbrain features")
     writers: dict[str, pq.ParquetWriter] = {}
+
+    def write(split: str, table: pa.Table | None, schema: pa.Schema) -> None:
+        """Append `table` (None: only create the file) to the split's file."""
+        with naming(folder / f"{split}.parquet"):  # pyarrow's write errors name no file
+            if split not in writers:
+                writers[split] = pq.ParquetWriter(folder / f"{split}.parquet", schema)
+            if table is not None:
+                writers[split].write_table(table)
+
     try:
         for _, display_id, ad_id, clicked in _clicks(path):
             table = _feature_table(tables, ctr, display_id, ad_id, clicked)
             valid = valid_displays(display_id, valid_fraction, seed)
             for split, mask in (("train", ~valid), ("valid", valid)):
-                if split not in writers:
-                    writers[split] = pq.ParquetWriter(folder / f"{split}.parquet", table.schema)
-                writers[split].write_table(table.filter(pa.array(mask)))
+                write(split, table.filter(pa.array(mask)), table.schema)
             progress.update(len(display_id))
         for split in ("train", "valid"):  # a split without rows is an empty file
             if split not in writers:
-                writers[split] = pq.ParquetWriter(folder / f"{split}.parquet", _feature_table(
-                    tables, ctr, *(np.zeros(0, t) for t in (np.int32, np.int32, np.int8))).schema)
+                write(split, None, _feature_table(tables, ctr, *(np.zeros(0, t) for t in (np.int32, np.int32, np.int8))).schema)
     finally:
-        for writer in writers.values():
-            writer.close()
         progress.close()
+        for split, writer in writers.items():
+            with naming(folder / f"{split}.parquet"):
+                writer.close()
     seconds = time.perf_counter() - started
     log(f"  pass 2 (feature table): {total:,} rows in {seconds:.1f} s, {total / max(seconds, 1e-9):,.0f} rows/s")
 

@@ -25,6 +25,7 @@ import pyarrow.csv as pcsv
 import torch
 
 from recforge.data.outbrain import DAY_MS, KAGGLE_EPOCH_MS, TOP
+from recforge.files import naming
 from recforge.metrics.ranking import map_at_k
 
 TOPIC_WEIGHT = 3.0
@@ -86,7 +87,7 @@ def _cosine(codes: np.ndarray, weights: np.ndarray, a: np.ndarray, b: np.ndarray
 
 def _write(path: Path, columns: dict[str, pa.Array | np.ndarray]) -> None:
     table = pa.table({k: v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v) for k, v in columns.items()})
-    with open(path, "wb") as f:  # an unquoted header, as Kaggle's
+    with naming(path), open(path, "wb") as f:  # an unquoted header, as Kaggle's; pyarrow's write errors name no file
         f.write((",".join(table.column_names) + "\n").encode())
         pcsv.write_csv(table, f, pcsv.WriteOptions(include_header=False, quoting_style="none"))
 

@@ -13,6 +13,7 @@ rank; every rank then holds all scores and computes the exact AUC, log loss and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -68,7 +69,7 @@ class CTRTask:
     def model_dims(self) -> dict:
         return {"num_dense": len(self.meta.dense_names), "cardinalities": list(self.meta.cardinalities), "meta": self.meta.to_json()}
 
-    @property
+    @functools.cached_property
     def data_fingerprint(self) -> dict:
         """The prepared layout a checkpoint's tables index: features, their cardinalities, rows."""
         meta = self.meta.to_json()

@@ -9,6 +9,7 @@ with, resuming or restoring it on other data would silently mix up ids, so it is
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():
+        if re.search(r"Unsupported (global|class)", str(e)):  # the safe unpickler met an object, e.g. code
             raise RecforgeError(f"{path}: holds Python objects that a recforge checkpoint never holds; not loaded "
                                 f"(it was not written by recforge, or was altered)") from None
         raise RecforgeError(f"{path}: not a readable checkpoint (damaged, or not a torch file)") from None

@@ -89,9 +89,10 @@ class RunDir:
 
     Kept consistent through a kill at any instant: a checkpoint is written to a temp file and
     renamed; best.pt is a second name of the last.pt it equals, made after last.pt (a kill in
-    between is repaired on --resume, when last.pt's history says it is the best); metrics are
-    appended after the checkpoint they describe; summary.json, written last, exists only for a
-    finished run (a resumed run removes it first).
+    between is repaired on --resume, when last.pt's history says it is the best); an
+    evaluation's record is appended before its checkpoint (--resume drops records newer than
+    last.pt and redoes them); summary.json, written last, exists only for a finished run (a
+    resumed run removes it first).
     """
 
     def __init__(self, path: str | Path, enabled: bool):
@@ -117,9 +118,11 @@ class RunDir:
         self.last_step = resumed_step
         if not self.enabled:
             return
-        if resumed_step is None and (self.metrics.exists() or self.last.exists()):
+        if not cfg.train.resume and (self.metrics.exists() or self.last.exists()):
             raise RecforgeError(f"{self.path}: holds an earlier run; pass --resume to continue it or choose another --output-dir")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp"), *self.checkpoints.glob(".*.link")]:
+            remove(stale)  # temp files of a killed write (this run's own names)
         remove(self.path / "summary.json")
         write_text(self.path / "config.yaml", cfg.to_yaml())
         # Evaluations logged after the checkpoint we resume from are repeated: drop them.
@@ -332,8 +335,10 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
         if step_in_epoch == steps_per_epoch:
             history["epochs"].append({"epoch": epoch, "train_s": epoch_train_s})
         history["wall_s"] = record["time_s"] = time.perf_counter() - wall_start
-        run.save(_state(model, optimizers, scaler, history, cfg, task), best=improved)
+        # The record first: a kill before the checkpoint leaves a record that --resume drops and redoes;
+        # the other order would leave a checkpoint whose evaluation is never recorded.
         run.log_metrics(record)
+        run.save(_state(model, optimizers, scaler, history, cfg, task), best=improved)
         log(_eval_line(record, task.metric_names, improved))
         window.update(loss=0.0, samples=0, seconds=0.0, from_step=history["step"] + 1)
         if history["first_epoch_at_threshold"] is not None:
@@ -371,7 +376,7 @@ def _train(cfg: RunConfig, device: torch.device, dist: Dist) -> dict:
                 history["step"] += 1
                 history["epoch"], history["step_in_epoch"] = epoch, step_in_epoch  # where a resume picks up
                 loss_value = dist.all_reduce_sum(loss.detach().double()).item()
-                _check_loss(history, loss_value / global_size, epoch, run, t)
+                _check_loss(history, loss_value / global_size, epoch, run, t, cfg.eval.no_eval, log)
                 window["loss"] += loss_value
                 window["samples"] += global_size
                 history["samples"] += global_size
@@ -409,7 +414,7 @@ def _advice(t) -> str:
     return f"lower {rates} (it takes effect on --resume) or add --warmup-steps"
 
 
-def _check_loss(history: dict, loss: float, epoch: int, run: RunDir, t) -> None:
+def _check_loss(history: dict, loss: float, epoch: int, run: RunDir, t, benchmark: bool, log) -> None:
     """Stop a run whose loss is not finite or far above where it started (smoothed over steps),
     before it is evaluated and saved as if it had learned."""
     where = f"step {history['step']} (epoch {epoch})"
@@ -418,7 +423,12 @@ def _check_loss(history: dict, loss: float, epoch: int, run: RunDir, t) -> None:
     if history.get("start_loss") is None:
         history["start_loss"] = history["smoothed_loss"] = loss
     history["smoothed_loss"] = smoothed = 0.9 * history["smoothed_loss"] + 0.1 * loss
-    if smoothed > DIVERGENCE_FACTOR * max(history["start_loss"], math.log(2)):
+    if smoothed > DIVERGENCE_FACTOR * max(history["start_loss"], math.log(2)) and not history.get("divergence_noted"):
+        if benchmark:  # a throughput run claims no model: say so once and go on
+            history["divergence_noted"] = True
+            log(f"warning: {where}: the training loss diverged ({smoothed:.3g} smoothed); a --benchmark run goes on, "
+                f"its speed is still measured, its model is not one to use")
+            return
         raise RecforgeError(f"{where}: the training loss diverged ({smoothed:.3g} smoothed, {history['start_loss']:.3g} "
                             f"at the start); stopped; {run.saved()}; {_advice(t)}")
 
