@@ -122,7 +122,7 @@ def test_feature_spec_rejects_a_cross_of_unknown_columns(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prepare", "ctr", "--feature-spec", str(tmp_path / "spec.yaml"), "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert "spec.yaml:3: field 'crossed': c: columns must name two or more categorical features" in err
+    assert "spec.yaml:3: field 'crossed.columns': c: columns must name two or more categorical features" in err
 
 
 def test_wide_part_starts_at_zero_and_sees_every_field():

@@ -244,16 +244,21 @@ def section_classes(arch_cls) -> dict[str, type]:
     return {"data": DataConfig, "arch": arch_cls, "train": TrainConfig, "eval": EvalConfig}
 
 
-def key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Line number (1-based) of every mapping key in a YAML document, by its key path."""
-    lines: dict[tuple[str, ...], int] = {}
+def key_lines(text: str) -> dict[tuple, int]:
+    """Line (1-based) of every mapping key and list item of a YAML document, by its path of keys
+    and list positions."""
+    lines: dict[tuple, int] = {}
 
     def walk(node, prefix):
         if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                path = prefix + (str(key.value),)
-                lines[path] = key.start_mark.line + 1
-                walk(value, path)
+            children = [(str(key.value), key, value) for key, value in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(i, item, item) for i, item in enumerate(node.value)]
+        else:
+            return
+        for key, marked, value in children:  # `marked`: the node whose line is the key's
+            lines[prefix + (key,)] = marked.start_mark.line + 1
+            walk(value, prefix + (key,))
 
     root = yaml.compose(text)
     if root is not None:
@@ -261,21 +266,26 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def load_yaml(path: str | Path) -> tuple[dict, dict[tuple[str, ...], int]]:
-    path = Path(path)
-    if not path.exists():
-        raise RecforgeError(f"{path}: config file not found")
-    text = path.read_text()
+def read_yaml(path: Path, what: str) -> tuple[Any, dict[tuple, int]]:
+    """A YAML document and the lines of its keys; a file that is not YAML text is a DataError."""
     try:
-        data = yaml.safe_load(text) or {}
-        lines = key_lines(text)
+        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(text), key_lines(text)
+    except UnicodeDecodeError:
+        raise DataError(path, None, None, f"not {what} (not UTF-8 text)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        raise DataError(path, line, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
+        raise DataError(path, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+
+
+def load_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecforgeError(f"{path}: config file not found")
+    data, lines = read_yaml(path, "a YAML config file")
+    if not isinstance(data or {}, dict):
         raise DataError(path, 1, None, "a config file must be a mapping of sections")
-    return data, lines
+    return data or {}, lines
 
 
 def build_config(

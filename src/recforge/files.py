@@ -17,7 +17,9 @@ stays behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import glob
 import json
 import os
 import shutil
@@ -85,13 +87,23 @@ def naming(path: str | Path, inside: str | Path | None = None):
         raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from error
 
 
+def _remove_stale(folder: Path, prefix: str) -> None:
+    """Remove what killed processes left in `folder` under `prefix`PID-... (their PID is gone)."""
+    for stale in folder.glob(glob.escape(prefix) + "*-*"):
+        pid = stale.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            remove(stale)
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Call `write(fileobj)` on a temp file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write(fileobj)` on a temp file beside `path` (`.NAME.PID-XXXX.tmp`), fsync it, then
+    rename it over `path`; temp files of killed writers of `path` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path.parent, f".{path.name}.")
     fault_point("write", path)
     with naming(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, mode) as f:
                 write(f)
@@ -124,7 +136,8 @@ def atomic_link(source: str | Path, target: str | Path) -> None:
     """Make `target` name the same file as `source` (a hard link; a copy where the file system has
     none), replacing `target` in one rename."""
     source, target = Path(source), Path(target)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.link"
+    _remove_stale(target.parent, f".{target.name}.")
+    tmp = target.parent / f".{target.name}.{os.getpid()}-link"
     tmp.unlink(missing_ok=True)
     fault_point("link", target)
     with naming(target):
@@ -141,13 +154,26 @@ def atomic_link(source: str | Path, target: str | Path) -> None:
     fault_point("renamed", target)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def temp_folder(beside: str | Path) -> Path:
-    """A new, empty folder next to `beside` (`.NAME.partial-XXXX`) to build its replacement in."""
+    """A new, empty folder next to `beside` (`.NAME.partial-PID-XXXX`) to build its replacement
+    in. Those a killed process left beside it (its PID gone) are removed first."""
     beside = Path(beside)
     beside.parent.mkdir(parents=True, exist_ok=True)
+    if beside.exists():  # without it, a stale folder may hold the only copy (see ctr_format.new_folder)
+        _remove_stale(beside.parent, f".{beside.name}.partial-")
     fault_point("mkdir", beside)
     with naming(beside):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.partial-", dir=beside.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.partial-{os.getpid()}-", dir=beside.parent))
     _as_umask_allows(tmp, 0o777)
     return tmp
 
@@ -157,6 +183,28 @@ def replace(source: str | Path, target: str | Path) -> None:
     fault_point("rename", target)
     os.replace(source, target)
     fault_point("renamed", target)
+
+
+RENAME_EXCHANGE = 2
+
+
+def exchange(a: str | Path, b: str | Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE), so a kill never leaves neither
+    in place; False where the system or file system cannot (the caller then renames twice)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd = -100
+    fault_point("exchange", b)
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            return False
+        raise OSError(code, os.strerror(code), str(b))
+    fault_point("exchanged", b)
+    return True
 
 
 def remove(path: str | Path) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from recforge.errors import RecforgeError
-from recforge.files import naming, preallocate, remove, replace, temp_folder, write_json
+from recforge.files import exchange, naming, preallocate, remove, replace, temp_folder, write_json
 
 FORMAT = "recforge-ctr-1"
 SPLITS = ("train", "valid", "test")
@@ -109,13 +109,15 @@ def new_folder(out: str | Path, overwrite: bool = False):
     try:
         with naming(out, inside=tmp):
             yield tmp
-        if out.exists():
+        if not out.exists():
+            replace(tmp, out)
+        elif exchange(tmp, out):  # the old dataset is now at tmp
+            remove(tmp)
+        else:
             old = temp_folder(out)
             replace(out, old)
             replace(tmp, out)
             remove(old)
-        else:
-            replace(tmp, out)
     except BaseException:
         remove(tmp)
         raise

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-import yaml
 
+from recforge.config import read_yaml
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
 from recforge.data.tabular import check_parquet, convert, os_error, read_delimited, require_file, row_error, text_problem
 from recforge.errors import DataError
@@ -97,39 +97,10 @@ SECTION_KEYS = {"numeric": {"transform", "tag"}, "categorical": {"min_frequency"
                 "crossed": {"columns", "hash_buckets"}}
 
 
-def _node_lines(text: str) -> dict[tuple, int]:
-    """Line (1-based) of every mapping key and list item of a YAML document, by its path of keys
-    and list positions (config.key_lines, which stops at lists)."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
-            children = [(str(key.value), key, value) for key, value in node.value]
-        elif isinstance(node, yaml.SequenceNode):
-            children = [(i, item, item) for i, item in enumerate(node.value)]
-        else:
-            return
-        for key, marked, value in children:  # `marked`: the node whose line is the key's
-            lines[prefix + (key,)] = marked.start_mark.line + 1
-            walk(value, prefix + (key,))
-
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
 def load_spec(path: str | Path) -> FeatureSpec:
     path = Path(path).expanduser()
     require_file(path, "the YAML feature spec")
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw, lines = yaml.safe_load(text), _node_lines(text)
-    except UnicodeDecodeError:
-        raise DataError(path, None, None, "not a YAML feature spec (not UTF-8 text)") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise DataError(path, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+    raw, lines = read_yaml(path, "a YAML feature spec")
     known = ("label", "numeric", "categorical", "multi_hot", "crossed", "group", "item", "files", "holdout", "separator")
     if raw is None:
         raise DataError(path, None, None, "the feature spec is empty (it names the label, the features and the files)")

@@ -111,13 +111,12 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def _onednn_fp32(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    # Not under a process group: before the teardown fixes in train/, 2-process gloo runs with it
-    # sometimes crashed in their first step (heap corruption). After them none did (0 of 64), but
-    # until that is understood multi-process CPU runs keep torch's own kernels.
+    # Multi-process CPU runs use it too: their heap corruption came from torch's gloo worker
+    # threads (see recforge.train.distributed), with or without oneDNN.
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 2
             and x.shape[0] > 0 and weight.numel() > 0  # oneDNN has no empty products
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and torch.backends.mkldnn.is_available() and not torch.distributed.is_initialized())
+            and torch.backends.mkldnn.is_available())
 
 
 class Linear(nn.Linear):

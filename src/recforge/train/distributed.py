@@ -1,6 +1,7 @@
 """Data parallelism over torch.distributed, started by torchrun (or nothing: one process).
 
-torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; the backend is NCCL on GPUs and gloo on CPUs.
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; the backend is NCCL on GPUs and, on CPUs, gloo with
+one worker thread (`GLOO_BACKEND`, below).
 """
 
 from __future__ import annotations
@@ -55,12 +56,40 @@ class Dist:
             self.barrier()
 
 
+# torch's gloo process group runs collectives on two worker threads, and each of them, after a
+# collective, stores its name in the group's status (`pgStatus_->lastCompletedWorkName =
+# opTypeToString(...)` in ProcessGroupGloo::runLoop) without a lock. Two threads finishing together
+# race on that std::string. Dense collectives have short names kept inside the string object, so the
+# race stays invisible; a sparse one's ("_ALLREDUCE_SPARSE", 17 characters) lives on the heap, and
+# the race frees it twice or writes into it after another thread freed it: the heap corruption
+# that DDP runs with sparse embedding gradients hit ("malloc(): unaligned tcache chunk detected",
+# SIGSEGV in gloo's threads or in later allocations). One worker thread has nothing to race with;
+# DDP still overlaps communication with the backward pass on that thread.
+GLOO_BACKEND = "gloo_one_thread"
+
+
+def _gloo_one_thread(store, rank: int, world: int, timeout):
+    """torch's ProcessGroupGloo as init_process_group("gloo") builds it, with one worker thread."""
+    options = dist.ProcessGroupGloo._Options()
+    interfaces = [name for name in os.environ.get("GLOO_SOCKET_IFNAME", "").split(",") if name]
+    options._devices = ([dist.ProcessGroupGloo.create_device(interface=name) for name in interfaces]
+                        or [dist.ProcessGroupGloo.create_default_device()])
+    options._threads = 1
+    options._timeout = timeout
+    return dist.ProcessGroupGloo(store, rank, world, options)
+
+
 def init_distributed(device_kind: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        if device_kind == "cuda":
+            dist.init_process_group(backend="nccl")
+        else:
+            if GLOO_BACKEND not in dist.Backend.backend_list:
+                dist.Backend.register_backend(GLOO_BACKEND, _gloo_one_thread, devices=["cpu"])
+            dist.init_process_group(backend=GLOO_BACKEND)
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 

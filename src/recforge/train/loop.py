@@ -121,8 +121,8 @@ class RunDir:
         if not cfg.train.resume and (self.metrics.exists() or self.last.exists()):
             raise RecforgeError(f"{self.path}: holds an earlier run; pass --resume to continue it or choose another --output-dir")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        for stale in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp"), *self.checkpoints.glob(".*.link")]:
-            remove(stale)  # temp files of a killed write (this run's own names)
+        for stale in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp"), *self.checkpoints.glob(".*-link")]:
+            remove(stale)  # temp files of a killed write (of this run's files, also those not written again)
         remove(self.path / "summary.json")
         write_text(self.path / "config.yaml", cfg.to_yaml())
         # Evaluations logged after the checkpoint we resume from are repeated: drop them.
