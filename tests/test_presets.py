@@ -88,6 +88,8 @@ def test_click_log_preset_trains(preset, click_log, tmp_path):
     assert_learned(records, "AUC", baseline=0.6)
 
 
+@pytest.mark.xfail(strict=True, reason="open (issue 8): on a 3,000-display log at batch 2048 the loss rises again once the "
+                   "20-step warm-up ends (0.51, 0.42, 0.60, 0.85); deep 0.01 did the same, linear 0.02 learned too slowly")
 def test_outbrain_preset_trains(outbrain_log, tmp_path):
     prepared, info = outbrain_log
     records = train("wide-deep-outbrain", tmp_path, "--data-dir", prepared, "--epochs", 2,
