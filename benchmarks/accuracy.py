@@ -16,22 +16,40 @@ from pathlib import Path
 
 import torch
 
-from recforge.config import build_config, load_yaml
+from recforge import registry
+from recforge.config import load_yaml
 from recforge.models.popularity import ItemPopularity
-from recforge.registry import build_task
-from recforge.train.distributed import Dist
+from recforge.registry import build_config, build_task
+from recforge.runtime.distributed import Dist
 from recforge.train.loop import train
 
 
 def run(args, model: str, seed: int, workdir: Path, **extra) -> dict:
     values, lines = load_yaml(args.config)
-    cfg = build_config(values, {
-        "model": model, "dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir,
-        "output_dir": str(workdir / f"{model}-{seed}-{time.time_ns()}"), "seed": seed, "threads": args.threads, **extra,
-    }, source=args.config, lines=lines)
-    summary = train(cfg)
-    return {"model": model, "seed": seed, **summary["metrics"], "best_epoch": summary["best_epoch"],
-            "time_to_train_s": summary["time_to_train_s"], "output_dir": cfg.output_dir}
+    cfg = build_config(
+        values,
+        {
+            "model": model,
+            "dataset": args.dataset,
+            "data_dir": args.data_dir,
+            "cache_dir": args.cache_dir,
+            "output_dir": str(workdir / f"{model}-{seed}-{time.time_ns()}"),
+            "seed": seed,
+            "threads": args.threads,
+            **extra,
+        },
+        source=args.config,
+        lines=lines,
+    )
+    summary = train(cfg, registry)
+    return {
+        "model": model,
+        "seed": seed,
+        **summary["metrics"],
+        "best_epoch": summary["best_epoch"],
+        "time_to_train_s": summary["time_to_train_s"],
+        "output_dir": cfg.output_dir,
+    }
 
 
 def main() -> None:
@@ -52,16 +70,23 @@ def main() -> None:
             trained = {}
             for model in args.models:
                 if model == "neumf-pretrained":
-                    row = run(args, "neumf", seed, workdir,
-                              pretrained_gmf=str(Path(trained["gmf"]) / "checkpoints" / "best.pt"),
-                              pretrained_mlp=str(Path(trained["mlp"]) / "checkpoints" / "best.pt"))
+                    row = run(
+                        args,
+                        "neumf",
+                        seed,
+                        workdir,
+                        pretrained_gmf=str(Path(trained["gmf"]) / "checkpoints" / "best.pt"),
+                        pretrained_mlp=str(Path(trained["mlp"]) / "checkpoints" / "best.pt"),
+                    )
                     row["model"] = "neumf-pretrained"
                 else:
                     row = run(args, model, seed, workdir)
                     trained[model] = row["output_dir"]
                 rows.append(row)
             values, _ = load_yaml(args.config)
-            cfg = build_config(values, {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir, "seed": seed})
+            cfg = build_config(
+                values, {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir, "seed": seed}
+            )
             task = build_task(cfg, torch.device("cpu"), Dist(), lambda *_: None)
             metrics, _ = task.evaluate(ItemPopularity(task.data.train_items, task.data.num_items))
             rows.append({"model": "popularity", "seed": seed, **metrics})

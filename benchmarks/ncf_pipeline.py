@@ -14,12 +14,10 @@ import time
 import numpy as np
 import torch
 
-from recforge.config import build_config
 from recforge.data.batches import ImplicitEpochs
 from recforge.data.sampling import sample_train_negatives
-from recforge.registry import build_task
-from recforge.train.distributed import Dist
-from recforge.train.loop import build_model
+from recforge.registry import build_config, build_model, build_task
+from recforge.runtime.distributed import Dist
 
 
 def sync(device):
@@ -53,8 +51,17 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("device", "negatives")}
-    cfg = build_config({}, {**overrides, "device": args.device, "model": "neumf", "num_factors": 64,
-                            "layers": "256,256,128,64", "valid_batch_size": 1 << 20})
+    cfg = build_config(
+        {},
+        {
+            **overrides,
+            "device": args.device,
+            "model": "neumf",
+            "num_factors": 64,
+            "layers": "256,256,128,64",
+            "valid_batch_size": 1 << 20,
+        },
+    )
     start = time.perf_counter()
     task = build_task(cfg, device, Dist(), print)
     setup_s = time.perf_counter() - start
@@ -66,15 +73,20 @@ def main():
     fast_s = timed(lambda: sample_train_negatives(users, args.negatives, data.num_items, generator), device)
     verified_s = timed(lambda: sample_train_negatives(users, args.negatives, data.num_items, generator, keys), device)
     epochs = ImplicitEpochs(data.train_users, data.train_items, data.num_items, args.negatives, device, 1)
-    epoch_s = timed(lambda: [b for b in epochs.batches(1, 1 << 20)], device, repeats=1)
+    epoch_s = timed(lambda: list(epochs.batches(1, 1 << 20)), device, repeats=1)
     model = build_model(cfg, task.model_dims, device)
     eval_s = timed(lambda: task.evaluate(model), device, repeats=1)
     result = {
-        "device": str(device), "users": data.num_users, "items": data.num_items,
-        "train_positives": int(len(data.train_items)), "setup_s": setup_s,
-        "negatives_fast_per_s": draws / fast_s, "negatives_verified_per_s": draws / verified_s,
+        "device": str(device),
+        "users": data.num_users,
+        "items": data.num_items,
+        "train_positives": len(data.train_items),
+        "setup_s": setup_s,
+        "negatives_fast_per_s": draws / fast_s,
+        "negatives_verified_per_s": draws / verified_s,
         "epoch_batches_samples_per_s": epochs.samples_per_epoch / epoch_s,
-        "eval_users_per_s": data.num_users / eval_s, "eval_pairs_per_s": data.num_users * (1 + args.valid_negative) / eval_s,
+        "eval_users_per_s": data.num_users / eval_s,
+        "eval_pairs_per_s": data.num_users * (1 + args.valid_negative) / eval_s,
     }
     print(json.dumps(result, indent=1))
 

@@ -16,7 +16,7 @@ the seconds per run are recorded only to show that the runs stay short.
 
 Written for issue 8 (heap corruption in 2-process runs with sparse tables: torch's gloo process
 group with two worker threads races on a string after each collective; see
-`recforge.train.distributed`). Run it with the checkout to test on the import path (the
+`recforge.runtime.distributed`). Run it with the checkout to test on the import path (the
 editable install, or PYTHONPATH=path/to/src).
 """
 
@@ -43,7 +43,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 # First match wins, in this order: glibc's heap checks, C++ aborts, Python's fatal errors, exceptions.
 SIGNATURES = [
-    re.compile(r"^((?:malloc|free|realloc|calloc|malloc_consolidate|_int_malloc|_int_free|munmap_chunk|double free|corrupted)[^\n]*)$", re.M),
+    re.compile(
+        r"^((?:malloc|free|realloc|calloc|malloc_consolidate|_int_malloc|_int_free|munmap_chunk|double free"
+        r"|corrupted)[^\n]*)$",
+        re.M,
+    ),
     re.compile(r"^(terminate called[^\n]*)$", re.M),
     re.compile(r"^(Fatal Python error: [^\n]*)$", re.M),
     re.compile(r"^((?:[A-Za-z_.]+(?:Error|Exception)|recforge: error)[^\n]*)$", re.M),
@@ -54,8 +58,18 @@ def prepare(work: Path) -> dict[str, Path]:
     """The three small datasets, prepared once (seconds)."""
     data = {"ranking": work / "cache", "criteo": work / "criteo", "outbrain": work / "outbrain"}
     steps = [
-        ["prepare", "synthetic", "--synthetic-users", "400", "--synthetic-items", "600",
-         "--synthetic-interactions", "20000", "--cache-dir", str(data["ranking"])],
+        [
+            "prepare",
+            "synthetic",
+            "--synthetic-users",
+            "400",
+            "--synthetic-items",
+            "600",
+            "--synthetic-interactions",
+            "20000",
+            "--cache-dir",
+            str(data["ranking"]),
+        ],
         ["prepare", "criteo-synthetic", "--synthetic-rows", "20000", "--out", str(data["criteo"])],
         ["prepare", "outbrain-synthetic", "--synthetic-displays", "3000", "--out", str(data["outbrain"])],
     ]
@@ -68,20 +82,73 @@ def prepare(work: Path) -> dict[str, Path]:
 
 def cells(data: dict[str, Path], models: list[str], tables: list[str]) -> list[tuple[str, str, list[str]]]:
     """(model, tables, train flags) per cell; each run adds --output-dir."""
-    ncf = ["--model", "neumf", "--dataset", "synthetic", "--synthetic-users", "400", "--synthetic-items", "600",
-           "--synthetic-interactions", "20000", "--cache-dir", str(data["ranking"]), "--epochs", "2",
-           "--batch-size", "1024", "--num-factors", "8", "--layers", "32,16,8", "--learning-rate", "0.01"]
+    ncf = [
+        "--model",
+        "neumf",
+        "--dataset",
+        "synthetic",
+        "--synthetic-users",
+        "400",
+        "--synthetic-items",
+        "600",
+        "--synthetic-interactions",
+        "20000",
+        "--cache-dir",
+        str(data["ranking"]),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "1024",
+        "--num-factors",
+        "8",
+        "--layers",
+        "32,16,8",
+        "--learning-rate",
+        "0.01",
+    ]
     # DLRM's own default towers (13-512-256-64-16, 512-256-1) and 26 tables; SGD as its registry entry.
     # Before the fix one such run in three crashed; one epoch (67 steps) rarely did.
-    dlrm = ["--model", "dlrm", "--dataset", "criteo-synthetic", "--data-dir", str(data["criteo"]), "--epochs", "3",
-            "--batch-size", "256", "--valid-batch-size", "8192"]
+    dlrm = [
+        "--model",
+        "dlrm",
+        "--dataset",
+        "criteo-synthetic",
+        "--data-dir",
+        str(data["criteo"]),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "256",
+        "--valid-batch-size",
+        "8192",
+    ]
     # FTRL + Proximal Adagrad at rates for this batch size (the defaults, for 131072, diverge here).
-    wide_deep = ["--model", "wide-deep", "--data-dir", str(data["outbrain"]), "--epochs", "2", "--batch-size", "256",
-                 "--deep-hidden-units", "256,128", "--embedding-dim", "16", "--valid-batch-size", "8192",
-                 "--linear-learning-rate", "0.02", "--deep-learning-rate", "0.01"]
+    wide_deep = [
+        "--model",
+        "wide-deep",
+        "--data-dir",
+        str(data["outbrain"]),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "256",
+        "--deep-hidden-units",
+        "256,128",
+        "--embedding-dim",
+        "16",
+        "--valid-batch-size",
+        "8192",
+        "--linear-learning-rate",
+        "0.02",
+        "--deep-learning-rate",
+        "0.01",
+    ]
     table = [("neumf", "dense (its only kind)", ncf)]
     for name, flags in (("dlrm", dlrm), ("wide-deep", wide_deep)):
-        table += [(name, "sparse", [*flags, "--sparse-embeddings"]), (name, "dense", [*flags, "--no-sparse-embeddings"])]
+        table += [
+            (name, "sparse", [*flags, "--sparse-embeddings"]),
+            (name, "dense", [*flags, "--no-sparse-embeddings"]),
+        ]
     return [cell for cell in table if cell[0] in models and (cell[0] == "neumf" or cell[1] in tables)]
 
 
@@ -93,7 +160,7 @@ def classify(returncode: int | None, stderr: str) -> str:
         head = "timeout"
     else:
         # torchrun exits 1 whatever happened; its report names the rank that failed first.
-        root = stderr[stderr.find("Root Cause"):] if "Root Cause" in stderr else stderr
+        root = stderr[stderr.find("Root Cause") :] if "Root Cause" in stderr else stderr
         code = re.search(r"exitcode\s*:\s*(-?\d+)", root)
         rank_code = int(code.group(1)) if code else returncode
         if rank_code < 0:
@@ -117,24 +184,42 @@ def run_once(flags: list[str], out: Path, timeout: float, threads: int | None) -
         env["OMP_NUM_THREADS"] = str(threads)
     begin = time.perf_counter()
     try:
-        result = subprocess.run([*TORCHRUN, "train", *flags, "--output-dir", str(out)], capture_output=True,
-                                text=True, timeout=timeout, env=env)
+        result = subprocess.run(
+            [*TORCHRUN, "train", *flags, "--output-dir", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
         returncode, stderr = result.returncode, result.stderr
     except subprocess.TimeoutExpired as timed_out:
         returncode = None
-        stderr = timed_out.stderr.decode(errors="replace") if isinstance(timed_out.stderr, bytes) else (timed_out.stderr or "")
+        stderr = (
+            timed_out.stderr.decode(errors="replace")
+            if isinstance(timed_out.stderr, bytes)
+            else (timed_out.stderr or "")
+        )
     return classify(returncode, stderr), time.perf_counter() - begin, stderr
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50, help="runs per cell")
-    parser.add_argument("--models", nargs="+", default=["neumf", "dlrm", "wide-deep"], choices=["neumf", "dlrm", "wide-deep"])
-    parser.add_argument("--tables", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"],
-                        help="dlrm / wide-deep cells to run (neumf has one)")
+    parser.add_argument(
+        "--models", nargs="+", default=["neumf", "dlrm", "wide-deep"], choices=["neumf", "dlrm", "wide-deep"]
+    )
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        default=["sparse", "dense"],
+        choices=["sparse", "dense"],
+        help="dlrm / wide-deep cells to run (neumf has one)",
+    )
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds before a run counts as hung")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per rank (torchrun's default: 1)")
-    parser.add_argument("--work-dir", default=None, help="datasets, runs and failed runs' logs (default: a new temporary folder)")
+    parser.add_argument(
+        "--work-dir", default=None, help="datasets, runs and failed runs' logs (default: a new temporary folder)"
+    )
     parser.add_argument("--out", default=None, help="JSON results (default: benchmarks/results-stress-YYYY-MM-DD.json)")
     args = parser.parse_args()
     today = datetime.date.today().isoformat()
@@ -157,14 +242,31 @@ def main() -> None:
                 log = work / "failed" / f"{model}-{tables.split()[0]}-{i}.stderr"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 log.write_text(stderr)
-                failures.append({"model": model, "tables": tables, "run": i, "kind": kind, "log": str(log),
-                                 "stderr_tail": stderr[-3000:]})
+                failures.append(
+                    {
+                        "model": model,
+                        "tables": tables,
+                        "run": i,
+                        "kind": kind,
+                        "log": str(log),
+                        "stderr_tail": stderr[-3000:],
+                    }
+                )
                 print(f"  {model} {tables} run {i}: {kind}", flush=True)
             subprocess.run(["rm", "-rf", str(run_dir)], check=False)
         ok = kinds.pop("ok", 0)
-        results.append({"model": model, "tables": tables, "runs": args.runs, "ok": ok, "failed": args.runs - ok,
-                        "failures_by_kind": kinds, "median_run_s": round(statistics.median(seconds), 1),
-                        "flags": flags})
+        results.append(
+            {
+                "model": model,
+                "tables": tables,
+                "runs": args.runs,
+                "ok": ok,
+                "failed": args.runs - ok,
+                "failures_by_kind": kinds,
+                "median_run_s": round(statistics.median(seconds), 1),
+                "flags": flags,
+            }
+        )
         print(f"{model:10s} {tables:22s} {ok}/{args.runs} ok" + (f", failures: {kinds}" if kinds else ""), flush=True)
 
     print()
@@ -172,11 +274,21 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in results:
         by_kind = "; ".join(f"{k} x{v}" for k, v in r["failures_by_kind"].items()) or "-"
-        print(f"| {r['model']} | {r['tables']} | {r['runs']} | {r['ok']} | {r['failed']} | {by_kind} | {r['median_run_s']} |")
+        print(
+            f"| {r['model']} | {r['tables']} | {r['runs']} | {r['ok']} | {r['failed']} | {by_kind} "
+            f"| {r['median_run_s']} |"
+        )
     report = {
-        "date": today, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.platform(),
-        "cpus": os.cpu_count(), "runs_per_cell": args.runs, "threads": args.threads, "cells": results, "failures": failures,
+        "date": today,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "runs_per_cell": args.runs,
+        "threads": args.threads,
+        "cells": results,
+        "failures": failures,
         "note": "robustness counts; run times are not a benchmark (shared machine, nice -n 10)",
     }
     out_json.write_text(json.dumps(report, indent=2) + "\n")

@@ -24,7 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = Path(os.environ.get("PEERS", ROOT.parent / "shared" / "peers"))
 DATA = Path(os.environ.get("PEERS_DATA", "/opt/peers-data"))
-RESULT = re.compile(r"^RESULT peer=(\S+) workload=(\S+) samples_per_s=([\d.]+) metric=([^:]+):([\d.]+) wall_s=([\d.]+)(.*)$", re.M)
+RESULT = re.compile(
+    r"^RESULT peer=(\S+) workload=(\S+) samples_per_s=([\d.]+) metric=([^:]+):([\d.]+) wall_s=([\d.]+)(.*)$", re.M
+)
 
 
 def peer(script: str) -> dict:
@@ -33,23 +35,54 @@ def peer(script: str) -> dict:
     if not match:
         raise SystemExit(f"{script} printed no RESULT line:\n{out[-2000:]}")
     name, workload, rate, metric, value, wall, rest = match[-1]
-    return {"system": name, "samples_per_s": float(rate), metric: float(value), "wall_s": float(wall), "extra": rest.strip()}
+    return {
+        "system": name,
+        "samples_per_s": float(rate),
+        metric: float(value),
+        "wall_s": float(wall),
+        "extra": rest.strip(),
+    }
 
 
 def recforge(config: str, flags: list[str], label: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "recforge", "train", "--config", str(ROOT / config),
-                   "--output-dir", f"{tmp}/run", "--threads", "2", *flags]
+        command = [
+            sys.executable,
+            "-m",
+            "recforge",
+            "train",
+            "--config",
+            str(ROOT / config),
+            "--output-dir",
+            f"{tmp}/run",
+            "--threads",
+            "2",
+            *flags,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
             raise SystemExit(result.stderr[-2000:])
         summary = json.loads(Path(f"{tmp}/run/summary.json").read_text())
-    return {"system": label, "samples_per_s": summary["train_samples_per_s"], **summary["metrics"],
-            "wall_s": summary["epoch_time_avg_s"]}
+    return {
+        "system": label,
+        "samples_per_s": summary["train_samples_per_s"],
+        **summary["metrics"],
+        "wall_s": summary["epoch_time_avg_s"],
+    }
 
 
 W2_PREPARED = DATA / "recforge-w2"
-W2_FLAGS = ["--data-dir", str(W2_PREPARED), "--batch-size", "2048", "--optimizer", "adam", "--learning-rate", "0.001", "--emb-fusion"]
+W2_FLAGS = [
+    "--data-dir",
+    str(W2_PREPARED),
+    "--batch-size",
+    "2048",
+    "--optimizer",
+    "adam",
+    "--learning-rate",
+    "0.001",
+    "--emb-fusion",
+]
 
 W3_PREPARED = DATA / "recforge-w3"
 
@@ -57,22 +90,44 @@ WORKLOADS = {
     "w2": {
         "prepare": ["prepare", "criteo-kaggle", "--data-dir", str(DATA / "w2_dlrm"), "--out", str(W2_PREPARED)],
         "peers": [("torchrec", "run_torchrec_w2.sh")],
-        "ours": [("recforge-fp32", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "fp32"]),
-                 ("recforge-bf16", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "bf16"])],
+        "ours": [
+            ("recforge-fp32", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "fp32"]),
+            ("recforge-bf16", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "bf16"]),
+        ],
         "metric": "AUC",
     },
     "w3": {
-        "prepare": ["prepare", "ctr", "--feature-spec", str(ROOT / "configs/feature-specs/deepctr-w3.yaml"),
-                    "--data-dir", str(DATA / "w3_wd"), "--out", str(W3_PREPARED)],
+        "prepare": [
+            "prepare",
+            "ctr",
+            "--feature-spec",
+            str(ROOT / "configs/feature-specs/deepctr-w3.yaml"),
+            "--data-dir",
+            str(DATA / "w3_wd"),
+            "--out",
+            str(W3_PREPARED),
+        ],
         "peers": [("deepctr", "run_deepctr_w3.sh")],
-        "ours": [("recforge-fp32", "configs/deepctr-wdl.yaml", ["--data-dir", str(W3_PREPARED), "--precision", "fp32"]),
-                 ("recforge-bf16", "configs/deepctr-wdl.yaml", ["--data-dir", str(W3_PREPARED), "--precision", "bf16"])],
+        "ours": [
+            ("recforge-fp32", "configs/deepctr-wdl.yaml", ["--data-dir", str(W3_PREPARED), "--precision", "fp32"]),
+            ("recforge-bf16", "configs/deepctr-wdl.yaml", ["--data-dir", str(W3_PREPARED), "--precision", "bf16"]),
+        ],
         "metric": "AUC",
     },
     "w1": {
         "peers": [("recbole", "run_recbole_w1.sh")],
-        "ours": [("recforge-fp32", "configs/recbole-neumf.yaml", ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "fp32"]),
-                 ("recforge-bf16", "configs/recbole-neumf.yaml", ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "bf16"])],
+        "ours": [
+            (
+                "recforge-fp32",
+                "configs/recbole-neumf.yaml",
+                ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "fp32"],
+            ),
+            (
+                "recforge-bf16",
+                "configs/recbole-neumf.yaml",
+                ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "bf16"],
+            ),
+        ],
         "metric": "HR@10",
     },
 }
@@ -92,7 +147,7 @@ def main() -> None:
     # Alternate peer, ours, ours, ... every round. The peer's seed is fixed by its driver; ours is
     # the round number, so the quality column shows a median over seeds, not one draw.
     for rep in range(1, args.reps + 1):
-        for name, script in spec["peers"]:
+        for _name, script in spec["peers"]:
             rows.append({"round": rep, **peer(script)})
             print(json.dumps(rows[-1]), flush=True)
         for label, config, flags in spec["ours"]:
@@ -108,9 +163,16 @@ def main() -> None:
     for system in dict.fromkeys(r["system"] for r in rows):
         mine = [r for r in rows if r["system"] == system]
         rates = [r["samples_per_s"] for r in mine]
-        ratios = [r["samples_per_s"] / next(p["samples_per_s"] for p in rows if p["system"] == baseline and p["round"] == r["round"]) for r in mine]
+        ratios = [
+            r["samples_per_s"]
+            / next(p["samples_per_s"] for p in rows if p["system"] == baseline and p["round"] == r["round"])
+            for r in mine
+        ]
         quality = statistics.median(r.get(metric, float("nan")) for r in mine)
-        print(f"| {system} | {statistics.median(rates):,.0f} | {min(rates):,.0f}..{max(rates):,.0f} | {statistics.median(ratios):.2f}x | {quality:.4f} |")
+        print(
+            f"| {system} | {statistics.median(rates):,.0f} | {min(rates):,.0f}..{max(rates):,.0f} "
+            f"| {statistics.median(ratios):.2f}x | {quality:.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,18 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def tiny_synthetic_args(tmp_path: Path, **overrides) -> list[str]:
     """CLI flags for a few-second NeuMF run on a small synthetic dataset."""
     flags = {
-        "dataset": "synthetic", "synthetic-users": 151, "synthetic-items": 300, "synthetic-interactions": 6000,
-        "cache-dir": tmp_path / "cache", "output-dir": tmp_path / "run", "epochs": 3, "batch-size": 1024,
-        "num-factors": 8, "layers": "32,16,8", "threads": 1, "learning-rate": 0.01,
+        "dataset": "synthetic",
+        "synthetic-users": 151,
+        "synthetic-items": 300,
+        "synthetic-interactions": 6000,
+        "cache-dir": tmp_path / "cache",
+        "output-dir": tmp_path / "run",
+        "epochs": 3,
+        "batch-size": 1024,
+        "num-factors": 8,
+        "layers": "32,16,8",
+        "threads": 1,
+        "learning-rate": 0.01,
     }
     flags.update({k.replace("_", "-"): v for k, v in overrides.items()})
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]

@@ -22,9 +22,20 @@ class Result:
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> Result:
     """`python -m recforge ARGS` in a child process (threads 1), as a user's shell would run it."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
-    full_env = {**inherited, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), **{k: str(v) for k, v in (env or {}).items()}}
-    done = subprocess.run([sys.executable, "-m", "recforge", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    full_env = {
+        **inherited,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO / "src"),
+        **{k: str(v) for k, v in (env or {}).items()},
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "recforge", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Result(done.returncode, done.stdout, done.stderr)
 
 

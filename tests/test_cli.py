@@ -10,14 +10,19 @@ import time
 import pytest
 import torch
 import yaml
-
 from conftest import SHARED_DATA, tiny_synthetic_args
+
 from recforge.cli import main
 
 
 def run_cli(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "recforge", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "recforge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
 
 
 def test_train_evaluate_recommend(tmp_path, capsys):
@@ -47,7 +52,17 @@ def test_train_evaluate_recommend(tmp_path, capsys):
     evaluation = json.loads((run / "evaluation-sampled.json").read_text())
     assert evaluation["metrics"]["HR@10"] == pytest.approx(best["HR@10"])
 
-    main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--eval-protocol", "full", "--output", str(tmp_path / "full.json")])
+    main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(run / "checkpoints" / "best.pt"),
+            "--eval-protocol",
+            "full",
+            "--output",
+            str(tmp_path / "full.json"),
+        ]
+    )
     capsys.readouterr()
     full = json.loads((tmp_path / "full.json").read_text())
     assert full["eval_protocol"] == "full"
@@ -63,15 +78,45 @@ def test_recommend_uses_raw_ids_and_titles_and_skips_seen_items(tmp_path, capsys
     data = SHARED_DATA / "ml-100k"
     if not data.exists():
         pytest.skip("../shared/data is not beside the repository")
-    args = ["--dataset", "ml-100k", "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"),
-            "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8192", "--threads", "1"]
+    args = [
+        "--dataset",
+        "ml-100k",
+        "--data-dir",
+        str(data),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8192",
+        "--threads",
+        "1",
+    ]
     main(["train", *args])
     capsys.readouterr()
-    main(["recommend", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"), "--user", "196", "--k", "10", "--json"])
+    main(
+        [
+            "recommend",
+            "--checkpoint",
+            str(tmp_path / "run" / "checkpoints" / "last.pt"),
+            "--user",
+            "196",
+            "--k",
+            "10",
+            "--json",
+        ]
+    )
     rows = json.loads(capsys.readouterr().out)["items"]
-    seen = {int(line.split("\t")[1]) for line in (data / "u.data").read_text().splitlines() if line.split("\t")[0] == "196"}
+    seen = {
+        int(line.split("\t")[1]) for line in (data / "u.data").read_text().splitlines() if line.split("\t")[0] == "196"
+    }
     assert len(rows) == 10 and not {r["item"] for r in rows} & (seen - {max(seen)})
-    titles = {int(line.split("|")[0]): line.split("|")[1] for line in (data / "u.item").read_text(encoding="latin-1").splitlines()}
+    titles = {
+        int(line.split("|")[0]): line.split("|")[1]
+        for line in (data / "u.item").read_text(encoding="latin-1").splitlines()
+    }
     assert all(r["title"] == titles[r["item"]] for r in rows)
     with pytest.raises(SystemExit):
         main(["recommend", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"), "--user", "99999"])
@@ -89,11 +134,11 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_threshold_stops_early(tmp_path):
-    result = run_cli("train", *tiny_synthetic_args(tmp_path, epochs=10, hr_threshold=0.2))
+    result = run_cli("train", *tiny_synthetic_args(tmp_path, epochs=10, quality_target=0.2))
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["first_epoch_at_threshold"] == summary["epochs_trained"] < 10
-    assert "reached the threshold" in result.stdout
+    assert summary["first_epoch_at_target"] == summary["epochs_trained"] < 10
+    assert "reached the target" in result.stdout
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
@@ -104,7 +149,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
     victim = tmp_path / "victim"
     args = tiny_synthetic_args(victim, epochs=epochs, synthetic_interactions=20_000, batch_size=256, dropout=0.2)
-    process = subprocess.Popen([sys.executable, "-m", "recforge", "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "recforge", "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     metrics = victim / "run" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
@@ -130,7 +177,17 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     assert run_cli("train", *args).returncode == 0
     two = tmp_path / "two"
     args = tiny_synthetic_args(two, synthetic_users=203)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731", "-m", "recforge"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29731",
+        "-m",
+        "recforge",
+    ]
     result = subprocess.run([*torchrun, "train", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("summary:") == 1  # only rank 0 reports
@@ -143,16 +200,24 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
 
     # Evaluating one checkpoint with 2 processes counts every user exactly once.
     checkpoint = two / "run" / "checkpoints" / "last.pt"
-    result = subprocess.run([*torchrun, "evaluate", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "e2.json")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*torchrun, "evaluate", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "e2.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert run_cli("evaluate", "--checkpoint", checkpoint, "--output", tmp_path / "e1.json").returncode == 0
     e1, e2 = (json.loads((tmp_path / f).read_text())["metrics"] for f in ("e1.json", "e2.json"))
     assert e2["eval_users"] == e1["eval_users"] == double[-1]["eval_users"]
-    assert e2["HR@10"] == pytest.approx(e1["HR@10"], abs=1e-12) and e2["NDCG@10"] == pytest.approx(e1["NDCG@10"], abs=1e-12)
+    assert e2["HR@10"] == pytest.approx(e1["HR@10"], abs=1e-12) and e2["NDCG@10"] == pytest.approx(
+        e1["NDCG@10"], abs=1e-12
+    )
 
 
-@pytest.mark.parametrize("flags", [["--precision", "bf16"], ["--precision", "fp16"], ["--compile"]], ids=["bf16", "fp16", "compile"])
+@pytest.mark.parametrize(
+    "flags", [["--precision", "bf16"], ["--precision", "fp16"], ["--compile"]], ids=["bf16", "fp16", "compile"]
+)
 def test_precisions_and_compile_train_and_learn(tmp_path, flags):
     result = run_cli("train", *tiny_synthetic_args(tmp_path, epochs=4), *flags)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -160,4 +225,6 @@ def test_precisions_and_compile_train_and_learn(tmp_path, flags):
     assert all(m["train_loss"] == m["train_loss"] for m in metrics)  # finite, not NaN
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert max(m["HR@10"] for m in metrics) > 0.2  # a random ranking of 100 candidates gets 0.1
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["precision"] == (flags[1] if len(flags) > 1 else "fp32")
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["precision"] == (
+        flags[1] if len(flags) > 1 else "fp32"
+    )

@@ -1,18 +1,22 @@
 import io
 
 import pytest
+import dataclasses
+
 import yaml
 
 from recforge.cli import _run_parser
-from recforge.config import DataConfig, build_config, coerce
-from recforge.errors import RecforgeError
-from recforge.progress import Progress
-from recforge.registry import MODELS
+from recforge.config import DataConfig, coerce
+from recforge.core.errors import RecforgeError
+from recforge.core.progress import Progress
+from recforge.registry import MODELS, build_config
 
 
 def test_flags_override_the_preset_which_overrides_defaults(tmp_path):
     preset = tmp_path / "p.yaml"
-    preset.write_text(yaml.safe_dump({"model": "gmf", "arch": {"num_factors": 16}, "train": {"epochs": 7, "learning_rate": 0.01}}))
+    preset.write_text(
+        yaml.safe_dump({"model": "gmf", "arch": {"num_factors": 16}, "train": {"epochs": 7, "learning_rate": 0.01}})
+    )
     cfg, _ = _run_parser("t", ["--config", str(preset), "--epochs", "3", "--layers", "8,4"])
     assert cfg.model == "gmf"
     assert cfg.train.epochs == 3  # flag beats preset
@@ -26,7 +30,7 @@ def test_resolved_config_round_trips():
     cfg = build_config({}, {"model": "mlp", "layers": "16,8", "hr_threshold": "0.635", "rating_column": "none"})
     again = build_config(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
-    assert again.eval.hr_threshold == 0.635 and again.data.rating_column is None
+    assert again.eval.quality_target == 0.635 and again.data.rating_column is None
 
 
 def test_coerce_rejects_wrong_types():
@@ -69,3 +73,26 @@ def test_progress_bar_on_a_terminal_and_silent_in_a_log():
     quiet.update(100)
     quiet.close()
     assert log.getvalue() == ""
+
+
+def test_older_names_are_still_read():
+    """`hr_threshold` became `quality_target` (it stops on AUC and MAP@12 too): old presets,
+    flags and checkpoints' configs still work."""
+    from_yaml = build_config({"eval": {"hr_threshold": 0.8}})
+    from_flag = build_config({}, {"hr_threshold": "0.7"})
+    assert from_yaml.eval.quality_target == 0.8 and from_flag.eval.quality_target == 0.7
+    assert "hr_threshold" not in cfg_keys(from_yaml)
+
+
+def cfg_keys(cfg) -> set:
+    return {key for section in ("data", "train", "eval") for key in cfg.to_dict()[section]}
+
+
+def test_every_option_has_help_and_a_group():
+    from recforge.config import section_classes
+
+    for entry in MODELS.values():
+        for section, cls in section_classes(entry.config).items():
+            for f in dataclasses.fields(cls):
+                assert f.metadata.get("help"), f"{section}.{f.name} has no help text"
+                assert section == "arch" or f.metadata.get("group"), f"{section}.{f.name} has no group"

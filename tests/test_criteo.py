@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from recforge.cli import main
+from recforge.core.errors import DataError, RecforgeError
 from recforge.data import criteo
 from recforge.data.criteo import prepare_criteo
 from recforge.data.ctr_format import CTRMeta, load_meta, load_split
-from recforge.errors import DataError, RecforgeError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -54,8 +54,10 @@ def random_rows(n: int, seed: int = 0) -> list[list[str]]:
 def reference(rows: list[list[str]], train_rows: int, min_frequency: int = 1, modulus: int | None = None):
     """The expected arrays, row by row in plain Python."""
     counts = [Counter(int(v, 16) for v in (row[14 + j] for row in rows[:train_rows]) if v) for j in range(26)]
-    vocab = [{v: i + 1 for i, v in enumerate(sorted(v for v, c in counts[j].items() if c >= min_frequency))}
-             for j in range(26)]
+    vocab = [
+        {v: i + 1 for i, v in enumerate(sorted(v for v, c in counts[j].items() if c >= min_frequency))}
+        for j in range(26)
+    ]
     label = [int(row[0]) for row in rows]
     dense = [[math.log1p(max(int(x), 0)) if x else 0.0 for x in row[1:14]] for row in rows]
     if modulus:
@@ -106,7 +108,9 @@ def test_kaggle_sample_matches_plain_python(kaggle_tiny, tmp_path, monkeypatch, 
         monkeypatch.setattr(criteo._Vocabulary, "HASHED", 0)
     folder, rows = kaggle_tiny
     assert len(rows) == 1999
-    meta = prepare_criteo("criteo-kaggle", folder, tmp_path / "out", min_frequency=3, workers=1, chunk_rows=300, log=quiet)
+    meta = prepare_criteo(
+        "criteo-kaggle", folder, tmp_path / "out", min_frequency=3, workers=1, chunk_rows=300, log=quiet
+    )
     # divmod(1999, 7) = (285, 4): days 0-3 have 286 rows, days 4-6 285; day 6: 143 test + 142 valid
     assert meta.rows == {"train": 1714, "test": 143, "valid": 142}
     assert load_meta(tmp_path / "out").rows == meta.rows
@@ -159,8 +163,15 @@ def test_gzip_input_gives_the_same_arrays(tmp_path):
     for name, file in (("plain", "train.txt"), ("gz", "train.txt.gz")):
         (tmp_path / name).mkdir()
         write_tsv(tmp_path / name / file, rows)
-        prepare_criteo("criteo-kaggle", tmp_path / name, tmp_path / f"out-{name}", min_frequency=2, workers=1,
-                       chunk_rows=40, log=quiet)
+        prepare_criteo(
+            "criteo-kaggle",
+            tmp_path / name,
+            tmp_path / f"out-{name}",
+            min_frequency=2,
+            workers=1,
+            chunk_rows=40,
+            log=quiet,
+        )
     assert_matches(tmp_path / "out-gz", rows, 6 * 43, min_frequency=2)  # ceil(300 / 7) = 43
     assert_same_files(tmp_path / "out-plain", tmp_path / "out-gz")
 
@@ -182,8 +193,15 @@ def test_terabyte_days(tmp_path):
 def test_workers_1_and_2_write_identical_bytes(kaggle_tiny, tmp_path):
     folder, _ = kaggle_tiny
     for workers in (1, 2):
-        prepare_criteo("criteo-kaggle", folder, tmp_path / f"w{workers}", min_frequency=2, workers=workers,
-                       chunk_rows=150, log=quiet)
+        prepare_criteo(
+            "criteo-kaggle",
+            folder,
+            tmp_path / f"w{workers}",
+            min_frequency=2,
+            workers=workers,
+            chunk_rows=150,
+            log=quiet,
+        )
     assert_same_files(tmp_path / "w1", tmp_path / "w2")
 
 
@@ -201,8 +219,15 @@ def test_lower_bound_equals_searchsorted():
     spread = np.unique(rng.integers(0, 1 << 32, 5000, dtype=np.uint64).astype(np.uint32))
     clustered = np.unique(rng.integers(0, 3000, 2000).astype(np.uint32))  # one bucket: searchsorted
     for keys in (spread, clustered, spread[:1], spread[:0]):
-        values = np.concatenate([keys, keys + np.uint32(1), keys - np.uint32(1), np.array([0, 2**32 - 1], np.uint32),
-                                 rng.integers(0, 1 << 32, 1000, dtype=np.uint64).astype(np.uint32)])
+        values = np.concatenate(
+            [
+                keys,
+                keys + np.uint32(1),
+                keys - np.uint32(1),
+                np.array([0, 2**32 - 1], np.uint32),
+                rng.integers(0, 1 << 32, 1000, dtype=np.uint64).astype(np.uint32),
+            ]
+        )
         found = criteo._lower_bound(keys, values, criteo._directory(keys))
         np.testing.assert_array_equal(found, np.searchsorted(keys, values))
 
@@ -298,9 +323,28 @@ def test_real_kaggle_sample_prepare_train_eval_through_the_cli(kaggle_tiny, tmp_
     raw, _ = kaggle_tiny
     out, run = tmp_path / "prepared", tmp_path / "run"
     main(["prepare", "criteo-kaggle", "--data-dir", str(raw), "--out", str(out), "--workers", "1"])
-    args = ["--config", "configs/dlrm-criteo-kaggle.yaml", "--data-dir", str(out), "--output-dir", str(run),
-            "--batch-size", "128", "--optimizer", "adam", "--learning-rate", "0.001", "--threads", "1",
-            "--embedding-dim", "4", "--bottom-mlp", "13-16-4", "--top-mlp", "16-1"]
+    args = [
+        "--config",
+        "configs/dlrm-criteo-kaggle.yaml",
+        "--data-dir",
+        str(out),
+        "--output-dir",
+        str(run),
+        "--batch-size",
+        "128",
+        "--optimizer",
+        "adam",
+        "--learning-rate",
+        "0.001",
+        "--threads",
+        "1",
+        "--embedding-dim",
+        "4",
+        "--bottom-mlp",
+        "13-16-4",
+        "--top-mlp",
+        "16-1",
+    ]
     main(["train", *args])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 14 and 0.0 < summary["metrics"]["AUC"] <= 1.0  # 1,714 rows: 14 steps of 128

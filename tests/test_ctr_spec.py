@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import SHARED_DATA
+
 from recforge.cli import main
+from recforge.core.errors import DataError
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.ctr_spec import load_spec, prepare_ctr, stable_hash
-from recforge.errors import DataError
 
 LOG = """click,price,age,user,item
 1,10,30,u1,i1
@@ -63,7 +63,10 @@ def test_prepare_by_hand(tmp_path):
 def test_parquet_gives_the_same_arrays(tmp_path):
     spec = write(tmp_path)
     prepare_ctr(spec, tmp_path, tmp_path / "from-csv", log=lambda *_: None)
-    table = pcsv.read_csv(tmp_path / "log.csv", convert_options=pcsv.ConvertOptions(column_types={"user": pa.string(), "item": pa.string()}))
+    table = pcsv.read_csv(
+        tmp_path / "log.csv",
+        convert_options=pcsv.ConvertOptions(column_types={"user": pa.string(), "item": pa.string()}),
+    )
     pq.write_table(table, tmp_path / "log.parquet")
     (tmp_path / "spec.yaml").write_text(SPEC.replace("log.csv", "log.parquet"))
     prepare_ctr(tmp_path / "spec.yaml", tmp_path, tmp_path / "from-parquet", log=lambda *_: None)
@@ -72,13 +75,26 @@ def test_parquet_gives_the_same_arrays(tmp_path):
         assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("spec, line, key, message", [
-    ("label: click\nnumeric: [price]\nfiles: {all: log.csv}\ncolour: red\n", 4, "colour", "unknown key"),
-    ("numeric: [price]\nfiles: {all: log.csv}\n", None, "label", "required"),
-    ("label: click\nnumeric: [{name: price, transform: sqrt}]\nfiles: {all: log.csv}\n", 2, "numeric.transform", "transform must be"),
-    ("label: click\nnumeric: [price]\nfiles: {all: log.csv}\nholdout: {test: 0.6, valid: 0.5}\n", 4, "holdout", "less than 1"),
-    ("label: click\nnumeric: [price]\nfiles: {train: a.csv, all: b.csv}\n", 3, "files", "not both"),
-])
+@pytest.mark.parametrize(
+    "spec, line, key, message",
+    [
+        ("label: click\nnumeric: [price]\nfiles: {all: log.csv}\ncolour: red\n", 4, "colour", "unknown key"),
+        ("numeric: [price]\nfiles: {all: log.csv}\n", None, "label", "required"),
+        (
+            "label: click\nnumeric: [{name: price, transform: sqrt}]\nfiles: {all: log.csv}\n",
+            2,
+            "numeric.transform",
+            "transform must be",
+        ),
+        (
+            "label: click\nnumeric: [price]\nfiles: {all: log.csv}\nholdout: {test: 0.6, valid: 0.5}\n",
+            4,
+            "holdout",
+            "less than 1",
+        ),
+        ("label: click\nnumeric: [price]\nfiles: {train: a.csv, all: b.csv}\n", 3, "files", "not both"),
+    ],
+)
 def test_spec_errors_name_file_line_and_key(tmp_path, spec, line, key, message):
     path = tmp_path / "spec.yaml"
     path.write_text(spec)
@@ -99,19 +115,60 @@ def test_bad_values_name_the_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("spec, folder, dense", [
-    ("ali-ccp.yaml", "torchrechub-samples", 8), ("criteo-csv.yaml", "criteo-deepctr-sample", 13),
-])
+@pytest.mark.parametrize(
+    "spec, folder, dense",
+    [
+        ("ali-ccp.yaml", "torchrechub-samples", 8),
+        ("criteo-csv.yaml", "criteo-deepctr-sample", 13),
+    ],
+)
 def test_real_samples_prepare_train_evaluate(tmp_path, capsys, spec, folder, dense):
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not beside the repository")
     out, run = tmp_path / "prepared", tmp_path / "run"
-    main(["prepare", "ctr", "--feature-spec", f"configs/feature-specs/{spec}", "--data-dir", str(SHARED_DATA / folder), "--out", str(out)])
+    main(
+        [
+            "prepare",
+            "ctr",
+            "--feature-spec",
+            f"configs/feature-specs/{spec}",
+            "--data-dir",
+            str(SHARED_DATA / folder),
+            "--out",
+            str(out),
+        ]
+    )
     meta = load_meta(out)
     assert len(meta.dense_names) == dense and min(meta.rows.values()) > 0
-    main(["train", "--model", "dlrm", "--dataset", "ctr", "--data-dir", str(out), "--output-dir", str(run), "--batch-size", "32",
-          "--optimizer", "adam", "--learning-rate", "0.01", "--epochs", "3", "--embedding-dim", "4",
-          "--bottom-mlp", f"{dense}-8-4", "--top-mlp", "8-1", "--threads", "1"])
+    main(
+        [
+            "train",
+            "--model",
+            "dlrm",
+            "--dataset",
+            "ctr",
+            "--data-dir",
+            str(out),
+            "--output-dir",
+            str(run),
+            "--batch-size",
+            "32",
+            "--optimizer",
+            "adam",
+            "--learning-rate",
+            "0.01",
+            "--epochs",
+            "3",
+            "--embedding-dim",
+            "4",
+            "--bottom-mlp",
+            f"{dense}-8-4",
+            "--top-mlp",
+            "8-1",
+            "--threads",
+            "1",
+        ]
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_trained"] == 3 and 0.0 <= summary["metrics"]["AUC"] <= 1.0
     main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--eval-split", "test"])

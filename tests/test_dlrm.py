@@ -14,7 +14,7 @@ from recforge.config import TrainConfig
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.models.dlrm import DLRM, DLRMConfig, DotInteraction
-from recforge.train.optim import RowWiseAdagrad, SparseRowAdam, lr_factor, make_optimizers
+from recforge.optim.build import RowWiseAdagrad, SparseRowAdam, lr_factor, make_optimizers
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,21 @@ def click_log(tmp_path_factory):
 
 
 def dlrm_args(click_log, run, **extra):
-    flags = {"model": "dlrm", "dataset": "criteo-synthetic", "data-dir": click_log, "output-dir": run,
-             "batch-size": 1024, "optimizer": "adam", "learning-rate": 0.002, "threads": 1, "epochs": 1,
-             "embedding-dim": 8, "bottom-mlp": "13-64-8", "top-mlp": "64-1", "valid-batch-size": 8192}
+    flags = {
+        "model": "dlrm",
+        "dataset": "criteo-synthetic",
+        "data-dir": click_log,
+        "output-dir": run,
+        "batch-size": 1024,
+        "optimizer": "adam",
+        "learning-rate": 0.002,
+        "threads": 1,
+        "epochs": 1,
+        "embedding-dim": 8,
+        "bottom-mlp": "13-64-8",
+        "top-mlp": "64-1",
+        "valid-batch-size": 8192,
+    }
     flags.update(extra)
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
 
@@ -65,8 +77,16 @@ def test_eval_and_inference_modes_score_a_checkpoint(click_log, tmp_path):
     main(["train", *dlrm_args(click_log, tmp_path / "run")])
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
     main(["train", *dlrm_args(click_log, tmp_path / "eval", mode="eval", **{"restore-checkpoint": checkpoint})])
-    assert summary_of(tmp_path / "eval")["metrics"]["AUC"] == pytest.approx(summary_of(tmp_path / "run")["metrics"]["AUC"])
-    main(["train", *dlrm_args(click_log, tmp_path / "infer", mode="inference", **{"restore-checkpoint": checkpoint}), "--write-predictions"])
+    assert summary_of(tmp_path / "eval")["metrics"]["AUC"] == pytest.approx(
+        summary_of(tmp_path / "run")["metrics"]["AUC"]
+    )
+    main(
+        [
+            "train",
+            *dlrm_args(click_log, tmp_path / "infer", mode="inference", **{"restore-checkpoint": checkpoint}),
+            "--write-predictions",
+        ]
+    )
     predictions = np.load(tmp_path / "infer" / "predictions.npy")
     assert predictions.shape == (4_286,) and ((predictions > 0) & (predictions < 1)).all()
     assert summary_of(tmp_path / "infer")["inference_samples_per_s"] > 0
@@ -79,11 +99,16 @@ def test_max_steps_then_resume_equals_one_uninterrupted_run(click_log, tmp_path)
     main(["train", *dlrm_args(click_log, tmp_path / "split", **{"max-steps": 20, "save-steps": 10})])
     assert summary_of(tmp_path / "split")["steps"] == 20
     assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step-*.pt")) == ["step-10.pt"]
-    main(["train", *dlrm_args(click_log, tmp_path / "split", **{"save-steps": 10, "keep-checkpoint-max": 2}), "--resume"])
+    main(
+        ["train", *dlrm_args(click_log, tmp_path / "split", **{"save-steps": 10, "keep-checkpoint-max": 2}), "--resume"]
+    )
     whole, split = summary_of(tmp_path / "whole"), summary_of(tmp_path / "split")
     assert split["steps"] == whole["steps"] == 51
     assert split["metrics"]["AUC"] == pytest.approx(whole["metrics"]["AUC"], abs=1e-9)
-    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step-*.pt")) == ["step-40.pt", "step-50.pt"]
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step-*.pt")) == [
+        "step-40.pt",
+        "step-50.pt",
+    ]
 
 
 def test_a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint(click_log, tmp_path):
@@ -97,7 +122,14 @@ def test_a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint(cl
 
 
 def test_profile_writes_a_trace(click_log, tmp_path):
-    main(["train", *dlrm_args(click_log, tmp_path / "run", **{"max-steps": 8, "profile-start-step": 3, "profile-steps": 2}), "--profile", "--no-eval"])
+    main(
+        [
+            "train",
+            *dlrm_args(click_log, tmp_path / "run", **{"max-steps": 8, "profile-start-step": 3, "profile-steps": 2}),
+            "--profile",
+            "--no-eval",
+        ]
+    )
     assert (tmp_path / "run" / "profile" / "trace.json").stat().st_size > 1000
     assert "aten::" in (tmp_path / "run" / "profile" / "top_ops.txt").read_text()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -155,16 +187,38 @@ def test_learning_rate_schedule_warms_up_then_decays():
 
 def test_optimizers_take_sparse_tables_apart():
     model = DLRM(4, [5, 7], DLRMConfig(embedding_dim=4, bottom_mlp=[4, 4], top_mlp=[8, 1]))
-    kinds = {name: [type(o).__name__ for o in make_optimizers(TrainConfig(optimizer=name), model)]
-             for name in ("adam", "sgd", "adagrad", "rowwise-adagrad")}
-    assert kinds == {"adam": ["Adam", "SparseRowAdam"], "sgd": ["SGD"], "adagrad": ["Adagrad"], "rowwise-adagrad": ["Adagrad", "RowWiseAdagrad"]}
+    kinds = {
+        name: [type(o).__name__ for o in make_optimizers(TrainConfig(optimizer=name), model)]
+        for name in ("adam", "sgd", "adagrad", "rowwise-adagrad")
+    }
+    assert kinds == {
+        "adam": ["Adam", "SparseRowAdam"],
+        "sgd": ["SGD"],
+        "adagrad": ["Adagrad"],
+        "rowwise-adagrad": ["Adagrad", "RowWiseAdagrad"],
+    }
 
 
 def test_two_process_torchrun_evaluates_every_row_once(click_log, tmp_path):
     args = dlrm_args(click_log, tmp_path / "two", **{"batch-size": 999})  # uneven last batch and shards
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29741", "-m", "recforge"]
-    result = subprocess.run([*torchrun, "train", *args], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash shows its Python stack
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29741",
+        "-m",
+        "recforge",
+    ]
+    result = subprocess.run(
+        [*torchrun, "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )  # a crash shows its Python stack
     crash = result.stderr.find("Fatal Python error")
     assert result.returncode == 0, result.stderr[crash : crash + 3000] if crash >= 0 else result.stderr[-2000:]
     main(["train", *dlrm_args(click_log, tmp_path / "one", **{"batch-size": 999})])

@@ -3,8 +3,8 @@ import zipfile
 
 import pytest
 
+from recforge.core.errors import RecforgeError
 from recforge.data.download import download
-from recforge.errors import RecforgeError
 
 
 def make_release(tmp_path):

@@ -12,7 +12,6 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import tiny_synthetic_args
 from faults import assert_user_error, run_cli, snapshot
 
@@ -56,40 +55,48 @@ BAD_FLAGS = [
     ({"device": "tpu"}, "--device tpu: not a device"),
     ({"precision": "fp8"}, "argument --precision: invalid choice: 'fp8'"),
     ({"valid_negative": 100_000}, "fewer than --valid-negative 100000"),
-    ({"hr_threshold": 2}, "--hr-threshold: must be at least 0 and at most 1"),
+    ({"quality_target": 2}, "--quality-target: must be at least 0 and at most 1"),
 ]
 
 
-@pytest.mark.parametrize("flags, needle", BAD_FLAGS, ids=[next(iter(f)) + "=" + str(next(iter(f.values()))) for f, _ in BAD_FLAGS])
+@pytest.mark.parametrize(
+    "flags, needle", BAD_FLAGS, ids=[next(iter(f)) + "=" + str(next(iter(f.values()))) for f, _ in BAD_FLAGS]
+)
 def test_bad_flag(tmp_path, flags, needle):
     result = run_cli("train", *tiny(tmp_path, **flags))
     assert_user_error(result, needle)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["criteo-synthetic", "--synthetic-rows", "0"], "--synthetic-rows: must be at least 10"),
-    (["outbrain-synthetic", "--synthetic-displays", "-1"], "--synthetic-displays: must be at least 1"),
-    (["outbrain-synthetic", "--valid-fraction", "1.5"], "--valid-fraction: must be greater than 0 and less than 1"),
-    (["criteo-synthetic", "--workers", "0"], "--workers: must be at least 1"),
-    (["ml-100k", "--dataset", "csv"], "unrecognized arguments: --dataset csv"),
-    (["criteo-kaggle", "--max-ind-range", "1"], "--max-ind-range: must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["criteo-synthetic", "--synthetic-rows", "0"], "--synthetic-rows: must be at least 10"),
+        (["outbrain-synthetic", "--synthetic-displays", "-1"], "--synthetic-displays: must be at least 1"),
+        (["outbrain-synthetic", "--valid-fraction", "1.5"], "--valid-fraction: must be greater than 0 and less than 1"),
+        (["criteo-synthetic", "--workers", "0"], "--workers: must be at least 1"),
+        (["ml-100k", "--dataset", "csv"], "unrecognized arguments: --dataset csv"),
+        (["criteo-kaggle", "--max-ind-range", "1"], "--max-ind-range: must be at least 2"),
+    ],
+)
 def test_bad_prepare_flag(tmp_path, flags, needle):
     result = run_cli("prepare", *flags, "--out", tmp_path / "out", "--data-dir", tmp_path)
     assert_user_error(result, needle)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("train:\n  batch_size: 0\n", "preset.yaml:2: field 'train.batch_size': must be at least 1"),
-    ("train:\n  learning_rate: fast\n", "preset.yaml:2: field 'train.learning_rate': must be a number"),
-    ("train:\n  batch_size: [1\n", "preset.yaml:3: invalid YAML"),
-    ("- train\n- eval\n", "preset.yaml:1: a config file must be a mapping"),
-    ("trian:\n  epochs: 2\n", "preset.yaml:1: field 'trian': unknown key"),
-    ("arch:\n  dropout: 1.0\n", "preset.yaml:2: field 'arch.dropout': must be at least 0 and less than 1"),
-    ("eval:\n  topk: -1\n", "preset.yaml:2: field 'eval.topk'"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("train:\n  batch_size: 0\n", "preset.yaml:2: field 'train.batch_size': must be at least 1"),
+        ("train:\n  learning_rate: fast\n", "preset.yaml:2: field 'train.learning_rate': must be a number"),
+        ("train:\n  batch_size: [1\n", "preset.yaml:3: invalid YAML"),
+        ("- train\n- eval\n", "preset.yaml:1: a config file must be a mapping"),
+        ("trian:\n  epochs: 2\n", "preset.yaml:1: field 'trian': unknown key"),
+        ("arch:\n  dropout: 1.0\n", "preset.yaml:2: field 'arch.dropout': must be at least 0 and less than 1"),
+        ("eval:\n  topk: -1\n", "preset.yaml:2: field 'eval.topk'"),
+    ],
+)
 def test_bad_preset(tmp_path, text, needle):
     (tmp_path / "preset.yaml").write_text(text)
     result = run_cli("train", "--config", tmp_path / "preset.yaml", "--output-dir", tmp_path / "run")
@@ -112,22 +119,40 @@ def checkpoint_cases(root):
         (["evaluate", "--checkpoint", root / "objects.pt"], ["objects.pt: holds Python objects", "not loaded"]),
         (["recommend", "--checkpoint", neumf, "--user", "1", "--k", "-3"], ["--k: must be at least 1, got -3"]),
         (["recommend", "--checkpoint", neumf, "--user", "no-such-user"], ["user 'no-such-user' is not in"]),
-        (["evaluate", "--checkpoint", neumf, "--synthetic-interactions", "5000"],
-         ["best.pt: trained on other data", "training interactions"]),
-        (["recommend", "--checkpoint", neumf, "--user", "1", "--synthetic-seed", "7"], ["best.pt: trained on other data"]),
-        (["train", *tiny(root, output_dir=root / "fresh", restore_checkpoint=gmf)], ["best.pt: a gmf checkpoint, not neumf"]),
-        (["train", *tiny(root, output_dir=root / "fresh", restore_checkpoint=neumf, num_factors=16)],
-         ["best.pt: trained with another architecture: --num-factors (8 -> 16)"]),
-        (["train", *tiny(root, output_dir=root / "fresh", restore_checkpoint=neumf, synthetic_interactions=5000)],
-         ["trained on other data"]),
+        (
+            ["evaluate", "--checkpoint", neumf, "--synthetic-interactions", "5000"],
+            ["best.pt: trained on other data", "training interactions"],
+        ),
+        (
+            ["recommend", "--checkpoint", neumf, "--user", "1", "--synthetic-seed", "7"],
+            ["best.pt: trained on other data"],
+        ),
+        (
+            ["train", *tiny(root, output_dir=root / "fresh", restore_checkpoint=gmf)],
+            ["best.pt: a gmf checkpoint, not neumf"],
+        ),
+        (
+            ["train", *tiny(root, output_dir=root / "fresh", restore_checkpoint=neumf, num_factors=16)],
+            ["best.pt: trained with another architecture: --num-factors (8 -> 16)"],
+        ),
+        (
+            ["train", *tiny(root, output_dir=root / "fresh", restore_checkpoint=neumf, synthetic_interactions=5000)],
+            ["trained on other data"],
+        ),
         (["train", *tiny(root, output_dir=root / "scored", mode="eval")], ["--mode eval needs --restore-checkpoint"]),
-        (["train", *tiny(root, output_dir=root / "scored", mode="eval", restore_checkpoint=root / "text.pt")],
-         ["text.pt: not a readable checkpoint"]),
+        (
+            ["train", *tiny(root, output_dir=root / "scored", mode="eval", restore_checkpoint=root / "text.pt")],
+            ["text.pt: not a readable checkpoint"],
+        ),
         (["train", *tiny(root, output_dir=root / "neumf")], ["holds an earlier run; pass --resume"]),
-        (["train", *tiny(root, output_dir=root / "neumf", batch_size=512), "--resume"],
-         ["--resume: --batch-size (1024 -> 512) differs from the run", "cannot change mid-run"]),
-        (["train", *tiny(root, output_dir=root / "neumf", seed=9, synthetic_interactions=5000), "--resume"],
-         ["trained on other data"]),
+        (
+            ["train", *tiny(root, output_dir=root / "neumf", batch_size=512), "--resume"],
+            ["--resume: --batch-size (1024 -> 512) differs from the run", "cannot change mid-run"],
+        ),
+        (
+            ["train", *tiny(root, output_dir=root / "neumf", seed=9, synthetic_interactions=5000), "--resume"],
+            ["trained on other data"],
+        ),
     ]
 
 
@@ -141,9 +166,27 @@ def test_checkpoint_and_run_folder_faults(trained):
 
 def test_a_dlrm_checkpoint_is_not_a_recommender(tmp_path):
     assert run_cli("prepare", "criteo-synthetic", "--synthetic-rows", 3000, "--out", tmp_path / "ctr").code == 0
-    result = run_cli("train", "--model", "dlrm", "--data-dir", tmp_path / "ctr", "--dataset", "criteo-synthetic",
-                     "--output-dir", tmp_path / "run", "--batch-size", 512, "--embedding-dim", 4, "--bottom-mlp", "13-8-4",
-                     "--top-mlp", "8-1", "--threads", 1)
+    result = run_cli(
+        "train",
+        "--model",
+        "dlrm",
+        "--data-dir",
+        tmp_path / "ctr",
+        "--dataset",
+        "criteo-synthetic",
+        "--output-dir",
+        tmp_path / "run",
+        "--batch-size",
+        512,
+        "--embedding-dim",
+        4,
+        "--bottom-mlp",
+        "13-8-4",
+        "--top-mlp",
+        "8-1",
+        "--threads",
+        1,
+    )
     assert result.code == 0, result.stderr
     result = run_cli("recommend", "--checkpoint", tmp_path / "run" / "checkpoints" / "best.pt", "--user", "1")
     assert_user_error(result, "a dlrm checkpoint scores click logs; recommend takes a ranking model's checkpoint")
@@ -152,7 +195,9 @@ def test_a_dlrm_checkpoint_is_not_a_recommender(tmp_path):
 def test_scoring_never_rewrites_the_training_run(trained):
     run = trained / "neumf"
     before = snapshot(run)
-    result = run_cli("train", *tiny(trained, output_dir=run, mode="eval", restore_checkpoint=run / "checkpoints" / "best.pt"))
+    result = run_cli(
+        "train", *tiny(trained, output_dir=run, mode="eval", restore_checkpoint=run / "checkpoints" / "best.pt")
+    )
     assert result.code == 0, result.stderr
     assert {k: v for k, v in snapshot(run).items() if "/eval/" not in k} == before
     scored = json.loads((run / "eval" / "summary.json").read_text())
@@ -165,7 +210,9 @@ def test_a_diverging_run_stops_naming_the_step_and_saves_nothing_as_best(tmp_pat
     result = run_cli("train", *tiny(tmp_path, learning_rate=1e6, epochs=3))
     line = assert_user_error(result, "the training loss diverged", "no checkpoint was written", "lower --learning-rate")
     assert "step " in line
-    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists() and not (tmp_path / "run" / "summary.json").exists()
+    assert (
+        not (tmp_path / "run" / "checkpoints" / "best.pt").exists() and not (tmp_path / "run" / "summary.json").exists()
+    )
 
 
 def test_an_environment_fault_names_its_path_and_a_bug_asks_for_a_report(tmp_path):
@@ -184,7 +231,11 @@ def test_files_follow_the_umask(tmp_path):
     assert result.code == 0, result.stderr
     mask = os.umask(0o022)
     os.umask(mask)
-    for path in [tmp_path / "run" / "config.yaml", tmp_path / "run" / "summary.json", tmp_path / "run" / "checkpoints" / "last.pt"]:
+    for path in [
+        tmp_path / "run" / "config.yaml",
+        tmp_path / "run" / "summary.json",
+        tmp_path / "run" / "checkpoints" / "last.pt",
+    ]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
     cache_entry = next((tmp_path / "cache").iterdir())
     assert cache_entry.stat().st_mode & 0o777 == 0o777 & ~mask

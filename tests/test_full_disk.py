@@ -16,19 +16,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
-
 from conftest import tiny_synthetic_args
 from faults import assert_user_error, run_cli, snapshot
+
 from recforge.config import DataConfig
+from recforge.core.errors import user_message
+from recforge.core.files import append_jsonl, read_jsonl
 from recforge.data import cache, criteo
 from recforge.data.ctr_format import load_meta
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.data.synthetic_outbrain import write_outbrain_csvs
-from recforge.errors import user_message
-from recforge.files import append_jsonl, read_jsonl
 
 NO_SPACE, READ_ONLY = "no space left on device", "read-only file system"
-QUIET = dict(log=lambda *_: None)
+QUIET = {"log": lambda *_: None}
 SPEC = """label: click
 numeric: [price, {name: age, transform: none}]
 categorical: [user, item, {name: item, hash_buckets: 7}]
@@ -48,7 +48,9 @@ def disk(tmp_path):
     def mount(name: str = "disk", size: str = "256k"):
         folder = tmp_path / name
         folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
         mounted.append(folder)
@@ -78,10 +80,15 @@ def earlier_dataset(folder):
 
 def click_log(folder, rows: int):
     rng = np.random.default_rng(0)
-    table = pa.table({
-        "click": rng.integers(0, 2, rows), "price": rng.integers(0, 100, rows), "age": rng.integers(18, 80, rows),
-        "user": np.char.add("u", rng.integers(0, 50, rows).astype(str)), "item": np.char.add("i", rng.integers(0, 9, rows).astype(str)),
-    })
+    table = pa.table(
+        {
+            "click": rng.integers(0, 2, rows),
+            "price": rng.integers(0, 100, rows),
+            "age": rng.integers(18, 80, rows),
+            "user": np.char.add("u", rng.integers(0, 50, rows).astype(str)),
+            "item": np.char.add("i", rng.integers(0, 9, rows).astype(str)),
+        }
+    )
     folder.mkdir(exist_ok=True)
     pcsv.write_csv(table, folder / "log.csv")
     (folder / "spec.yaml").write_text(SPEC)
@@ -90,11 +97,16 @@ def click_log(folder, rows: int):
 
 def criteo_log(folder, rows: int):
     rng = np.random.default_rng(0)
-    columns = [rng.integers(0, 2, rows), *(rng.integers(-1, 500, rows) for _ in range(13)),
-               *(np.char.mod("%08x", rng.integers(0, 40, rows) * 104729 + j) for j in range(26))]
+    columns = [
+        rng.integers(0, 2, rows),
+        *(rng.integers(-1, 500, rows) for _ in range(13)),
+        *(np.char.mod("%08x", rng.integers(0, 40, rows) * 104729 + j) for j in range(26)),
+    ]
     folder.mkdir(exist_ok=True)
     table = pa.table({str(i): column for i, column in enumerate(columns)})
-    pcsv.write_csv(table, folder / "train.txt", pcsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"))
+    pcsv.write_csv(
+        table, folder / "train.txt", pcsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    )
     return folder
 
 
@@ -111,7 +123,9 @@ def test_prepare_ctr(disk, tmp_path):
     folder = disk()
     before = earlier_dataset(folder)
     raw = click_log(tmp_path / "raw", 20000)
-    result = run_cli("prepare", "ctr", "--feature-spec", raw / "spec.yaml", "--data-dir", raw, "--out", folder / "out", "--overwrite")
+    result = run_cli(
+        "prepare", "ctr", "--feature-spec", raw / "spec.yaml", "--data-dir", raw, "--out", folder / "out", "--overwrite"
+    )
     assert_user_error(result, f"{folder / 'out'}: {NO_SPACE}")
     assert_kept(folder, before, "out")
 
@@ -120,7 +134,9 @@ def test_prepare_criteo_with_workers(disk, tmp_path):
     folder = disk()
     before = earlier_dataset(folder)
     raw = criteo_log(tmp_path / "raw", 2000)
-    result = run_cli("prepare", "criteo-kaggle", "--data-dir", raw, "--out", folder / "out", "--overwrite", "--workers", "2")
+    result = run_cli(
+        "prepare", "criteo-kaggle", "--data-dir", raw, "--out", folder / "out", "--overwrite", "--workers", "2"
+    )
     assert_user_error(result, f"{folder / 'out'}: {NO_SPACE}")
     assert_kept(folder, before, "out")
 
@@ -134,8 +150,15 @@ def test_a_workers_write_error_comes_back_naming_the_file(disk, tmp_path):
         f.truncate(1 << 20)  # sparse: no space reserved
     raw = criteo_log(tmp_path / "raw", 2000)
     rows, size = 2000, (raw / "train.txt").stat().st_size
-    layout = {"train": {name: (str(target), 0, width) for name, width in (("label", 1), ("dense", 52), ("sparse", 104))}}
-    task = ("write", criteo._Unit(0, str(raw / "train.txt"), 0, size), size, (0, rows, {"train": (0, rows)}, layout, ("hash", 1000)))
+    layout = {
+        "train": {name: (str(target), 0, width) for name, width in (("label", 1), ("dense", 52), ("sparse", 104))}
+    }
+    task = (
+        "write",
+        criteo._Unit(0, str(raw / "train.txt"), 0, size),
+        size,
+        (0, rows, {"train": (0, rows)}, layout, ("hash", 1000)),
+    )
     pool = criteo._Workers(2)
     try:
         with pytest.raises(OSError) as raised:
@@ -159,8 +182,17 @@ def test_prepare_criteo_synthetic(disk):
 def test_prepare_outbrain_synthetic(disk, size):
     folder = disk(size=size)
     before = earlier_dataset(folder)
-    result = run_cli("prepare", "outbrain-synthetic", "--synthetic-displays", 300, "--synthetic-seed", 1,
-                     "--out", folder / "out", "--overwrite")
+    result = run_cli(
+        "prepare",
+        "outbrain-synthetic",
+        "--synthetic-displays",
+        300,
+        "--synthetic-seed",
+        1,
+        "--out",
+        folder / "out",
+        "--overwrite",
+    )
     assert_user_error(result, f"{folder / 'out'}: {NO_SPACE}")
     assert_kept(folder, before, "out")
 
@@ -184,8 +216,13 @@ def synthetic_flags(**overrides) -> list[str]:
 
 def cached_entry(folder, interactions: int):
     """An entry of the ranking cache in `folder`, prepared here."""
-    cfg = DataConfig(dataset="synthetic", synthetic_users=151, synthetic_items=300,
-                     synthetic_interactions=interactions, cache_dir=str(folder))
+    cfg = DataConfig(
+        dataset="synthetic",
+        synthetic_users=151,
+        synthetic_items=300,
+        synthetic_interactions=interactions,
+        cache_dir=str(folder),
+    )
     return cache.prepare(cfg, **QUIET)[1]
 
 
@@ -193,7 +230,9 @@ def test_ranking_cache_entry(disk):
     folder = disk()
     entry = cached_entry(folder, 3100)
     before = snapshot(folder)
-    result = run_cli("prepare", "synthetic", *synthetic_flags(**{"synthetic-interactions": 60000}), "--cache-dir", folder)
+    result = run_cli(
+        "prepare", "synthetic", *synthetic_flags(**{"synthetic-interactions": 60000}), "--cache-dir", folder
+    )
     assert_user_error(result, str(folder), NO_SPACE)
     assert_kept(folder, before, entry.name)
 
@@ -220,7 +259,9 @@ def assert_run_is_consistent(run) -> None:
     assert len(read_jsonl(run / "metrics.jsonl")) == len(lines)
 
 
-@pytest.mark.parametrize("leave, failing", [(16 << 10, "checkpoints/last.pt"), (0, "config.yaml")], ids=["checkpoint", "config"])
+@pytest.mark.parametrize(
+    "leave, failing", [(16 << 10, "checkpoints/last.pt"), (0, "config.yaml")], ids=["checkpoint", "config"]
+)
 def test_training_run(disk, tmp_path, leave, failing):
     folder = disk()
     fill(folder, leave)  # 16 KiB: room for config.yaml, not for a checkpoint
@@ -252,7 +293,9 @@ def test_read_only_prepare(disk, tmp_path):
     before = earlier_dataset(folder)
     read_only(folder)
     raw = click_log(tmp_path / "raw", 100)
-    result = run_cli("prepare", "ctr", "--feature-spec", raw / "spec.yaml", "--data-dir", raw, "--out", folder / "out", "--overwrite")
+    result = run_cli(
+        "prepare", "ctr", "--feature-spec", raw / "spec.yaml", "--data-dir", raw, "--out", folder / "out", "--overwrite"
+    )
     assert_user_error(result, f"{folder / 'out'}: {READ_ONLY}")
     assert snapshot(folder) == before and load_meta(folder / "out").rows
 
@@ -260,7 +303,9 @@ def test_read_only_prepare(disk, tmp_path):
 def test_read_only_cache(disk):
     folder = disk()
     read_only(folder)
-    result = run_cli("prepare", "synthetic", *synthetic_flags(**{"synthetic-interactions": 3100}), "--cache-dir", folder)
+    result = run_cli(
+        "prepare", "synthetic", *synthetic_flags(**{"synthetic-interactions": 3100}), "--cache-dir", folder
+    )
     assert_user_error(result, str(folder), READ_ONLY)
 
 

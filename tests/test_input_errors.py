@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recforge.config import DataConfig, build_config, load_yaml
+from recforge.config import DataConfig, load_yaml
+from recforge.core.errors import DataError
 from recforge.data import interaction_file, movielens, ncf_files
-from recforge.errors import DataError
+from recforge.registry import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def read_csv(tmp_path, name, text, **columns):
     return interaction_file.read(cfg)
 
 
-NAMED = dict(user_column="customer", item_column="sku", rating_column="stars", timestamp_column="when")
+NAMED = {"user_column": "customer", "item_column": "sku", "rating_column": "stars", "timestamp_column": "when"}
 
 
 # --------------------------------------------------------------------------- MovieLens
@@ -49,7 +50,9 @@ def test_u_data_non_integer_item(tmp_path):
 def test_ratings_csv_row_with_too_few_fields(tmp_path):
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
-    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.0,964981247\n1,6\n1,47,5.0,964983815\n")
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.0,964981247\n1,6\n1,47,5.0,964983815\n"
+    )
     with pytest.raises(DataError) as info:
         movielens.read("ml-latest-small", DataConfig(dataset="ml-latest-small", data_dir=str(tmp_path)))
     text = one_line(info.value)
@@ -58,11 +61,25 @@ def test_ratings_csv_row_with_too_few_fields(tmp_path):
     assert info.value.line == 4
 
 
-@pytest.mark.parametrize("name, file, text, expected", [
-    ("ml-100k", "u.data", "1\t10\t5\t100\n1\t20\tgood\t200\n", "u.data:2: field 'rating': not a number: 'good'"),
-    ("ml-1m", "ratings.dat", "1::1193::5::978300760\n1::661::3::\n", "ratings.dat:2: field 'timestamp': missing value"),
-    ("ml-1m", "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n1::914:3::978301968\n", "ratings.dat:3:"),
-], ids=["u.data-rating", "ratings.dat-timestamp", "ratings.dat-single-colon"])
+@pytest.mark.parametrize(
+    "name, file, text, expected",
+    [
+        ("ml-100k", "u.data", "1\t10\t5\t100\n1\t20\tgood\t200\n", "u.data:2: field 'rating': not a number: 'good'"),
+        (
+            "ml-1m",
+            "ratings.dat",
+            "1::1193::5::978300760\n1::661::3::\n",
+            "ratings.dat:2: field 'timestamp': missing value",
+        ),
+        (
+            "ml-1m",
+            "ratings.dat",
+            "1::1193::5::978300760\n1::661::3::978302109\n1::914:3::978301968\n",
+            "ratings.dat:3:",
+        ),
+    ],
+    ids=["u.data-rating", "ratings.dat-timestamp", "ratings.dat-single-colon"],
+)
 def test_movielens_bad_value(tmp_path, name, file, text, expected):
     (tmp_path / file).write_text(text)
     with pytest.raises(DataError) as info:
@@ -100,7 +117,9 @@ def test_csv_empty_string_user_id(tmp_path):
     assert one_line(info.value) == f"{tmp_path / 'a.csv'}:4: field 'customer': missing value"
 
 
-@pytest.mark.parametrize("bad_row", ["3,30,4,", "3,30,x,300", "3,30"], ids=["missing", "not-a-number", "too-few-fields"])
+@pytest.mark.parametrize(
+    "bad_row", ["3,30,4,", "3,30,x,300", "3,30"], ids=["missing", "not-a-number", "too-few-fields"]
+)
 def test_csv_line_numbers_count_blank_lines(tmp_path, bad_row):
     with pytest.raises(DataError) as info:
         read_csv(tmp_path, "a.csv", f"customer,sku,stars,when\n1,10,5,100\n\n2,20,3,200\n{bad_row}\n", **NAMED)
@@ -126,7 +145,17 @@ def test_tsv_read_with_wrong_separator_names_the_column(tmp_path):
 def test_parquet_missing_value(tmp_path):
     pq.write_table(pa.table({"customer": ["a", None], "sku": ["x", "y"]}), tmp_path / "e.parquet")
     with pytest.raises(DataError) as info:
-        interaction_file.read(DataConfig(dataset="csv", data_dir=str(tmp_path), data_file="e.parquet", user_column="customer", item_column="sku", rating_column=None, timestamp_column=None))
+        interaction_file.read(
+            DataConfig(
+                dataset="csv",
+                data_dir=str(tmp_path),
+                data_file="e.parquet",
+                user_column="customer",
+                item_column="sku",
+                rating_column=None,
+                timestamp_column=None,
+            )
+        )
     text = one_line(info.value)
     assert text.startswith(f"{tmp_path / 'e.parquet'}:") and "field 'customer': missing value" in text
 
@@ -134,14 +163,32 @@ def test_parquet_missing_value(tmp_path):
 def test_parquet_missing_configured_column(tmp_path):
     pq.write_table(pa.table({"customer": ["a", "b"], "sku": ["x", "y"], "when": [1, 2]}), tmp_path / "e.parquet")
     with pytest.raises(DataError) as info:
-        interaction_file.read(DataConfig(dataset="csv", data_dir=str(tmp_path), data_file="e.parquet", user_column="customer", item_column="sku", rating_column="stars", timestamp_column="when"))
+        interaction_file.read(
+            DataConfig(
+                dataset="csv",
+                data_dir=str(tmp_path),
+                data_file="e.parquet",
+                user_column="customer",
+                item_column="sku",
+                rating_column="stars",
+                timestamp_column="when",
+            )
+        )
     assert info.value.field == "stars"
     one_line(info.value)
 
 
 def test_csv_non_utf8_id(tmp_path):
     (tmp_path / "a.csv").write_bytes("customer,sku\nab,x\ncd,caf\xe9\n".encode("latin-1"))
-    cfg = DataConfig(dataset="csv", data_dir=str(tmp_path), data_file="a.csv", user_column="customer", item_column="sku", rating_column=None, timestamp_column=None)
+    cfg = DataConfig(
+        dataset="csv",
+        data_dir=str(tmp_path),
+        data_file="a.csv",
+        user_column="customer",
+        item_column="sku",
+        rating_column=None,
+        timestamp_column=None,
+    )
     with pytest.raises(DataError) as info:
         interaction_file.read(cfg)
     assert one_line(info.value).startswith(f"{tmp_path / 'a.csv'}:3: field 'sku':")
@@ -170,18 +217,33 @@ def test_ncf_pair_not_matching_test_rating(tmp_path, pair):
     cfg = write_triple(tmp_path, f"(0,4)\t5\t7\n{pair}\t2\t7\n(2,0)\t6\t7\n")
     with pytest.raises(DataError) as info:
         ncf_files.read(cfg)
-    assert one_line(info.value) == f"{tmp_path / 't.test.negative'}:2: field 'pair': does not match line 2 of t.test.rating"
+    assert (
+        one_line(info.value)
+        == f"{tmp_path / 't.test.negative'}:2: field 'pair': does not match line 2 of t.test.rating"
+    )
 
 
 RATING = "0\t4\t5\t200\n1\t6\t4\t201\n2\t0\t3\t202\n"
 
 
-@pytest.mark.parametrize("negative, rating, expected", [
-    ("(0,4)\t5\t7\n(1,6)\t2\t7\n", RATING, "t.test.negative:3:"),
-    ("(0,4)\t5\t7\n(1,6)\t2\t7\n(2,0)\t6\t7\n(3,1)\t6\t7\n", RATING, "t.test.negative:4:"),
-    ("(0,4)\t5\t7\n(1,6)\t2\tseven\n(2,0)\t6\t7\n", RATING, "t.test.negative:2: field 'n1': not an integer: 'seven'"),
-    ("(0,4)\t5\t7\n(2,6)\t2\t7\n(1,0)\t6\t7\n", "0\t4\t5\t200\n2\t6\t4\t201\n1\t0\t3\t202\n", "t.test.rating:2: field 'user':"),
-], ids=["negatives-shorter", "negatives-longer", "non-integer-negative", "users-out-of-order"])
+@pytest.mark.parametrize(
+    "negative, rating, expected",
+    [
+        ("(0,4)\t5\t7\n(1,6)\t2\t7\n", RATING, "t.test.negative:3:"),
+        ("(0,4)\t5\t7\n(1,6)\t2\t7\n(2,0)\t6\t7\n(3,1)\t6\t7\n", RATING, "t.test.negative:4:"),
+        (
+            "(0,4)\t5\t7\n(1,6)\t2\tseven\n(2,0)\t6\t7\n",
+            RATING,
+            "t.test.negative:2: field 'n1': not an integer: 'seven'",
+        ),
+        (
+            "(0,4)\t5\t7\n(2,6)\t2\t7\n(1,0)\t6\t7\n",
+            "0\t4\t5\t200\n2\t6\t4\t201\n1\t0\t3\t202\n",
+            "t.test.rating:2: field 'user':",
+        ),
+    ],
+    ids=["negatives-shorter", "negatives-longer", "non-integer-negative", "users-out-of-order"],
+)
 def test_ncf_files_that_do_not_line_up(tmp_path, negative, rating, expected):
     cfg = write_triple(tmp_path, negative, rating)
     with pytest.raises(DataError) as info:
@@ -203,16 +265,27 @@ def config_error(path: Path, text: str) -> DataError:
 
 def test_yaml_wrong_type(tmp_path):
     path = tmp_path / "run.yaml"
-    error = config_error(path, "model: neumf\ndata:\n  dataset: ml-100k\ntrain:\n  batch_size: 256\n  epochs: many\neval:\n  topk: 10\n")
+    error = config_error(
+        path, "model: neumf\ndata:\n  dataset: ml-100k\ntrain:\n  batch_size: 256\n  epochs: many\neval:\n  topk: 10\n"
+    )
     assert str(error) == f"{path}:6: field 'train.epochs': must be an integer, got 'many'"
     assert (error.line, error.field) == (6, "train.epochs")
 
 
-@pytest.mark.parametrize("text, line, field, message", [
-    ("# preset\n\ntrain: {epochs: many}\n", 3, "train.epochs", "must be an integer"),
-    ("model: gmf\ndata:\n  dataset: ml-100k\n  min_user_interactions: 20\n  colour: blue\n", 5, "data.colour", "unknown key"),
-    ("model: neumf\ndata:\n  dataset: ml-100k\ntrainer:\n  epochs: 3\n", 4, "trainer", "unknown key"),
-], ids=["flow-style", "unknown-key-in-section", "unknown-section"])
+@pytest.mark.parametrize(
+    "text, line, field, message",
+    [
+        ("# preset\n\ntrain: {epochs: many}\n", 3, "train.epochs", "must be an integer"),
+        (
+            "model: gmf\ndata:\n  dataset: ml-100k\n  min_user_interactions: 20\n  colour: blue\n",
+            5,
+            "data.colour",
+            "unknown key",
+        ),
+        ("model: neumf\ndata:\n  dataset: ml-100k\ntrainer:\n  epochs: 3\n", 4, "trainer", "unknown key"),
+    ],
+    ids=["flow-style", "unknown-key-in-section", "unknown-section"],
+)
 def test_yaml_error_names_line_and_key(tmp_path, text, line, field, message):
     path = tmp_path / "run.yaml"
     assert str(config_error(path, text)).startswith(f"{path}:{line}: field '{field}': {message}")
@@ -240,7 +313,9 @@ def test_yaml_syntax_error(tmp_path):
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "recforge", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "recforge", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def test_cli_train_on_bad_u_data(tmp_path):
@@ -252,8 +327,20 @@ def test_cli_train_on_bad_u_data(tmp_path):
     (out / "config.yaml").write_text("# an earlier run's config\nmodel: gmf\n")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     result = run_cli(
-        "train", "--dataset", "ml-100k", "--data-dir", str(bad_dir), "--cache-dir", str(tmp_path / "cache"),
-        "--output-dir", str(out), "--device", "cpu", "--epochs", "1", cwd=tmp_path,
+        "train",
+        "--dataset",
+        "ml-100k",
+        "--data-dir",
+        str(bad_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), result.stderr

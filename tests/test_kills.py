@@ -1,5 +1,5 @@
 """A kill at any instant leaves a consistent folder: the deterministic fault injector
-(`recforge.files.fault_point`, RECFORGE_FAULT_AT=N) SIGKILLs the process before and after every
+(`recforge.core.files.fault_point`, RECFORGE_FAULT_AT=N) SIGKILLs the process before and after every
 file operation of a training run (cache, config, checkpoints, metrics, summary), of a prepare
 and of an evaluation; after each, `--resume` or a re-run must give what an uninterrupted run does.
 """
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_synthetic_args
 from faults import run_cli, snapshot
 
@@ -38,7 +37,10 @@ def evaluations(run: Path) -> list[dict]:
 def test_training_killed_at_every_file_operation_resumes_consistently(tmp_path):
     # The cache is warm (its own kills are below): every point is one of the run folder's.
     def args(root):
-        return ["train", *tiny_synthetic_args(root, epochs=2, batch_size=2048, dropout=0.1, cache_dir=tmp_path / "cache")]
+        return [
+            "train",
+            *tiny_synthetic_args(root, epochs=2, batch_size=2048, dropout=0.1, cache_dir=tmp_path / "cache"),
+        ]
 
     assert run_cli(*args(tmp_path / "warm-up")).code == 0
     points = fault_points(tmp_path, *args(tmp_path / "reference"))
@@ -57,9 +59,13 @@ def test_training_killed_at_every_file_operation_resumes_consistently(tmp_path):
         assert [r["epoch"] for r in records] == [1, 2], points[point - 1]
         assert [r["HR@10"] for r in records] == [r["HR@10"] for r in expected], points[point - 1]
         resumed = json.loads((run / "summary.json").read_text())
-        assert (resumed["metrics"], resumed["best_step"]) == (summary["metrics"], summary["best_step"]), points[point - 1]
+        assert (resumed["metrics"], resumed["best_step"]) == (summary["metrics"], summary["best_step"]), points[
+            point - 1
+        ]
         best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
-        assert best["step"] == resumed["best_step"] and best["history"]["best_metrics"] == resumed["metrics"], points[point - 1]
+        assert best["step"] == resumed["best_step"] and best["history"]["best_metrics"] == resumed["metrics"], points[
+            point - 1
+        ]
         assert not list(run.rglob(".*.tmp")) and not list(run.rglob(".*-link")), points[point - 1]
 
     # The set is consistent for the evaluation command too: it reproduces summary.json's best.
@@ -71,11 +77,33 @@ def test_training_killed_at_every_file_operation_resumes_consistently(tmp_path):
 
 def test_ranking_cache_killed_at_every_file_operation_is_absent_or_complete(tmp_path):
     def prepare(cache, **env):
-        return run_cli("prepare", "synthetic", "--synthetic-users", 151, "--synthetic-items", 300,
-                       "--synthetic-interactions", 6000, "--cache-dir", cache, env=env)
+        return run_cli(
+            "prepare",
+            "synthetic",
+            "--synthetic-users",
+            151,
+            "--synthetic-items",
+            300,
+            "--synthetic-interactions",
+            6000,
+            "--cache-dir",
+            cache,
+            env=env,
+        )
 
-    points = fault_points(tmp_path, "prepare", "synthetic", "--synthetic-users", 151, "--synthetic-items", 300,
-                          "--synthetic-interactions", 6000, "--cache-dir", tmp_path / "reference")
+    points = fault_points(
+        tmp_path,
+        "prepare",
+        "synthetic",
+        "--synthetic-users",
+        151,
+        "--synthetic-items",
+        300,
+        "--synthetic-interactions",
+        6000,
+        "--cache-dir",
+        tmp_path / "reference",
+    )
     (entry,) = (tmp_path / "reference").iterdir()
     reference = {k.split(entry.name, 1)[1]: v for k, v in snapshot(entry).items() if not k.endswith("meta.json")}
     for point in range(1, len(points) + 1):
@@ -85,7 +113,9 @@ def test_ranking_cache_killed_at_every_file_operation_is_absent_or_complete(tmp_
         assert all((p / "meta.json").exists() for p in entries), points[point - 1]  # none, or a complete one
         assert prepare(cache).code == 0
         (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
-        assert {k.split(entry.name, 1)[1]: v for k, v in snapshot(entry).items() if not k.endswith("meta.json")} == reference
+        assert {
+            k.split(entry.name, 1)[1]: v for k, v in snapshot(entry).items() if not k.endswith("meta.json")
+        } == reference
 
 
 @pytest.mark.parametrize("dataset", ["criteo-synthetic", "outbrain-synthetic"])
@@ -124,14 +154,27 @@ def test_evaluation_killed_at_every_file_operation_keeps_the_run(tmp_path):
 
 def test_replacing_a_prepared_folder_killed_at_every_file_operation_keeps_one_complete_dataset(tmp_path):
     def prepare(seed, out, **env):
-        return run_cli("prepare", "criteo-synthetic", "--synthetic-rows", 2000, "--synthetic-seed", seed, "--out", out,
-                       "--overwrite", env=env)
+        return run_cli(
+            "prepare",
+            "criteo-synthetic",
+            "--synthetic-rows",
+            2000,
+            "--synthetic-seed",
+            seed,
+            "--out",
+            out,
+            "--overwrite",
+            env=env,
+        )
 
     versions = {}
     for seed in (1, 2):
         assert prepare(seed, tmp_path / f"seed-{seed}").code == 0
-        versions[seed] = {k.split(f"seed-{seed}/", 1)[1]: v for k, v in snapshot(tmp_path / f"seed-{seed}").items()
-                          if not k.endswith("meta.json")}
+        versions[seed] = {
+            k.split(f"seed-{seed}/", 1)[1]: v
+            for k, v in snapshot(tmp_path / f"seed-{seed}").items()
+            if not k.endswith("meta.json")
+        }
     log = tmp_path / "points.log"
     shutil.copytree(tmp_path / "seed-1", tmp_path / "count")
     assert prepare(2, tmp_path / "count", RECFORGE_FAULT_LOG=log).code == 0
@@ -143,5 +186,9 @@ def test_replacing_a_prepared_folder_killed_at_every_file_operation_keeps_one_co
         arrays = {k.split(f"kill-{point}/", 1)[1]: v for k, v in snapshot(out).items() if not k.endswith("meta.json")}
         assert arrays in (versions[1], versions[2]), points[point - 1]  # the old dataset or the new, whole
         assert prepare(2, out).code == 0
-        assert {k.split(f"kill-{point}/", 1)[1]: v for k, v in snapshot(out).items() if not k.endswith("meta.json")} == versions[2]
-        assert not list(tmp_path.glob(f".kill-{point}.partial-*")), points[point - 1]  # the killed run's folders are gone
+        assert {
+            k.split(f"kill-{point}/", 1)[1]: v for k, v in snapshot(out).items() if not k.endswith("meta.json")
+        } == versions[2]
+        assert not list(tmp_path.glob(f".kill-{point}.partial-*")), points[
+            point - 1
+        ]  # the killed run's folders are gone

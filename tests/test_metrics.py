@@ -7,11 +7,13 @@ from recforge.metrics.ranking import hit_and_ndcg, rank_among_all, rank_among_sa
 
 
 def test_rank_counts_negatives_scoring_at_least_the_positive():
-    scores = torch.tensor([
-        [0.9, 0.1, 0.2, 0.3],  # best -> rank 0
-        [0.5, 0.6, 0.7, 0.1],  # two above -> rank 2
-        [0.2, 0.9, 0.8, 0.7],  # last -> rank 3
-    ])
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.2, 0.3],  # best -> rank 0
+            [0.5, 0.6, 0.7, 0.1],  # two above -> rank 2
+            [0.2, 0.9, 0.8, 0.7],  # last -> rank 3
+        ]
+    )
     assert rank_among_sampled(scores).tolist() == [0, 2, 3]
 
 
@@ -49,10 +51,12 @@ def test_nan_scores_are_the_lowest():
 
 
 def test_full_ranking_excludes_minus_infinity_and_ties_count_against():
-    scores = torch.tensor([
-        [0.1, float("-inf"), 0.5, 0.5, 0.2],  # held-out item 2 ties item 3 -> rank 1
-        [0.9, 0.8, float("-inf"), 0.1, 0.0],  # held-out item 0 is best -> rank 0
-    ])
+    scores = torch.tensor(
+        [
+            [0.1, float("-inf"), 0.5, 0.5, 0.2],  # held-out item 2 ties item 3 -> rank 1
+            [0.9, 0.8, float("-inf"), 0.1, 0.0],  # held-out item 0 is best -> rank 0
+        ]
+    )
     rank = rank_among_all(scores, torch.tensor([2, 0]))
     assert rank.tolist() == [1, 0]
     hit, ndcg = hit_and_ndcg(rank, 1)

@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from recforge.config import build_config
+from recforge import registry
 from recforge.data.synthetic import generate
 from recforge.models import layers
 from recforge.models.layers import Linear, ReLUDropout, keep_mask
 from recforge.models.ncf import NCFConfig, gmf, mlp_model, neumf
 from recforge.models.popularity import ItemPopularity
-from recforge.registry import build_task
-from recforge.train.distributed import Dist
+from recforge.registry import build_config, build_task
+from recforge.runtime.distributed import Dist
 from recforge.train.loop import train
 
 
@@ -28,12 +28,24 @@ def test_synthetic_data_is_seeded_and_shaped():
 
 
 def test_neumf_learns_the_planted_signal_and_beats_popularity(tmp_path):
-    cfg = build_config({}, {
-        "dataset": "synthetic", "synthetic_users": 300, "synthetic_items": 200, "synthetic_interactions": 15_000,
-        "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "run"), "epochs": 8,
-        "batch_size": 512, "num_factors": 16, "layers": "64,32,16", "learning_rate": 0.01, "threads": 1,
-    })
-    summary = train(cfg)
+    cfg = build_config(
+        {},
+        {
+            "dataset": "synthetic",
+            "synthetic_users": 300,
+            "synthetic_items": 200,
+            "synthetic_interactions": 15_000,
+            "cache_dir": str(tmp_path / "cache"),
+            "output_dir": str(tmp_path / "run"),
+            "epochs": 8,
+            "batch_size": 512,
+            "num_factors": 16,
+            "layers": "64,32,16",
+            "learning_rate": 0.01,
+            "threads": 1,
+        },
+    )
+    summary = train(cfg, registry)
     task = build_task(cfg, torch.device("cpu"), Dist(), lambda *_: None)
     popularity, _ = task.evaluate(ItemPopularity(task.data.train_items, task.data.num_items))
     assert summary["metrics"]["HR@10"] > popularity["HR@10"] + 0.15

@@ -10,14 +10,22 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
 
+from recforge.core.errors import DataError, RecforgeError
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.ctr_spec import stable_hash
-from recforge.data.outbrain import (CTR_PRIOR_VIEWS, DAY_MS, HOUR_MS, KAGGLE_EPOCH_MS, REQUEST_CTR_KEYS, feature_columns,
-                                    prepare_outbrain, valid_displays)
+from recforge.data.outbrain import (
+    CTR_PRIOR_VIEWS,
+    DAY_MS,
+    HOUR_MS,
+    KAGGLE_EPOCH_MS,
+    REQUEST_CTR_KEYS,
+    feature_columns,
+    prepare_outbrain,
+    valid_displays,
+)
 from recforge.data.synthetic_outbrain import FILES, write_outbrain_csvs
-from recforge.errors import DataError, RecforgeError
 
-QUIET = dict(log=lambda *_: None)
+QUIET = {"log": lambda *_: None}
 
 
 def column(meta, split, name):
@@ -48,8 +56,10 @@ def test_prepare_generated_csvs(generated, tmp_path):
     assert meta.features["event_hour"] == {"tag": "request", "embedding_dim": 16} == meta.features["event_weekday"]
     tags = [meta.features[name]["tag"] for name in meta.dense_names]
     assert len(meta.dense_names) == 32 and tags.count("request") == 16 and tags.count("item") == 16
-    assert {f"{key}_{what}" for key in REQUEST_CTR_KEYS for what in ("ctr", "count")} | {"days_since_published", "document_page_views"} \
-        == {name for name, tag in zip(meta.dense_names, tags) if tag == "request"}
+    assert {f"{key}_{what}" for key in REQUEST_CTR_KEYS for what in ("ctr", "count")} | {
+        "days_since_published",
+        "document_page_views",
+    } == {name for name, tag in zip(meta.dense_names, tags) if tag == "request"}
     assert meta.cardinalities[meta.sparse_names.index("event_hour")] == 25  # hours 0-23 (15 days of events) + missing
     assert meta.cardinalities[meta.sparse_names.index("event_weekday")] == 8
     columns = feature_columns()
@@ -59,7 +69,10 @@ def test_prepare_generated_csvs(generated, tmp_path):
     assert load_meta(tmp_path / "prepared").info["train_click_rate"] == meta.info["train_click_rate"]
     train, valid = load_split(tmp_path / "prepared", "train"), load_split(tmp_path / "prepared", "valid")
     assert not set(np.asarray(train["group"]).tolist()) & set(np.asarray(valid["group"]).tolist())
-    assert valid_displays(np.asarray(valid["group"]), 0.25, 5).all() and not valid_displays(np.asarray(train["group"]), 0.25, 5).any()
+    assert (
+        valid_displays(np.asarray(valid["group"]), 0.25, 5).all()
+        and not valid_displays(np.asarray(train["group"]), 0.25, 5).any()
+    )
     assert 0.1 < meta.rows["valid"] / info["rows"] < 0.4
     for split in (train, valid):
         assert np.all(np.diff(split["group"]) >= 0)  # displays stay contiguous, in file order
@@ -99,19 +112,31 @@ def tiny(folder, *, clicks=None):
     in_valid = valid_displays(ids, 0.5, seed=0)
     t1, t2, t3 = ids[~in_valid][:3].tolist()
     v1, v2 = ids[in_valid][:2].tolist()
-    rows = clicks or [(t1, 1, 1), (t1, 2, 0), (t2, 1, 1), (t2, 2, 0), (t3, 1, 0), (t3, 2, 1),
-                      (v1, 3, 1), (v1, 1, 0), (v2, 3, 0), (v2, 2, 1), (v2, 9, 0)]  # ad 9 is not in promoted_content
+    rows = clicks or [
+        (t1, 1, 1),
+        (t1, 2, 0),
+        (t2, 1, 1),
+        (t2, 2, 0),
+        (t3, 1, 0),
+        (t3, 2, 1),
+        (v1, 3, 1),
+        (v1, 1, 0),
+        (v2, 3, 0),
+        (v2, 2, 1),
+        (v2, 9, 0),
+    ]  # ad 9 is not in promoted_content
     files = {
         "clicks_train.csv": "display_id,ad_id,clicked\n" + "".join(f"{d},{a},{c}\n" for d, a, c in rows),
         "events.csv": "display_id,uuid,document_id,timestamp,platform,geo_location\n"
-                      + "".join(f"{d},u{d},10,{2 * DAY_MS},2,US>CA>807\n" for d in (t1, t2))
-                      + f"{t3},u{t3},12,{T3_TIMESTAMP},2,US>NY>501\n"
-                      + f"{v1},u9,10,{3 * DAY_MS},\\N,GB\n{v2},u9,11,,2,\n",
+        + "".join(f"{d},u{d},10,{2 * DAY_MS},2,US>CA>807\n" for d in (t1, t2))
+        + f"{t3},u{t3},12,{T3_TIMESTAMP},2,US>NY>501\n"
+        + f"{v1},u9,10,{3 * DAY_MS},\\N,GB\n{v2},u9,11,,2,\n",
         "promoted_content.csv": "ad_id,document_id,campaign_id,advertiser_id\n1,20,7,70\n2,21,8,70\n3,20,7,71\n",
         "documents_meta.csv": "document_id,source_id,publisher_id,publish_time\n10,100,1000,2016-06-10 03:59:59\n"
-                              "11,101,,\n12,103,1003,2016-06-12 00:00:00\n20,100,1001,2016-06-01 00:00:00\n21,102,1002,2016-06-20 00:00:00\n",
+        "11,101,,\n12,103,1003,2016-06-12 00:00:00\n20,100,1001,2016-06-01 00:00:00\n21,102,1002,2016-06-20 00:00:00\n",
         # document 10: four topics (the least confident, 4, is dropped); 20: topic 1 only
-        "documents_topics.csv": "document_id,topic_id,confidence_level\n10,4,0.1\n10,1,0.5\n10,2,0.5\n10,3,0.2\n20,1,0.9\n",
+        "documents_topics.csv": "document_id,topic_id,confidence_level\n"
+        "10,4,0.1\n10,1,0.5\n10,2,0.5\n10,3,0.2\n20,1,0.9\n",
         "documents_entities.csv": "document_id,entity_id,confidence_level\n10,e1,0.3\n",
         "documents_categories.csv": "document_id,category_id,confidence_level\n10,1403,0.8\n20,1403,0.4\n21,1100,0.9\n",
     }
@@ -142,8 +167,12 @@ def test_ctr_features_count_train_rows_only(tmp_path):
         assert column(meta, split, "ad_id_ctr") == pytest.approx([expected_ad[a] for a in ads])
         views = {1: 3, 2: 3, 3: 0, 9: 0}
         assert column(meta, split, "ad_id_count") == pytest.approx([math.log1p(views[a]) for a in ads])
-    assert column(meta, valid, "campaign_id_ctr") == pytest.approx([smoothed(2, 3), smoothed(2, 3), smoothed(2, 3), smoothed(1, 3), prior])
-    assert column(meta, valid, "advertiser_id_ctr")[[1, 3]] == pytest.approx([smoothed(3, 6)] * 2)  # advertiser 70: ads 1 and 2
+    assert column(meta, valid, "campaign_id_ctr") == pytest.approx(
+        [smoothed(2, 3), smoothed(2, 3), smoothed(2, 3), smoothed(1, 3), prior]
+    )
+    assert column(meta, valid, "advertiser_id_ctr")[[1, 3]] == pytest.approx(
+        [smoothed(3, 6)] * 2
+    )  # advertiser 70: ads 1 and 2
     assert column(meta, valid, "advertiser_id_ctr")[0] == pytest.approx(prior)  # advertiser 71: ad 3 only
     # document 20 is promoted by ads 1 and 3, so its train counts are ad 1's
     assert column(meta, valid, "document_id_promo_ctr")[0] == pytest.approx(smoothed(2, 3))
@@ -155,8 +184,19 @@ def test_ctr_features_count_train_rows_only(tmp_path):
 
 def test_request_ctr_features_count_train_rows_only(tmp_path):
     (t1, t2, t3), (v1, v2) = tiny(tmp_path / "raw")
-    clicks = [(t1, 1, 1), (t1, 2, 1), (t2, 1, 1), (t2, 2, 0), (t3, 1, 0), (t3, 2, 0),
-              (v1, 3, 1), (v1, 1, 0), (v2, 3, 0), (v2, 2, 1), (v2, 9, 0)]
+    clicks = [
+        (t1, 1, 1),
+        (t1, 2, 1),
+        (t2, 1, 1),
+        (t2, 2, 0),
+        (t3, 1, 0),
+        (t3, 2, 0),
+        (v1, 3, 1),
+        (v1, 1, 0),
+        (v2, 3, 0),
+        (v2, 2, 1),
+        (v2, 9, 0),
+    ]
     tiny(tmp_path / "raw", clicks=clicks)
     meta = prepare_outbrain(tmp_path / "raw", tmp_path / "out", valid_fraction=0.5, seed=0, **QUIET)
     prior = 3 / 6
@@ -176,10 +216,15 @@ def test_request_ctr_features_count_train_rows_only(tmp_path):
         assert column(meta, train, f"{name}_count") == pytest.approx([math.log1p(6)] * 6), name
     # v1: document 10, source 100, publisher 1000 (train counts); GB only in valid, platform missing -> the prior
     # v2: document 11 and source 101 only in valid, no publisher, no location -> the prior; platform 2
-    expected = {"document_id": [smoothed(3, 4)] * 2 + [prior] * 3, "source_id": [smoothed(3, 4)] * 2 + [prior] * 3,
-                "publisher_id": [smoothed(3, 4)] * 2 + [prior] * 3, "geo_location": [prior] * 5,
-                "geo_location_country": [prior] * 5, "geo_location_state": [prior] * 5,
-                "platform": [prior] * 2 + [smoothed(3, 6)] * 3}
+    expected = {
+        "document_id": [smoothed(3, 4)] * 2 + [prior] * 3,
+        "source_id": [smoothed(3, 4)] * 2 + [prior] * 3,
+        "publisher_id": [smoothed(3, 4)] * 2 + [prior] * 3,
+        "geo_location": [prior] * 5,
+        "geo_location_country": [prior] * 5,
+        "geo_location_state": [prior] * 5,
+        "platform": [prior] * 2 + [smoothed(3, 6)] * 3,
+    }
     for name, values in expected.items():
         assert column(meta, valid, f"{name}_ctr") == pytest.approx(values), name
     assert column(meta, valid, "document_id_count") == pytest.approx([math.log1p(4)] * 2 + [0.0] * 3)
@@ -193,7 +238,11 @@ def test_event_hour_and_weekday_by_hand(tmp_path):
     meta = prepare_outbrain(tmp_path / "raw", tmp_path / "out", valid_fraction=0.5, seed=0, **QUIET)
     train, valid = load_split(tmp_path / "out", "train"), load_split(tmp_path / "out", "valid")
     timestamps = {t1: 2 * DAY_MS, t2: 2 * DAY_MS, t3: T3_TIMESTAMP, v1: 3 * DAY_MS, v2: None}
-    when = {d: datetime.fromtimestamp((KAGGLE_EPOCH_MS + ms) / 1000, tz=timezone.utc) for d, ms in timestamps.items() if ms is not None}
+    when = {
+        d: datetime.fromtimestamp((KAGGLE_EPOCH_MS + ms) / 1000, tz=timezone.utc)
+        for d, ms in timestamps.items()
+        if ms is not None
+    }
     assert when[t1] == datetime(2016, 6, 16, 3, 59, 59, 998000, tzinfo=timezone.utc)  # a Thursday
     assert when[t3] == datetime(2016, 6, 17, 1, tzinfo=timezone.utc)  # a Friday, on the hour
     hours = {d: t.hour for d, t in when.items()}
@@ -230,11 +279,28 @@ def test_document_features_by_hand(tmp_path):
     topics = np.asarray(train["multi_hot"][0, :3])
     assert sorted(topics.tolist()) == sorted(hashed(v, 350) for v in ("1", "2", "3"))
     assert topics[0] in (hashed("1", 350), hashed("2", 350)) and topics[2] == hashed("3", 350)  # by confidence
-    assert train["multi_hot"][0, 3:].tolist() == [hashed("e1", 10000), -1, -1, hashed("1403", 100), -1, -1,
-                                                  hashed("1", 350), -1, -1, -1, -1, -1, hashed("1403", 100), -1, -1]
+    assert train["multi_hot"][0, 3:].tolist() == [
+        hashed("e1", 10000),
+        -1,
+        -1,
+        hashed("1403", 100),
+        -1,
+        -1,
+        hashed("1", 350),
+        -1,
+        -1,
+        -1,
+        -1,
+        -1,
+        hashed("1403", 100),
+        -1,
+        -1,
+    ]
     assert column(meta, train, "geo_location_state")[0] == hashed("US>CA", 2000)
     assert column(meta, train, "geo_location_country")[0] == hashed("US", 300)
-    assert column(meta, valid, "geo_location_state")[0] == 0 and column(meta, valid, "geo_location_country")[0] == hashed("GB", 300)
+    assert column(meta, valid, "geo_location_state")[0] == 0 and column(meta, valid, "geo_location_country")[
+        0
+    ] == hashed("GB", 300)
     assert column(meta, valid, "geo_location")[2] == 0  # missing
     assert column(meta, valid, "platform").tolist() == [0, 0, 1, 1, 1]  # \\N is missing; the train vocabulary is {2}
     assert column(meta, train, "publisher_id")[0] == hashed("1000", 1000)
@@ -248,9 +314,13 @@ def test_malformed_click_rows_name_file_line_and_field(tmp_path):
     tiny(tmp_path / "raw")
     path = tmp_path / "raw" / "clicks_train.csv"
     lines = path.read_text().splitlines(keepends=True)
-    for bad, field, words in [("12,abc,1\n", "ad_id", "not an integer: 'abc'"), ("12,5\n", None, "expected 3 fields"),
-                              ("12,,1\n", "ad_id", "missing value"), ("12,5,2\n", "clicked", "must be 0 or 1"),
-                              ("-4,5,1\n", "display_id", "an id must be")]:
+    for bad, field, words in [
+        ("12,abc,1\n", "ad_id", "not an integer: 'abc'"),
+        ("12,5\n", None, "expected 3 fields"),
+        ("12,,1\n", "ad_id", "missing value"),
+        ("12,5,2\n", "clicked", "must be 0 or 1"),
+        ("-4,5,1\n", "display_id", "an id must be"),
+    ]:
         path.write_text("".join(lines[:4] + [bad] + lines[4:]))
         with pytest.raises(DataError) as error:
             prepare_outbrain(tmp_path / "raw", tmp_path / "out", **QUIET)
@@ -315,16 +385,52 @@ def test_prepare_train_evaluate_predict_through_the_cli(generated, tmp_path):
     raw, info = generated
     main(["prepare", "outbrain", "--data-dir", str(raw), "--out", str(tmp_path / "prepared")])
     small = ["--data-dir", str(tmp_path / "prepared"), "--batch-size", "512", "--deep-hidden-units", "64-32"]
-    main(["train", "--config", "configs/wide-deep-outbrain.yaml", *small, "--epochs", "3", "--deep-learning-rate", "0.1",
-          "--output-dir", str(tmp_path / "run")])
+    main(
+        [
+            "train",
+            "--config",
+            "configs/wide-deep-outbrain.yaml",
+            *small,
+            "--epochs",
+            "3",
+            "--deep-learning-rate",
+            "0.1",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     trained = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]
     assert trained["MAP@12"] > info["random_map12"] + 0.05, (trained, info)
     checkpoint = str(tmp_path / "run" / "checkpoints" / "best.pt")
-    main(["train", "--config", "configs/wide-deep-outbrain.yaml", *small, "--evaluate", "--restore-checkpoint", checkpoint,
-          "--output-dir", str(tmp_path / "eval")])
-    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]["MAP@12"] == pytest.approx(trained["MAP@12"])
-    main(["train", "--config", "configs/wide-deep-outbrain.yaml", *small, "--predict", "--restore-checkpoint", checkpoint,
-          "--output-dir", str(tmp_path / "predict")])
+    main(
+        [
+            "train",
+            "--config",
+            "configs/wide-deep-outbrain.yaml",
+            *small,
+            "--evaluate",
+            "--restore-checkpoint",
+            checkpoint,
+            "--output-dir",
+            str(tmp_path / "eval"),
+        ]
+    )
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]["MAP@12"] == pytest.approx(
+        trained["MAP@12"]
+    )
+    main(
+        [
+            "train",
+            "--config",
+            "configs/wide-deep-outbrain.yaml",
+            *small,
+            "--predict",
+            "--restore-checkpoint",
+            checkpoint,
+            "--output-dir",
+            str(tmp_path / "predict"),
+        ]
+    )
     lines = (tmp_path / "predict" / "submission.csv").read_text().splitlines()
     valid = load_split(tmp_path / "prepared", "valid")
     assert lines[0] == "display_id,ad_id" and len(lines) == 1 + len(np.unique(valid["group"]))

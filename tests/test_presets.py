@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from faults import REPO, run_cli
+
 from recforge.data.outbrain import prepare_outbrain
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.data.synthetic_outbrain import write_outbrain_csvs
@@ -32,7 +32,9 @@ def test_every_preset_is_tested_here():
 @pytest.fixture(scope="module")
 def click_log(tmp_path_factory):
     folder = tmp_path_factory.mktemp("presets") / "ctr"
-    generate_ctr(folder, rows=40_000, seed=5, cardinalities=[40, 300, 2000, 25, 6000, 9, 500, 1200], log=lambda *_: None)
+    generate_ctr(
+        folder, rows=40_000, seed=5, cardinalities=[40, 300, 2000, 25, 6000, 9, 500, 1200], log=lambda *_: None
+    )
     return folder
 
 
@@ -51,8 +53,17 @@ def capped_batch(preset: str, cap: int) -> list:
 
 
 def train(preset: str, tmp_path: Path, *flags) -> list[dict]:
-    result = run_cli("train", "--config", CONFIGS / f"{preset}.yaml", "--output-dir", tmp_path / "run", "--threads", 1,
-                     *capped_batch(preset, 2048), *flags)
+    result = run_cli(
+        "train",
+        "--config",
+        CONFIGS / f"{preset}.yaml",
+        "--output-dir",
+        tmp_path / "run",
+        "--threads",
+        1,
+        *capped_batch(preset, 2048),
+        *flags,
+    )
     assert result.code == 0, result.stderr
     assert "diverged" not in result.stdout + result.stderr
     return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -67,8 +78,20 @@ def assert_learned(records: list[dict], metric: str, baseline: float) -> None:
 
 @pytest.mark.parametrize("preset", RANKING)
 def test_ranking_preset_trains(preset, tmp_path):
-    data = ["--dataset", "synthetic", "--synthetic-users", 400, "--synthetic-items", 4000, "--synthetic-interactions", 25_000,
-            "--cache-dir", tmp_path / "cache", "--min-user-interactions", 20]
+    data = [
+        "--dataset",
+        "synthetic",
+        "--synthetic-users",
+        400,
+        "--synthetic-items",
+        4000,
+        "--synthetic-interactions",
+        25_000,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--min-user-interactions",
+        20,
+    ]
     records = train(preset, tmp_path, *data, "--epochs", 3, "--hr-threshold", "none")
     negatives = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["eval"]["valid_negative"]
     assert_learned(records, "HR@10", baseline=2 * 10 / (1 + negatives))  # twice a random ranking's
@@ -77,14 +100,28 @@ def test_ranking_preset_trains(preset, tmp_path):
 # MLPerf's Terabyte schedule is in steps of batch 65536 (warm-up 8000, decay from 48000 over
 # 24000): on a test log of 17 steps of 2048 it is scaled to the run, and SGD's rate 24 by the
 # batch (the linear scaling rule MLPerf's rate comes from): 24 * 2048 / 65536.
-SCALED = {"dlrm-criteo-terabyte": ["--learning-rate", 0.75, "--warmup-steps", 3, "--decay-start-step", 10,
-                                   "--decay-steps", 8]}
+SCALED = {
+    "dlrm-criteo-terabyte": ["--learning-rate", 0.75, "--warmup-steps", 3, "--decay-start-step", 10, "--decay-steps", 8]
+}
 
 
 @pytest.mark.parametrize("preset", CLICK_LOGS)
 def test_click_log_preset_trains(preset, click_log, tmp_path):
-    records = train(preset, tmp_path, "--dataset", "criteo-synthetic", "--data-dir", click_log, *SCALED.get(preset, []),
-                    "--evals-per-epoch", 3, "--epochs", 1, "--hr-threshold", "none")
+    records = train(
+        preset,
+        tmp_path,
+        "--dataset",
+        "criteo-synthetic",
+        "--data-dir",
+        click_log,
+        *SCALED.get(preset, []),
+        "--evals-per-epoch",
+        3,
+        "--epochs",
+        1,
+        "--hr-threshold",
+        "none",
+    )
     assert_learned(records, "AUC", baseline=0.6)
 
 
@@ -101,7 +138,21 @@ def test_outbrain_preset_trains(outbrain_log, tmp_path):
 def test_throughput_preset_says_so_and_benchmarks(outbrain_log, tmp_path):
     header = (CONFIGS / "wide-deep-outbrain-tf1-throughput.yaml").read_text().splitlines()[0]
     assert header.startswith("# THROUGHPUT ONLY")
-    result = run_cli("train", "--config", CONFIGS / "wide-deep-outbrain-tf1-throughput.yaml", "--data-dir", outbrain_log[0],
-                     "--output-dir", tmp_path / "run", "--batch-size", 2048, "--max-steps", 4, "--benchmark", "--threads", 1)
+    result = run_cli(
+        "train",
+        "--config",
+        CONFIGS / "wide-deep-outbrain-tf1-throughput.yaml",
+        "--data-dir",
+        outbrain_log[0],
+        "--output-dir",
+        tmp_path / "run",
+        "--batch-size",
+        2048,
+        "--max-steps",
+        4,
+        "--benchmark",
+        "--threads",
+        1,
+    )
     assert result.code == 0, result.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["train_samples_per_s"] > 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from recforge.train.proximal import Ftrl, ProximalAdagrad
+from recforge.optim.proximal import Ftrl, ProximalAdagrad
 
 W0 = [0.5, -0.3, 0.1, 0.8, -0.6]
 G1 = [0.4, -0.2, 0.05, -1.0, 0.3]
@@ -109,8 +109,11 @@ def test_sparse_gradients_match_dense_on_touched_rows(name):
     assert not torch.equal(dense.weight[6:], initial[6:])  # a zero dense gradient still regularizes
 
 
-@pytest.mark.parametrize("make", [lambda params: Ftrl(params, lr=1.0, l1=0.01),
-                                  lambda params: ProximalAdagrad(params, lr=0.5, l1=0.01)], ids=list(OPTIMIZERS))
+@pytest.mark.parametrize(
+    "make",
+    [lambda params: Ftrl(params, lr=1.0, l1=0.01), lambda params: ProximalAdagrad(params, lr=0.5, l1=0.01)],
+    ids=list(OPTIMIZERS),
+)
 def test_logistic_regression_learns_planted_weights(make):
     torch.manual_seed(0)
     planted = torch.tensor([2.0, -3.0, 0.0, 1.5, 0.0, -2.0])

@@ -53,7 +53,9 @@ def train_by_user(data) -> dict:
 
 
 def test_ml_100k_u_data_and_latin1_titles(tmp_path):
-    (tmp_path / "u.data").write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t377\t1\t878887116\n22\t242\t5\t878887200\n")
+    (tmp_path / "u.data").write_text(
+        "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t377\t1\t878887116\n22\t242\t5\t878887200\n"
+    )
     (tmp_path / "u.item").write_bytes(
         "242|Café (1999)|01-Jan-1999||http://x/Caf%E9|0|1|0\n"
         "302|L.A. Confidential (1997)|01-Jan-1997||http://x/LA|0|0|1\n"
@@ -79,7 +81,9 @@ def test_ml_100k_u_data_and_latin1_titles(tmp_path):
 def test_ml_1m_ratings_dat_and_movies_dat(tmp_path, point_at_parent):
     folder = tmp_path / "ml-1m"
     folder.mkdir()
-    (folder / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n6040::1::2::956703977\n")
+    (folder / "ratings.dat").write_text(
+        "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n6040::1::2::956703977\n"
+    )
     (folder / "movies.dat").write_bytes(
         "1::Toy Story (1995)::Animation|Children's|Comedy\n"
         "661::Star Wars: Episode IV (1977)::Action|Sci-Fi\n"
@@ -101,7 +105,11 @@ def test_ml_1m_ratings_dat_and_movies_dat(tmp_path, point_at_parent):
         2: "Amélie: Le Fabuleux Destin (2001)",
     }
     data = leave_one_out(raw)
-    assert titles_by_item(data) == {1: "Toy Story (1995)", 661: "Star Wars: Episode IV (1977)", 1193: "One Flew Over the Cuckoo's Nest (1975)"}
+    assert titles_by_item(data) == {
+        1: "Toy Story (1995)",
+        661: "Star Wars: Episode IV (1977)",
+        1193: "One Flew Over the Cuckoo's Nest (1975)",
+    }
     assert held_out_by_user(data) == {1: 661, 2: 1193, 6040: 1}
 
 
@@ -159,7 +167,14 @@ def test_csv_string_ids_and_custom_columns(tmp_path):
         "40,alice,z,SKU-c,1\n"
         "15,bob,w,SKU-c,3.5\n"
     )
-    cfg = csv_cfg(tmp_path, "orders.csv", user_column="customer", item_column="sku", rating_column="stars", timestamp_column="when")
+    cfg = csv_cfg(
+        tmp_path,
+        "orders.csv",
+        user_column="customer",
+        item_column="sku",
+        rating_column="stars",
+        timestamp_column="when",
+    )
     raw = interaction_file.read(cfg)
     assert as_list(raw.users) == ["alice", "alice", "bob", "alice", "bob"]
     assert as_list(raw.items) == ["SKU-b", "SKU-a", "SKU-a", "SKU-c", "SKU-c"]
@@ -176,12 +191,19 @@ def test_csv_string_ids_and_custom_columns(tmp_path):
 def test_data_dir_with_a_single_file_needs_no_data_file(tmp_path):
     (tmp_path / "only.csv").write_text("user_id,item_id,rating,timestamp\n3,9,1,100\n")
     raw = interaction_file.read(DataConfig(dataset="csv", data_dir=str(tmp_path)))
-    assert (raw.users.tolist(), raw.items.tolist(), raw.ratings.tolist(), raw.timestamps.tolist()) == ([3], [9], [1.0], [100])
+    assert (raw.users.tolist(), raw.items.tolist(), raw.ratings.tolist(), raw.timestamps.tolist()) == (
+        [3],
+        [9],
+        [1.0],
+        [100],
+    )
 
 
 def test_tsv(tmp_path):
     (tmp_path / "events.tsv").write_text("u\ti\tr\tt\n7\t70\t1.5\t100\n8\t80\t2\t50\n7\t71\t3\t90\n")
-    raw = interaction_file.read(csv_cfg(tmp_path, "events.tsv", user_column="u", item_column="i", rating_column="r", timestamp_column="t"))
+    raw = interaction_file.read(
+        csv_cfg(tmp_path, "events.tsv", user_column="u", item_column="i", rating_column="r", timestamp_column="t")
+    )
     assert raw.users.tolist() == [7, 8, 7]
     assert raw.items.tolist() == [70, 80, 71]
     assert raw.ratings.tolist() == [1.5, 2.0, 3.0]
@@ -191,33 +213,69 @@ def test_tsv(tmp_path):
 
 def test_custom_separator(tmp_path):
     (tmp_path / "events.txt").write_text("u;i;r;t\n1;2;3;4\n5;6;7;8\n")
-    raw = interaction_file.read(csv_cfg(tmp_path, "events.txt", user_column="u", item_column="i", rating_column="r", timestamp_column="t", separator=";"))
-    assert (raw.users.tolist(), raw.items.tolist(), raw.ratings.tolist(), raw.timestamps.tolist()) == ([1, 5], [2, 6], [3.0, 7.0], [4, 8])
+    raw = interaction_file.read(
+        csv_cfg(
+            tmp_path,
+            "events.txt",
+            user_column="u",
+            item_column="i",
+            rating_column="r",
+            timestamp_column="t",
+            separator=";",
+        )
+    )
+    assert (raw.users.tolist(), raw.items.tolist(), raw.ratings.tolist(), raw.timestamps.tolist()) == (
+        [1, 5],
+        [2, 6],
+        [3.0, 7.0],
+        [4, 8],
+    )
 
 
 def test_csv_with_dates_as_timestamps(tmp_path):
     (tmp_path / "d.csv").write_text("u,i,day\n1,10,2021-03-05\n1,11,2021-03-04\n1,12,2020-12-31\n")
-    raw = interaction_file.read(csv_cfg(tmp_path, "d.csv", user_column="u", item_column="i", rating_column=None, timestamp_column="day"))
+    raw = interaction_file.read(
+        csv_cfg(tmp_path, "d.csv", user_column="u", item_column="i", rating_column=None, timestamp_column="day")
+    )
     assert raw.ratings is None
     assert raw.timestamps.tolist() == [18691, 18690, 18627]  # days since 1970-01-01
     assert held_out_by_user(leave_one_out(raw)) == {1: 10}
 
 
 def test_parquet(tmp_path):
-    table = pa.table({
-        "customer": pa.array(["c2", "c1", "c1", "c2", "c1"]),
-        "sku": pa.array(["s9", "s1", "s3", "s1", "s2"]),
-        "stars": pa.array([5.0, 4.0, 1.0, 3.0, 2.0], pa.float64()),
-        # Parquet stores timestamps in ms (or finer): the reader gives int64 in the file's unit.
-        "when": pa.array([1_600_000_300, 1_600_000_000, 1_600_000_200, 1_600_000_100, 1_600_000_200], pa.int64()).cast(pa.timestamp("s")).cast(pa.timestamp("ms")),
-        "extra": pa.array([1, 2, 3, 4, 5]),
-    })
+    table = pa.table(
+        {
+            "customer": pa.array(["c2", "c1", "c1", "c2", "c1"]),
+            "sku": pa.array(["s9", "s1", "s3", "s1", "s2"]),
+            "stars": pa.array([5.0, 4.0, 1.0, 3.0, 2.0], pa.float64()),
+            # Parquet stores timestamps in ms (or finer): the reader gives int64 in the file's unit.
+            "when": pa.array([1_600_000_300, 1_600_000_000, 1_600_000_200, 1_600_000_100, 1_600_000_200], pa.int64())
+            .cast(pa.timestamp("s"))
+            .cast(pa.timestamp("ms")),
+            "extra": pa.array([1, 2, 3, 4, 5]),
+        }
+    )
     pq.write_table(table, tmp_path / "events.parquet")
-    raw = interaction_file.read(csv_cfg(tmp_path, "events.parquet", user_column="customer", item_column="sku", rating_column="stars", timestamp_column="when"))
+    raw = interaction_file.read(
+        csv_cfg(
+            tmp_path,
+            "events.parquet",
+            user_column="customer",
+            item_column="sku",
+            rating_column="stars",
+            timestamp_column="when",
+        )
+    )
     assert as_list(raw.users) == ["c2", "c1", "c1", "c2", "c1"]
     assert as_list(raw.items) == ["s9", "s1", "s3", "s1", "s2"]
     assert raw.ratings.tolist() == [5.0, 4.0, 1.0, 3.0, 2.0]
-    assert raw.timestamps.tolist() == [1_600_000_300_000, 1_600_000_000_000, 1_600_000_200_000, 1_600_000_100_000, 1_600_000_200_000]
+    assert raw.timestamps.tolist() == [
+        1_600_000_300_000,
+        1_600_000_000_000,
+        1_600_000_200_000,
+        1_600_000_100_000,
+        1_600_000_200_000,
+    ]
     data = leave_one_out(raw)
     # c1: s3 and s2 tie at the latest time; the larger item id (s3) is held out.
     assert held_out_by_user(data) == {"c1": "s3", "c2": "s9"}
@@ -336,7 +394,9 @@ def test_real_ml_100k_through_cache(tmp_path):
         for line in f:
             u, i, _, t = line.split("\t")
             rows.append((int(u), int(i), int(t)))
-    cfg = DataConfig(dataset="ml-100k", data_dir=str(folder), cache_dir=str(tmp_path / "cache"), min_user_interactions=20)
+    cfg = DataConfig(
+        dataset="ml-100k", data_dir=str(folder), cache_dir=str(tmp_path / "cache"), min_user_interactions=20
+    )
     logged = []
     data, path = cache.prepare(cfg, log=logged.append)
     users, items, interactions = check_prepared(data, rows, 20)
@@ -382,7 +442,9 @@ def test_real_ml_latest_small_through_cache(tmp_path):
 
 def test_cache_key_follows_options_and_source_files(tmp_path):
     (tmp_path / "u.data").write_text("1\t1\t5\t1\n1\t2\t5\t2\n2\t1\t5\t3\n")
-    cfg = DataConfig(dataset="ml-100k", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), min_user_interactions=1)
+    cfg = DataConfig(
+        dataset="ml-100k", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), min_user_interactions=1
+    )
     first, path = cache.prepare(cfg, log=lambda _: None)
     assert first.num_users == 2
     other, other_path = cache.prepare(DataConfig(**{**cfg.__dict__, "min_user_interactions": 2}), log=lambda _: None)
@@ -398,7 +460,8 @@ def test_cache_key_follows_options_and_source_files(tmp_path):
 def raw_from_rows(rows, with_time=True, with_rating=True) -> RawInteractions:
     cols = list(zip(*rows))
     return RawInteractions(
-        users=np.array(cols[0]), items=np.array(cols[1]),
+        users=np.array(cols[0]),
+        items=np.array(cols[1]),
         ratings=np.array(cols[2], dtype=np.float32) if with_rating else None,
         timestamps=np.array(cols[3]) if with_time else None,
     )
@@ -433,7 +496,9 @@ def test_leave_one_out_hand_made():
     assert data.train_users.tolist() == [0, 0, 1, 1, 2]
     assert data.train_items.tolist() == [1, 2, 0, 1, 0]
     assert data.user_offsets.tolist() == [0, 2, 4, 5]
-    assert data.train_users.dtype == np.int32 and data.train_items.dtype == np.int32 and data.test_items.dtype == np.int32
+    assert (
+        data.train_users.dtype == np.int32 and data.train_items.dtype == np.int32 and data.test_items.dtype == np.int32
+    )
 
 
 def test_leave_one_out_without_filters():
@@ -465,7 +530,7 @@ def test_leave_one_out_min_rating_without_timestamps_keeps_file_positions():
 
 
 def test_leave_one_out_errors():
-    from recforge.errors import RecforgeError
+    from recforge.core.errors import RecforgeError
 
     with pytest.raises(RecforgeError, match="min_rating"):
         leave_one_out(raw_from_rows(LOO_ROWS, with_rating=False), min_rating=3)
@@ -477,7 +542,9 @@ def test_leave_one_out_errors():
 
 def test_csv_zero_padded_string_ids_stay_distinct(tmp_path):
     (tmp_path / "p.csv").write_text("user,item\nA,007\nA,7\nB,007\n")
-    raw = interaction_file.read(csv_cfg(tmp_path, "p.csv", user_column="user", item_column="item", rating_column=None, timestamp_column=None))
+    raw = interaction_file.read(
+        csv_cfg(tmp_path, "p.csv", user_column="user", item_column="item", rating_column=None, timestamp_column=None)
+    )
     assert sorted(set(map(str, as_list(raw.items)))) == ["007", "7"]
 
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from recforge.core.errors import RecforgeError
 from recforge.data.batches import ImplicitEpochs
 from recforge.data.implicit import LeaveOneOutData
 from recforge.data.sampling import contains, sample_eval_negatives, sample_train_negatives
-from recforge.errors import RecforgeError
 
 
 def dense_data(num_users=40, num_items=150, seed=0) -> LeaveOneOutData:
@@ -18,7 +18,9 @@ def dense_data(num_users=40, num_items=150, seed=0) -> LeaveOneOutData:
         users += [u] * (count - 1)
         items += list(chosen[:-1])
     users, items = np.array(users, np.int32), np.array(items, np.int32)
-    test = np.array([rng.choice(np.setdiff1d(np.arange(num_items), items[users == u])) for u in range(num_users)], np.int32)
+    test = np.array(
+        [rng.choice(np.setdiff1d(np.arange(num_items), items[users == u])) for u in range(num_users)], np.int32
+    )
     return LeaveOneOutData(users, items, test, np.arange(num_users), np.arange(num_items))
 
 

@@ -74,7 +74,8 @@ def _grouped_log(folder, displays=6000, seed=0):
     (folder / "spec.yaml").write_text(
         "label: clicked\ngroup: display_id\nitem: ad_id\n"
         "numeric: [{name: x, transform: standardize, tag: item}]\n"
-        "categorical: [{name: ad_id, hash_buckets: 512, embedding_dim: 8, tag: item}, {name: platform, tag: request}, ad_topic]\n"
+        "categorical: [{name: ad_id, hash_buckets: 512, embedding_dim: 8, tag: item},"
+        " {name: platform, tag: request}, ad_topic]\n"
         "multi_hot: [{name: page_topics, max_length: 3, pooling: mean, tag: request}]\n"
         "crossed: [{name: topic_x_platform, columns: [ad_topic, platform], hash_buckets: 97}]\n"
         "files: {all: log.csv}\nholdout: {valid: 0.2}\n"
@@ -87,17 +88,24 @@ def _grouped_log(folder, displays=6000, seed=0):
 def grouped(tmp_path_factory):
     root = tmp_path_factory.mktemp("grouped")
     best_map = _grouped_log(root / "raw")
-    main(["prepare", "ctr", "--feature-spec", str(root / "raw" / "spec.yaml"), "--data-dir", str(root / "raw"), "--out", str(root / "prepared")])
+    main(
+        [
+            "prepare",
+            "ctr",
+            "--feature-spec",
+            str(root / "raw" / "spec.yaml"),
+            "--data-dir",
+            str(root / "raw"),
+            "--out",
+            str(root / "prepared"),
+        ]
+    )
     return root / "prepared", best_map
 
 
 def test_feature_spec_writes_multi_hot_crossed_group_and_item(tmp_path):
     (tmp_path / "log.csv").write_text(
-        "click,display,ad,site,tags\n"
-        "1,10,7,a,x|y\n"
-        "0,10,8,b,\n"
-        "0,11,7,a,y|z|x|w\n"
-        "1,11,9,b,||z\n"
+        "click,display,ad,site,tags\n1,10,7,a,x|y\n0,10,8,b,\n0,11,7,a,y|z|x|w\n1,11,9,b,||z\n"
     )
     (tmp_path / "spec.yaml").write_text(
         "label: click\ngroup: display\nitem: ad\ncategorical: [ad, {name: site, embedding_dim: 4, tag: request}]\n"
@@ -111,25 +119,54 @@ def test_feature_spec_writes_multi_hot_crossed_group_and_item(tmp_path):
     assert meta.multi_hot == [{"name": "tags", "cardinality": 5, "max_length": 2, "pooling": "sum"}]
     assert train["group"].tolist() == [10, 10, 11, 11] and train["item"].tolist() == [7, 8, 7, 9]
     crossed = train["crossed"][:, 0]
-    assert crossed[0] == crossed[2] != crossed[1] != crossed[3] and 1 <= crossed.min() and crossed.max() < 1000  # (7, a) twice
+    assert (
+        crossed[0] == crossed[2] != crossed[1] != crossed[3] and crossed.min() >= 1 and crossed.max() < 1000
+    )  # (7, a) twice
     assert meta.features == {"site": {"embedding_dim": 4, "tag": "request"}}
-    assert load_meta(tmp_path / "out").crossed == [{"name": "ad_x_site", "columns": ["ad", "site"], "cardinality": 1000}]
+    assert load_meta(tmp_path / "out").crossed == [
+        {"name": "ad_x_site", "columns": ["ad", "site"], "cardinality": 1000}
+    ]
 
 
 def test_feature_spec_rejects_a_cross_of_unknown_columns(tmp_path, capsys):
     (tmp_path / "log.csv").write_text("click,ad\n1,7\n")
-    (tmp_path / "spec.yaml").write_text("label: click\ncategorical: [ad]\ncrossed: [{name: c, columns: [ad, nope], hash_buckets: 9}]\nfiles: {all: log.csv}\n")
+    (tmp_path / "spec.yaml").write_text(
+        "label: click\ncategorical: [ad]\ncrossed: [{name: c, columns: [ad, nope], hash_buckets: 9}]\n"
+        "files: {all: log.csv}\n"
+    )
     with pytest.raises(SystemExit):
-        main(["prepare", "ctr", "--feature-spec", str(tmp_path / "spec.yaml"), "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+        main(
+            [
+                "prepare",
+                "ctr",
+                "--feature-spec",
+                str(tmp_path / "spec.yaml"),
+                "--data-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     err = capsys.readouterr().err
     assert "spec.yaml:3: field 'crossed.columns': c: columns must name two or more categorical features" in err
 
 
 def test_wide_part_starts_at_zero_and_sees_every_field():
-    model = WideDeep(2, [3, 4], [4, 4], [{"name": "m", "cardinality": 5, "max_length": 2, "pooling": "mean"}], [3], [7],
-                     WideDeepConfig(deep_hidden_units=[8]))
-    batch = {"dense": torch.randn(3, 2), "sparse": torch.tensor([[0, 1], [2, 3], [1, 0]]),
-             "multi_hot": torch.tensor([[1, 2], [-1, -1], [4, -1]]), "crossed": torch.tensor([[6], [0], [3]])}
+    model = WideDeep(
+        2,
+        [3, 4],
+        [4, 4],
+        [{"name": "m", "cardinality": 5, "max_length": 2, "pooling": "mean"}],
+        [3],
+        [7],
+        WideDeepConfig(deep_hidden_units=[8]),
+    )
+    batch = {
+        "dense": torch.randn(3, 2),
+        "sparse": torch.tensor([[0, 1], [2, 3], [1, 0]]),
+        "multi_hot": torch.tensor([[1, 2], [-1, -1], [4, -1]]),
+        "crossed": torch.tensor([[6], [0], [3]]),
+    }
     wide = model.wide(batch["dense"], batch["sparse"], batch["multi_hot"], batch["crossed"])
     assert torch.equal(wide, torch.zeros(3))
     with torch.no_grad():  # one weight per row: fields, then crosses, then multi-hot values, end to end
@@ -141,9 +178,20 @@ def test_wide_part_starts_at_zero_and_sees_every_field():
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_wide_deep_takes_multi_hot_features_alone():
-    model = WideDeep(0, [], [], [{"name": "m", "cardinality": 6, "max_length": 3, "pooling": "sum"}], [4], [],
-                     WideDeepConfig(deep_hidden_units=[8]))
-    batch = {"dense": torch.zeros(2, 0), "sparse": torch.zeros(2, 0, dtype=torch.long), "multi_hot": torch.tensor([[1, 5, -1], [-1, -1, -1]])}
+    model = WideDeep(
+        0,
+        [],
+        [],
+        [{"name": "m", "cardinality": 6, "max_length": 3, "pooling": "sum"}],
+        [4],
+        [],
+        WideDeepConfig(deep_hidden_units=[8]),
+    )
+    batch = {
+        "dense": torch.zeros(2, 0),
+        "sparse": torch.zeros(2, 0, dtype=torch.long),
+        "multi_hot": torch.tensor([[1, 5, -1], [-1, -1, -1]]),
+    }
     logits = model(batch)
     logits.sum().backward()
     assert logits.shape == (2,) and model.multi_hot[0].weight.grad is not None
@@ -152,25 +200,73 @@ def test_wide_deep_takes_multi_hot_features_alone():
 def test_wide_deep_learns_the_planted_ranking_through_the_cli(grouped, tmp_path):
     prepared, best_map = grouped
     run = tmp_path / "run"
-    main(["train", "--model", "wide-deep", "--data-dir", str(prepared), "--batch-size", "256", "--epochs", "5",
-          "--deep-hidden-units", "32-16", "--embedding-dim", "8", "--deep-learning-rate", "0.5", "--linear-learning-rate", "1.0",
-          "--output-dir", str(run), "--seed", "3"])
+    main(
+        [
+            "train",
+            "--model",
+            "wide-deep",
+            "--data-dir",
+            str(prepared),
+            "--batch-size",
+            "256",
+            "--epochs",
+            "5",
+            "--deep-hidden-units",
+            "32-16",
+            "--embedding-dim",
+            "8",
+            "--deep-learning-rate",
+            "0.5",
+            "--linear-learning-rate",
+            "1.0",
+            "--output-dir",
+            str(run),
+            "--seed",
+            "3",
+        ]
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["metrics"]) >= {"MAP@12", "AUC", "logloss"}
-    random_map = map_at_k(torch.rand(len(load_split(prepared, "valid")["label"])),
-                          torch.from_numpy(np.array(load_split(prepared, "valid")["label"])),
-                          torch.from_numpy(np.array(load_split(prepared, "valid")["group"])))
+    random_map = map_at_k(
+        torch.rand(len(load_split(prepared, "valid")["label"])),
+        torch.from_numpy(np.array(load_split(prepared, "valid")["label"])),
+        torch.from_numpy(np.array(load_split(prepared, "valid")["group"])),
+    )
     learned = summary["metrics"]["MAP@12"]
     assert learned > random_map + 0.12 and learned > best_map - 0.12, (learned, random_map, best_map)
 
     # --evaluate scores the checkpoint to the same figures; --predict writes the Kaggle submission.
     checkpoint = str(run / "checkpoints" / "best.pt")
-    main(["train", "--model", "wide-deep", "--data-dir", str(prepared), "--evaluate", "--restore-checkpoint", checkpoint,
-          "--output-dir", str(tmp_path / "eval")])
+    main(
+        [
+            "train",
+            "--model",
+            "wide-deep",
+            "--data-dir",
+            str(prepared),
+            "--evaluate",
+            "--restore-checkpoint",
+            checkpoint,
+            "--output-dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     evaluated = json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]
     assert evaluated["MAP@12"] == pytest.approx(learned)
-    main(["train", "--model", "wide-deep", "--data-dir", str(prepared), "--predict", "--restore-checkpoint", checkpoint,
-          "--output-dir", str(tmp_path / "predict")])
+    main(
+        [
+            "train",
+            "--model",
+            "wide-deep",
+            "--data-dir",
+            str(prepared),
+            "--predict",
+            "--restore-checkpoint",
+            checkpoint,
+            "--output-dir",
+            str(tmp_path / "predict"),
+        ]
+    )
     probabilities = np.load(tmp_path / "predict" / "predictions.npy")
     valid = load_split(prepared, "valid")
     lines = (tmp_path / "predict" / "submission.csv").read_text().splitlines()
@@ -179,16 +275,45 @@ def test_wide_deep_learns_the_planted_ranking_through_the_cli(grouped, tmp_path)
     assert len(lines) == 1 + len(displays)
     display, ads = lines[1].split(",")
     rows = np.flatnonzero(valid["group"] == int(display))
-    assert [int(a) for a in ads.split(" ")] == valid["item"][rows[np.argsort(-probabilities[rows], kind="stable")]].tolist()
+    assert [int(a) for a in ads.split(" ")] == valid["item"][
+        rows[np.argsort(-probabilities[rows], kind="stable")]
+    ].tolist()
 
 
 def test_wide_deep_two_process_torchrun_evaluates_every_row_once(grouped, tmp_path):
     prepared, _ = grouped
-    args = ["--model", "wide-deep", "--data-dir", str(prepared), "--batch-size", "333", "--epochs", "1",
-            "--deep-hidden-units", "16", "--embedding-dim", "4"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29743", "-m", "recforge"]
-    result = subprocess.run([*torchrun, "train", *args, "--output-dir", str(tmp_path / "two")], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash shows its Python stack
+    args = [
+        "--model",
+        "wide-deep",
+        "--data-dir",
+        str(prepared),
+        "--batch-size",
+        "333",
+        "--epochs",
+        "1",
+        "--deep-hidden-units",
+        "16",
+        "--embedding-dim",
+        "4",
+    ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29743",
+        "-m",
+        "recforge",
+    ]
+    result = subprocess.run(
+        [*torchrun, "train", *args, "--output-dir", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )  # a crash shows its Python stack
     crash = result.stderr.find("Fatal Python error")
     assert result.returncode == 0, result.stderr[crash : crash + 3000] if crash >= 0 else result.stderr[-2000:]
     main(["train", *args, "--output-dir", str(tmp_path / "one")])

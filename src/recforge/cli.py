@@ -1,4 +1,7 @@
-"""The `recforge` command line: prepare, download, train, evaluate, recommend."""
+"""The `recforge` command line: prepare, download, train, evaluate, recommend.
+
+Commands import what they run when they run (torch and the data readers take seconds to load):
+`recforge --help` answers at once."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import os
 import sys
 import traceback
 
-from recforge.config import DataConfig, RunConfig, add_config_flags, build_config, load_yaml, section_classes
-from recforge.errors import RecforgeError, one_line, user_message
+from recforge.config import SECTIONS, DataConfig, RunConfig, add_config_flags, load_yaml
+from recforge.core.errors import RecforgeError, one_line, user_message
 
 USAGE = """recforge <command> [options]
 
@@ -31,11 +34,13 @@ class Parser(argparse.ArgumentParser):
         raise RecforgeError(f"{message} (see `{self.prog} --help`)")
 
 
-def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None) -> tuple[RunConfig, argparse.Namespace]:
+def _run_parser(
+    prog: str, argv: list[str], extra=None, base: dict | None = None
+) -> tuple[RunConfig, argparse.Namespace]:
     """Parse `--config`/`--model` first: the chosen model decides which `arch` flags exist.
 
     `base` (a checkpoint's config) takes the place of a YAML preset."""
-    from recforge.registry import MODELS, model_entry
+    from recforge.registry import MODELS, build_config, model_entry
 
     pre = Parser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
@@ -46,7 +51,7 @@ def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None
         file_values, lines = load_yaml(known.config)
         source = known.config
     model = known.model or file_values.get("model") or RunConfig.model
-    parser = Parser(prog=prog, allow_abbrev=False)
+    parser = Parser(prog=prog, allow_abbrev=False, usage=f"{prog} [--config PRESET] [--model MODEL] [options]")
     if extra:
         extra(parser)
     else:
@@ -57,7 +62,15 @@ def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None
         modes.add_argument("--evaluate", action="store_true", help="= --mode eval")
         modes.add_argument("--predict", action="store_true", help="= --mode inference --write-predictions")
         modes.add_argument("--benchmark", action="store_true", help="training throughput only: = --no-eval")
-    add_config_flags(parser, section_classes(model_entry(model).config))
+    # The help lists the options of the chosen model's task, each with the value it takes when absent
+    # (the model's default, or the preset's value).
+    shown = build_config(file_values, {"model": model}, source=source, lines=lines)
+    add_config_flags(
+        parser,
+        {s: getattr(shown, s) for s in SECTIONS},
+        scope=(model_entry(model).task.name, model),
+        titles={"arch": f"model: {model}"},
+    )
     args = parser.parse_args(argv)
     own = ("config", "checkpoint", "user", "k", "output", "json", "evaluate", "predict", "benchmark")
     overrides = {k: v for k, v in vars(args).items() if k not in own and v is not None}
@@ -72,7 +85,7 @@ def _run_parser(prog: str, argv: list[str], extra=None, base: dict | None = None
 
 def _checkpoint_parser(prog: str, argv: list[str], extra) -> tuple[RunConfig, argparse.Namespace, dict]:
     """For commands that use a checkpoint: its config, with any config flags layered on."""
-    from recforge.train.checkpoint import load_checkpoint
+    from recforge.core.checkpoint import load_checkpoint
 
     pre = Parser(add_help=False, allow_abbrev=False)
     pre.add_argument("--checkpoint")
@@ -88,19 +101,27 @@ def _checkpoint_parser(prog: str, argv: list[str], extra) -> tuple[RunConfig, ar
 
 
 def cmd_train(argv: list[str]) -> None:
+    from recforge import registry
+    from recforge.inference import score_into_run
     from recforge.train.loop import train
 
     cfg, _ = _run_parser("recforge train", argv)
-    train(cfg)
+    if cfg.train.mode == "train":
+        train(cfg, registry)
+    else:
+        score_into_run(cfg)
 
 
 def cmd_prepare(argv: list[str]) -> None:
     from recforge.data.cache import prepare
-    from recforge.registry import CLICK_LOGS, DATASETS
+    from recforge.data.datasets import CLICK_LOGS, DATASETS
+    from recforge.registry import build_config
 
-    parser = Parser(prog="recforge prepare", allow_abbrev=False)
-    parser.add_argument("dataset", choices=[*DATASETS, *CLICK_LOGS])
-    add_config_flags(parser, {"data": DataConfig}, exclude=("dataset",))  # the positional names it
+    parser = Parser(prog="recforge prepare", allow_abbrev=False, usage="recforge prepare DATASET [options]")
+    names = [*DATASETS, *CLICK_LOGS]
+    parser.add_argument("dataset", choices=names, metavar="DATASET", help=f"one of: {', '.join(names)}")
+    # The positional names the dataset; training-only options are accepted but not listed.
+    add_config_flags(parser, {"data": DataConfig}, exclude=("dataset",), scope=("prepare", "ranking"))
     args = vars(parser.parse_args(argv))
     cfg = build_config({}, args).data
     if cfg.dataset in CLICK_LOGS:
@@ -150,7 +171,13 @@ def cmd_recommend(argv: list[str]) -> None:
         print(f"{row['rank']:>3}  {row['item']!s:>10}  {row['score']:8.4f}  {row.get('title', '')}")
 
 
-COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "download": cmd_download, "evaluate": cmd_evaluate, "recommend": cmd_recommend}
+COMMANDS = {
+    "train": cmd_train,
+    "prepare": cmd_prepare,
+    "download": cmd_download,
+    "evaluate": cmd_evaluate,
+    "recommend": cmd_recommend,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         message, code = user_message(e)
         if message is None:
-            message = (f"internal error ({type(e).__name__}: {one_line(str(e))}); please report it with the command "
-                       f"line and RECFORGE_DEBUG=1's traceback")
+            message = (
+                f"internal error ({type(e).__name__}: {one_line(str(e))}); please report it with the command "
+                f"line and RECFORGE_DEBUG=1's traceback"
+            )
         print(f"recforge: error: {message}", file=sys.stderr)
         sys.exit(code)

@@ -9,17 +9,19 @@ after it (`negative_samples` -> `--negative-samples`), so flag names are unique 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 
-from recforge.errors import DataError, RecforgeError
+from recforge.core.errors import DataError, RecforgeError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -40,119 +42,253 @@ class Range:
         if isinstance(value, list):
             if not value:
                 return "must not be empty"
-            return next((f"{problem} (item {i + 1})" for i, v in enumerate(value) if (problem := self.problem(v))), None)
+            return next(
+                (f"{problem} (item {i + 1})" for i, v in enumerate(value) if (problem := self.problem(v))), None
+            )
         above = self.low is None or (value > self.low if self.low_open else value >= self.low)
         below = self.high is None or (value < self.high if self.high_open else value <= self.high)
         if above and below:
             return None
-        bounds = [f"{'greater than' if self.low_open else 'at least'} {self.low:g}" if self.low is not None else "",
-                  f"{'less than' if self.high_open else 'at most'} {self.high:g}" if self.high is not None else ""]
+        bounds = [
+            f"{'greater than' if self.low_open else 'at least'} {self.low:g}" if self.low is not None else "",
+            f"{'less than' if self.high_open else 'at most'} {self.high:g}" if self.high is not None else "",
+        ]
         return f"must be {' and '.join(b for b in bounds if b)}, got {value}"
 
 
-def bounded(default, low=None, high=None, *, low_open=False, high_open=False):
-    """A dataclass field whose value must lie in a `Range` (lists: each item, and not empty)."""
-    limits = {"range": Range(low, high, low_open, high_open)}
+def option(
+    default,
+    help: str,
+    *,
+    group: str | None = None,
+    scope: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
+    low=None,
+    high=None,
+    low_open=False,
+    high_open=False,
+):
+    """A config field: its default, a one-line `help` (the flag's help text, with the default shown),
+    the `group` it is listed under in --help, the `scope` where it applies ("ranking", "ctr":
+    training on that kind of data; "prepare": `recforge prepare` only; empty: everywhere), older
+    names still accepted (`aliases`), and the `Range` its value must lie in (lists: each item,
+    and not empty)."""
+    metadata = {
+        "help": help,
+        "group": group,
+        "scope": scope,
+        "aliases": aliases,
+        "range": Range(low, high, low_open, high_open),
+    }
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=limits)
-    return field(default=default, metadata=limits)
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 POSITIVE = {"low": 0, "low_open": True}
 FRACTION = {"low": 0, "high": 1, "high_open": True}  # [0, 1)
+RANKING, CTR, PREPARE, WIDE_DEEP = ("ranking",), ("ctr",), ("prepare",), ("wide-deep",)
 
 
 @dataclass
 class DataConfig:
     """Where the data comes from and how it is prepared.
 
-    Ranking (NCF): raw interactions become an implicit leave-one-out dataset, cached.
-    Click logs (DLRM): `recforge prepare` writes a prepared folder; training reads it (data_dir).
+    Ranking (NCF): raw interactions (--data-dir) become an implicit leave-one-out dataset, cached.
+    Click logs (DLRM, Wide & Deep): `recforge prepare` reads the raw log (--data-dir) and writes a
+    prepared folder (--out); training and scoring read that folder (--prepared-dir).
     """
 
-    dataset: str = "synthetic"  # a name from recforge.registry.DATASETS or CLICK_LOGS
-    data_dir: str | None = None  # folder of the raw files (click logs: of the prepared folder)
-    data_file: str | None = None  # file (csv/parquet) or NCF file prefix inside data_dir
-    cache_dir: str | None = None  # default: ~/.cache/recforge (or $RECFORGE_CACHE)
-    clean: bool = False  # rebuild the cache
-    user_column: str = "user_id"  # csv/parquet columns
-    item_column: str = "item_id"
-    rating_column: str | None = "rating"
-    timestamp_column: str | None = "timestamp"
-    separator: str = ","
-    min_rating: float | None = None  # keep ratings >= this as positives (None: all)
-    min_user_interactions: int = bounded(20, 1)  # drop users with fewer interactions
-    synthetic_users: int = bounded(6040, 1)  # the built-in dataset (ml-1m shape by default)
-    synthetic_items: int = bounded(3706, 2)
-    synthetic_interactions: int = bounded(1_000_209, 1)
-    synthetic_seed: int = bounded(0, 0)
-    out: str | None = None  # click logs: `recforge prepare` writes the prepared folder here
-    overwrite: bool = False  # click logs: replace a prepared folder already at --out
-    min_frequency: int = bounded(1, 1)  # click logs: rarer categorical values share the out-of-vocabulary id
-    max_ind_range: int | None = bounded(None, 2)  # click logs: hash ids modulo this instead of a vocabulary (MLPerf)
-    workers: int = bounded(2, 1)  # click logs: preparation processes
-    feature_spec: str | None = None  # click logs (dataset ctr): the YAML feature spec of a CSV/Parquet log
-    synthetic_rows: int = bounded(2_000_000, 10)  # the synthetic click log (criteo-synthetic)
-    synthetic_displays: int = bounded(200_000, 1)  # the synthetic Outbrain log (outbrain-synthetic), 2-12 ads each
-    valid_fraction: float = bounded(0.2, 0, 1, low_open=True, high_open=True)  # outbrain: the share of displays held out for validation
-    shuffle: Literal["rows", "blocks", "none"] = "rows"  # click logs: per-epoch order (blocks: batch-sized runs)
+    _SOURCE = "data source"
+    _FILES = "interaction files (ranking)"
+    _SYNTHETIC = "built-in synthetic data"
+    _PREPARE = "click-log preparation (recforge prepare)"
+
+    dataset: str = option(
+        "synthetic", "dataset name (recforge.data.datasets: ranking datasets, click logs)", group=_SOURCE
+    )
+    data_dir: str | None = option(
+        None, "folder of the raw files (ranking data; the raw log for recforge prepare)", group=_SOURCE
+    )
+    prepared_dir: str | None = option(
+        None, "click logs: the prepared folder (written by recforge prepare ... --out)", group=_SOURCE, scope=CTR
+    )
+    data_file: str | None = option(
+        None, "a csv/parquet file, or an NCF file prefix, inside --data-dir", group=_SOURCE, scope=RANKING
+    )
+    cache_dir: str | None = option(
+        None,
+        "where prepared ranking datasets are cached (~/.cache/recforge, $RECFORGE_CACHE)",
+        group=_SOURCE,
+        scope=RANKING,
+    )
+    clean: bool = option(False, "rebuild the cached dataset", group=_SOURCE, scope=RANKING)
+    user_column: str = option("user_id", "csv/parquet column of the user ids", group=_FILES, scope=RANKING)
+    item_column: str = option("item_id", "csv/parquet column of the item ids", group=_FILES, scope=RANKING)
+    rating_column: str | None = option(
+        "rating", "column of the ratings (none: every row is a positive)", group=_FILES, scope=RANKING
+    )
+    timestamp_column: str | None = option(
+        "timestamp",
+        "column of the times that order a user's interactions (none: file order)",
+        group=_FILES,
+        scope=RANKING,
+    )
+    separator: str = option(",", "csv field separator", group=_FILES, scope=RANKING)
+    min_rating: float | None = option(
+        None, "keep ratings >= this as positives (none: every rating)", group=_FILES, scope=RANKING
+    )
+    min_user_interactions: int = option(20, "drop users with fewer interactions", group=_FILES, scope=RANKING, low=1)
+    synthetic_users: int = option(
+        6040, "users of the synthetic ranking dataset (ml-1m's shape)", group=_SYNTHETIC, scope=RANKING, low=1
+    )
+    synthetic_items: int = option(
+        3706, "items of the synthetic ranking dataset", group=_SYNTHETIC, scope=RANKING, low=2
+    )
+    synthetic_interactions: int = option(
+        1_000_209, "interactions of the synthetic ranking dataset", group=_SYNTHETIC, scope=RANKING, low=1
+    )
+    synthetic_seed: int = option(
+        0,
+        "seed of the synthetic data (and of outbrain's validation split)",
+        group=_SYNTHETIC,
+        scope=RANKING + PREPARE,
+        low=0,
+    )
+    synthetic_rows: int = option(
+        2_000_000, "rows of the synthetic click log (criteo-synthetic)", group=_SYNTHETIC, scope=PREPARE, low=10
+    )
+    synthetic_displays: int = option(
+        200_000,
+        "displays of the synthetic Outbrain log (outbrain-synthetic), 2-12 ads each",
+        group=_SYNTHETIC,
+        scope=PREPARE,
+        low=1,
+    )
+    out: str | None = option(None, "the prepared folder to write", group=_PREPARE, scope=PREPARE)
+    overwrite: bool = option(False, "replace a prepared folder already at --out", group=_PREPARE, scope=PREPARE)
+    feature_spec: str | None = option(
+        None, "the YAML feature spec of a CSV/Parquet log (dataset ctr)", group=_PREPARE, scope=PREPARE
+    )
+    min_frequency: int = option(
+        1, "rarer categorical values share the out-of-vocabulary id", group=_PREPARE, scope=PREPARE, low=1
+    )
+    max_ind_range: int | None = option(
+        None, "hash ids modulo this instead of counting a vocabulary (MLPerf)", group=_PREPARE, scope=PREPARE, low=2
+    )
+    workers: int = option(2, "preparation processes", group=_PREPARE, scope=PREPARE, low=1)
+    valid_fraction: float = option(
+        0.2,
+        "outbrain: the share of displays held out for validation",
+        group=_PREPARE,
+        scope=PREPARE,
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+    )
+    shuffle: Literal["rows", "blocks", "none"] = option(
+        "rows", "order of training rows each epoch (blocks: batch-sized runs)", group=_SOURCE, scope=CTR
+    )
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = bounded(20, 1)
-    batch_size: int = bounded(16384, 1)  # global: split across ranks under torchrun
-    learning_rate: float = bounded(0.001, **POSITIVE)
-    beta1: float = bounded(0.9, **FRACTION)
-    beta2: float = bounded(0.999, **FRACTION)
-    eps: float = bounded(1e-8, **POSITIVE)
-    weight_decay: float = bounded(0.0, 0)  # L2 penalty on all parameters (Adam's weight_decay)
-    negative_samples: int = bounded(4, 1)  # per positive, drawn afresh every epoch
-    verify_negatives: bool = False  # resample negatives that are known positives
-    seed: int = bounded(1, 0)
-    precision: Precision = "fp32"
-    compile: bool = False  # torch.compile the model
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = bounded(None, 1)  # torch intra-op threads (None: torch's default)
-    resume: bool = False  # continue from output_dir/checkpoints/last.pt
-    mode: Literal["train", "eval", "inference"] = "train"  # eval/inference score --restore-checkpoint
-    restore_checkpoint: str | None = None  # start from these weights (train) or score them (eval, inference)
-    optimizer: Literal["adam", "sgd", "adagrad", "rowwise-adagrad", "ftrl+proximal-adagrad"] = "adam"
-    # ftrl+proximal-adagrad (Wide & Deep): FTRL on the wide part, Proximal Adagrad on the deep part
-    linear_learning_rate: float = bounded(0.2, **POSITIVE)
-    linear_l1_regularization: float = bounded(0.0, 0)
-    linear_l2_regularization: float = bounded(0.0, 0)
-    linear_learning_rate_power: float = bounded(-0.5, high=0)
-    linear_initial_accumulator: float = bounded(0.1, **POSITIVE)
-    deep_learning_rate: float = bounded(1.0, **POSITIVE)
-    deep_l1_regularization: float = bounded(0.0, 0)
-    deep_l2_regularization: float = bounded(0.0, 0)
-    deep_initial_accumulator: float = bounded(0.1, **POSITIVE)
-    warmup_steps: int = bounded(0, 0)  # linear learning-rate warm-up (MLPerf DLRM)
-    decay_start_step: int = bounded(0, 0)  # then polynomial decay to 0 over decay_steps (0: no decay)
-    decay_steps: int = bounded(0, 0)
-    decay_power: float = bounded(2.0, **POSITIVE)
-    max_steps: int | None = bounded(None, 1)  # stop after this many optimizer steps
-    print_freq: int = bounded(0, 0)  # a progress line every N steps (0: per epoch only)
-    save_steps: int = bounded(0, 0)  # also checkpoint every N steps (0: at evaluations)
-    keep_checkpoint_max: int = bounded(3, 1)  # step checkpoints kept (best.pt and last.pt always are)
-    profile: bool = False  # torch.profiler trace into the run directory
-    profile_start_step: int = bounded(10, 1)
-    profile_steps: int = bounded(5, 1)
-    write_predictions: bool = False  # inference mode: write predictions.npy (and, for grouped click logs, submission.csv)
+    _RUN = "training run"
+    _OPT = "optimizer"
+    _WIDE_DEEP = "optimizer: ftrl+proximal-adagrad (wide & deep)"
+    _SCHEDULE = "learning-rate schedule"
+    _EXEC = "execution"
+    _SAVE = "checkpoints and scoring"
+    _LOG = "logging and profiling"
+
+    epochs: int = option(20, "training epochs", group=_RUN, low=1)
+    batch_size: int = option(16384, "global batch size (split across processes under torchrun)", group=_RUN, low=1)
+    max_steps: int | None = option(None, "stop after this many optimizer steps", group=_RUN, low=1)
+    seed: int = option(1, "seed of initialization, shuffling and sampling", group=_RUN, low=0)
+    negative_samples: int = option(
+        4, "negatives per positive, drawn afresh every epoch", group=_RUN, scope=RANKING, low=1
+    )
+    verify_negatives: bool = option(False, "resample negatives that are known positives", group=_RUN, scope=RANKING)
+    optimizer: Literal["adam", "sgd", "adagrad", "rowwise-adagrad", "ftrl+proximal-adagrad"] = option(
+        "adam",
+        "optimizer (ftrl+proximal-adagrad: FTRL on the wide part, Proximal Adagrad on the deep part)",
+        group=_OPT,
+    )
+    learning_rate: float = option(0.001, "learning rate", group=_OPT, **POSITIVE)
+    beta1: float = option(0.9, "Adam's beta1", group=_OPT, **FRACTION)
+    beta2: float = option(0.999, "Adam's beta2", group=_OPT, **FRACTION)
+    eps: float = option(1e-8, "Adam's and Adagrad's epsilon", group=_OPT, **POSITIVE)
+    weight_decay: float = option(0.0, "L2 penalty on all dense parameters", group=_OPT, low=0)
+    linear_learning_rate: float = option(
+        0.2, "FTRL's learning rate (the wide part)", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
+    )
+    linear_l1_regularization: float = option(0.0, "FTRL's L1", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0)
+    linear_l2_regularization: float = option(0.0, "FTRL's L2", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0)
+    linear_learning_rate_power: float = option(
+        -0.5, "FTRL's learning-rate power", group=_WIDE_DEEP, scope=WIDE_DEEP, high=0
+    )
+    linear_initial_accumulator: float = option(
+        0.1, "FTRL's initial accumulator", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
+    )
+    deep_learning_rate: float = option(
+        1.0, "Proximal Adagrad's learning rate (the deep part)", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
+    )
+    deep_l1_regularization: float = option(0.0, "Proximal Adagrad's L1", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0)
+    deep_l2_regularization: float = option(0.0, "Proximal Adagrad's L2", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0)
+    deep_initial_accumulator: float = option(
+        0.1, "Proximal Adagrad's initial accumulator", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
+    )
+    warmup_steps: int = option(0, "steps of linear learning-rate warm-up", group=_SCHEDULE, low=0)
+    decay_start_step: int = option(0, "step where the polynomial decay to 0 starts", group=_SCHEDULE, low=0)
+    decay_steps: int = option(0, "steps of the decay (0: no decay)", group=_SCHEDULE, low=0)
+    decay_power: float = option(2.0, "power of the decay", group=_SCHEDULE, **POSITIVE)
+    precision: Precision = option("fp32", "arithmetic of the forward and backward passes", group=_EXEC)
+    compile: bool = option(False, "torch.compile the model", group=_EXEC)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group=_EXEC)
+    threads: int | None = option(None, "torch intra-op threads (none: torch's default)", group=_EXEC, low=1)
+    resume: bool = option(False, "continue the run in --output-dir from its checkpoints/last.pt", group=_SAVE)
+    mode: Literal["train", "eval", "inference"] = option(
+        "train", "train, or score --restore-checkpoint (eval: metrics; inference: throughput)", group=_SAVE
+    )
+    restore_checkpoint: str | None = option(
+        None, "start from these weights (train), or score them (eval, inference)", group=_SAVE
+    )
+    save_steps: int = option(0, "also checkpoint every N steps (0: at evaluations only)", group=_SAVE, low=0)
+    keep_checkpoint_max: int = option(3, "step checkpoints kept (best.pt and last.pt always are)", group=_SAVE, low=1)
+    write_predictions: bool = option(
+        False, "inference: write predictions.npy (grouped click logs: submission.csv too)", group=_SAVE
+    )
+    print_freq: int = option(0, "a progress line every N steps (0: per evaluation)", group=_LOG, low=0)
+    profile: bool = option(False, "a torch.profiler trace into the run folder", group=_LOG)
+    profile_start_step: int = option(10, "first profiled step", group=_LOG, low=1)
+    profile_steps: int = option(5, "steps profiled", group=_LOG, low=1)
 
 
 @dataclass
 class EvalConfig:
-    topk: int = bounded(10, 1)
-    valid_negative: int = bounded(99, 1)  # sampled evaluation: negatives per held-out item
-    eval_protocol: Literal["sampled", "full"] = "sampled"
-    valid_batch_size: int = bounded(1 << 18, 1)  # examples (ranking: (user, item) pairs) scored per forward pass
-    eval_after: int = bounded(0, 0)  # evaluate only after this many epochs
-    evals_per_epoch: int = bounded(1, 1)
-    no_eval: bool = False  # never evaluate (throughput runs)
-    eval_split: Literal["valid", "test"] = "valid"  # click logs: the split evaluations score
-    hr_threshold: float | None = bounded(None, 0, 1)  # stop once the task metric (HR@topk; AUC, or MAP@12 for grouped click logs) reaches it (MLPerf: 0.635 HR, 0.8025 AUC)
+    _EVAL = "evaluation"
+
+    topk: int = option(10, "K of HR@K and NDCG@K", group=_EVAL, scope=RANKING, low=1)
+    valid_negative: int = option(
+        99, "sampled protocol: negatives ranked with each held-out item", group=_EVAL, scope=RANKING, low=1
+    )
+    eval_protocol: Literal["sampled", "full"] = option(
+        "sampled", "rank among sampled negatives, or among all items", group=_EVAL, scope=RANKING
+    )
+    eval_split: Literal["valid", "test"] = option("valid", "the split evaluations score", group=_EVAL, scope=CTR)
+    valid_batch_size: int = option(1 << 18, "examples scored per forward pass", group=_EVAL, low=1)
+    eval_after: int = option(0, "evaluate only after this many epochs (and after the last)", group=_EVAL, low=0)
+    evals_per_epoch: int = option(1, "evaluations (and checkpoints) per epoch", group=_EVAL, low=1)
+    no_eval: bool = option(False, "never evaluate (throughput runs)", group=_EVAL)
+    quality_target: float | None = option(
+        None,
+        "stop once the task's metric (HR@K; AUC; MAP@12 for grouped click logs) reaches it (MLPerf: 0.635, 0.8025)",
+        group=_EVAL,
+        aliases=("hr_threshold",),
+        low=0,
+        high=1,
+    )
 
 
 @dataclass
@@ -169,6 +305,13 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+class ModelSettings(Protocol):
+    """What a config needs of a model: its `arch` dataclass and its own defaults by section."""
+
+    config: type
+    defaults: dict
 
 
 SECTIONS = ("data", "arch", "train", "eval")
@@ -219,10 +362,8 @@ def coerce(tp: Any, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         elif isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 number = float(value)
-            except ValueError:
-                pass
         if number is None:
             raise ValueError(f"must be a number, got {value!r}")
         if not math.isfinite(number):
@@ -275,7 +416,9 @@ def read_yaml(path: Path, what: str) -> tuple[Any, dict[tuple, int]]:
         raise DataError(path, None, None, f"not {what} (not UTF-8 text)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise DataError(path, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+        raise DataError(
+            path, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(e, 'problem', e)}"
+        ) from None
 
 
 def load_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
@@ -292,12 +435,12 @@ def build_config(
     file_values: dict | None = None,
     overrides: dict[str, Any] | None = None,
     *,
+    models: Mapping[str, ModelSettings],
     source: str | Path = "<config>",
     lines: dict[tuple[str, ...], int] | None = None,
 ) -> RunConfig:
-    """Layer `file_values` (nested, as in YAML) and flat CLI `overrides` over the defaults."""
-    from recforge.registry import model_entry
-
+    """Layer `file_values` (nested, as in YAML) and flat CLI `overrides` over the defaults of
+    the chosen model of `models` (the registry's table)."""
     file_values = dict(file_values or {})
     overrides = dict(overrides or {})
     lines = lines or {}
@@ -312,7 +455,9 @@ def build_config(
         key = sorted(unknown)[0]
         fail((key,), f"unknown key (expected one of {', '.join(TOP_LEVEL + SECTIONS)})")
     model = overrides.pop("model", None) or file_values.get("model") or RunConfig.model
-    entry = model_entry(model)
+    if model not in models:
+        raise RecforgeError(f"unknown model '{model}' (known: {', '.join(models)})")
+    entry = models[model]
     cfg = RunConfig(model=model, arch=entry.config())
     for section, values in entry.defaults.items():  # the model's defaults sit under the preset
         for key, value in values.items():
@@ -324,21 +469,24 @@ def build_config(
         if not isinstance(values, dict):
             fail((section,), "must be a mapping")
         types_ = _fields(cls)
+        renamed = {alias: f.name for f in dataclasses.fields(cls) for alias in f.metadata.get("aliases", ())}
         target = getattr(cfg, section)
         for key, value in values.items():
-            if key not in types_:
+            name = renamed.get(key, key)  # an older name of the field
+            if name not in types_:
                 fail((section, key), f"unknown key for model '{model}'")
             try:
-                setattr(target, key, coerce(types_[key], value))
+                setattr(target, name, coerce(types_[name], value))
             except ValueError as e:
                 fail((section, key), str(e))
         for key in list(overrides):
-            if key in types_:
-                flags[section, key] = f"--{key.replace('_', '-')}"
+            name = renamed.get(key, key)
+            if name in types_:
+                flags[section, name] = f"--{key.replace('_', '-')}"
                 try:
-                    setattr(target, key, coerce(types_[key], overrides.pop(key)))
+                    setattr(target, name, coerce(types_[name], overrides.pop(key)))
                 except ValueError as e:
-                    raise RecforgeError(f"{flags[section, key]}: {e}") from None
+                    raise RecforgeError(f"{flags[section, name]}: {e}") from None
     if "output_dir" in overrides:
         cfg.output_dir = overrides.pop("output_dir")
     if overrides:
@@ -354,27 +502,67 @@ def build_config(
     return cfg
 
 
-def config_from_dict(values: dict) -> RunConfig:
+def config_from_dict(values: dict, models: Mapping[str, ModelSettings]) -> RunConfig:
     """Rebuild a RunConfig from `RunConfig.to_dict()` output (e.g. stored in a checkpoint)."""
-    return build_config(values, source="<checkpoint config>")
+    return build_config(values, models=models, source="<checkpoint config>")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type], exclude: tuple[str, ...] = ()) -> None:
-    """One flag per field of `sections` (but `exclude`); absent flags stay absent (argparse.SUPPRESS) so YAML wins."""
+def _default_text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    sections: dict[str, Any],
+    exclude: tuple[str, ...] = (),
+    scope: tuple[str, ...] | None = None,
+    titles: dict[str, str] | None = None,
+) -> None:
+    """One flag per field of `sections` (the classes, or instances whose values are the defaults
+    shown), but `exclude`, with the field's help and default, listed under its group (or the
+    section's title). Fields whose scope `scope` (task and model names) misses are accepted but
+    not listed. Absent flags stay absent
+    (argparse.SUPPRESS), so a YAML preset's values win over the defaults."""
     seen: dict[str, str] = {}
-    for section, cls in sections.items():
-        group = parser.add_argument_group(section)
-        for name, tp in _fields(cls).items():
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for section, source in sections.items():
+        cls = source if isinstance(source, type) else type(source)
+        hints = _fields(cls)
+        for f in dataclasses.fields(cls):
+            name, tp, meta = f.name, hints[f.name], f.metadata
             if name in exclude:
                 continue
             if name in seen:
                 raise AssertionError(f"config field '{name}' in both '{seen[name]}' and '{section}'")
             seen[name] = section
-            flag = "--" + name.replace("_", "-")
+            title = meta.get("group") or (titles or {}).get(section, section)
+            group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+            default = getattr(source, name) if not isinstance(source, type) else _field_default(f)
+            listed = scope is None or not meta.get("scope") or bool(set(scope) & set(meta["scope"]))
+            text = f"{meta.get('help', '')} (default: {_default_text(default)})".strip()
+            help_text = text.replace("%", "%%") if listed else argparse.SUPPRESS
+            flags = ["--" + n.replace("_", "-") for n in (name, *meta.get("aliases", ()))]
+            common = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
             if tp is bool and name.startswith("no_"):  # --no-eval: a plain switch, not --no-no-eval
-                group.add_argument(flag, action="store_const", const=True, default=argparse.SUPPRESS)
+                group.add_argument(*flags, action="store_const", const=True, **common)
             elif tp is bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+                group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
             else:
                 choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
-                group.add_argument(flag, default=argparse.SUPPRESS, choices=choices, metavar=None if choices else name.upper())
+                group.add_argument(*flags, choices=choices, metavar=None if choices else _metavar(tp, name), **common)
+
+
+def _metavar(tp, name: str) -> str:
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    inner = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    if typing.get_origin(inner) is list:
+        return "N,N,..."
+    return {int: "N", float: "X"}.get(inner, name.split("_")[-1].upper())
+
+
+def _field_default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -1,16 +1,20 @@
-"""Names -> models and datasets. A new model or dataset is one module and one line here."""
+"""Names -> models and their tasks, and the assembly of a run's parts from a config: the one place
+(with the CLI and the scorers above it) that knows every model and task. A new model is one
+module and one line here; datasets are named in `recforge.data.datasets`, optimizers in
+`recforge.optim.build`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
-from typing import Callable
 
-from recforge.data import criteo, ctr_spec, interaction_file, movielens, ncf_files, outbrain, synthetic, synthetic_ctr, synthetic_outbrain
-from recforge.errors import RecforgeError
-from recforge.files import naming, remove, temp_folder
+import torch
+
+from recforge import config
+from recforge.config import RunConfig
+from recforge.core.errors import RecforgeError
 from recforge.models import dlrm, ncf, wide_deep
+from recforge.tasks.base import Task
 from recforge.tasks.ctr import CTRTask
 from recforge.tasks.ranking import RankingTask
 
@@ -19,90 +23,35 @@ from recforge.tasks.ranking import RankingTask
 class ModelEntry:
     build: Callable  # (dimensions from the task..., config) -> nn.Module
     config: type  # the model's config dataclass (the `arch` section)
-    task: str  # which task (data, batches, evaluation) the model trains on
+    task: type[Task]  # the data, batches and evaluation the model trains on
     defaults: dict = field(default_factory=dict)  # the model's own defaults, by section, under presets and flags
 
 
-@dataclass(frozen=True)
-class DatasetEntry:
-    sources: Callable[..., list[Path]]  # DataConfig -> the files read (for the cache key)
-    read: Callable  # DataConfig -> RawInteractions or an already split LeaveOneOutData
-
-
 MODELS = {
-    "gmf": ModelEntry(ncf.gmf, ncf.NCFConfig, "ranking"),
-    "mlp": ModelEntry(ncf.mlp_model, ncf.NCFConfig, "ranking"),
-    "neumf": ModelEntry(ncf.neumf, ncf.NCFConfig, "ranking"),
-    "dlrm": ModelEntry(dlrm.dlrm, dlrm.DLRMConfig, "ctr", {
-        "data": {"dataset": "criteo-kaggle"},
-        "train": {"batch_size": 65536, "optimizer": "sgd", "learning_rate": 0.1, "epochs": 1},
-        "eval": {"valid_batch_size": 65536},
-    }),
-    "wide-deep": ModelEntry(wide_deep.wide_deep, wide_deep.WideDeepConfig, "ctr", {
-        "data": {"dataset": "ctr"},
-        "train": {"batch_size": 131072, "optimizer": "ftrl+proximal-adagrad", "epochs": 1},
-        "eval": {"valid_batch_size": 32768},
-    }),
+    "gmf": ModelEntry(ncf.gmf, ncf.NCFConfig, RankingTask),
+    "mlp": ModelEntry(ncf.mlp_model, ncf.NCFConfig, RankingTask),
+    "neumf": ModelEntry(ncf.neumf, ncf.NCFConfig, RankingTask),
+    "dlrm": ModelEntry(
+        dlrm.dlrm,
+        dlrm.DLRMConfig,
+        CTRTask,
+        {
+            "data": {"dataset": "criteo-kaggle"},
+            "train": {"batch_size": 65536, "optimizer": "sgd", "learning_rate": 0.1, "epochs": 1},
+            "eval": {"valid_batch_size": 65536},
+        },
+    ),
+    "wide-deep": ModelEntry(
+        wide_deep.wide_deep,
+        wide_deep.WideDeepConfig,
+        CTRTask,
+        {
+            "data": {"dataset": "ctr"},
+            "train": {"batch_size": 131072, "optimizer": "ftrl+proximal-adagrad", "epochs": 1},
+            "eval": {"valid_batch_size": 32768},
+        },
+    ),
 }
-
-DATASETS = {
-    **{name: DatasetEntry(partial(movielens.sources, name), partial(movielens.read, name)) for name in movielens.LAYOUTS},
-    "csv": DatasetEntry(interaction_file.sources, interaction_file.read),
-    "ncf": DatasetEntry(ncf_files.sources, ncf_files.read),
-    "synthetic": DatasetEntry(lambda cfg: [], synthetic.generate),
-}
-
-
-# Click logs are prepared once into a folder (`recforge prepare NAME ... --out DIR`) that
-# training reads; each entry writes that folder from DataConfig.
-def _required(value, flag: str):
-    if value is None:
-        raise RecforgeError(f"recforge prepare needs {flag}")
-    return value
-
-
-def _criteo(cfg, log):
-    data_dir = _required(cfg.data_dir, "--data-dir (the raw train.txt or day_N files)")
-    return criteo.prepare_criteo(cfg.dataset, Path(data_dir).expanduser(), Path(cfg.out).expanduser(), cfg.min_frequency,
-                                 cfg.max_ind_range, cfg.workers, log=log, overwrite=cfg.overwrite)
-
-
-def _outbrain(cfg, log):
-    return outbrain.prepare_outbrain(_required(cfg.data_dir, "--data-dir (the Kaggle Outbrain CSVs)"), cfg.out,
-                                     valid_fraction=cfg.valid_fraction, seed=cfg.synthetic_seed, overwrite=cfg.overwrite, log=log)
-
-
-def _outbrain_synthetic(cfg, log):
-    """Kaggle-format CSVs of a synthetic Outbrain world, written beside --out, then prepared."""
-    out = Path(cfg.out).expanduser()
-    raw = temp_folder(out)
-    try:
-        with naming(out, inside=raw):  # a full disk is reported as one about --out
-            info = synthetic_outbrain.write_outbrain_csvs(raw, displays=cfg.synthetic_displays, seed=cfg.synthetic_seed)
-        log(f"outbrain-synthetic: {cfg.synthetic_displays:,} displays; best achievable MAP@12 {info['best_map12']:.4f}")
-        return outbrain.prepare_outbrain(raw, out, valid_fraction=cfg.valid_fraction, seed=cfg.synthetic_seed,
-                                         overwrite=cfg.overwrite, log=log)
-    finally:
-        remove(raw)
-
-
-CLICK_LOGS = {
-    "criteo-kaggle": _criteo,
-    "criteo-terabyte": _criteo,
-    "ctr": lambda cfg, log: ctr_spec.prepare_ctr(_required(cfg.feature_spec, "--feature-spec SPEC.yaml"),
-                                                 _required(cfg.data_dir, "--data-dir"), cfg.out, log, cfg.overwrite),
-    "criteo-synthetic": lambda cfg, log: synthetic_ctr.generate_ctr(cfg.out, rows=cfg.synthetic_rows, seed=cfg.synthetic_seed,
-                                                                    log=log, overwrite=cfg.overwrite),
-    "outbrain": _outbrain,
-    "outbrain-synthetic": _outbrain_synthetic,
-}
-
-TASKS = {"ranking": RankingTask, "ctr": CTRTask}
-
-
-def build_task(cfg, device, dist, log):
-    """The data, batches and evaluation that the configured model trains on."""
-    return TASKS[model_entry(cfg.model).task](cfg, device, dist, log)
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -111,7 +60,19 @@ def model_entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
-def dataset_entry(name: str) -> DatasetEntry:
-    if name not in DATASETS:
-        raise RecforgeError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
-    return DATASETS[name]
+def build_config(file_values: dict | None = None, overrides: dict | None = None, **where) -> RunConfig:
+    """`config.build_config` over this registry's models (`where`: source= and lines= for messages)."""
+    return config.build_config(file_values, overrides, models=MODELS, **where)
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    return config.config_from_dict(values, MODELS)
+
+
+def build_task(cfg: RunConfig, device: torch.device, dist, log) -> Task:
+    """The data, batches and evaluation that the configured model trains on."""
+    return model_entry(cfg.model).task(cfg, device, dist, log)
+
+
+def build_model(cfg: RunConfig, dims: dict, device: torch.device) -> torch.nn.Module:
+    return model_entry(cfg.model).build(**dims, cfg=cfg.arch).to(device)

@@ -9,7 +9,7 @@ takes its own slice of each global batch, so N processes see exactly one process
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -38,7 +38,9 @@ class ImplicitEpochs:
     def samples_per_epoch(self) -> int:
         return self.users.numel() * (1 + self.negatives)
 
-    def batches(self, epoch: int, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0) -> Iterator[tuple[dict, int]]:
+    def batches(
+        self, epoch: int, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0
+    ) -> Iterator[tuple[dict, int]]:
         """Yield (this rank's part of each global batch, the global batch's size), from batch
         `start_step` on (a resumed run skips what it already trained on)."""
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + epoch)

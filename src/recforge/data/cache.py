@@ -20,12 +20,21 @@ from pathlib import Path
 import numpy as np
 
 from recforge.config import DataConfig
+from recforge.core.files import naming, remove, replace, temp_folder, write_array, write_json
+from recforge.data.datasets import dataset_entry
 from recforge.data.implicit import LeaveOneOutData, leave_one_out
-from recforge.files import naming, remove, replace, temp_folder, write_array, write_json
 
 FORMAT_VERSION = 1
 ARRAYS = ("train_users", "train_items", "test_items", "user_ids", "item_ids", "item_titles", "eval_negatives")
-NOT_IN_KEY = ("cache_dir", "clean", "data_dir", "data_file", "out", "overwrite", "workers")  # files stand in; the rest is not preprocessing
+NOT_IN_KEY = (
+    "cache_dir",
+    "clean",
+    "data_dir",
+    "data_file",
+    "out",
+    "overwrite",
+    "workers",
+)  # files stand in; the rest is not preprocessing
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -70,8 +79,6 @@ def load(path: Path) -> LeaveOneOutData:
 
 def prepare(cfg: DataConfig, log=print) -> tuple[LeaveOneOutData, Path]:
     """The prepared dataset for `cfg`, from the cache or built now (and cached)."""
-    from recforge.registry import dataset_entry
-
     entry = dataset_entry(cfg.dataset)
     sources = entry.sources(cfg)
     path = cache_root(cfg) / f"{cfg.dataset}-{cache_key(cfg, sources)}"
@@ -81,15 +88,22 @@ def prepare(cfg: DataConfig, log=print) -> tuple[LeaveOneOutData, Path]:
         start = time.perf_counter()
         source = entry.read(cfg)
         read_s = time.perf_counter() - start
-        data = source if isinstance(source, LeaveOneOutData) else leave_one_out(
-            source, min_rating=cfg.min_rating, min_user_interactions=cfg.min_user_interactions
+        data = (
+            source
+            if isinstance(source, LeaveOneOutData)
+            else leave_one_out(source, min_rating=cfg.min_rating, min_user_interactions=cfg.min_user_interactions)
         )
         seconds = time.perf_counter() - start
         meta = {
-            "dataset": cfg.dataset, "options": asdict(cfg), "sources": [str(p) for p in sources],
-            "num_users": data.num_users, "num_items": data.num_items,
-            "train_interactions": int(len(data.train_items)), "read_s": round(read_s, 3),
-            "prepare_s": round(seconds, 3), "format_version": FORMAT_VERSION,
+            "dataset": cfg.dataset,
+            "options": asdict(cfg),
+            "sources": [str(p) for p in sources],
+            "num_users": data.num_users,
+            "num_items": data.num_items,
+            "train_interactions": len(data.train_items),
+            "read_s": round(read_s, 3),
+            "prepare_s": round(seconds, 3),
+            "format_version": FORMAT_VERSION,
         }
         save(path, data, meta)
         log(f"prepared {cfg.dataset} in {seconds:.1f}s: {data.describe()} -> {path}")

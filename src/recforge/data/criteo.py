@@ -47,21 +47,21 @@ import re
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from recforge.core.errors import DataError, RecforgeError
+from recforge.core.files import naming, write_array
+from recforge.core.progress import Progress
 from recforge.data.ctr_format import SPLITS, CTRMeta, allocate, finish, new_folder
-from recforge.errors import DataError, RecforgeError
-from recforge.files import naming, write_array
-from recforge.progress import Progress
-from recforge.train.memory import keep_freed_memory
+from recforge.runtime.memory import keep_freed_memory
 
 KINDS = ("criteo-kaggle", "criteo-terabyte")
 DENSE = [f"I{i}" for i in range(1, 14)]
@@ -77,7 +77,9 @@ _READ = pcsv.ReadOptions(column_names=FIELDS, use_threads=False, block_size=1 <<
 _PARSE = pcsv.ParseOptions(delimiter="\t", quote_char=False, ignore_empty_lines=False)
 _CONVERT = pcsv.ConvertOptions(
     column_types={"label": pa.int64(), **{n: pa.int64() for n in DENSE}, **{n: pa.binary() for n in SPARSE}},
-    null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
+    null_values=[""],
+    strings_can_be_null=True,
+    quoted_strings_can_be_null=False,
 )
 _INT = re.compile(rb"-?[0-9]+\Z")  # what pyarrow's int64 parser accepts, given the allowed bytes
 _HEX = re.compile(rb"[0-9a-fA-F]{8}\Z")
@@ -114,7 +116,9 @@ def prepare_criteo(
     if max_ind_range is not None:
         _check_int("max_ind_range", max_ind_range, 1, 1 << 31)  # ids must fit int32
         if min_frequency != 1:
-            raise RecforgeError("min_frequency applies to a vocabulary; max_ind_range hashes without one (use one of them)")
+            raise RecforgeError(
+                "min_frequency applies to a vocabulary; max_ind_range hashes without one (use one of them)"
+            )
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
     files = criteo_files(kind, data_dir)
 
@@ -122,11 +126,15 @@ def prepare_criteo(
     chunk_bytes = int(min(MAX_CHUNK_BYTES, max(1, chunk_rows * line_bytes)))
     units = _units(files, chunk_bytes)
     processes = min(workers, len(units))
-    log(f"{kind}: {', '.join(p.name for p in files)} in {data_dir} -> {out}; "
-        f"{len(units)} chunk(s) of ~{chunk_rows:,} rows, {processes} process(es)")
+    log(
+        f"{kind}: {', '.join(p.name for p in files)} in {data_dir} -> {out}; "
+        f"{len(units)} chunk(s) of ~{chunk_rows:,} rows, {processes} process(es)"
+    )
     if processes < workers and any(p.suffix == ".gz" for p in files):
-        log("  .gz files are read by one process each (gzip cannot be split); "
-            "decompress them to use every worker on one file")
+        log(
+            "  .gz files are read by one process each (gzip cannot be split); "
+            "decompress them to use every worker on one file"
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in sorted(out.parent.glob(f".{out.name}.partial-*")):
@@ -145,9 +153,12 @@ def prepare_criteo(
         raise
     finally:
         _VOCABULARY.clear()
-    log(f"{kind}: " + ", ".join(f"{s} {n:,}" for s, n in meta.rows.items())
+    log(
+        f"{kind}: "
+        + ", ".join(f"{s} {n:,}" for s, n in meta.rows.items())
         + f" rows; {sum(meta.cardinalities):,} embedding rows over {len(SPARSE)} fields; "
-        f"{meta.info['seconds']:.1f} s -> {out}")
+        f"{meta.info['seconds']:.1f} s -> {out}"
+    )
     return meta
 
 
@@ -157,15 +168,19 @@ def criteo_files(kind: str, data_dir: Path) -> list[Path]:
     if kind == "criteo-kaggle":
         path = _plain_or_gz(data_dir, "train.txt")
         if path is None:
-            raise RecforgeError(f"{data_dir / 'train.txt'}: file not found (nor train.txt.gz); unpack Criteo's "
-                                "Kaggle Display Advertising Challenge dac.tar.gz there")
+            raise RecforgeError(
+                f"{data_dir / 'train.txt'}: file not found (nor train.txt.gz); unpack Criteo's "
+                "Kaggle Display Advertising Challenge dac.tar.gz there"
+            )
         return [path]
     days = [_plain_or_gz(data_dir, f"day_{k}") for k in range(TERABYTE_DAYS)]
     present = [k for k, p in enumerate(days) if p is not None]
     if len(present) < 2 or present != list(range(len(present))):
         missing = [k for k in range(max(present, default=1) + 1) if days[k] is None]
-        raise RecforgeError(f"{data_dir}: Criteo Terabyte needs day_0, day_1, ... (plain or .gz) without gaps, "
-                            f"at least two days; missing day_{missing[0]}")
+        raise RecforgeError(
+            f"{data_dir}: Criteo Terabyte needs day_0, day_1, ... (plain or .gz) without gaps, "
+            f"at least two days; missing day_{missing[0]}"
+        )
     return [days[k] for k in present]
 
 
@@ -185,9 +200,11 @@ def _prepare(kind, files, units, chunk_bytes, line_bytes, tmp, pool, min_frequen
         return result
 
     if kind == "criteo-kaggle" or max_ind_range is not None:  # rows needed before the vocabulary pass
+
         def counted(i, result):
             rows[i] = check(i, result)[1]
             return rows[i]
+
         pool.run("count", [("count", u, chunk_bytes, None) for u in units], counted, estimate, log)
 
     vocabulary, distinct = None, None
@@ -214,7 +231,7 @@ def _prepare(kind, files, units, chunk_bytes, line_bytes, tmp, pool, min_frequen
 
         total = sum(rows[i] if rows[i] is not None else _estimated_rows(units[i], line_bytes) for i in todo)
         pool.run("vocabulary", [("vocab", units[i], chunk_bytes, limits[i]) for i in todo], counted_values, total, log)
-        distinct = [int(len(values)) for values, _ in totals]
+        distinct = [len(values) for values, _ in totals]
         vocabulary = [values[counts >= min_frequency] for values, counts in totals]
         del totals
         if max(len(v) for v in vocabulary) + 1 > np.iinfo(np.int32).max:
@@ -256,13 +273,20 @@ def _prepare(kind, files, units, chunk_bytes, line_bytes, tmp, pool, min_frequen
     info = {
         "source": kind,
         "files": [{"name": p.name, "bytes": p.stat().st_size, "rows": r} for p, r in zip(files, file_rows)],
-        "split": (f"{KAGGLE_DAYS} days of ceil(rows/{KAGGLE_DAYS}) rows; days 0-5 train" if kind == "criteo-kaggle"
-                  else f"days 0-{len(files) - 2} train") + "; last day: first half valid, second half test",
+        "split": (
+            f"{KAGGLE_DAYS} days of ceil(rows/{KAGGLE_DAYS}) rows; days 0-5 train"
+            if kind == "criteo-kaggle"
+            else f"days 0-{len(files) - 2} train"
+        )
+        + "; last day: first half valid, second half test",
         "dense": "log(1 + max(x, 0)) as float32; missing -> 0",
         "min_frequency": min_frequency if max_ind_range is None else None,
         "max_ind_range": max_ind_range,
-        "sparse": ("hex value % max_ind_range; missing -> 0" if max_ind_range is not None else
-                   "ids 1..V: train values seen >= min_frequency times, in value order; 0: rarer, unseen or missing"),
+        "sparse": (
+            "hex value % max_ind_range; missing -> 0"
+            if max_ind_range is not None
+            else "ids 1..V: train values seen >= min_frequency times, in value order; 0: rarer, unseen or missing"
+        ),
     }
     if distinct is not None:
         info["train_distinct_values"] = distinct
@@ -338,7 +362,7 @@ def _plain_or_gz(folder: Path, name: str) -> Path | None:
 def _mean_line_bytes(path: Path) -> float:
     """Mean line length over the first MiB: turns `chunk_rows` into a byte size."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             head = f.read(1 << 20)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(path, None, None, f"cannot read: {e}") from None
@@ -353,7 +377,12 @@ def _estimated_rows(unit: _Unit, line_bytes: float) -> int:
 
 # ----------------------------------------------------------------------------- worker side
 
-_report: Callable[[int], None] = lambda rows: None  # progress: queue.put in workers, Progress.update in-process
+
+def _no_report(rows: int) -> None:
+    pass
+
+
+_report: Callable[[int], None] = _no_report  # progress: queue.put in workers, Progress.update in-process
 _VOCABULARY: dict[str, list] = {}  # memory-mapped vocabularies by path, per process
 
 
@@ -413,7 +442,9 @@ def _write_task(unit: _Unit, chunk_bytes: int, first_row: int, rows: int, ranges
         seen += chunk.rows
         _report(chunk.rows)
     if seen != rows:
-        raise _BadLine(None, None, f"has {seen:,} lines now, {rows:,} when counted: did it change while being prepared?")
+        raise _BadLine(
+            None, None, f"has {seen:,} lines now, {rows:,} when counted: did it change while being prepared?"
+        )
     return "ok", seen, None
 
 
@@ -547,13 +578,16 @@ def _parse_located(data: bytes, lines_before: int, dense: bool = True) -> _Chunk
 
 
 def _parse(data: bytes, dense: bool = True) -> _Chunk:
-    """Whole lines -> arrays (dense features transformed only if `dense`). Any doubt (a byte no valid line holds, a pyarrow error, a row count
+    """Whole lines -> arrays (dense features transformed only if `dense`). Any doubt (a byte no valid line
+    holds, a pyarrow error, a row count
     that differs from the newline count, a bad label or hex value) sends the block to `_locate`."""
     chunk = None
     others = data.translate(None, _ALLOWED)
     if not others.strip(b"\r"):
         try:
-            table = pcsv.read_csv(pa.py_buffer(data), read_options=_READ, parse_options=_PARSE, convert_options=_CONVERT)
+            table = pcsv.read_csv(
+                pa.py_buffer(data), read_options=_READ, parse_options=_PARSE, convert_options=_CONVERT
+            )
         except pa.ArrowInvalid:
             table = None
         # pyarrow also ends lines at a lone CR; without CRs its rows are the LF-terminated lines
@@ -648,8 +682,14 @@ def _locate(data: bytes) -> tuple[int | None, str | None, str]:
         if len(fields) != len(FIELDS):
             field = FIELDS[len(fields)] if len(fields) < len(FIELDS) else FIELDS[-1]
             where = "missing" if len(fields) < len(FIELDS) else "followed by more fields"
-            return i, field, (f"{where}: the line has {len(fields)} tab-separated fields, expected {len(FIELDS)} "
-                              "(label, I1..I13, C1..C26)")
+            return (
+                i,
+                field,
+                (
+                    f"{where}: the line has {len(fields)} tab-separated fields, expected {len(FIELDS)} "
+                    "(label, I1..I13, C1..C26)"
+                ),
+            )
         for name, value in zip(FIELDS, fields):
             problem = _check_value(name, value)
             if problem:
@@ -766,7 +806,7 @@ class _Workers:
                 while window:
                     rows += self._next(window, on_result, progress)
         finally:
-            _report = lambda rows: None
+            _report = _no_report
             progress.close()
         seconds = time.perf_counter() - started
         log(f"  {name}: {rows:,} rows in {seconds:.1f} s, {rows / max(seconds, 1e-9):,.0f} rows/s")
@@ -778,8 +818,10 @@ class _Workers:
             self._drain(progress)
             dead = [p.exitcode for p in self.started if p.exitcode is not None]
             if dead and not pending.ready():
-                raise RecforgeError(f"a preparation worker exited unexpectedly (exit code {dead[0]}; out of memory? "
-                                    "try fewer workers or a smaller chunk_rows)")
+                raise RecforgeError(
+                    f"a preparation worker exited unexpectedly (exit code {dead[0]}; out of memory? "
+                    "try fewer workers or a smaller chunk_rows)"
+                )
         self._drain(progress)
         return on_result(i, pending.get())
 

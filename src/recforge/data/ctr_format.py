@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recforge.errors import RecforgeError
-from recforge.files import exchange, naming, preallocate, remove, replace, temp_folder, write_json
+from recforge.core.errors import RecforgeError
+from recforge.core.files import exchange, naming, preallocate, remove, replace, temp_folder, write_json
 
 FORMAT = "recforge-ctr-1"
 SPLITS = ("train", "valid", "test")
@@ -51,17 +51,28 @@ class CTRMeta:
     item: str | None = None  # the column item.npy holds
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "dense": self.dense_names, "sparse": self.sparse_names,
-                "cardinalities": self.cardinalities, "multi_hot": self.multi_hot, "crossed": self.crossed,
-                "features": self.features, "group": self.group, "item": self.item, "rows": self.rows, "info": self.info}
+        return {
+            "format": FORMAT,
+            "dense": self.dense_names,
+            "sparse": self.sparse_names,
+            "cardinalities": self.cardinalities,
+            "multi_hot": self.multi_hot,
+            "crossed": self.crossed,
+            "features": self.features,
+            "group": self.group,
+            "item": self.item,
+            "rows": self.rows,
+            "info": self.info,
+        }
 
     @property
     def multi_hot_width(self) -> int:
         return sum(f["max_length"] for f in self.multi_hot)
 
 
-def allocate(folder: Path, split: str, rows: int, num_dense: int, num_sparse: int,
-             optional: dict[str, int] | None = None) -> dict[str, np.memmap]:
+def allocate(
+    folder: Path, split: str, rows: int, num_dense: int, num_sparse: int, optional: dict[str, int] | None = None
+) -> dict[str, np.memmap]:
     """Writable, preallocated arrays of one split (filled in place by the caller); `optional` names
     the optional arrays to add with their widths (0: one value per row)."""
     (folder / split).mkdir(parents=True, exist_ok=True)
@@ -139,8 +150,18 @@ def load_meta(folder: str | Path) -> CTRMeta:
     raw = json.loads(path.read_text())
     if raw.get("format") != FORMAT:
         raise RecforgeError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
-    return CTRMeta(raw["dense"], raw["sparse"], raw["cardinalities"], raw["rows"], raw.get("info", {}),
-                   raw.get("multi_hot", []), raw.get("crossed", []), raw.get("features", {}), raw.get("group"), raw.get("item"))
+    return CTRMeta(
+        raw["dense"],
+        raw["sparse"],
+        raw["cardinalities"],
+        raw["rows"],
+        raw.get("info", {}),
+        raw.get("multi_hot", []),
+        raw.get("crossed", []),
+        raw.get("features", {}),
+        raw.get("group"),
+        raw.get("item"),
+    )
 
 
 def load_split(folder: str | Path, split: str) -> dict[str, np.ndarray]:

@@ -27,9 +27,9 @@ an empty list stays empty. A cross hashes the joined text of its columns. `embed
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -38,9 +38,17 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from recforge.config import read_yaml
+from recforge.core.errors import DataError
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
-from recforge.data.tabular import check_parquet, convert, os_error, read_delimited, require_file, row_error, text_problem
-from recforge.errors import DataError
+from recforge.data.tabular import (
+    check_parquet,
+    convert,
+    os_error,
+    read_delimited,
+    require_file,
+    row_error,
+    text_problem,
+)
 
 BATCH_BYTES = 1 << 24
 FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
@@ -92,16 +100,30 @@ FEATURE_KEYS = {
     "pooling": (lambda v: v in ("sum", "mean"), "sum or mean"),
     "columns": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of column names"),
 }
-SECTION_KEYS = {"numeric": {"transform", "tag"}, "categorical": {"min_frequency", "hash_buckets", "embedding_dim", "tag"},
-                "multi_hot": {"min_frequency", "hash_buckets", "embedding_dim", "tag", "delimiter", "max_length", "pooling"},
-                "crossed": {"columns", "hash_buckets"}}
+SECTION_KEYS = {
+    "numeric": {"transform", "tag"},
+    "categorical": {"min_frequency", "hash_buckets", "embedding_dim", "tag"},
+    "multi_hot": {"min_frequency", "hash_buckets", "embedding_dim", "tag", "delimiter", "max_length", "pooling"},
+    "crossed": {"columns", "hash_buckets"},
+}
 
 
 def load_spec(path: str | Path) -> FeatureSpec:
     path = Path(path).expanduser()
     require_file(path, "the YAML feature spec")
     raw, lines = read_yaml(path, "a YAML feature spec")
-    known = ("label", "numeric", "categorical", "multi_hot", "crossed", "group", "item", "files", "holdout", "separator")
+    known = (
+        "label",
+        "numeric",
+        "categorical",
+        "multi_hot",
+        "crossed",
+        "group",
+        "item",
+        "files",
+        "holdout",
+        "separator",
+    )
     if raw is None:
         raise DataError(path, None, None, "the feature spec is empty (it names the label, the features and the files)")
     if not isinstance(raw, dict):
@@ -148,7 +170,10 @@ def load_spec(path: str | Path) -> FeatureSpec:
         for i, entry in enumerate(entries):
             entry = {"name": entry} if isinstance(entry, (str, int)) and not isinstance(entry, bool) else entry
             if not isinstance(entry, dict) or "name" not in entry or set(entry) - allowed - {"name"}:
-                fail((section, i), f"each feature is a name or a mapping with name and {', '.join(sorted(allowed))}: {entry!r}")
+                fail(
+                    (section, i),
+                    f"each feature is a name or a mapping with name and {', '.join(sorted(allowed))}: {entry!r}",
+                )
             name = entry["name"]
             if isinstance(name, bool) or not isinstance(name, (str, int)):
                 fail((section, i, "name"), f"must be a column name, got {name!r}")
@@ -163,9 +188,17 @@ def load_spec(path: str | Path) -> FeatureSpec:
         if key in raw and not isinstance(raw[key], str):
             fail((key,), "a column name")
     spec = FeatureSpec(
-        label=raw["label"], numeric=features("numeric"), categorical=features("categorical"),
-        multi_hot=features("multi_hot"), crossed=features("crossed"), group=raw.get("group"), item=raw.get("item"),
-        files=dict(files), holdout={k: float(v) for k, v in holdout.items()}, separator=separator, path=path,
+        label=raw["label"],
+        numeric=features("numeric"),
+        categorical=features("categorical"),
+        multi_hot=features("multi_hot"),
+        crossed=features("crossed"),
+        group=raw.get("group"),
+        item=raw.get("item"),
+        files=dict(files),
+        holdout={k: float(v) for k, v in holdout.items()},
+        separator=separator,
+        path=path,
     )
     if not spec.numeric and not spec.categorical and not spec.multi_hot:
         fail(("numeric",), "the spec names no features")
@@ -185,7 +218,9 @@ def stable_hash(values: pa.Array) -> np.ndarray:
     """FNV-1a 64-bit of each string's UTF-8 bytes (null -> 0), vectorized over character positions."""
     values = values.cast(pa.string())
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset : values.offset + len(values) + 1]
-    data = np.frombuffer(values.buffers()[2], dtype=np.uint8) if values.buffers()[2] is not None else np.zeros(0, np.uint8)
+    data = (
+        np.frombuffer(values.buffers()[2], dtype=np.uint8) if values.buffers()[2] is not None else np.zeros(0, np.uint8)
+    )
     starts, lengths = offsets[:-1], np.diff(offsets)
     hashes = np.full(len(values), FNV_OFFSET, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -202,9 +237,12 @@ class _Source:
     def __init__(self, path: Path, spec: FeatureSpec):
         self.path, self.spec = path, spec
         categorical = {f.name for f in spec.categorical}  # a group or item column may be a feature too (read as text)
-        self.types = {spec.label: pa.float64(), **{f.name: pa.float64() for f in spec.numeric},
-                      **{f.name: pa.string() for f in spec.categorical + spec.multi_hot},
-                      **{name: pa.int64() for name in (spec.group, spec.item) if name and name not in categorical}}
+        self.types = {
+            spec.label: pa.float64(),
+            **{f.name: pa.float64() for f in spec.numeric},
+            **{f.name: pa.string() for f in spec.categorical + spec.multi_hot},
+            **{name: pa.int64() for name in (spec.group, spec.item) if name and name not in categorical},
+        }
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """Batches of `columns` (default: every spec column)."""
@@ -215,21 +253,29 @@ class _Source:
             for batch in pq.ParquetFile(self.path).iter_batches(columns=list(types), batch_size=1 << 16):
                 arrays = [convert(self.path, batch.column(c), t, c, first) for c, t in types.items()]
                 # An empty string is a missing category, as in CSV files.
-                arrays = [pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a) if a.type == pa.string() else a for a in arrays]
+                arrays = [
+                    pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a) if a.type == pa.string() else a
+                    for a in arrays
+                ]
                 yield pa.RecordBatch.from_arrays(arrays, names=list(types))
                 first += batch.num_rows
             return
         try:
             reader = pcsv.open_csv(
-                self.path, read_options=pcsv.ReadOptions(block_size=BATCH_BYTES),
+                self.path,
+                read_options=pcsv.ReadOptions(block_size=BATCH_BYTES),
                 parse_options=pcsv.ParseOptions(delimiter=self.spec.separator),
-                convert_options=pcsv.ConvertOptions(column_types=types, include_columns=list(types), strings_can_be_null=True),
+                convert_options=pcsv.ConvertOptions(
+                    column_types=types, include_columns=list(types), strings_can_be_null=True
+                ),
             )
             yield from reader
         except (pa.ArrowInvalid, pa.ArrowKeyError) as error:
             # The slow path names the first bad line and field (and raises there).
             read_delimited(self.path, delimiter=self.spec.separator, missing_ok=True, columns=types)
-            raise text_problem(self.path, BATCH_BYTES) or DataError(self.path, None, None, str(error).splitlines()[0]) from None
+            raise text_problem(self.path, BATCH_BYTES) or DataError(
+                self.path, None, None, str(error).splitlines()[0]
+            ) from None
         except OSError as error:
             raise os_error(self.path, error) from None
 
@@ -251,8 +297,14 @@ def _add_counts(counts: pa.Table | None, values: pa.Array) -> pa.Table:
     return merged.rename_columns(["value", "count"])
 
 
-def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, log=print, overwrite: bool = False,
-                info: dict | None = None) -> CTRMeta:
+def prepare_ctr(
+    spec_path: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    log=print,
+    overwrite: bool = False,
+    info: dict | None = None,
+) -> CTRMeta:
     """Prepare the click log a feature spec describes into `out` (new, empty, or with `overwrite`
     a prepared folder to replace). `info`: a caller's provenance for meta.json's info (meta.json
     is written once, last, so a failure never replaces `out`)."""
@@ -270,8 +322,11 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
         total = file_rows["all"]
         test = int(total * spec.holdout.get("test", 0.0))
         valid = int(total * spec.holdout.get("valid", 0.0))
-        ranges = {"train": ("all", 0, total - valid - test), "valid": ("all", total - valid - test, total - test),
-                  "test": ("all", total - test, total)}
+        ranges = {
+            "train": ("all", 0, total - valid - test),
+            "valid": ("all", total - valid - test, total - test),
+            "test": ("all", total - test, total),
+        }
     else:
         ranges = {split: (split, 0, count) for split, count in file_rows.items()}
 
@@ -309,7 +364,11 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
     vocabularies = {}
     for f in vocabulary_features:
         table = counts[f.name]
-        kept = table.filter(pc.greater_equal(table.column("count"), f.min_frequency)) if table is not None else pa.table({"value": pa.array([], pa.string())})
+        kept = (
+            table.filter(pc.greater_equal(table.column("count"), f.min_frequency))
+            if table is not None
+            else pa.table({"value": pa.array([], pa.string())})
+        )
         vocabularies[f.name] = pc.take(kept.column("value"), pc.sort_indices(kept.column("value"))).combine_chunks()
 
     def cardinality(f: Feature) -> int:
@@ -317,7 +376,11 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
 
     def ids_of(f: Feature, column: pa.Array) -> np.ndarray:
         if f.hash_buckets:
-            return np.where(column.is_valid().to_numpy(zero_copy_only=False), 1 + stable_hash(column) % np.uint64(f.hash_buckets - 1), 0)
+            return np.where(
+                column.is_valid().to_numpy(zero_copy_only=False),
+                1 + stable_hash(column) % np.uint64(f.hash_buckets - 1),
+                0,
+            )
         index = pc.index_in(column, value_set=vocabularies[f.name])
         return pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False)
 
@@ -353,10 +416,14 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
                 column_start = 0
                 for f, width in zip(spec.multi_hot, lengths):
                     values, rows = _list_values(batch.column(f.name), f.delimiter)
-                    arrays["multi_hot"][at : at + n, column_start : column_start + width] = _padded(ids_of(f, values), rows, n, width)
+                    arrays["multi_hot"][at : at + n, column_start : column_start + width] = _padded(
+                        ids_of(f, values), rows, n, width
+                    )
                     column_start += width
                 for j, f in enumerate(spec.crossed):
-                    joined = pc.binary_join_element_wise(*(pc.fill_null(batch.column(c), "") for c in f.columns), "\x1f")
+                    joined = pc.binary_join_element_wise(
+                        *(pc.fill_null(batch.column(c), "") for c in f.columns), "\x1f"
+                    )
                     arrays["crossed"][at : at + n, j] = 1 + stable_hash(joined) % np.uint64(f.hash_buckets - 1)
                 for name, column in (("group", spec.group), ("item", spec.item)):
                     if column:
@@ -364,23 +431,39 @@ def prepare_ctr(spec_path: str | Path, data_dir: str | Path, out: str | Path, lo
                 at += n
             for array in arrays.values():
                 array.flush()
-        features = {f.name: {k: v for k, v in (("tag", f.tag), ("embedding_dim", f.embedding_dim)) if v is not None}
-                    for f in spec.numeric + spec.categorical + spec.multi_hot}
+        features = {
+            f.name: {k: v for k, v in (("tag", f.tag), ("embedding_dim", f.embedding_dim)) if v is not None}
+            for f in spec.numeric + spec.categorical + spec.multi_hot
+        }
         meta = CTRMeta(
-            dense_names=[f.name for f in spec.numeric], sparse_names=[f.name for f in spec.categorical],
-            cardinalities=[cardinality(f) for f in spec.categorical], rows=sizes,
-            info={"source": "feature spec", "spec": str(spec.path), "files": spec.files, "holdout": spec.holdout,
-                  "standardized": {name: list(v) for name, v in scales.items()}, "seconds": time.perf_counter() - start,
-                  **(info or {})},
-            multi_hot=[{"name": f.name, "cardinality": cardinality(f), "max_length": width, "pooling": f.pooling}
-                       for f, width in zip(spec.multi_hot, lengths)],
+            dense_names=[f.name for f in spec.numeric],
+            sparse_names=[f.name for f in spec.categorical],
+            cardinalities=[cardinality(f) for f in spec.categorical],
+            rows=sizes,
+            info={
+                "source": "feature spec",
+                "spec": str(spec.path),
+                "files": spec.files,
+                "holdout": spec.holdout,
+                "standardized": {name: list(v) for name, v in scales.items()},
+                "seconds": time.perf_counter() - start,
+                **(info or {}),
+            },
+            multi_hot=[
+                {"name": f.name, "cardinality": cardinality(f), "max_length": width, "pooling": f.pooling}
+                for f, width in zip(spec.multi_hot, lengths)
+            ],
             crossed=[{"name": f.name, "columns": f.columns, "cardinality": f.hash_buckets} for f in spec.crossed],
-            features={name: entry for name, entry in features.items() if entry}, group=spec.group, item=spec.item,
+            features={name: entry for name, entry in features.items() if entry},
+            group=spec.group,
+            item=spec.item,
         )
         finish(tmp, meta)
     embedding_rows = sum(meta.cardinalities) + sum(f["cardinality"] for f in meta.multi_hot)
-    log(f"ctr: {', '.join(f'{k} {v:,}' for k, v in sizes.items())} rows, {embedding_rows:,} embedding rows over "
-        f"{len(meta.cardinalities) + len(meta.multi_hot)} fields; {time.perf_counter() - start:.1f}s -> {out}")
+    log(
+        f"ctr: {', '.join(f'{k} {v:,}' for k, v in sizes.items())} rows, {embedding_rows:,} embedding rows over "
+        f"{len(meta.cardinalities) + len(meta.multi_hot)} fields; {time.perf_counter() - start:.1f}s -> {out}"
+    )
     return meta
 
 
@@ -420,4 +503,3 @@ def _labels(column: pa.Array, source: _Source, first_row: int, name: str) -> np.
     if bad.size:
         raise row_error(source.path, first_row + int(bad[0]), name, f"label must be 0 or 1, got {labels[bad[0]]}")
     return labels.astype(np.uint8)
-

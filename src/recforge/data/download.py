@@ -13,8 +13,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from recforge.core.errors import RecforgeError
 from recforge.data.movielens import LAYOUTS
-from recforge.errors import RecforgeError
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 # md5 of the fixed releases as GroupLens publishes them; the "latest" snapshots change, so their
@@ -40,7 +40,9 @@ def _fetch(url: str, dest: Path, timeout: float) -> str:
     return digest.hexdigest()
 
 
-def download(name: str, data_dir: str | Path, base_url: str = GROUPLENS, md5: str | None = None, timeout: float = 30) -> Path:
+def download(
+    name: str, data_dir: str | Path, base_url: str = GROUPLENS, md5: str | None = None, timeout: float = 30
+) -> Path:
     """Unpacked folder of release `name` under `data_dir` (downloaded unless already there)."""
     if name not in MD5:
         raise RecforgeError(f"unknown download '{name}' (known: {', '.join(MD5)})")

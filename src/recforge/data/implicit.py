@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recforge.errors import RecforgeError
+from recforge.core.errors import RecforgeError
 
 
 @dataclass
@@ -54,17 +54,21 @@ class LeaveOneOutData:
 
     def interaction_keys(self) -> np.ndarray:
         """Sorted int64 keys user * num_items + item of every known interaction, train and test."""
-        keys = np.concatenate([
-            self.train_users.astype(np.int64) * self.num_items + self.train_items,
-            np.arange(self.num_users, dtype=np.int64) * self.num_items + self.test_items,
-        ])
+        keys = np.concatenate(
+            [
+                self.train_users.astype(np.int64) * self.num_items + self.train_items,
+                np.arange(self.num_users, dtype=np.int64) * self.num_items + self.test_items,
+            ]
+        )
         keys.sort()
         return keys
 
     def describe(self) -> str:
         density = (len(self.train_items) + self.num_users) / max(1, self.num_users * self.num_items)
-        return (f"{self.num_users:,} users, {self.num_items:,} items, {len(self.train_items):,} train "
-                f"+ {self.num_users:,} test interactions (density {density:.4%})")
+        return (
+            f"{self.num_users:,} users, {self.num_items:,} items, {len(self.train_items):,} train "
+            f"+ {self.num_users:,} test interactions (density {density:.4%})"
+        )
 
 
 def factorize(values: np.ndarray | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +159,12 @@ def leave_one_out(
     if raw.item_titles is not None:
         titles = _align_titles(item_ids, raw.item_titles)
     return LeaveOneOutData(
-        train_users=users[train], train_items=items[train], test_items=items[test_rows],
-        user_ids=user_ids, item_ids=item_ids, item_titles=titles,
+        train_users=users[train],
+        train_items=items[train],
+        test_items=items[test_rows],
+        user_ids=user_ids,
+        item_ids=item_ids,
+        item_titles=titles,
     )
 
 

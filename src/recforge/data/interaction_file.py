@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from recforge.config import DataConfig
+from recforge.core.errors import RecforgeError
 from recforge.data.implicit import RawInteractions
 from recforge.data.tabular import ids_to_numpy, read_delimited, read_parquet, require_file, to_numpy
-from recforge.errors import RecforgeError
 
 
 def interaction_path(cfg: DataConfig) -> Path:
@@ -27,7 +27,9 @@ def interaction_path(cfg: DataConfig) -> Path:
         return base
     found = sorted(p for ext in ("*.csv", "*.tsv", "*.parquet") for p in base.glob(ext))
     if len(found) != 1:
-        raise RecforgeError(f"{base}: expected exactly one .csv/.tsv/.parquet file, found {len(found)}; name it with --data-file")
+        raise RecforgeError(
+            f"{base}: expected exactly one .csv/.tsv/.parquet file, found {len(found)}; name it with --data-file"
+        )
     return found[0]
 
 

@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from recforge.config import DataConfig
+from recforge.core.errors import DataError, RecforgeError
 from recforge.data.implicit import RawInteractions
 from recforge.data.tabular import first_bad_integer, read_delimited, require_file, row_error, text_problem
-from recforge.errors import DataError, RecforgeError
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,10 @@ def read(name: str, cfg: DataConfig) -> RawInteractions:
 def read_titles(path: Path, encoding: str) -> dict[str, np.ndarray]:
     if path.suffix == ".csv":
         table = read_delimited(path, delimiter=",", columns={"movieId": pa.int64(), "title": pa.string()})
-        return {"ids": table.column("movieId").to_numpy(), "titles": table.column("title").to_numpy(zero_copy_only=False)}
+        return {
+            "ids": table.column("movieId").to_numpy(),
+            "titles": table.column("title").to_numpy(zero_copy_only=False),
+        }
     # u.item ('|') and movies.dat ('::'): titles may hold ':' or quotes, so split whole lines.
     try:
         lines = pcsv.read_csv(

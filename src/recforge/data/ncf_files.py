@@ -14,22 +14,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recforge.config import DataConfig
+from recforge.core.errors import DataError, RecforgeError
 from recforge.data.implicit import LeaveOneOutData
 from recforge.data.tabular import read_delimited, require_file, row_error
-from recforge.errors import DataError, RecforgeError
 
 RATING_COLUMNS = ["user", "item", "rating", "timestamp"]
 
 
 def ncf_prefix(cfg: DataConfig) -> Path:
     if cfg.data_dir is None:
-        raise RecforgeError("--dataset ncf needs --data-dir (the folder of NAME.train.rating, NAME.test.rating, NAME.test.negative)")
+        raise RecforgeError(
+            "--dataset ncf needs --data-dir (the folder of NAME.train.rating, NAME.test.rating, NAME.test.negative)"
+        )
     folder = Path(cfg.data_dir).expanduser()
     if cfg.data_file:
         return folder / cfg.data_file
     found = sorted(folder.glob("*.test.rating"))
     if len(found) != 1:
-        raise RecforgeError(f"{folder}: expected one NAME.test.rating, found {len(found)}; name the triple with --data-file NAME")
+        raise RecforgeError(
+            f"{folder}: expected one NAME.test.rating, found {len(found)}; name the triple with --data-file NAME"
+        )
     return folder / found[0].name[: -len(".test.rating")]
 
 
@@ -87,9 +91,15 @@ def read(cfg: DataConfig) -> LeaveOneOutData:
     # is refused at its line rather than remapped: remapping would hide a corrupt file and change
     # which items exist; files with arbitrary ids are `--dataset csv`, which renumbers them.
     held = train_items.size + test_items.size + negatives.size
-    beyond = f"is far beyond the {held:,} items listed in these files (NCF files number items from 0; --dataset csv renumbers any ids)"
-    for path, ids, fields in ((train_path, train_items, ["item"]), (test_path, test_items, ["item"]),
-                              (negative_path, negatives, [f"n{i}" for i in range(negatives.shape[1])])):
+    beyond = (
+        f"is far beyond the {held:,} items listed in these files "
+        "(NCF files number items from 0; --dataset csv renumbers any ids)"
+    )
+    for path, ids, fields in (
+        (train_path, train_items, ["item"]),
+        (test_path, test_items, ["item"]),
+        (negative_path, negatives, [f"n{i}" for i in range(negatives.shape[1])]),
+    ):
         _check_ids(path, ids, fields, held + (1 << 20), beyond)
     num_items = int(max(train_items.max(initial=0), test_items.max(), negatives.max(initial=0))) + 1
     order = np.lexsort((train_items, train_users))

@@ -45,8 +45,8 @@ import gzip
 import re
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -54,12 +54,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from recforge.core.errors import DataError, RecforgeError
+from recforge.core.files import naming, remove, temp_folder
+from recforge.core.progress import Progress
 from recforge.data.ctr_format import CTRMeta, check_out
 from recforge.data.ctr_spec import prepare_ctr
 from recforge.data.tabular import os_error, read_delimited, row_error, text_problem
-from recforge.errors import DataError, RecforgeError
-from recforge.files import naming, remove, temp_folder
-from recforge.progress import Progress
 
 SPEC = Path(__file__).resolve().parents[3] / "configs" / "feature-specs" / "outbrain.yaml"
 KAGGLE_EPOCH_MS = 1465876799998  # events.timestamp is milliseconds since this instant (2016-06-14 03:59:59.998 UTC)
@@ -72,12 +72,22 @@ NULLS = ["", "\\N"]  # Kaggle's files write a missing platform as \N
 HOUR_MS = 3_600_000
 # Smoothed train CTR + train views per key; the request keys describe the display (page, reader),
 # the item keys the ad. Every key is an int32 code per row (-1: missing), see _Tables.rows.
-REQUEST_CTR_KEYS = ("document_id", "source_id", "publisher_id", "geo_location", "geo_location_country",
-                    "geo_location_state", "platform")
+REQUEST_CTR_KEYS = (
+    "document_id",
+    "source_id",
+    "publisher_id",
+    "geo_location",
+    "geo_location_country",
+    "geo_location_state",
+    "platform",
+)
 ITEM_CTR_KEYS = ("ad_id", "document_id_promo", "campaign_id", "advertiser_id", "source_id_promo", "publisher_id_promo")
 CTR_KEYS = REQUEST_CTR_KEYS + ITEM_CTR_KEYS
-LISTS = {"topics": ("documents_topics.csv", "topic_id"), "entities": ("documents_entities.csv", "entity_id"),
-         "categories": ("documents_categories.csv", "category_id")}
+LISTS = {
+    "topics": ("documents_topics.csv", "topic_id"),
+    "entities": ("documents_entities.csv", "entity_id"),
+    "categories": ("documents_categories.csv", "category_id"),
+}
 _MAX_ID = (1 << 31) - 1
 
 
@@ -85,13 +95,26 @@ def feature_columns() -> dict[str, list[str]]:
     """The feature table's columns by kind, as prepare_outbrain writes them."""
     return {
         "keys": ["clicked", "display_id", "ad_id"],
-        "request": ["document_id", "platform", "geo_location", "geo_location_country", "geo_location_state",
-                    "source_id", "publisher_id", "event_hour", "event_weekday"],
+        "request": [
+            "document_id",
+            "platform",
+            "geo_location",
+            "geo_location_country",
+            "geo_location_state",
+            "source_id",
+            "publisher_id",
+            "event_hour",
+            "event_weekday",
+        ],
         "item": ["document_id_promo", "campaign_id", "advertiser_id", "source_id_promo", "publisher_id_promo"],
         "multi_hot": [f"{side}_{kind}" for side in ("document", "promo") for kind in LISTS],
-        "numeric": [*(f"{key}_{what}" for key in CTR_KEYS for what in ("ctr", "count")),  # request keys, then item keys
-                    "days_since_published", "days_since_published_promo",
-                    *(f"{kind}_similarity" for kind in LISTS), "document_page_views"],
+        "numeric": [
+            *(f"{key}_{what}" for key in CTR_KEYS for what in ("ctr", "count")),  # request keys, then item keys
+            "days_since_published",
+            "days_since_published_promo",
+            *(f"{kind}_similarity" for kind in LISTS),
+            "document_page_views",
+        ],
     }
 
 
@@ -122,32 +145,58 @@ def prepare_outbrain(
         raise RecforgeError(f"valid_fraction must be a number in [0, 1), got {valid_fraction!r}")
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
     check_out(out, overwrite)
-    files = {name: _input(data_dir, name) for name in ("clicks_train.csv", "events.csv", "promoted_content.csv",
-                                                       "documents_meta.csv", *(f for f, _ in LISTS.values()))}
+    files = {
+        name: _input(data_dir, name)
+        for name in (
+            "clicks_train.csv",
+            "events.csv",
+            "promoted_content.csv",
+            "documents_meta.csv",
+            *(f for f, _ in LISTS.values()),
+        )
+    }
     page_views = _input(data_dir, "page_views_sample.csv", required=False)
 
     tables = _Tables.load(files, page_views, log)
     counts, rows = _count_train(files["clicks_train.csv"], tables, valid_fraction, seed, log)
     if not rows["train"]:
-        raise RecforgeError(f"{files['clicks_train.csv']}: no train rows (valid_fraction {valid_fraction} took every display)")
+        raise RecforgeError(
+            f"{files['clicks_train.csv']}: no train rows (valid_fraction {valid_fraction} took every display)"
+        )
     prior = rows["train_clicks"] / rows["train"]
     ctr = {key: counts[key].tables(prior) for key in CTR_KEYS}
 
     features = temp_folder(out)
     try:
         with naming(out, inside=features):  # a full disk is reported as one about `out`
-            _write_features(files["clicks_train.csv"], tables, ctr, valid_fraction, seed, features, rows["train"] + rows["valid"], log)
+            _write_features(
+                files["clicks_train.csv"],
+                tables,
+                ctr,
+                valid_fraction,
+                seed,
+                features,
+                rows["train"] + rows["valid"],
+                log,
+            )
         info = {
-            "source": "outbrain", "data_dir": str(data_dir), "files": sorted(p.name for p in [*files.values(), page_views] if p),
+            "source": "outbrain",
+            "data_dir": str(data_dir),
+            "files": sorted(p.name for p in [*files.values(), page_views] if p),
             "split": f"display_id hashed with seed {seed}: {valid_fraction:g} of the displays are valid",
-            "valid_fraction": valid_fraction, "seed": seed, "train_click_rate": float(prior),
+            "valid_fraction": valid_fraction,
+            "seed": seed,
+            "train_click_rate": float(prior),
             "ctr": f"(train clicks + {prior:.4f} * {CTR_PRIOR_VIEWS:g}) / (train views + {CTR_PRIOR_VIEWS:g})",
             "missing": tables.missing,
         }
         meta = prepare_ctr(SPEC, features, out, log=log, overwrite=overwrite, info=info)
     finally:
         remove(features)
-    log(f"outbrain: {', '.join(f'{s} {n:,}' for s, n in meta.rows.items())} rows in {time.perf_counter() - started:.1f} s -> {out}")
+    log(
+        f"outbrain: {', '.join(f'{s} {n:,}' for s, n in meta.rows.items())} rows "
+        f"in {time.perf_counter() - started:.1f} s -> {out}"
+    )
     return meta
 
 
@@ -159,18 +208,25 @@ def _input(data_dir: Path, name: str, required: bool = True) -> Path | None:
         if path.is_file():
             return path
     if required:
-        raise RecforgeError(f"{data_dir / name}: file not found (nor {name}.gz); the Outbrain Click Prediction "
-                            "files from Kaggle go in --data-dir under their own names")
+        raise RecforgeError(
+            f"{data_dir / name}: file not found (nor {name}.gz); the Outbrain Click Prediction "
+            "files from Kaggle go in --data-dir under their own names"
+        )
     return None
 
 
 def _header(path: Path) -> list[str]:
-    with (gzip.open(path, "rt", encoding="utf-8", errors="replace") if path.suffix == ".gz"
-          else open(path, encoding="utf-8", errors="replace")) as f:
+    with (
+        gzip.open(path, "rt", encoding="utf-8", errors="replace")
+        if path.suffix == ".gz"
+        else open(path, encoding="utf-8", errors="replace")
+    ) as f:
         return [name.strip().strip('"') for name in f.readline().rstrip("\r\n").split(",")]
 
 
-def _batches(path: Path, types: dict[str, pa.DataType], required: tuple[str, ...] = ()) -> Iterator[tuple[int, pa.RecordBatch]]:
+def _batches(
+    path: Path, types: dict[str, pa.DataType], required: tuple[str, ...] = ()
+) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first data row, batch) of a CSV file's `types` columns, streamed. A missing value in a
     `required` column, a bad number or a wrong field count is a DataError with its line."""
     try:
@@ -179,12 +235,18 @@ def _batches(path: Path, types: dict[str, pa.DataType], required: tuple[str, ...
         raise os_error(path, error) from None
     for name in types:
         if name not in header:  # a binary or empty file, or a header without the column
-            raise text_problem(path, BLOCK_BYTES) or DataError(path, 1, name, f"column not found in the header ({', '.join(header)})")
+            raise text_problem(path, BLOCK_BYTES) or DataError(
+                path, 1, name, f"column not found in the header ({', '.join(header)})"
+            )
     row = 0
     try:
-        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES),
-                               convert_options=pcsv.ConvertOptions(column_types=types, include_columns=list(types),
-                                                                   null_values=NULLS, strings_can_be_null=True))
+        reader = pcsv.open_csv(
+            path,
+            read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES),
+            convert_options=pcsv.ConvertOptions(
+                column_types=types, include_columns=list(types), null_values=NULLS, strings_can_be_null=True
+            ),
+        )
         for batch in reader:
             for name in required:
                 column = batch.column(name)
@@ -265,8 +327,13 @@ class _ById:
         top = int(ids.max(initial=-1)) + 1
         if top > 16 * self.rows + (1 << 24):
             at = first_row + int(np.argmax(ids))
-            raise row_error(self.path, at, self.key, f"id {top - 1} is far beyond the {self.rows:,} rows read; "
-                             "ids are expected to be numbered densely (1..N) as in Kaggle's files")
+            raise row_error(
+                self.path,
+                at,
+                self.key,
+                f"id {top - 1} is far beyond the {self.rows:,} rows read; "
+                "ids are expected to be numbered densely (1..N) as in Kaggle's files",
+            )
         size = len(next(iter(self.columns.values())))
         if top + 1 > size:
             grown = max(top + 1, 2 * size)
@@ -359,62 +426,118 @@ class _Tables:
     missing: dict[str, int]
 
     @classmethod
-    def load(cls, files: dict[str, Path], page_views: Path | None, log) -> "_Tables":
+    def load(cls, files: dict[str, Path], page_views: Path | None, log) -> _Tables:
         self = cls()
         started = time.perf_counter()
         path = files["events.csv"]
         self.platform, self.geo = _Dictionary(), _Dictionary()
-        events = _ById(path, "display_id", {"document_id": (np.int32, -1), "day": (np.float32, np.nan),
-                                            "platform": (np.int16, -1), "geo": (np.int32, -1),
-                                            "hour": (np.int8, -1), "weekday": (np.int8, -1)})
-        types = {"display_id": pa.int64(), "document_id": pa.int64(), "timestamp": pa.int64(),
-                 "platform": pa.string(), "geo_location": pa.string()}
+        events = _ById(
+            path,
+            "display_id",
+            {
+                "document_id": (np.int32, -1),
+                "day": (np.float32, np.nan),
+                "platform": (np.int16, -1),
+                "geo": (np.int32, -1),
+                "hour": (np.int8, -1),
+                "weekday": (np.int8, -1),
+            },
+        )
+        types = {
+            "display_id": pa.int64(),
+            "document_id": pa.int64(),
+            "timestamp": pa.int64(),
+            "platform": pa.string(),
+            "geo_location": pa.string(),
+        }
         for first, batch in _batches(path, types, required=("display_id",)):
             timestamp = batch.column("timestamp").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> NaN
             known = batch.column("timestamp").is_valid().to_numpy(zero_copy_only=False)
             with np.errstate(over="ignore"):  # UTC instant in ms; floor division and % keep hour 0-23, weekday 0-6
-                utc = pc.fill_null(batch.column("timestamp"), 0).to_numpy(zero_copy_only=False).astype(np.int64) + KAGGLE_EPOCH_MS
-            events.put(_ids(batch.column("display_id"), path, first, "display_id"), first, {
-                "document_id": _ids(batch.column("document_id"), path, first, "document_id"),
-                "day": (timestamp / DAY_MS).astype(np.float32),
-                "hour": np.where(known, utc // HOUR_MS % 24, -1).astype(np.int8),
-                "weekday": np.where(known, (utc // DAY_MS + 3) % 7, -1).astype(np.int8),  # 1970-01-01 was a Thursday (3)
-                "platform": self.platform.encode(batch.column("platform")).astype(np.int16),
-                "geo": self.geo.encode(batch.column("geo_location")),
-            })
+                utc = (
+                    pc.fill_null(batch.column("timestamp"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+                    + KAGGLE_EPOCH_MS
+                )
+            events.put(
+                _ids(batch.column("display_id"), path, first, "display_id"),
+                first,
+                {
+                    "document_id": _ids(batch.column("document_id"), path, first, "document_id"),
+                    "day": (timestamp / DAY_MS).astype(np.float32),
+                    "hour": np.where(known, utc // HOUR_MS % 24, -1).astype(np.int8),
+                    "weekday": np.where(known, (utc // DAY_MS + 3) % 7, -1).astype(
+                        np.int8
+                    ),  # 1970-01-01 was a Thursday (3)
+                    "platform": self.platform.encode(batch.column("platform")).astype(np.int16),
+                    "geo": self.geo.encode(batch.column("geo_location")),
+                },
+            )
         self.events = events.done()
         # "US>CA>807" -> country "US", state "US>CA" (None when the location has no state part).
         parts = pc.split_pattern(self.geo.values, ">")
         self.geo_country = pc.binary_join(pc.list_slice(parts, 0, 1), ">")
         state = pc.binary_join(pc.list_slice(parts, 0, 2), ">")
-        self.geo_state = pc.if_else(pc.greater_equal(pc.list_value_length(parts), 2), state, pa.scalar(None, pa.string()))
+        self.geo_state = pc.if_else(
+            pc.greater_equal(pc.list_value_length(parts), 2), state, pa.scalar(None, pa.string())
+        )
         # Integer codes of countries and states per geo code, for their CTR counts (the last row: missing geo).
         self.geo_country_code, self.geo_state_code = (
-            np.r_[pc.fill_null(pc.dictionary_encode(text).indices, -1).to_numpy(zero_copy_only=False), -1].astype(np.int32)
-            for text in (self.geo_country, self.geo_state))
+            np.r_[pc.fill_null(pc.dictionary_encode(text).indices, -1).to_numpy(zero_copy_only=False), -1].astype(
+                np.int32
+            )
+            for text in (self.geo_country, self.geo_state)
+        )
 
         path = files["promoted_content.csv"]
-        ads = _ById(path, "ad_id", {"document_id": (np.int32, -1), "campaign_id": (np.int32, -1),
-                                    "advertiser_id": (np.int32, -1)})
-        for first, batch in _batches(path, {name: pa.int64() for name in ("ad_id", "document_id", "campaign_id", "advertiser_id")},
-                                     required=("ad_id",)):
-            ads.put(_ids(batch.column("ad_id"), path, first, "ad_id"), first,
-                    {name: _ids(batch.column(name), path, first, name) for name in ("document_id", "campaign_id", "advertiser_id")})
+        ads = _ById(
+            path,
+            "ad_id",
+            {"document_id": (np.int32, -1), "campaign_id": (np.int32, -1), "advertiser_id": (np.int32, -1)},
+        )
+        for first, batch in _batches(
+            path,
+            {name: pa.int64() for name in ("ad_id", "document_id", "campaign_id", "advertiser_id")},
+            required=("ad_id",),
+        ):
+            ads.put(
+                _ids(batch.column("ad_id"), path, first, "ad_id"),
+                first,
+                {
+                    name: _ids(batch.column(name), path, first, name)
+                    for name in ("document_id", "campaign_id", "advertiser_id")
+                },
+            )
         self.ads = ads.done()
 
         path = files["documents_meta.csv"]
-        documents = _ById(path, "document_id", {"source_id": (np.int32, -1), "publisher_id": (np.int32, -1),
-                                                "day": (np.float32, np.nan)})
-        types = {"document_id": pa.int64(), "source_id": pa.int64(), "publisher_id": pa.int64(), "publish_time": pa.string()}
+        documents = _ById(
+            path,
+            "document_id",
+            {"source_id": (np.int32, -1), "publisher_id": (np.int32, -1), "day": (np.float32, np.nan)},
+        )
+        types = {
+            "document_id": pa.int64(),
+            "source_id": pa.int64(),
+            "publisher_id": pa.int64(),
+            "publish_time": pa.string(),
+        }
         for first, batch in _batches(path, types, required=("document_id",)):
-            published = pc.coalesce(*(pc.strptime(batch.column("publish_time"), format=f, unit="s", error_is_null=True)
-                                      for f in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d")))
+            published = pc.coalesce(
+                *(
+                    pc.strptime(batch.column("publish_time"), format=f, unit="s", error_is_null=True)
+                    for f in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d")
+                )
+            )
             ms = pc.cast(published, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) * 1000.0
-            documents.put(_ids(batch.column("document_id"), path, first, "document_id"), first, {
-                "source_id": _ids(batch.column("source_id"), path, first, "source_id"),
-                "publisher_id": _ids(batch.column("publisher_id"), path, first, "publisher_id"),
-                "day": ((ms - KAGGLE_EPOCH_MS) / DAY_MS).astype(np.float32),
-            })
+            documents.put(
+                _ids(batch.column("document_id"), path, first, "document_id"),
+                first,
+                {
+                    "source_id": _ids(batch.column("source_id"), path, first, "source_id"),
+                    "publisher_id": _ids(batch.column("publisher_id"), path, first, "publisher_id"),
+                    "day": ((ms - KAGGLE_EPOCH_MS) / DAY_MS).astype(np.float32),
+                },
+            )
         self.documents = documents.done()
         self.lists = {kind: _Lists(files[name], value) for kind, (name, value) in LISTS.items()}
 
@@ -427,22 +550,35 @@ class _Tables:
                 grown[: len(self.page_views) - 1] = self.page_views[:-1]
                 grown[: len(counts)] += counts
                 self.page_views = grown
-        self.missing = {"display_id not in events": 0, "ad_id not in promoted_content": 0,
-                        "document_id not in documents_meta": 0}
-        log(f"outbrain: {len(self.events['document_id']) - 1:,} display ids, {len(self.ads['document_id']) - 1:,} ad ids, "
+        self.missing = {
+            "display_id not in events": 0,
+            "ad_id not in promoted_content": 0,
+            "document_id not in documents_meta": 0,
+        }
+        log(
+            f"outbrain: {len(self.events['document_id']) - 1:,} display ids, "
+            f"{len(self.ads['document_id']) - 1:,} ad ids, "
             f"{len(self.documents['source_id']) - 1:,} document ids, "
             + ", ".join(f"{len(v.dictionary.values):,} {k}" for k, v in self.lists.items())
-            + f" loaded in {time.perf_counter() - started:.1f} s")
+            + f" loaded in {time.perf_counter() - started:.1f} s"
+        )
         return self
 
     def rows(self, display_id: np.ndarray, ad_id: np.ndarray) -> dict[str, np.ndarray]:
         """The ids (or text codes) behind each click-log row (-1: missing)."""
         geo = _at(self.events["geo"], display_id)
-        row = {"display_id": display_id, "ad_id": ad_id, "document_id": _at(self.events["document_id"], display_id),
-               "platform": _at(self.events["platform"], display_id).astype(np.int32), "geo_location": geo,
-               "geo_location_country": _at(self.geo_country_code, geo), "geo_location_state": _at(self.geo_state_code, geo),
-               "document_id_promo": _at(self.ads["document_id"], ad_id),
-               "campaign_id": _at(self.ads["campaign_id"], ad_id), "advertiser_id": _at(self.ads["advertiser_id"], ad_id)}
+        row = {
+            "display_id": display_id,
+            "ad_id": ad_id,
+            "document_id": _at(self.events["document_id"], display_id),
+            "platform": _at(self.events["platform"], display_id).astype(np.int32),
+            "geo_location": geo,
+            "geo_location_country": _at(self.geo_country_code, geo),
+            "geo_location_state": _at(self.geo_state_code, geo),
+            "document_id_promo": _at(self.ads["document_id"], ad_id),
+            "campaign_id": _at(self.ads["campaign_id"], ad_id),
+            "advertiser_id": _at(self.ads["advertiser_id"], ad_id),
+        }
         for side in ("", "_promo"):
             document = row[f"document_id{side}"]
             row[f"source_id{side}"] = _at(self.documents["source_id"], document)
@@ -454,7 +590,9 @@ class _Tables:
         self.missing["ad_id not in promoted_content"] += int((~_at(self.ads["known"], ad_id)).sum())
         for side in ("", "_promo"):
             document = row[f"document_id{side}"]
-            self.missing["document_id not in documents_meta"] += int(((document >= 0) & ~_at(self.documents["known"], document)).sum())
+            self.missing["document_id not in documents_meta"] += int(
+                ((document >= 0) & ~_at(self.documents["known"], document)).sum()
+            )
 
 
 # ----------------------------------------------------------------------------- the passes
@@ -493,11 +631,17 @@ def _clicks(path: Path) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarra
         if bad.any():
             at = int(np.flatnonzero(bad)[0])
             raise row_error(path, first + at, "clicked", f"must be 0 or 1, got {clicked[at]}")
-        yield (first, _ids(batch.column("display_id"), path, first, "display_id"),
-               _ids(batch.column("ad_id"), path, first, "ad_id"), clicked.astype(np.int8))
+        yield (
+            first,
+            _ids(batch.column("display_id"), path, first, "display_id"),
+            _ids(batch.column("ad_id"), path, first, "ad_id"),
+            clicked.astype(np.int8),
+        )
 
 
-def _count_train(path: Path, tables: _Tables, valid_fraction: float, seed: int, log) -> tuple[dict[str, _Counts], dict[str, int]]:
+def _count_train(
+    path: Path, tables: _Tables, valid_fraction: float, seed: int, log
+) -> tuple[dict[str, _Counts], dict[str, int]]:
     """Pass 1: views and clicks of the train rows per CTR key, and the rows of each split."""
     started = time.perf_counter()
     counts = {key: _Counts() for key in CTR_KEYS}
@@ -519,8 +663,10 @@ def _count_train(path: Path, tables: _Tables, valid_fraction: float, seed: int, 
         rows["train_clicks"] += int(clicked[train].sum())
     seconds = time.perf_counter() - started
     total = rows["train"] + rows["valid"]
-    log(f"  pass 1 (train counts): {total:,} rows in {seconds:.1f} s, {total / max(seconds, 1e-9):,.0f} rows/s; "
-        f"train {rows['train']:,}, valid {rows['valid']:,}")
+    log(
+        f"  pass 1 (train counts): {total:,} rows in {seconds:.1f} s, {total / max(seconds, 1e-9):,.0f} rows/s; "
+        f"train {rows['train']:,}, valid {rows['valid']:,}"
+    )
     return counts, rows
 
 
@@ -528,8 +674,9 @@ def _nullable(ids: np.ndarray) -> pa.Array:
     return pa.array(ids.astype(np.int64), mask=ids < 0)
 
 
-def _write_features(path: Path, tables: _Tables, ctr: dict, valid_fraction: float, seed: int, folder: Path,
-                    total: int, log) -> None:
+def _write_features(
+    path: Path, tables: _Tables, ctr: dict, valid_fraction: float, seed: int, folder: Path, total: int, log
+) -> None:
     """Pass 2: the feature table of each split, as Parquet in `folder`."""
     started = time.perf_counter()
     progress = Progress(total, "outbrain features")
@@ -552,7 +699,11 @@ def _write_features(path: Path, tables: _Tables, ctr: dict, valid_fraction: floa
             progress.update(len(display_id))
         for split in ("train", "valid"):  # a split without rows is an empty file
             if split not in writers:
-                write(split, None, _feature_table(tables, ctr, *(np.zeros(0, t) for t in (np.int32, np.int32, np.int8))).schema)
+                write(
+                    split,
+                    None,
+                    _feature_table(tables, ctr, *(np.zeros(0, t) for t in (np.int32, np.int32, np.int8))).schema,
+                )
     finally:
         progress.close()
         for split, writer in writers.items():
@@ -562,23 +713,30 @@ def _write_features(path: Path, tables: _Tables, ctr: dict, valid_fraction: floa
     log(f"  pass 2 (feature table): {total:,} rows in {seconds:.1f} s, {total / max(seconds, 1e-9):,.0f} rows/s")
 
 
-def _feature_table(tables: _Tables, ctr: dict, display_id: np.ndarray, ad_id: np.ndarray, clicked: np.ndarray) -> pa.Table:
+def _feature_table(
+    tables: _Tables, ctr: dict, display_id: np.ndarray, ad_id: np.ndarray, clicked: np.ndarray
+) -> pa.Table:
     row = tables.rows(display_id, ad_id)
     tables.note_missing(display_id, ad_id, row)
     platform, geo = row["platform"], row["geo_location"]
     hour, weekday = _at(tables.events["hour"], display_id), _at(tables.events["weekday"], display_id)
     columns: dict[str, pa.Array] = {
-        "clicked": pa.array(clicked), "display_id": pa.array(display_id.astype(np.int64)),
+        "clicked": pa.array(clicked),
+        "display_id": pa.array(display_id.astype(np.int64)),
         "ad_id": pa.array(ad_id.astype(np.int64)),
         "document_id": _nullable(row["document_id"]),
         "platform": tables.platform.text(platform),
         "geo_location": tables.geo.text(geo),
         "geo_location_country": tables.geo_country.take(pa.array(geo, mask=geo < 0)),
         "geo_location_state": tables.geo_state.take(pa.array(geo, mask=geo < 0)),
-        "source_id": _nullable(row["source_id"]), "publisher_id": _nullable(row["publisher_id"]),
-        "event_hour": _nullable(hour), "event_weekday": _nullable(weekday),  # UTC, 0-23 and 0 Monday .. 6 Sunday
-        **{name: _nullable(row[name]) for name in ("document_id_promo", "campaign_id", "advertiser_id",
-                                                   "source_id_promo", "publisher_id_promo")},
+        "source_id": _nullable(row["source_id"]),
+        "publisher_id": _nullable(row["publisher_id"]),
+        "event_hour": _nullable(hour),
+        "event_weekday": _nullable(weekday),  # UTC, 0-23 and 0 Monday .. 6 Sunday
+        **{
+            name: _nullable(row[name])
+            for name in ("document_id_promo", "campaign_id", "advertiser_id", "source_id_promo", "publisher_id_promo")
+        },
     }
     for side, document in (("document", row["document_id"]), ("promo", row["document_id_promo"])):
         for kind, lists in tables.lists.items():
@@ -588,7 +746,10 @@ def _feature_table(tables: _Tables, ctr: dict, display_id: np.ndarray, ad_id: np
         columns[f"{key}_ctr"] = pa.array(_at(rate, row[key]))
         columns[f"{key}_count"] = pa.array(_at(views, row[key]))
     event_day = _at(tables.events["day"], display_id)
-    for name, document in (("days_since_published", row["document_id"]), ("days_since_published_promo", row["document_id_promo"])):
+    for name, document in (
+        ("days_since_published", row["document_id"]),
+        ("days_since_published_promo", row["document_id_promo"]),
+    ):
         days = event_day - _at(tables.documents["day"], document)
         # Missing times -> MISSING_DAYS; a publication after the event (it happens in Kaggle's data) -> 0.
         columns[name] = pa.array(np.where(np.isnan(days), MISSING_DAYS, np.maximum(days, 0.0)).astype(np.float32))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recforge.errors import RecforgeError
+from recforge.core.errors import RecforgeError
 
 
 def contains(sorted_keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from recforge.config import DataConfig
+from recforge.core.errors import RecforgeError
 from recforge.data.implicit import RawInteractions
-from recforge.errors import RecforgeError
 
 MIN_PER_USER = 20
 TASTE_GROUPS = 64

@@ -19,8 +19,34 @@ import torch
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
 from recforge.metrics.classification import auc
 
-KAGGLE_CARDINALITIES = [1460, 583, 100000, 100000, 305, 24, 12517, 633, 3, 93145, 5683, 100000, 3194,
-                        27, 14992, 100000, 10, 5652, 2173, 4, 100000, 18, 15, 100000, 105, 100000]
+KAGGLE_CARDINALITIES = [
+    1460,
+    583,
+    100000,
+    100000,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    100000,
+    3194,
+    27,
+    14992,
+    100000,
+    10,
+    5652,
+    2173,
+    4,
+    100000,
+    18,
+    15,
+    100000,
+    105,
+    100000,
+]
 NUM_DENSE = 13
 
 
@@ -85,15 +111,23 @@ def generate_ctr(
             for array in arrays.values():
                 array.flush()
         bayes = {
-            split: auc(torch.from_numpy(np.concatenate(logits_by_split[split])), torch.from_numpy(np.concatenate(labels_by_split[split])))
-            for split in logits_by_split if sizes[split]
+            split: auc(
+                torch.from_numpy(np.concatenate(logits_by_split[split])),
+                torch.from_numpy(np.concatenate(labels_by_split[split])),
+            )
+            for split in logits_by_split
+            if sizes[split]
         }
         meta = CTRMeta(
             dense_names=[f"I{i + 1}" for i in range(NUM_DENSE)],
             sparse_names=[f"C{i + 1}" for i in range(fields)],
-            cardinalities=cardinalities, rows=sizes,
+            cardinalities=cardinalities,
+            rows=sizes,
             info={"source": "synthetic", "seed": seed, "bayes_auc": bayes, "seconds": time.perf_counter() - start},
         )
         finish(tmp, meta)
-    log(f"synthetic click log: {rows:,} rows -> {out} (Bayes AUC valid {bayes.get('valid', float('nan')):.4f}) in {time.perf_counter() - start:.1f}s")
+    log(
+        f"synthetic click log: {rows:,} rows -> {out} (Bayes AUC valid {bayes.get('valid', float('nan')):.4f}) "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
     return meta

@@ -24,16 +24,44 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import torch
 
+from recforge.core.files import naming
 from recforge.data.outbrain import DAY_MS, KAGGLE_EPOCH_MS, TOP
-from recforge.files import naming
 from recforge.metrics.ranking import map_at_k
 
 TOPIC_WEIGHT = 3.0
 TOPICS, CATEGORIES = 300, 97
-GEOS = ["US>CA>807", "US>NY>501", "US>TX>623", "US>FL>528", "US>IL>602", "US>CA>803", "US>WA>819", "US>GA>524",
-        "US>PA>504", "US>MA>506", "CA>ON", "CA>BC", "GB>H9", "GB>E7", "AU>02", "IN>07", "DE>16", "FR>A8", "PH", "--"]
-FILES = ("clicks_train.csv", "events.csv", "promoted_content.csv", "documents_meta.csv", "documents_topics.csv",
-         "documents_entities.csv", "documents_categories.csv", "page_views_sample.csv")
+GEOS = [
+    "US>CA>807",
+    "US>NY>501",
+    "US>TX>623",
+    "US>FL>528",
+    "US>IL>602",
+    "US>CA>803",
+    "US>WA>819",
+    "US>GA>524",
+    "US>PA>504",
+    "US>MA>506",
+    "CA>ON",
+    "CA>BC",
+    "GB>H9",
+    "GB>E7",
+    "AU>02",
+    "IN>07",
+    "DE>16",
+    "FR>A8",
+    "PH",
+    "--",
+]
+FILES = (
+    "clicks_train.csv",
+    "events.csv",
+    "promoted_content.csv",
+    "documents_meta.csv",
+    "documents_topics.csv",
+    "documents_entities.csv",
+    "documents_categories.csv",
+    "page_views_sample.csv",
+)
 
 
 class _PowerLaw:
@@ -96,8 +124,11 @@ def _long(codes: np.ndarray, confidence: np.ndarray, names: pa.Array | None = No
     """(document_id, value, confidence) rows of the present list entries, values as ids or names."""
     document, position = np.nonzero(codes >= 0)
     value = codes[document, position]
-    return {"document_id": document.astype(np.int64), "value": names.take(pa.array(value)) if names is not None else value,
-            "confidence_level": np.round(confidence[document, position], 6)}
+    return {
+        "document_id": document.astype(np.int64),
+        "value": names.take(pa.array(value)) if names is not None else value,
+        "confidence_level": np.round(confidence[document, position], 6),
+    }
 
 
 def write_outbrain_csvs(folder: str | Path, displays: int = 20000, seed: int = 0) -> dict:
@@ -127,29 +158,48 @@ def write_outbrain_csvs(folder: str | Path, displays: int = 20000, seed: int = 0
     category_ids = pa.array(1000 + 100 * (np.arange(CATEGORIES) // 10) + np.arange(CATEGORIES) % 10)
     ids = np.arange(1, n_documents + 1)
     missing_meta = rng.random(n_documents) < 0.02
-    published_text = pc.strftime(pa.array((published[1:] // 1000).astype(np.int64), pa.timestamp("s")),
-                                 format="%Y-%m-%d %H:%M:%S")
-    _write(folder / "documents_meta.csv", {
-        "document_id": ids, "source_id": pa.array(source[1:], mask=missing_meta),
-        "publisher_id": pa.array(publisher[1:], mask=missing_meta),
-        "publish_time": pc.if_else(pa.array(rng.random(n_documents) < 0.03), pa.scalar(None, pa.string()), published_text)})
-    for name, (codes, weights, names) in {"topic_id": (topic, topic_weight, None),
-                                          "entity_id": (entity, entity_weight, entity_names),
-                                          "category_id": (category, category_weight, category_ids)}.items():
+    published_text = pc.strftime(
+        pa.array((published[1:] // 1000).astype(np.int64), pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S"
+    )
+    _write(
+        folder / "documents_meta.csv",
+        {
+            "document_id": ids,
+            "source_id": pa.array(source[1:], mask=missing_meta),
+            "publisher_id": pa.array(publisher[1:], mask=missing_meta),
+            "publish_time": pc.if_else(
+                pa.array(rng.random(n_documents) < 0.03), pa.scalar(None, pa.string()), published_text
+            ),
+        },
+    )
+    for name, (codes, weights, names) in {
+        "topic_id": (topic, topic_weight, None),
+        "entity_id": (entity, entity_weight, entity_names),
+        "category_id": (category, category_weight, category_ids),
+    }.items():
         rows = _long(codes, weights, names)
         order = rng.permutation(len(rows["document_id"]))  # Kaggle's rows are not sorted by confidence
         rows = {k: (v.take(pa.array(order)) if isinstance(v, pa.Array) else v[order]) for k, v in rows.items()}
         kind = name.split("_")[0].replace("entity", "entitie").replace("category", "categorie")
-        _write(folder / f"documents_{kind}s.csv", {"document_id": rows["document_id"], name: rows["value"],
-                                                   "confidence_level": rows["confidence_level"]})
+        _write(
+            folder / f"documents_{kind}s.csv",
+            {"document_id": rows["document_id"], name: rows["value"], "confidence_level": rows["confidence_level"]},
+        )
 
     # Ads: a landing document, a campaign of an advertiser, and a planted quality.
     campaign = np.r_[0, _PowerLaw(rng, n_campaigns)(n_ads)]
     advertiser = np.r_[0, rng.integers(1, n_advertisers + 1, n_campaigns + 1)][campaign]
     ad_document = np.r_[0, rng.integers(1, n_documents + 1, n_ads)]
     quality = rng.normal(0.0, 0.6, n_campaigns + 1)[campaign] + rng.normal(0.0, 0.8, n_ads + 1)
-    _write(folder / "promoted_content.csv", {"ad_id": np.arange(1, n_ads + 1), "document_id": ad_document[1:],
-                                             "campaign_id": campaign[1:], "advertiser_id": advertiser[1:]})
+    _write(
+        folder / "promoted_content.csv",
+        {
+            "ad_id": np.arange(1, n_ads + 1),
+            "document_id": ad_document[1:],
+            "campaign_id": campaign[1:],
+            "advertiser_id": advertiser[1:],
+        },
+    )
 
     # Events: who saw which document where and when.
     uuids = _hex(rng, n_users, 14)
@@ -158,9 +208,17 @@ def write_outbrain_csvs(folder: str | Path, displays: int = 20000, seed: int = 0
     platform = rng.choice(np.array([1, 2, 3]), displays, p=[0.35, 0.5, 0.15])
     geo = pa.array(GEOS).take(pa.array(geos(displays) - 1, mask=rng.random(displays) < 0.01))
     timestamp = np.sort(rng.integers(0, 15 * DAY_MS, displays))
-    _write(folder / "events.csv", {"display_id": np.arange(1, displays + 1), "uuid": uuids.take(pa.array(users(displays) - 1)),
-                                   "document_id": document, "timestamp": timestamp,
-                                   "platform": pa.array(platform, mask=rng.random(displays) < 0.005), "geo_location": geo})
+    _write(
+        folder / "events.csv",
+        {
+            "display_id": np.arange(1, displays + 1),
+            "uuid": uuids.take(pa.array(users(displays) - 1)),
+            "document_id": document,
+            "timestamp": timestamp,
+            "platform": pa.array(platform, mask=rng.random(displays) < 0.005),
+            "geo_location": geo,
+        },
+    )
 
     # Clicks: 2-12 distinct ads per display, one click from the softmax of the planted scores.
     shown = rng.integers(2, 13, displays)
@@ -188,23 +246,37 @@ def write_outbrain_csvs(folder: str | Path, displays: int = 20000, seed: int = 0
 
     # A sample of page views, with the displays' popularity of documents.
     views = 3 * displays
-    _write(folder / "page_views_sample.csv", {
-        "uuid": uuids.take(pa.array(users(views) - 1)),
-        "document_id": documents(views),
-        "timestamp": rng.integers(0, 15 * DAY_MS, views),
-        "platform": rng.choice(np.array([1, 2, 3]), views, p=[0.35, 0.5, 0.15]),
-        "geo_location": pa.array(GEOS).take(pa.array(geos(views) - 1)),
-        "traffic_source": rng.integers(1, 4, views)})
+    _write(
+        folder / "page_views_sample.csv",
+        {
+            "uuid": uuids.take(pa.array(users(views) - 1)),
+            "document_id": documents(views),
+            "timestamp": rng.integers(0, 15 * DAY_MS, views),
+            "platform": rng.choice(np.array([1, 2, 3]), views, p=[0.35, 0.5, 0.15]),
+            "geo_location": pa.array(GEOS).take(pa.array(geos(views) - 1)),
+            "traffic_source": rng.integers(1, 4, views),
+        },
+    )
 
     best = map_at_k(torch.from_numpy(probability), torch.from_numpy(clicked), torch.from_numpy(display))
     sizes = np.diff(np.r_[starts, len(ad)])
     harmonic = np.cumsum(1.0 / np.arange(1, 13))
     return {
-        "folder": str(folder), "files": list(FILES), "seed": seed, "displays": displays, "rows": int(len(ad)),
-        "documents": n_documents, "ads": n_ads, "campaigns": n_campaigns, "advertisers": n_advertisers,
+        "folder": str(folder),
+        "files": list(FILES),
+        "seed": seed,
+        "displays": displays,
+        "rows": len(ad),
+        "documents": n_documents,
+        "ads": n_ads,
+        "campaigns": n_campaigns,
+        "advertisers": n_advertisers,
         "click_rate": float(clicked.mean()),
-        "signal": (f"one click per display, softmax over its ads of quality[ad] (campaign effect N(0, 0.6) + ad "
-                   f"effect N(0, 0.8)) + {TOPIC_WEIGHT:g} * confidence-weighted cosine of the top-{TOP} topics of "
-                   "the displayed document and of the ad's document"),
-        "best_map12": best, "random_map12": float(np.mean(harmonic[sizes - 1] / sizes)),  # 1/rank, rank uniform
+        "signal": (
+            f"one click per display, softmax over its ads of quality[ad] (campaign effect N(0, 0.6) + ad "
+            f"effect N(0, 0.8)) + {TOPIC_WEIGHT:g} * confidence-weighted cosine of the top-{TOP} topics of "
+            "the displayed document and of the ad's document"
+        ),
+        "best_map12": best,
+        "random_map12": float(np.mean(harmonic[sizes - 1] / sizes)),  # 1/rank, rank uniform
     }

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from recforge.errors import DataError, RecforgeError
+from recforge.core.errors import DataError, RecforgeError
 
 _INT = r"^\s*[+-]?\d+\s*$"
 _FLOAT = r"^\s*([+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|NaN|Inf))\s*$"
@@ -138,15 +138,20 @@ def read_delimited(
     return table
 
 
-def _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, error, missing_ok=False) -> Exception:
+def _locate_bad_row(
+    path, delimiter, columns, column_names, encoding, header_lines, error, missing_ok=False
+) -> Exception:
     """Re-read the file as raw bytes, single-threaded, to find the first row that cannot parse."""
     problem = text_problem(path)  # empty, binary, a line too long to parse
     if problem:
         return problem
     if header_lines:  # a column missing from the header is named from the first block, before the slow read
         try:
-            header = pcsv.open_csv(path, read_options=pcsv.ReadOptions(encoding=encoding, block_size=BLOCK_BYTES),
-                                   parse_options=pcsv.ParseOptions(delimiter=delimiter)).schema.names
+            header = pcsv.open_csv(
+                path,
+                read_options=pcsv.ReadOptions(encoding=encoding, block_size=BLOCK_BYTES),
+                parse_options=pcsv.ParseOptions(delimiter=delimiter),
+            ).schema.names
         except pa.ArrowInvalid:
             header = columns  # the first block does not parse: the slow read below says why
         for name in columns:
@@ -164,9 +169,13 @@ def _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lin
     try:
         raw = pcsv.read_csv(
             path,
-            read_options=pcsv.ReadOptions(column_names=column_names, encoding=encoding, use_threads=False, block_size=BLOCK_BYTES),
+            read_options=pcsv.ReadOptions(
+                column_names=column_names, encoding=encoding, use_threads=False, block_size=BLOCK_BYTES
+            ),
             parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
-            convert_options=pcsv.ConvertOptions(column_types={c: pa.binary() for c in columns}, strings_can_be_null=True),
+            convert_options=pcsv.ConvertOptions(
+                column_types={c: pa.binary() for c in columns}, strings_can_be_null=True
+            ),
         )
     except pa.ArrowInvalid as e:
         raw, error = None, e
@@ -174,8 +183,13 @@ def _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lin
         sys.unraisablehook = hook
     if bad_rows:
         row = bad_rows[0]
-        return row_error(path, row.number - 1 - header_lines, None, f"expected {row.expected_columns} fields, "
-                         f"found {row.actual_columns}: {row.text[:80]!r}", header_lines)
+        return row_error(
+            path,
+            row.number - 1 - header_lines,
+            None,
+            f"expected {row.expected_columns} fields, found {row.actual_columns}: {row.text[:80]!r}",
+            header_lines,
+        )
     if raw is None:
         return text_problem(path, utf8=encoding == "utf8") or DataError(path, None, None, str(error).splitlines()[0])
     for name in columns:
@@ -216,7 +230,9 @@ def shown(value) -> str:
     """A value for a message: its repr, cut after 40 characters."""
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
-    return repr(value if not isinstance(value, str) or len(value) <= 40 else value[:40] + f"... ({len(value):,} characters)")
+    return repr(
+        value if not isinstance(value, str) or len(value) <= 40 else value[:40] + f"... ({len(value):,} characters)"
+    )
 
 
 def first_bad_integer(column: pa.ChunkedArray, dtype: pa.DataType) -> tuple[int, str] | None:

@@ -25,7 +25,9 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     new_group[1:] = ranked[1:] != ranked[:-1]
     group = torch.cumsum(new_group, 0) - 1
     position = torch.arange(1, ranked.numel() + 1, dtype=torch.float64, device=scores.device)
-    first = torch.zeros(int(group[-1]) + 1, dtype=torch.float64, device=scores.device).scatter_reduce_(0, group, position, "amin", include_self=False)
+    first = torch.zeros(int(group[-1]) + 1, dtype=torch.float64, device=scores.device).scatter_reduce_(
+        0, group, position, "amin", include_self=False
+    )
     last = torch.zeros_like(first).scatter_reduce_(0, group, position, "amax", include_self=False)
     average_rank = ((first + last) / 2)[group]
     positive_ranks = average_rank[labels[order]].sum().item()

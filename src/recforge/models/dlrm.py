@@ -17,20 +17,23 @@ from typing import Literal
 import torch
 from torch import nn
 
-from recforge.config import bounded
-from recforge.errors import RecforgeError
+from recforge.config import option
+from recforge.core.errors import RecforgeError
+from recforge.models.base import Model
 from recforge.models.layers import FieldEmbeddings, mlp
 
 
 @dataclass
 class DLRMConfig:
-    embedding_dim: int = bounded(16, 1)
-    bottom_mlp: list[int] = bounded([13, 512, 256, 64, 16], 1)  # input = number of dense features
-    top_mlp: list[int] = bounded([512, 256, 1], 1)  # its input size follows from the interaction
-    interaction: Literal["dot", "cat"] = "dot"
-    self_interaction: bool = False  # "dot": include each feature's dot product with itself
-    emb_fusion: bool = False  # one table for all fields, indexed with per-field offsets
-    sparse_embeddings: bool = True  # sparse gradients for the tables (optimizers that allow them use them)
+    embedding_dim: int = option(16, "width of every table (and the bottom MLP's output)", low=1)
+    bottom_mlp: list[int] = option(
+        [13, 512, 256, 64, 16], "bottom MLP widths, its input first (the dense features)", low=1
+    )
+    top_mlp: list[int] = option([512, 256, 1], "top MLP widths (its input follows from the interaction)", low=1)
+    interaction: Literal["dot", "cat"] = option("dot", "pairwise dot products of the features, or their concatenation")
+    self_interaction: bool = option(False, "dot: include each feature's dot product with itself")
+    emb_fusion: bool = option(False, "one table for all fields, indexed with per-field offsets")
+    sparse_embeddings: bool = option(True, "sparse table gradients (updates touch only the rows of a batch)")
 
 
 class _PairwiseDots(torch.autograd.Function):
@@ -62,23 +65,27 @@ class DotInteraction(nn.Module):
         super().__init__()
         rows, cols = torch.triu_indices(features, features, offset=0 if self_interaction else 1)
         self.register_buffer("pairs", rows * features + cols, persistent=False)
-        self.register_buffer("both_triangles", torch.cat([rows * features + cols, cols * features + rows]), persistent=False)
+        self.register_buffer(
+            "both_triangles", torch.cat([rows * features + cols, cols * features + rows]), persistent=False
+        )
 
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
         return _PairwiseDots.apply(stacked, self.pairs, self.both_triangles)
 
 
-class DLRM(nn.Module):
+class DLRM(Model):
     """batch["dense"] [B, dense] float, batch["sparse"] [B, F] int -> logits [B]."""
-
-    task = "ctr"
 
     def __init__(self, num_dense: int, cardinalities: list[int], cfg: DLRMConfig):
         super().__init__()
         if cfg.bottom_mlp[0] != num_dense:
-            raise RecforgeError(f"--bottom-mlp starts at {cfg.bottom_mlp[0]} but the data has {num_dense} dense features")
+            raise RecforgeError(
+                f"--bottom-mlp starts at {cfg.bottom_mlp[0]} but the data has {num_dense} dense features"
+            )
         if cfg.interaction == "dot" and cfg.bottom_mlp[-1] != cfg.embedding_dim:
-            raise RecforgeError(f"--bottom-mlp must end at --embedding-dim ({cfg.embedding_dim}) for the dot interaction")
+            raise RecforgeError(
+                f"--bottom-mlp must end at --embedding-dim ({cfg.embedding_dim}) for the dot interaction"
+            )
         if cfg.top_mlp[-1] != 1:
             raise RecforgeError("--top-mlp must end with 1 (the click logit)")
         features = len(cardinalities) + 1
@@ -107,5 +114,8 @@ class DLRM(nn.Module):
 def dlrm(num_dense: int, cardinalities: list[int], cfg: DLRMConfig, meta: dict | None = None) -> DLRM:
     """`meta`: the prepared data's meta.json (DLRM takes one-hot fields only)."""
     if meta and (meta.get("multi_hot") or meta.get("crossed")):
-        raise RecforgeError("dlrm takes one-hot categorical features only; this prepared data has multi-hot or crossed ones (use --model wide-deep)")
+        raise RecforgeError(
+            "dlrm takes one-hot categorical features only; this prepared data has multi-hot or crossed ones "
+            "(use --model wide-deep)"
+        )
     return DLRM(num_dense, cardinalities, cfg)

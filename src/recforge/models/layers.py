@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device, generator: np.random.Generator | None = None) -> torch.Tensor:
+def keep_mask(
+    shape: torch.Size, p: float, device: torch.device, generator: np.random.Generator | None = None
+) -> torch.Tensor:
     """Bernoulli(1 - p) keep mask from 16-bit random lanes (p resolved to 1/65536).
 
     `bernoulli_` draws one random number per element; slicing 64-bit draws into four 16-bit
@@ -112,11 +114,17 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def _onednn_fp32(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # Multi-process CPU runs use it too: their heap corruption came from torch's gloo worker
-    # threads (see recforge.train.distributed), with or without oneDNN.
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 2
-            and x.shape[0] > 0 and weight.numel() > 0  # oneDNN has no empty products
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and torch.backends.mkldnn.is_available())
+    # threads (see recforge.runtime.distributed), with or without oneDNN.
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and x.dim() == 2
+        and x.shape[0] > 0
+        and weight.numel() > 0  # oneDNN has no empty products
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and torch.backends.mkldnn.is_available()
+    )
 
 
 class Linear(nn.Linear):
@@ -166,7 +174,7 @@ class FieldEmbeddings(nn.Module):
         super().__init__()
         self.fused = fused
         # DLRM's initialisation: U(-1/sqrt(rows), 1/sqrt(rows)) for each field's rows.
-        bounds = [c ** -0.5 for c in cardinalities]
+        bounds = [c**-0.5 for c in cardinalities]
         if fused:
             self.table = nn.EmbeddingBag(sum(cardinalities), dim, mode="sum", sparse=sparse)
             self.register_buffer("offsets", field_offsets(cardinalities), persistent=False)

@@ -14,25 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recforge.config import FRACTION, bounded
-from recforge.errors import RecforgeError
+from recforge.config import FRACTION, option
+from recforge.core.checkpoint import load_checkpoint
+from recforge.core.errors import RecforgeError
+from recforge.models.base import Model
 from recforge.models.layers import lecun_uniform_, mlp
 
 
 @dataclass
 class NCFConfig:
-    num_factors: int = bounded(64, 1)  # GMF factors
-    layers: list[int] = bounded([256, 256, 128, 64], 1)  # MLP: input = 2 x embedding
-    dropout: float = bounded(0.0, **FRACTION)  # after each MLP hidden layer
-    pretrained_gmf: str | None = None  # NeuMF: start from these GMF / MLP checkpoints (the paper's pretraining)
-    pretrained_mlp: str | None = None
-    pretrained_alpha: float = bounded(0.5, 0, 1)  # weight of the GMF half of the pretrained predict layer
+    num_factors: int = option(64, "GMF factors (embedding width of the GMF branch)", low=1)
+    layers: list[int] = option([256, 256, 128, 64], "MLP widths; the first is 2 x the MLP embedding width", low=1)
+    dropout: float = option(0.0, "dropout after each MLP hidden layer", **FRACTION)
+    pretrained_gmf: str | None = option(None, "neumf: start from this GMF checkpoint (the paper's pretraining)")
+    pretrained_mlp: str | None = option(None, "neumf: start from this MLP checkpoint")
+    pretrained_alpha: float = option(0.5, "weight of the GMF half of the pretrained predict layer", low=0, high=1)
 
 
-class NCF(nn.Module):
+class NCF(Model):
     """Scores (user, item) pairs. `batch["user"]`, `batch["item"]`: [B] ints -> logits [B]."""
-
-    task = "ranking"
 
     def __init__(self, num_users: int, num_items: int, cfg: NCFConfig, gmf: bool = True, use_mlp: bool = True):
         super().__init__()
@@ -85,10 +85,10 @@ class NCF(nn.Module):
             return
         if not (cfg.pretrained_gmf and cfg.pretrained_mlp and self.gmf_user is not None and self.mlp is not None):
             raise RecforgeError("pretraining needs model neumf and both --pretrained-gmf and --pretrained-mlp")
-        from recforge.train.checkpoint import load_checkpoint
-
         self.load_pretrained(
-            load_checkpoint(cfg.pretrained_gmf)["model"], load_checkpoint(cfg.pretrained_mlp)["model"], cfg.pretrained_alpha
+            load_checkpoint(cfg.pretrained_gmf)["model"],
+            load_checkpoint(cfg.pretrained_mlp)["model"],
+            cfg.pretrained_alpha,
         )
 
     @torch.no_grad()
@@ -102,7 +102,9 @@ class NCF(nn.Module):
                     if name not in own or own[name].shape != value.shape:
                         raise RecforgeError(f"pretrained '{name}' {tuple(value.shape)} does not fit this model")
                     own[name].copy_(value)
-        self.predict.weight.copy_(torch.cat([alpha * gmf_state["predict.weight"], (1 - alpha) * mlp_state["predict.weight"]], dim=1))
+        self.predict.weight.copy_(
+            torch.cat([alpha * gmf_state["predict.weight"], (1 - alpha) * mlp_state["predict.weight"]], dim=1)
+        )
         self.predict.bias.copy_(alpha * gmf_state["predict.bias"] + (1 - alpha) * mlp_state["predict.bias"])
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
+
+from recforge.models.base import Model
 
 
-class ItemPopularity(nn.Module):
+class ItemPopularity(Model):
     """Scores an item by its number of training interactions, whoever the user is."""
-
-    task = "ranking"
 
     def __init__(self, train_items: np.ndarray, num_items: int):
         super().__init__()

@@ -19,19 +19,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recforge.config import FRACTION, POSITIVE, bounded
+from recforge.config import FRACTION, POSITIVE, option
+from recforge.models.base import Model
 from recforge.models.layers import FieldEmbeddings, Linear, field_offsets, mlp
 
 
 @dataclass
 class WideDeepConfig:
-    embedding_dim: int = bounded(64, 1)  # for categorical features whose feature spec gives no embedding_dim
-    deep_hidden_units: list[int] = bounded([1024] * 5, 1)
-    deep_dropout: float = bounded(0.0, **FRACTION)
-    sparse_embeddings: bool = True  # sparse table gradients (lazy updates of the rows a batch touches)
+    embedding_dim: int = option(64, "embedding width of features whose feature spec gives none", low=1)
+    deep_hidden_units: list[int] = option([1024] * 5, "hidden widths of the deep part", low=1)
+    deep_dropout: float = option(0.0, "dropout after each deep hidden layer", **FRACTION)
+    sparse_embeddings: bool = option(True, "sparse table gradients (updates touch only the rows of a batch)")
     # Deep embeddings start small (N(0, 0.01^2)): on W3, DLRM's U(+-1/sqrt(rows)) start, large for
     # small fields, gave AUC 0.886 after one epoch; 1e-4..1e-2 all gave 0.891.
-    embedding_init_std: float = bounded(0.01, **POSITIVE)
+    embedding_init_std: float = option(0.01, "standard deviation of the deep embeddings' normal start", **POSITIVE)
 
 
 def bags(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +46,9 @@ class Wide(nn.Module):
     """One scalar weight per categorical value of every field, in one table, plus a linear term
     on the numeric features and the bias. Starts at zero, as a linear model does."""
 
-    def __init__(self, num_dense: int, cardinalities: list[int], multi_hot: list[dict], crossed: list[int], sparse: bool = True):
+    def __init__(
+        self, num_dense: int, cardinalities: list[int], multi_hot: list[dict], crossed: list[int], sparse: bool = True
+    ):
         super().__init__()
         fields = [*cardinalities, *crossed]
         self.register_buffer("field_offsets", field_offsets(fields), persistent=False)
@@ -62,8 +65,9 @@ class Wide(nn.Module):
         nn.init.zeros_(self.numeric.weight)
         nn.init.zeros_(self.numeric.bias)
 
-    def forward(self, dense: torch.Tensor, one_hot: torch.Tensor, multi_hot: torch.Tensor | None,
-                crossed: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, dense: torch.Tensor, one_hot: torch.Tensor, multi_hot: torch.Tensor | None, crossed: torch.Tensor | None
+    ) -> torch.Tensor:
         fields = one_hot if crossed is None else torch.cat([one_hot, crossed], dim=1)
         ids = [fields + self.field_offsets]
         if multi_hot is not None:
@@ -71,27 +75,41 @@ class Wide(nn.Module):
         return self.table(*bags(torch.cat(ids, dim=1))).squeeze(1) + self.numeric(dense).squeeze(1)
 
 
-class WideDeep(nn.Module):
+class WideDeep(Model):
     """batch: dense [B, N] float, sparse [B, F] ids, optional multi_hot [B, sum of max lengths]
     (-1 padded) and crossed [B, C] ids -> logits [B]."""
 
-    task = "ctr"
-
-    def __init__(self, num_dense: int, cardinalities: list[int], dims: list[int], multi_hot: list[dict],
-                 multi_hot_dims: list[int], crossed: list[int], cfg: WideDeepConfig):
+    def __init__(
+        self,
+        num_dense: int,
+        cardinalities: list[int],
+        dims: list[int],
+        multi_hot: list[dict],
+        multi_hot_dims: list[int],
+        crossed: list[int],
+        cfg: WideDeepConfig,
+    ):
         super().__init__()
         self.wide = Wide(num_dense, cardinalities, multi_hot, crossed, cfg.sparse_embeddings)
         # One fused table per embedding width: one lookup per width, not per field.
         widths = sorted(set(dims))
         self.one_hot = nn.ModuleList(
-            FieldEmbeddings([c for c, d in zip(cardinalities, dims) if d == width], width, fused=True, sparse=cfg.sparse_embeddings,
-                            init_std=cfg.embedding_init_std)
+            FieldEmbeddings(
+                [c for c, d in zip(cardinalities, dims) if d == width],
+                width,
+                fused=True,
+                sparse=cfg.sparse_embeddings,
+                init_std=cfg.embedding_init_std,
+            )
             for width in widths
         )
         for i, width in enumerate(widths):
-            self.register_buffer(f"fields_{i}", torch.tensor([f for f, d in enumerate(dims) if d == width]), persistent=False)
+            self.register_buffer(
+                f"fields_{i}", torch.tensor([f for f, d in enumerate(dims) if d == width]), persistent=False
+            )
         self.multi_hot = nn.ModuleList(
-            nn.EmbeddingBag(f["cardinality"], dim, mode=f["pooling"], sparse=cfg.sparse_embeddings) for f, dim in zip(multi_hot, multi_hot_dims)
+            nn.EmbeddingBag(f["cardinality"], dim, mode=f["pooling"], sparse=cfg.sparse_embeddings)
+            for f, dim in zip(multi_hot, multi_hot_dims)
         )
         for bag in self.multi_hot:
             nn.init.normal_(bag.weight, std=cfg.embedding_init_std)
@@ -123,5 +141,12 @@ def wide_deep(num_dense: int, cardinalities: list[int], cfg: WideDeepConfig, met
     def width(name: str) -> int:
         return features.get(name, {}).get("embedding_dim", cfg.embedding_dim)
 
-    return WideDeep(num_dense, cardinalities, [width(n) for n in names], multi_hot, [width(f["name"]) for f in multi_hot],
-                    [c["cardinality"] for c in meta.get("crossed", [])], cfg)
+    return WideDeep(
+        num_dense,
+        cardinalities,
+        [width(n) for n in names],
+        multi_hot,
+        [width(f["name"]) for f in multi_hot],
+        [c["cardinality"] for c in meta.get("crossed", [])],
+        cfg,
+    )

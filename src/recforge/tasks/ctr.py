@@ -24,16 +24,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import torch
-import torch.distributed as torch_dist
 
 from recforge.config import RunConfig
+from recforge.core.errors import RecforgeError
+from recforge.core.files import atomic_write, write_array
 from recforge.data.ctr_format import load_meta, load_split
-from recforge.errors import RecforgeError
-from recforge.files import atomic_write, write_array
 from recforge.metrics.classification import accuracy, auc, logloss
 from recforge.metrics.ranking import map_at_k
-from recforge.train.distributed import Dist
-from recforge.train.precision import autocast
+from recforge.runtime.distributed import Dist
+from recforge.runtime.precision import autocast
+from recforge.tasks.base import Task
 
 MEMORY_FRACTION = 0.25
 
@@ -51,32 +51,47 @@ def _to_batch(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**arrays, "label": arrays["label"].to(torch.float32)}
 
 
-class CTRTask:
+class CTRTask(Task):
+    name = "ctr"
+
     def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
-        if cfg.data.data_dir is None:
-            raise RecforgeError(f"--data-dir PREPARED is required for {cfg.data.dataset} (made by `recforge prepare {cfg.data.dataset}`)")
-        self.cfg, self.device, self.dist = cfg, device, dist
-        self.meta = load_meta(cfg.data.data_dir)
-        self.train = load_split(cfg.data.data_dir, "train") if cfg.train.mode == "train" else None
-        self.eval_arrays = load_split(cfg.data.data_dir, cfg.eval.eval_split) if self.meta.rows.get(cfg.eval.eval_split) else None
+        folder = cfg.data.prepared_dir or cfg.data.data_dir  # --data-dir: its name before --prepared-dir
+        if folder is None:
+            raise RecforgeError(
+                f"--prepared-dir FOLDER is required for {cfg.data.dataset} "
+                f"(made by `recforge prepare {cfg.data.dataset} ... --out FOLDER`)"
+            )
+        self.cfg, self.device, self.dist, self.folder = cfg, device, dist, Path(folder).expanduser()
+        self.meta = load_meta(folder)
+        self.train = load_split(folder, "train") if cfg.train.mode == "train" else None
+        self.eval_arrays = load_split(folder, cfg.eval.eval_split) if self.meta.rows.get(cfg.eval.eval_split) else None
         if self.train is not None:
             self.train = {k: v for k, v in self.train.items() if k in FEATURES}
         if self.train is not None and _fits(sum(a.nbytes for a in self.train.values()), device):
             self.train = {k: torch.from_numpy(np.array(v)).to(device) for k, v in self.train.items()}
-            log(f"{cfg.data.data_dir}: {self.meta.rows['train']:,} training rows loaded onto {device}")
+            log(f"{folder}: {self.meta.rows['train']:,} training rows loaded onto {device}")
 
     @property
     def model_dims(self) -> dict:
-        return {"num_dense": len(self.meta.dense_names), "cardinalities": list(self.meta.cardinalities), "meta": self.meta.to_json()}
+        return {
+            "num_dense": len(self.meta.dense_names),
+            "cardinalities": list(self.meta.cardinalities),
+            "meta": self.meta.to_json(),
+        }
 
     @functools.cached_property
     def data_fingerprint(self) -> dict:
         """The prepared layout a checkpoint's tables index: features, their cardinalities, rows."""
         meta = self.meta.to_json()
-        layout = json.dumps({k: meta[k] for k in ("dense", "sparse", "cardinalities", "multi_hot", "crossed", "rows")}, sort_keys=True)
-        return {"train rows": self.meta.rows.get("train", 0), "fields": len(self.meta.cardinalities) + len(self.meta.multi_hot),
-                "embedding rows": sum(self.meta.cardinalities) + sum(f["cardinality"] for f in self.meta.multi_hot),
-                "layout hash": hashlib.sha256(layout.encode()).hexdigest()[:16]}
+        layout = json.dumps(
+            {k: meta[k] for k in ("dense", "sparse", "cardinalities", "multi_hot", "crossed", "rows")}, sort_keys=True
+        )
+        return {
+            "train rows": self.meta.rows.get("train", 0),
+            "fields": len(self.meta.cardinalities) + len(self.meta.multi_hot),
+            "embedding rows": sum(self.meta.cardinalities) + sum(f["cardinality"] for f in self.meta.multi_hot),
+            "layout hash": hashlib.sha256(layout.encode()).hexdigest()[:16],
+        }
 
     @property
     def samples_per_epoch(self) -> int:
@@ -89,9 +104,6 @@ class CTRTask:
     @property
     def metric_names(self) -> list[str]:
         return ["MAP@12", "AUC", "logloss", "accuracy"] if self.meta.group else ["AUC", "logloss", "accuracy"]
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-self.samples_per_epoch // batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
         """(this rank's part of each global batch, global batch size); the same order on every rank."""
@@ -120,7 +132,7 @@ class CTRTask:
 
     def _eval_shard(self):
         if self.eval_arrays is None:
-            raise RecforgeError(f"{self.cfg.data.data_dir}: no '{self.cfg.eval.eval_split}' split to evaluate")
+            raise RecforgeError(f"{self.folder}: no '{self.cfg.eval.eval_split}' split to evaluate")
         rows = len(self.eval_arrays["label"])
         return rows * self.dist.rank // self.dist.world, rows * (self.dist.rank + 1) // self.dist.world
 
@@ -133,8 +145,13 @@ class CTRTask:
         probabilities, labels = [], []
         for start in range(lo, hi, self.cfg.eval.valid_batch_size):
             stop = min(hi, start + self.cfg.eval.valid_batch_size)
-            batch = _to_batch({k: torch.from_numpy(np.array(v[start:stop])).to(self.device)
-                               for k, v in self.eval_arrays.items() if k in FEATURES})
+            batch = _to_batch(
+                {
+                    k: torch.from_numpy(np.array(v[start:stop])).to(self.device)
+                    for k, v in self.eval_arrays.items()
+                    if k in FEATURES
+                }
+            )
             with autocast(self.device, self.cfg.train.precision):
                 probabilities.append(torch.sigmoid(model(batch).float()))
             labels.append(batch["label"])
@@ -142,24 +159,15 @@ class CTRTask:
         empty = torch.zeros(0, device=self.device)
         return torch.cat(probabilities) if probabilities else empty, torch.cat(labels) if labels else empty
 
-    def _gather(self, values: torch.Tensor) -> torch.Tensor:
-        """Every rank's values, concatenated in rank order (shards may differ in length)."""
-        if not self.dist.enabled:
-            return values
-        sizes = [torch.zeros(1, dtype=torch.int64, device=values.device) for _ in range(self.dist.world)]
-        torch_dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
-        longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
-        padded[: values.numel()] = values
-        parts = [torch.empty_like(padded) for _ in range(self.dist.world)]
-        torch_dist.all_gather(parts, padded)
-        return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes)])
-
     def evaluate(self, model) -> tuple[dict, int]:
         probabilities, labels = self._probabilities(model)
-        probabilities, labels = self._gather(probabilities), self._gather(labels)
-        metrics = {"AUC": auc(probabilities, labels), "logloss": logloss(probabilities, labels),
-                   "accuracy": accuracy(probabilities, labels), "eval_rows": int(labels.numel())}
+        probabilities, labels = self.dist.gather_cat(probabilities), self.dist.gather_cat(labels)
+        metrics = {
+            "AUC": auc(probabilities, labels),
+            "logloss": logloss(probabilities, labels),
+            "accuracy": accuracy(probabilities, labels),
+            "eval_rows": int(labels.numel()),
+        }
         if self.meta.group:
             groups = torch.from_numpy(np.array(self.eval_arrays["group"])).to(probabilities.device)
             metrics = {"MAP@12": map_at_k(probabilities, labels, groups, k=12), **metrics}
@@ -167,7 +175,7 @@ class CTRTask:
 
     def predict(self, model) -> torch.Tensor:
         """Probabilities of the evaluation split, in row order (for --mode inference)."""
-        return self._gather(self._probabilities(model)[0])
+        return self.dist.gather_cat(self._probabilities(model)[0])
 
     def write_predictions(self, folder: Path, probabilities: torch.Tensor) -> list[Path]:
         """predictions.npy (row order) and, for grouped data with an item column, submission.csv in
@@ -180,12 +188,15 @@ class CTRTask:
             order = np.lexsort((-scores, groups))  # by group, then probability descending
             groups, items = groups[order], items[order]
             starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-            ranked = pa.ListArray.from_arrays(pa.array(np.r_[starts, len(groups)].astype(np.int32)), pc.cast(pa.array(items), pa.string()))
+            ranked = pa.ListArray.from_arrays(
+                pa.array(np.r_[starts, len(groups)].astype(np.int32)), pc.cast(pa.array(items), pa.string())
+            )
             table = pa.table({self.meta.group: groups[starts], self.meta.item: pc.binary_join(ranked, " ")})
             written.append(folder / "submission.csv")
 
             def write(f):
                 f.write(f"{self.meta.group},{self.meta.item}\n".encode())
                 pcsv.write_csv(table, f, pcsv.WriteOptions(include_header=False, quoting_style="none"))
+
             atomic_write(written[1], write, mode="wb")
         return written

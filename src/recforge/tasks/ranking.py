@@ -17,15 +17,16 @@ import numpy as np
 import torch
 
 from recforge.config import RunConfig
+from recforge.core.errors import RecforgeError
+from recforge.core.files import write_array
 from recforge.data.batches import ImplicitEpochs
 from recforge.data.cache import prepare
 from recforge.data.implicit import LeaveOneOutData
 from recforge.data.sampling import sample_eval_negatives
-from recforge.errors import RecforgeError
-from recforge.files import write_array
 from recforge.metrics.ranking import hit_and_ndcg, rank_among_all, rank_among_sampled
-from recforge.train.distributed import Dist
-from recforge.train.precision import autocast
+from recforge.runtime.distributed import Dist
+from recforge.runtime.precision import autocast
+from recforge.tasks.base import Task
 
 
 def eval_negatives(data: LeaveOneOutData, cache_path: Path, per_user: int, seed: int) -> np.ndarray:
@@ -40,28 +41,46 @@ def eval_negatives(data: LeaveOneOutData, cache_path: Path, per_user: int, seed:
     return np.load(path, mmap_mode="c")
 
 
-class RankingTask:
+class RankingTask(Task):
+    name = "ranking"
+    can_recommend = True
+
     def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
         self.cfg, self.device, self.dist = cfg, device, dist
         with dist.main_first():  # rank 0 prepares and caches; the others then read the cache
             self.data, self.cache_path = prepare(cfg.data, log=log)
             sampled = cfg.eval.eval_protocol == "sampled"
-            negatives = eval_negatives(self.data, self.cache_path, cfg.eval.valid_negative, cfg.train.seed) if sampled else None
+            negatives = (
+                eval_negatives(self.data, self.cache_path, cfg.eval.valid_negative, cfg.train.seed) if sampled else None
+            )
         data = self.data
         if data.eval_negatives is not None and sampled and cfg.eval.valid_negative != data.eval_negatives.shape[1]:
-            log(f"note: {cfg.data.dataset} brings {data.eval_negatives.shape[1]} negatives per user; --valid-negative is ignored")
+            log(
+                f"note: {cfg.data.dataset} brings {data.eval_negatives.shape[1]} negatives per user; "
+                "--valid-negative is ignored"
+            )
         most = int(np.diff(data.user_offsets).max(initial=0)) + 1
         if cfg.train.verify_negatives and most >= data.num_items:
             raise RecforgeError("--verify-negatives: a user has interacted with every item; no negatives exist")
         self.epochs = ImplicitEpochs(
-            data.train_users, data.train_items, data.num_items, cfg.train.negative_samples, device,
-            cfg.train.seed, data.interaction_keys() if cfg.train.verify_negatives else None,
+            data.train_users,
+            data.train_items,
+            data.num_items,
+            cfg.train.negative_samples,
+            device,
+            cfg.train.seed,
+            data.interaction_keys() if cfg.train.verify_negatives else None,
         )
-        candidates = data.num_items if not sampled else 1 + (data.eval_negatives.shape[1] if data.eval_negatives is not None
-                                                             else cfg.eval.valid_negative)
+        candidates = (
+            data.num_items
+            if not sampled
+            else 1 + (data.eval_negatives.shape[1] if data.eval_negatives is not None else cfg.eval.valid_negative)
+        )
         if cfg.eval.topk > candidates:  # HR@K would be 1.0 whatever the model
-            raise RecforgeError(f"--topk {cfg.eval.topk}: more than the {candidates} candidates each held-out item is ranked "
-                                f"among ({'every item' if not sampled else 'it and its negatives, --valid-negative'})")
+            raise RecforgeError(
+                f"--topk {cfg.eval.topk}: more than the {candidates} candidates each held-out item is ranked "
+                f"among ({'every item' if not sampled else 'it and its negatives, --valid-negative'})"
+            )
         self.test_items = torch.as_tensor(np.asarray(data.test_items), device=device)
         self.negatives = None if negatives is None else torch.as_tensor(np.asarray(negatives), device=device)
         self.topk = cfg.eval.topk
@@ -78,8 +97,13 @@ class RankingTask:
         data = self.data
         for array in (data.user_ids, data.item_ids, data.user_offsets, data.train_items, data.test_items):
             digest.update(np.ascontiguousarray(array).tobytes())
-        return {"dataset": self.cfg.data.dataset, "users": data.num_users, "items": data.num_items,
-                "training interactions": int(len(data.train_items)), "data hash": digest.hexdigest()[:16]}
+        return {
+            "dataset": self.cfg.data.dataset,
+            "users": data.num_users,
+            "items": data.num_items,
+            "training interactions": len(data.train_items),
+            "data hash": digest.hexdigest()[:16],
+        }
 
     @property
     def samples_per_epoch(self) -> int:
@@ -92,9 +116,6 @@ class RankingTask:
     @property
     def metric_names(self) -> list[str]:
         return [f"HR@{self.topk}", f"NDCG@{self.topk}"]
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-self.samples_per_epoch // batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
         return self.epochs.batches(epoch, batch_size, self.dist.rank, self.dist.world, start_step)
@@ -122,7 +143,9 @@ class RankingTask:
             held_out = self.test_items[start:stop]
             if full:
                 scores = self._score(model, users, torch.arange(num_items, device=self.device).expand(stop - start, -1))
-                seen = torch.as_tensor(np.asarray(self.data.train_items[offsets[start] : offsets[stop]]), device=self.device)
+                seen = torch.as_tensor(
+                    np.asarray(self.data.train_items[offsets[start] : offsets[stop]]), device=self.device
+                )
                 rows = torch.repeat_interleave(torch.as_tensor(np.diff(offsets[start : stop + 1]), device=self.device))
                 scores[rows, seen.to(torch.int64)] = float("-inf")
                 yield scores, rank_among_all(scores, held_out)
@@ -174,15 +197,22 @@ class RankingTask:
             raise RecforgeError(f"user '{raw_user}' is not in the prepared {self.cfg.data.dataset} data")
         user = int(found[0])
         model.eval()
-        scores = self._score(model, torch.tensor([user], device=self.device),
-                             torch.arange(self.data.num_items, device=self.device).view(1, -1))[0]
+        scores = self._score(
+            model,
+            torch.tensor([user], device=self.device),
+            torch.arange(self.data.num_items, device=self.device).view(1, -1),
+        )[0]
         offsets = self.data.user_offsets
         seen = np.asarray(self.data.train_items[offsets[user] : offsets[user + 1]])
         scores[torch.as_tensor(seen, device=self.device).to(torch.int64)] = float("-inf")
         top = scores.topk(min(k, self.data.num_items - len(seen)))
         titles = self.data.item_titles
         return [
-            {"rank": r + 1, "item": self.data.item_ids[i].item(), "score": float(s),
-             **({"title": str(titles[i])} if titles is not None else {})}
+            {
+                "rank": r + 1,
+                "item": self.data.item_ids[i].item(),
+                "score": float(s),
+                **({"title": str(titles[i])} if titles is not None else {}),
+            }
             for r, (i, s) in enumerate(zip(top.indices.tolist(), top.values.tolist()))
         ]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from recforge.errors import RecforgeError
-from recforge.files import atomic_write
+from recforge.core.errors import RecforgeError
+from recforge.core.files import atomic_write
 
 FORMAT = "recforge-checkpoint-2"  # 2: adds "data" (the fingerprint)
 READABLE = ("recforge-checkpoint-1", FORMAT)
@@ -33,8 +33,10 @@ def load_checkpoint(path: str | Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if re.search(r"Unsupported (global|class)", str(e)):  # the safe unpickler met an object, e.g. code
-            raise RecforgeError(f"{path}: holds Python objects that a recforge checkpoint never holds; not loaded "
-                                f"(it was not written by recforge, or was altered)") from None
+            raise RecforgeError(
+                f"{path}: holds Python objects that a recforge checkpoint never holds; not loaded "
+                f"(it was not written by recforge, or was altered)"
+            ) from None
         raise RecforgeError(f"{path}: not a readable checkpoint (damaged, or not a torch file)") from None
     except Exception:  # truncated, corrupt, or not a torch file at all
         raise RecforgeError(f"{path}: not a readable checkpoint (damaged, or not a torch file)") from None
@@ -50,10 +52,15 @@ def check_same_data(checkpoint: dict, path: str | Path, fingerprint: dict, where
         return
     if trained != fingerprint:
         shown = lambda v: f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
-        differences = "; ".join(f"{key} {shown(trained.get(key))} in it, {shown(value)} here"
-                                for key, value in fingerprint.items() if trained.get(key) != value)
-        raise RecforgeError(f"{path}: trained on other data than {where} ({differences}): its ids would not mean "
-                            f"the same; pass the data it was trained on")
+        differences = "; ".join(
+            f"{key} {shown(trained.get(key))} in it, {shown(value)} here"
+            for key, value in fingerprint.items()
+            if trained.get(key) != value
+        )
+        raise RecforgeError(
+            f"{path}: trained on other data than {where} ({differences}): its ids would not mean "
+            f"the same; pass the data it was trained on"
+        )
 
 
 def rng_state() -> dict:

@@ -25,8 +25,11 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from recforge.core.errors import RecforgeError
 
 _fault_count = 0
 
@@ -79,8 +82,6 @@ def naming(path: str | Path, inside: str | Path | None = None):
     try:
         yield
     except Exception as error:
-        from recforge.errors import RecforgeError
-
         cause = None if isinstance(error, RecforgeError) else _os_error(error)
         if cause is None or (inside is not None and not _within(cause.filename, inside)):
             raise
@@ -90,7 +91,7 @@ def naming(path: str | Path, inside: str | Path | None = None):
 def _remove_stale(folder: Path, prefix: str) -> None:
     """Remove what killed processes left in `folder` under `prefix`PID-... (their PID is gone)."""
     for stale in folder.glob(glob.escape(prefix) + "*-*"):
-        pid = stale.name[len(prefix):].split("-", 1)[0]
+        pid = stale.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             remove(stale)
 
@@ -274,7 +275,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if number < len(lines):
-                from recforge.errors import DataError
+                from recforge.core.errors import DataError
 
                 raise DataError(path, number, None, "not a JSON object (the file was edited or damaged)") from None
     return records

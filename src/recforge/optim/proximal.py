@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from recforge.train.sparse_grad import touched_rows
+from recforge.optim.sparse_grad import touched_rows
 
 
 class _RowProximal(torch.optim.Optimizer):
@@ -48,8 +48,9 @@ class _RowProximal(torch.optim.Optimizer):
     def _initial_state(self, group: dict) -> dict[str, float]:
         raise NotImplementedError
 
-    def _update(self, group: dict, weight: torch.Tensor, grad: torch.Tensor,
-                state: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _update(
+        self, group: dict, weight: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """New weights of the rows (fp32); updates the rows' `state` in place."""
         raise NotImplementedError
 
@@ -78,13 +79,21 @@ class Ftrl(_RowProximal):
     it is; the formula would divide by it.
     """
 
-    def __init__(self, params, lr: float = 0.2, lr_power: float = -0.5, initial_accumulator: float = 0.1,
-                 l1: float = 0.0, l2: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.2,
+        lr_power: float = -0.5,
+        initial_accumulator: float = 0.1,
+        l1: float = 0.0,
+        l2: float = 0.0,
+    ):
         _check(lr, initial_accumulator, l1, l2)
         if lr_power > 0:
             raise ValueError(f"lr_power must be <= 0, got {lr_power}")
-        super().__init__(params, {"lr": lr, "lr_power": lr_power, "initial_accumulator": initial_accumulator,
-                                  "l1": l1, "l2": l2})
+        super().__init__(
+            params, {"lr": lr, "lr_power": lr_power, "initial_accumulator": initial_accumulator, "l1": l1, "l2": l2}
+        )
 
     def _initial_state(self, group):
         return {"accumulator": group["initial_accumulator"], "linear": 0.0}

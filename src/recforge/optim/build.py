@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from recforge.config import TrainConfig
-from recforge.errors import RecforgeError
-from recforge.train.proximal import Ftrl, ProximalAdagrad
-from recforge.train.sparse_grad import touched_rows
+from recforge.core.errors import RecforgeError
+from recforge.optim.proximal import Ftrl, ProximalAdagrad
+from recforge.optim.sparse_grad import touched_rows
 
 
 class SparseRowAdam(torch.optim.Optimizer):
@@ -89,7 +89,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 def sparse_parameters(model: nn.Module) -> set[int]:
     """ids of the tables whose gradients are sparse."""
     return {
-        id(module.weight) for module in model.modules()
+        id(module.weight)
+        for module in model.modules()
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse
     }
 
@@ -109,10 +110,21 @@ def _optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimize
             raise RecforgeError("--optimizer ftrl+proximal-adagrad needs a model with a wide part (wide-deep)")
         wide_ids = {id(p) for p in wide.parameters()}
         return [
-            Ftrl(wide.parameters(), lr=cfg.linear_learning_rate, lr_power=cfg.linear_learning_rate_power,
-                 initial_accumulator=cfg.linear_initial_accumulator, l1=cfg.linear_l1_regularization, l2=cfg.linear_l2_regularization),
-            ProximalAdagrad([p for p in model.parameters() if id(p) not in wide_ids], lr=cfg.deep_learning_rate,
-                            initial_accumulator=cfg.deep_initial_accumulator, l1=cfg.deep_l1_regularization, l2=cfg.deep_l2_regularization),
+            Ftrl(
+                wide.parameters(),
+                lr=cfg.linear_learning_rate,
+                lr_power=cfg.linear_learning_rate_power,
+                initial_accumulator=cfg.linear_initial_accumulator,
+                l1=cfg.linear_l1_regularization,
+                l2=cfg.linear_l2_regularization,
+            ),
+            ProximalAdagrad(
+                [p for p in model.parameters() if id(p) not in wide_ids],
+                lr=cfg.deep_learning_rate,
+                initial_accumulator=cfg.deep_initial_accumulator,
+                l1=cfg.deep_l1_regularization,
+                l2=cfg.deep_l2_regularization,
+            ),
         ]
     sparse_ids = sparse_parameters(model)
     sparse = [p for p in model.parameters() if id(p) in sparse_ids]
@@ -120,8 +132,11 @@ def _optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimize
     lr = cfg.learning_rate
     if cfg.optimizer == "adam":
         # The fused kernel updates all dense parameters in one pass (CPU and GPU, torch >= 2.4).
-        optimizers = [torch.optim.Adam(dense, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                       weight_decay=cfg.weight_decay, fused=True)]
+        optimizers = [
+            torch.optim.Adam(
+                dense, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
+            )
+        ]
         if sparse:
             optimizers.append(SparseRowAdam(sparse, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps))
         return optimizers

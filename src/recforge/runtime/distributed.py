@@ -38,13 +38,18 @@ class Dist:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def broadcast_flag(self, value: bool, device: torch.device) -> bool:
-        """Rank 0's decision for everyone (e.g. stop early)."""
+    def gather_cat(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's 1-D `values`, concatenated in rank order (their lengths may differ)."""
         if not self.enabled:
-            return value
-        flag = torch.tensor([float(value)], device=device)
-        dist.broadcast(flag, src=0)
-        return bool(flag.item())
+            return values
+        sizes = [torch.zeros(1, dtype=torch.int64, device=values.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+        padded[: values.numel()] = values
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes)])
 
     @contextlib.contextmanager
     def main_first(self):
@@ -72,8 +77,9 @@ def _gloo_one_thread(store, rank: int, world: int, timeout):
     """torch's ProcessGroupGloo as init_process_group("gloo") builds it, with one worker thread."""
     options = dist.ProcessGroupGloo._Options()
     interfaces = [name for name in os.environ.get("GLOO_SOCKET_IFNAME", "").split(",") if name]
-    options._devices = ([dist.ProcessGroupGloo.create_device(interface=name) for name in interfaces]
-                        or [dist.ProcessGroupGloo.create_default_device()])
+    options._devices = [dist.ProcessGroupGloo.create_device(interface=name) for name in interfaces] or [
+        dist.ProcessGroupGloo.create_default_device()
+    ]
     options._threads = 1
     options._timeout = timeout
     return dist.ProcessGroupGloo(store, rank, world, options)

@@ -8,9 +8,11 @@ import time
 
 def log_to(enabled: bool):
     """A print function that is silent on non-main ranks."""
+
     def log(message: str = "") -> None:
         if enabled:
             print(message, flush=True)
+
     return log
 
 

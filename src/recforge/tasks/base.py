@@ -1,0 +1,67 @@
+"""The contract between a task and the training loop, scorers and server.
+
+A task owns the data a model family trains on, its batches and its evaluation. The loop, the
+checkpoint scorer and `recommend` use tasks only through this class; what only some tasks can do
+is a capability flag with a method that says clearly what is missing.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from recforge.core.errors import RecforgeError
+
+
+class Task(abc.ABC):
+    name: str  # the kind of data: the `scope` of the config options that apply to it
+    # Capabilities: `recommend` ranks unseen items for a raw user id (ranking data only).
+    can_recommend: bool = False
+
+    @property
+    @abc.abstractmethod
+    def model_dims(self) -> dict:
+        """Keyword arguments the model's builder takes from the data (sizes, layout)."""
+
+    @property
+    @abc.abstractmethod
+    def data_fingerprint(self) -> dict:
+        """What a checkpoint's ids refer to; other data with the same model is refused."""
+
+    @property
+    @abc.abstractmethod
+    def samples_per_epoch(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def primary_metric(self) -> str:
+        """The metric that decides the best checkpoint and the stop threshold."""
+
+    @property
+    @abc.abstractmethod
+    def metric_names(self) -> list[str]: ...
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.samples_per_epoch // batch_size)
+
+    @abc.abstractmethod
+    def train_batches(self, epoch: int, batch_size: int, start_step: int = 0) -> Iterator[tuple[dict, int]]:
+        """(this rank's part of each global batch, the global batch size), from `start_step` on;
+        the same order for the same epoch and seed, so a resumed run sees the batches it missed."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: torch.nn.Module) -> tuple[dict, int]:
+        """(metrics by name, examples scored)."""
+
+    @abc.abstractmethod
+    def predict(self, model: torch.nn.Module) -> torch.Tensor:
+        """Probabilities of the evaluation examples."""
+
+    @abc.abstractmethod
+    def write_predictions(self, folder: Path, probabilities: torch.Tensor) -> list[Path]: ...
+
+    def recommend(self, model: torch.nn.Module, raw_user: str, k: int) -> list[dict]:
+        raise RecforgeError(f"{type(self).__name__} cannot recommend: it scores examples, not a user's unseen items")
