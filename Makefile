@@ -10,10 +10,17 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 	touch $(STAMP)
 
+# A new run folder per demo; the run's summary ends with its path.
+DEMO_RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
+
 demo: $(STAMP)
-	$(BIN)/recforge train --config configs/quickstart.yaml --output-dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
+	@echo "recforge train --config quickstart --output-dir $(DEMO_RUN)"
+	@$(BIN)/recforge train --config quickstart --output-dir $(DEMO_RUN)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean:

@@ -2,7 +2,7 @@
 popularity, leave-one-out with sampled negatives, best epoch as the NCF protocol reports it.
 
     python benchmarks/accuracy.py --dataset ml-100k --data-dir ../shared/data/ml-100k \
-        --config configs/ncf-ml100k.yaml --seeds 1 2 3 --out docs/results-ml-100k.json
+        --config ncf-ml100k --seeds 1 2 3 --out docs/results-ml-100k.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 
 from recforge import registry
 from recforge.config import load_yaml
-from recforge.models.popularity import ItemPopularity
 from recforge.registry import build_config, build_task
 from recforge.runtime.distributed import Dist
 from recforge.train.loop import train
@@ -88,7 +87,7 @@ def main() -> None:
                 values, {"dataset": args.dataset, "data_dir": args.data_dir, "cache_dir": args.cache_dir, "seed": seed}
             )
             task = build_task(cfg, torch.device("cpu"), Dist(), lambda *_: None)
-            metrics, _ = task.evaluate(ItemPopularity(task.data.train_items, task.data.num_items))
+            _, metrics = task.baseline()
             rows.append({"model": "popularity", "seed": seed, **metrics})
     print(f"\n{args.dataset} ({args.config}, seeds {args.seeds}): median over seeds of the best epoch")
     print("| model | HR@10 | NDCG@10 | best epoch | runs |")

@@ -91,8 +91,8 @@ WORKLOADS = {
         "prepare": ["prepare", "criteo-kaggle", "--data-dir", str(DATA / "w2_dlrm"), "--out", str(W2_PREPARED)],
         "peers": [("torchrec", "run_torchrec_w2.sh")],
         "ours": [
-            ("recforge-fp32", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "fp32"]),
-            ("recforge-bf16", "configs/dlrm-criteo-kaggle.yaml", [*W2_FLAGS, "--precision", "bf16"]),
+            ("recforge-fp32", "dlrm-criteo-kaggle", [*W2_FLAGS, "--precision", "fp32"]),
+            ("recforge-bf16", "dlrm-criteo-kaggle", [*W2_FLAGS, "--precision", "bf16"]),
         ],
         "metric": "AUC",
     },
@@ -101,7 +101,7 @@ WORKLOADS = {
             "prepare",
             "ctr",
             "--feature-spec",
-            str(ROOT / "configs/feature-specs/deepctr-w3.yaml"),
+            "deepctr-w3",
             "--data-dir",
             str(DATA / "w3_wd"),
             "--out",
@@ -109,8 +109,8 @@ WORKLOADS = {
         ],
         "peers": [("deepctr", "run_deepctr_w3.sh")],
         "ours": [
-            ("recforge-fp32", "configs/deepctr-wdl.yaml", ["--data-dir", str(W3_PREPARED), "--precision", "fp32"]),
-            ("recforge-bf16", "configs/deepctr-wdl.yaml", ["--data-dir", str(W3_PREPARED), "--precision", "bf16"]),
+            ("recforge-fp32", "deepctr-wdl", ["--data-dir", str(W3_PREPARED), "--precision", "fp32"]),
+            ("recforge-bf16", "deepctr-wdl", ["--data-dir", str(W3_PREPARED), "--precision", "bf16"]),
         ],
         "metric": "AUC",
     },
@@ -119,12 +119,12 @@ WORKLOADS = {
         "ours": [
             (
                 "recforge-fp32",
-                "configs/recbole-neumf.yaml",
+                "recbole-neumf",
                 ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "fp32"],
             ),
             (
                 "recforge-bf16",
-                "configs/recbole-neumf.yaml",
+                "recbole-neumf",
                 ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "bf16"],
             ),
         ],

@@ -1,8 +1,7 @@
+import dataclasses
 import io
 
 import pytest
-import dataclasses
-
 import yaml
 
 from recforge.cli import _run_parser
@@ -61,18 +60,22 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_progress_bar_on_a_terminal_and_silent_in_a_log():
+def test_progress_bar_on_a_terminal_and_timed_lines_in_a_log(monkeypatch):
     terminal = Terminal()
     bar = Progress(100, "epoch 1", stream=terminal)
     bar.update(50, "loss 0.5")
     bar.update(50)
     bar.close()
     assert "epoch 1 [" in terminal.getvalue() and "100%" in terminal.getvalue() and "samples/s" in terminal.getvalue()
+    clock = iter([0.0, 1.0, 6.0, 7.0, 12.0])  # perf_counter at start and at each update
+    monkeypatch.setattr("recforge.core.progress.time.perf_counter", lambda: next(clock))
     log = io.StringIO()
-    quiet = Progress(100, "epoch 1", stream=log)
-    quiet.update(100)
-    quiet.close()
-    assert log.getvalue() == ""
+    lines = Progress(100, "epoch 1", stream=log)
+    for _ in range(4):
+        lines.update(25)
+    lines.close()
+    # a line once 5 s have passed since the last (at 6 s and 12 s), none in between, no bar codes
+    assert log.getvalue() == "epoch 1: 50% of 100, 8 samples/s\nepoch 1: 100% of 100, 8 samples/s\n"
 
 
 def test_older_names_are_still_read():
@@ -96,3 +99,12 @@ def test_every_option_has_help_and_a_group():
             for f in dataclasses.fields(cls):
                 assert f.metadata.get("help"), f"{section}.{f.name} has no help text"
                 assert section == "arch" or f.metadata.get("group"), f"{section}.{f.name} has no group"
+
+
+def test_the_optimizer_names_are_the_registry_s():
+    import typing
+
+    from recforge.config import TrainConfig
+    from recforge.optim.build import OPTIMIZERS
+
+    assert list(typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])) == list(OPTIMIZERS)

@@ -113,6 +113,7 @@ def test_kaggle_sample_matches_plain_python(kaggle_tiny, tmp_path, monkeypatch, 
     )
     # divmod(1999, 7) = (285, 4): days 0-3 have 286 rows, days 4-6 285; day 6: 143 test + 142 valid
     assert meta.rows == {"train": 1714, "test": 143, "valid": 142}
+    assert meta.info["split"].endswith("last day: first half test, second half valid")  # what the rows say
     assert load_meta(tmp_path / "out").rows == meta.rows
     assert_matches(tmp_path / "out", rows, 1714, min_frequency=3)
 
@@ -325,7 +326,7 @@ def test_real_kaggle_sample_prepare_train_eval_through_the_cli(kaggle_tiny, tmp_
     main(["prepare", "criteo-kaggle", "--data-dir", str(raw), "--out", str(out), "--workers", "1"])
     args = [
         "--config",
-        "configs/dlrm-criteo-kaggle.yaml",
+        "dlrm-criteo-kaggle",
         "--data-dir",
         str(out),
         "--output-dir",

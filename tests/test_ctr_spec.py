@@ -12,6 +12,7 @@ from conftest import SHARED_DATA
 
 from recforge.cli import main
 from recforge.core.errors import DataError
+from recforge.core.shipped import FEATURE_SPECS
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.ctr_spec import load_spec, prepare_ctr, stable_hash
 
@@ -131,7 +132,7 @@ def test_real_samples_prepare_train_evaluate(tmp_path, capsys, spec, folder, den
             "prepare",
             "ctr",
             "--feature-spec",
-            f"configs/feature-specs/{spec}",
+            str(FEATURE_SPECS / spec),
             "--data-dir",
             str(SHARED_DATA / folder),
             "--out",

@@ -14,7 +14,8 @@ from recforge.config import TrainConfig
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.models.dlrm import DLRM, DLRMConfig, DotInteraction
-from recforge.optim.build import RowWiseAdagrad, SparseRowAdam, lr_factor, make_optimizers
+from recforge.optim.build import lr_factor, make_optimizers
+from recforge.optim.row_wise import RowWiseAdagrad, SparseRowAdam
 
 
 @pytest.fixture(scope="module")

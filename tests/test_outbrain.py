@@ -389,7 +389,7 @@ def test_prepare_train_evaluate_predict_through_the_cli(generated, tmp_path):
         [
             "train",
             "--config",
-            "configs/wide-deep-outbrain.yaml",
+            "wide-deep-outbrain",
             *small,
             "--epochs",
             "3",
@@ -406,7 +406,7 @@ def test_prepare_train_evaluate_predict_through_the_cli(generated, tmp_path):
         [
             "train",
             "--config",
-            "configs/wide-deep-outbrain.yaml",
+            "wide-deep-outbrain",
             *small,
             "--evaluate",
             "--restore-checkpoint",
@@ -422,7 +422,7 @@ def test_prepare_train_evaluate_predict_through_the_cli(generated, tmp_path):
         [
             "train",
             "--config",
-            "configs/wide-deep-outbrain.yaml",
+            "wide-deep-outbrain",
             *small,
             "--predict",
             "--restore-checkpoint",

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from faults import REPO, run_cli
+from faults import run_cli
 
+from recforge.core.shipped import PRESETS
 from recforge.data.outbrain import prepare_outbrain
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.data.synthetic_outbrain import write_outbrain_csvs
 
-CONFIGS = REPO / "configs"
+CONFIGS = PRESETS
 RANKING = ["quickstart", "ncf-nvidia-ml20m", "ncf-mlperf-ml20m", "ncf-paper-ml1m", "recbole-neumf", "ncf-ml100k"]
 CLICK_LOGS = ["dlrm-criteo-kaggle", "dlrm-criteo-terabyte", "deepctr-wdl"]
 GROUPED = ["wide-deep-outbrain"]
@@ -156,3 +157,14 @@ def test_throughput_preset_says_so_and_benchmarks(outbrain_log, tmp_path):
     )
     assert result.code == 0, result.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["train_samples_per_s"] > 0
+
+
+def test_presets_are_found_by_name_and_listed():
+    listed = run_cli("presets")
+    assert listed.code == 0
+    rows = dict(line.split(None, 1) for line in listed.stdout.splitlines())
+    assert sorted(rows) == sorted(RANKING + CLICK_LOGS + GROUPED + THROUGHPUT)
+    assert all(0 < len(text) <= 100 for text in rows.values())
+    assert rows["wide-deep-outbrain-tf1-throughput"].startswith("THROUGHPUT ONLY")
+    unknown = run_cli("train", "--config", "no-such-preset")
+    assert unknown.code == 2 and "no preset of that name (shipped: deepctr-wdl," in unknown.stderr

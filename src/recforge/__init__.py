@@ -1,3 +1,8 @@
 """recforge: deep recommendation models (NCF, DLRM, Wide & Deep) with one loop and one CLI."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("recforge")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"

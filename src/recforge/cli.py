@@ -10,21 +10,25 @@ import json
 import os
 import sys
 import traceback
+from importlib.metadata import version
 
 from recforge.config import SECTIONS, DataConfig, RunConfig, add_config_flags, load_yaml
 from recforge.core.errors import RecforgeError, one_line, user_message
+from recforge.core.shipped import PRESETS, find, names
 
 USAGE = """recforge <command> [options]
 
 commands:
-  prepare DATASET --data-dir DIR     preprocess a dataset into the cache (reused by train)
+  prepare DATASET --data-dir DIR     preprocess a dataset (ranking: into the cache; click logs: into --out)
   download NAME --data-dir DIR       fetch a MovieLens release from GroupLens (checksum verified)
-  train [--config FILE] [--model M]  train a model; writes config.yaml, metrics.jsonl, summary.json, checkpoints/
+  train [--config PRESET] [--model M]
+                                     train a model; writes config.yaml, metrics.jsonl, summary.json, checkpoints/
   evaluate --checkpoint FILE         evaluate a checkpoint, print and write the metrics as JSON
   recommend --checkpoint FILE --user ID [--k 10]
                                      top items the user has not interacted with
+  presets                            the shipped presets and what each reproduces
 
-`recforge <command> --help` lists a command's options."""
+`recforge <command> --help` lists a command's options; `recforge --version` prints the version."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,14 +52,16 @@ def _run_parser(
     known, _ = pre.parse_known_args(argv)
     file_values, lines, source = base or {}, {}, "<checkpoint>" if base else "<defaults>"
     if known.config and base is None:
-        file_values, lines = load_yaml(known.config)
-        source = known.config
+        source = find(known.config, PRESETS, "preset")
+        file_values, lines = load_yaml(source)
     model = known.model or file_values.get("model") or RunConfig.model
     parser = Parser(prog=prog, allow_abbrev=False, usage=f"{prog} [--config PRESET] [--model MODEL] [options]")
     if extra:
         extra(parser)
     else:
-        parser.add_argument("--config", help="YAML preset (configs/*.yaml); flags override it")
+        parser.add_argument(
+            "--config", help="a preset by name (recforge presets lists them) or a YAML file; flags override it"
+        )
         parser.add_argument("--model", choices=list(MODELS), help="model to train (default: neumf)")
         parser.add_argument("--output-dir", help="run directory (default: runs/latest)")
         modes = parser.add_mutually_exclusive_group()  # the replaced Wide & Deep scripts' mode flags
@@ -171,12 +177,31 @@ def cmd_recommend(argv: list[str]) -> None:
         print(f"{row['rank']:>3}  {row['item']!s:>10}  {row['score']:8.4f}  {row.get('title', '')}")
 
 
+def preset_summary(path) -> str:
+    """A preset's first line: the comment that says what it reproduces."""
+    return path.read_text().splitlines()[0].lstrip("#").strip()
+
+
+def cmd_presets(argv: list[str]) -> None:
+    parser = Parser(
+        prog="recforge presets",
+        allow_abbrev=False,
+        description="The presets shipped in the package: `recforge train --config NAME`.",
+    )
+    parser.parse_args(argv)
+    shipped = names(PRESETS)
+    width = max(map(len, shipped))
+    for name in shipped:
+        print(f"{name:<{width}}  {preset_summary(PRESETS / f'{name}.yaml')}")
+
+
 COMMANDS = {
     "train": cmd_train,
     "prepare": cmd_prepare,
     "download": cmd_download,
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
+    "presets": cmd_presets,
 }
 
 
@@ -185,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     folder) prints one line and exits 2; anything else is our bug: one line asking for a report,
     the traceback with RECFORGE_DEBUG=1."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        print(f"recforge {version('recforge')}")
+        return
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)

@@ -17,26 +17,38 @@ def log_to(enabled: bool):
 
 
 class Progress:
-    """`[#####.....] 52% 123,456 samples/s loss 0.3012` redrawn in place on a terminal."""
+    """`[#####.....] 52% 123,456 samples/s loss 0.3012` redrawn in place on a terminal; in a log (not
+    a terminal) a plain line every `LINE_EVERY_S` seconds, so a piped or CI run shows it is alive."""
+
+    LINE_EVERY_S = 5.0
 
     def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
         self.stream = stream or sys.stderr
-        self.enabled = enabled and self.stream.isatty()
+        self.enabled = enabled
+        self.live = self.stream.isatty()
         self.total, self.label, self.done = total, label, 0
         self.start = self.last_draw = time.perf_counter()
 
     def update(self, count: int, note: str = "") -> None:
         self.done += count
+        if not self.enabled:
+            return
         now = time.perf_counter()
-        if self.enabled and (now - self.last_draw > 0.2 or self.done >= self.total):
+        fraction = min(1.0, self.done / max(1, self.total))
+        rate = self.done / max(now - self.start, 1e-9)
+        if self.live and (now - self.last_draw > 0.2 or self.done >= self.total):
             self.last_draw = now
-            fraction = min(1.0, self.done / max(1, self.total))
             bar = "#" * int(30 * fraction) + "." * (30 - int(30 * fraction))
-            rate = self.done / max(now - self.start, 1e-9)
             self.stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} {rate:,.0f} samples/s {note}\033[K")
+            self.stream.flush()
+        elif not self.live and now - self.last_draw >= self.LINE_EVERY_S:
+            self.last_draw = now
+            self.stream.write(
+                f"{self.label}: {fraction:.0%} of {self.total:,}, {rate:,.0f} samples/s {note}".rstrip() + "\n"
+            )
             self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.live:
             self.stream.write("\r\033[K")
             self.stream.flush()

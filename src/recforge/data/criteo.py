@@ -6,9 +6,9 @@ value; empty = missing).
 
 - criteo-kaggle: one `train.txt` (45,840,617 rows). Its rows are cut into 7 consecutive "days" of
   ceil(rows / 7) rows; days 0-5 are train, day 6's first half (the larger half when odd) is
-  `valid`, its second half `test`.
+  `test`, its second half `valid` (as Facebook's DLRM reference splits it).
 - criteo-terabyte: `day_0 .. day_23`. Every day but the last is train; the last day's first half
-  is `valid`, its second half `test`. A contiguous prefix day_0..day_K (K >= 1) is accepted, so a
+  is `test`, its second half `valid`. A contiguous prefix day_0..day_K (K >= 1) is accepted, so a
   few downloaded days make a small set with the same rules.
 
 Transforms: dense `log(1 + max(x, 0))` as float32, missing -> 0. Categorical either through a
@@ -278,7 +278,7 @@ def _prepare(kind, files, units, chunk_bytes, line_bytes, tmp, pool, min_frequen
             if kind == "criteo-kaggle"
             else f"days 0-{len(files) - 2} train"
         )
-        + "; last day: first half valid, second half test",
+        + "; last day: first half test, second half valid",
         "dense": "log(1 + max(x, 0)) as float32; missing -> 0",
         "min_frequency": min_frequency if max_ind_range is None else None,
         "max_ind_range": max_ind_range,

@@ -37,8 +37,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from recforge.config import read_yaml
 from recforge.core.errors import DataError
+from recforge.core.shipped import FEATURE_SPECS
+from recforge.core.yaml_file import read_yaml
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
 from recforge.data.tabular import (
     check_parquet,
@@ -109,7 +110,10 @@ SECTION_KEYS = {
 
 
 def load_spec(path: str | Path) -> FeatureSpec:
+    """The feature spec at `path`, or the shipped one of that name (`--feature-spec criteo-csv`)."""
     path = Path(path).expanduser()
+    if not path.exists() and path.parent == Path(".") and (FEATURE_SPECS / f"{path.stem}.yaml").is_file():
+        path = FEATURE_SPECS / f"{path.stem}.yaml"
     require_file(path, "the YAML feature spec")
     raw, lines = read_yaml(path, "a YAML feature spec")
     known = (

@@ -30,7 +30,7 @@ What it does (docs/outbrain.md lists every column):
    NVIDIA's preparation; the prior's weight keeps that small for rarely shown ads.)
 4. Pass 2 streams clicks_train again and writes one Parquet feature table per split into a
    temporary folder beside `out`, in batches; `ctr_spec.prepare_ctr` then turns them into the
-   prepared folder with the preset spec configs/feature-specs/outbrain.yaml (hashing,
+   prepared folder with the preset spec recforge/data/specs/outbrain.yaml (hashing,
    multi-hot lists, tags, group = display_id, item = ad_id), and the temporary folder is removed.
 
 Memory is bounded by the small tables (about 1 GB for the real data), never by clicks_train.
@@ -57,11 +57,12 @@ import pyarrow.parquet as pq
 from recforge.core.errors import DataError, RecforgeError
 from recforge.core.files import naming, remove, temp_folder
 from recforge.core.progress import Progress
+from recforge.core.shipped import FEATURE_SPECS
 from recforge.data.ctr_format import CTRMeta, check_out
 from recforge.data.ctr_spec import prepare_ctr
 from recforge.data.tabular import os_error, read_delimited, row_error, text_problem
 
-SPEC = Path(__file__).resolve().parents[3] / "configs" / "feature-specs" / "outbrain.yaml"
+SPEC = FEATURE_SPECS / "outbrain.yaml"
 KAGGLE_EPOCH_MS = 1465876799998  # events.timestamp is milliseconds since this instant (2016-06-14 03:59:59.998 UTC)
 DAY_MS = 86_400_000
 CTR_PRIOR_VIEWS = 10.0  # the prior CTR counts as this many views

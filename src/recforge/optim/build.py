@@ -24,66 +24,7 @@ from torch import nn
 from recforge.config import TrainConfig
 from recforge.core.errors import RecforgeError
 from recforge.optim.proximal import Ftrl, ProximalAdagrad
-from recforge.optim.sparse_grad import touched_rows
-
-
-class SparseRowAdam(torch.optim.Optimizer):
-    """Adam on the rows a step touches ("lazy" Adam), the same update as `torch.optim.SparseAdam`
-    (bias corrections from the global step, eps outside the corrected square root), computed on
-    the touched rows directly: several times faster per step on CPUs."""
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                rows, grad = touched_rows(p.grad)
-                exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, exp_avg)
-                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-                step_size = group["lr"] * (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
-                # rows are unique: index_copy_ writes them in parallel, index_add_ would not
-                step = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"]))
-                p.index_copy_(0, rows, p.index_select(0, rows).add_(step, alpha=-step_size))
-
-
-class RowWiseAdagrad(torch.optim.Optimizer):
-    """Adagrad with one accumulator per table row: the mean of the row's squared gradient.
-
-    FBGEMM's and TorchRec's choice for large tables: D times less optimizer state than Adagrad,
-    and every coordinate of a row takes the same step size. With sparse gradients only the rows
-    in the batch are touched: state[row] += mean(g_row^2); row -= lr * g_row / (sqrt(state[row]) + eps).
-    """
-
-    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8):
-        super().__init__(params, {"lr": lr, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "sum" not in state:
-                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                rows, grad = touched_rows(p.grad)
-                accumulated = state["sum"].index_select(0, rows).add_(grad.float().pow(2).mean(dim=1))
-                state["sum"].index_copy_(0, rows, accumulated)
-                step = grad / (accumulated.sqrt() + group["eps"]).unsqueeze(1).to(grad.dtype)
-                p.index_copy_(0, rows, p.index_select(0, rows).add_(step, alpha=-group["lr"]))
+from recforge.optim.row_wise import RowWiseAdagrad, SparseRowAdam
 
 
 def sparse_parameters(model: nn.Module) -> set[int]:
@@ -103,52 +44,77 @@ def make_optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Opti
     return optimizers
 
 
-def _optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
-    if cfg.optimizer == "ftrl+proximal-adagrad":
-        wide = getattr(model, "wide", None)
-        if wide is None:
-            raise RecforgeError("--optimizer ftrl+proximal-adagrad needs a model with a wide part (wide-deep)")
-        wide_ids = {id(p) for p in wide.parameters()}
-        return [
-            Ftrl(
-                wide.parameters(),
-                lr=cfg.linear_learning_rate,
-                lr_power=cfg.linear_learning_rate_power,
-                initial_accumulator=cfg.linear_initial_accumulator,
-                l1=cfg.linear_l1_regularization,
-                l2=cfg.linear_l2_regularization,
-            ),
-            ProximalAdagrad(
-                [p for p in model.parameters() if id(p) not in wide_ids],
-                lr=cfg.deep_learning_rate,
-                initial_accumulator=cfg.deep_initial_accumulator,
-                l1=cfg.deep_l1_regularization,
-                l2=cfg.deep_l2_regularization,
-            ),
-        ]
+def _split(model: nn.Module) -> tuple[list, list]:
+    """(dense parameters, sparse-gradient tables)."""
     sparse_ids = sparse_parameters(model)
-    sparse = [p for p in model.parameters() if id(p) in sparse_ids]
-    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    lr = cfg.learning_rate
-    if cfg.optimizer == "adam":
-        # The fused kernel updates all dense parameters in one pass (CPU and GPU, torch >= 2.4).
-        optimizers = [
-            torch.optim.Adam(
-                dense, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
-            )
-        ]
-        if sparse:
-            optimizers.append(SparseRowAdam(sparse, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps))
-        return optimizers
-    if cfg.optimizer == "sgd":  # sparse updates take no weight decay
-        groups = [{"params": dense, "weight_decay": cfg.weight_decay}, {"params": sparse, "weight_decay": 0.0}]
-        return [torch.optim.SGD([g for g in groups if g["params"]], lr=lr)]
-    if cfg.optimizer == "adagrad":
-        return [torch.optim.Adagrad(dense + sparse, lr=lr, eps=cfg.eps)]
-    optimizers = [torch.optim.Adagrad(dense, lr=lr, eps=cfg.eps)]
-    if sparse:
-        optimizers.append(RowWiseAdagrad(sparse, lr=lr, eps=cfg.eps))
-    return optimizers
+    params = list(model.parameters())
+    return [p for p in params if id(p) not in sparse_ids], [p for p in params if id(p) in sparse_ids]
+
+
+def _adam(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    dense, sparse = _split(model)
+    betas = (cfg.beta1, cfg.beta2)
+    # The fused kernel updates all dense parameters in one pass (CPU and GPU, torch >= 2.4).
+    optimizers = [
+        torch.optim.Adam(
+            dense, lr=cfg.learning_rate, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
+        )
+    ]
+    return optimizers + ([SparseRowAdam(sparse, lr=cfg.learning_rate, betas=betas, eps=cfg.eps)] if sparse else [])
+
+
+def _sgd(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    dense, sparse = _split(model)  # sparse updates take no weight decay
+    groups = [{"params": dense, "weight_decay": cfg.weight_decay}, {"params": sparse, "weight_decay": 0.0}]
+    return [torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.learning_rate)]
+
+
+def _adagrad(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    return [torch.optim.Adagrad(list(model.parameters()), lr=cfg.learning_rate, eps=cfg.eps)]
+
+
+def _rowwise_adagrad(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    dense, sparse = _split(model)
+    optimizers = [torch.optim.Adagrad(dense, lr=cfg.learning_rate, eps=cfg.eps)]
+    return optimizers + ([RowWiseAdagrad(sparse, lr=cfg.learning_rate, eps=cfg.eps)] if sparse else [])
+
+
+def _ftrl_proximal_adagrad(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    wide = getattr(model, "wide", None)  # the model part the linear optimizer takes
+    if not isinstance(wide, nn.Module):
+        raise RecforgeError("--optimizer ftrl+proximal-adagrad needs a model with a wide part (wide-deep)")
+    wide_ids = {id(p) for p in wide.parameters()}
+    return [
+        Ftrl(
+            wide.parameters(),
+            lr=cfg.linear_learning_rate,
+            lr_power=cfg.linear_learning_rate_power,
+            initial_accumulator=cfg.linear_initial_accumulator,
+            l1=cfg.linear_l1_regularization,
+            l2=cfg.linear_l2_regularization,
+        ),
+        ProximalAdagrad(
+            [p for p in model.parameters() if id(p) not in wide_ids],
+            lr=cfg.deep_learning_rate,
+            initial_accumulator=cfg.deep_initial_accumulator,
+            l1=cfg.deep_l1_regularization,
+            l2=cfg.deep_l2_regularization,
+        ),
+    ]
+
+
+# --optimizer NAME -> the optimizers of a model (TrainConfig.optimizer lists the same names).
+OPTIMIZERS = {
+    "adam": _adam,
+    "sgd": _sgd,
+    "adagrad": _adagrad,
+    "rowwise-adagrad": _rowwise_adagrad,
+    "ftrl+proximal-adagrad": _ftrl_proximal_adagrad,
+}
+
+
+def _optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    return OPTIMIZERS[cfg.optimizer](cfg, model)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:

@@ -63,5 +63,9 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def write_predictions(self, folder: Path, probabilities: torch.Tensor) -> list[Path]: ...
 
+    def baseline(self) -> tuple[str, dict] | None:
+        """(name, metrics) of the simple model any trained one must beat, when the task has one."""
+        return None
+
     def recommend(self, model: torch.nn.Module, raw_user: str, k: int) -> list[dict]:
         raise RecforgeError(f"{type(self).__name__} cannot recommend: it scores examples, not a user's unseen items")

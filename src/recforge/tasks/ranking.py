@@ -24,6 +24,7 @@ from recforge.data.cache import prepare
 from recforge.data.implicit import LeaveOneOutData
 from recforge.data.sampling import sample_eval_negatives
 from recforge.metrics.ranking import hit_and_ndcg, rank_among_all, rank_among_sampled
+from recforge.models.popularity import ItemPopularity
 from recforge.runtime.distributed import Dist
 from recforge.runtime.precision import autocast
 from recforge.tasks.base import Task
@@ -116,6 +117,11 @@ class RankingTask(Task):
     @property
     def metric_names(self) -> list[str]:
         return [f"HR@{self.topk}", f"NDCG@{self.topk}"]
+
+    def baseline(self) -> tuple[str, dict]:
+        """Item popularity on the same evaluation: what a model must clearly beat to have learned."""
+        metrics, _ = self.evaluate(ItemPopularity(self.data.train_items, self.data.num_items).to(self.device))
+        return "popularity", metrics
 
     def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
         return self.epochs.batches(epoch, batch_size, self.dist.rank, self.dist.world, start_step)

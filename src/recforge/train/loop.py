@@ -30,6 +30,7 @@ from recforge.runtime.memory import keep_freed_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler
 from recforge.tasks.base import Task
 from recforge.train.run_dir import RunDir
+from recforge.train.state import History, Window
 
 # Settings that may change on --resume and take effect from the resumed step (recorded in
 # metrics.jsonl): rates and their schedule, the run's length, evaluation and logging, where the
@@ -131,24 +132,6 @@ def train(cfg: RunConfig, parts: RunParts) -> dict:
         shutdown(dist)
 
 
-def _fresh_history() -> dict:
-    return {
-        "epoch": 1,
-        "step_in_epoch": 0,
-        "step": 0,
-        "best_step": None,
-        "best_epoch": None,
-        "best_metrics": None,
-        "first_epoch_at_target": None,
-        "epochs": [],
-        "train_s": 0.0,
-        "eval_s": 0.0,
-        "wall_s": 0.0,
-        "eval_examples": 0,
-        "samples": 0,
-    }
-
-
 def _flag(section: str, key: str) -> str:
     return f"--{key.replace('_', '-')}" if section != "top" else key
 
@@ -207,7 +190,7 @@ def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, task, log) 
         else:
             model.warm_start(cfg.arch)
         run.start(cfg)
-        return _fresh_history()
+        return History()
     check_same_data(checkpoint, run.last, task.data_fingerprint, data_where(cfg))
     differences = _differences(checkpoint["config"], cfg.to_dict())
     refused = {key: v for key, v in differences.items() if key[1] not in CHANGEABLE_ON_RESUME.get(key[0], ())}
@@ -221,14 +204,14 @@ def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, task, log) 
     _load_optimizers(optimizers, checkpoint["optimizers"])
     scaler.load_state_dict(checkpoint["scaler"])
     set_rng_state(checkpoint["rng"])
-    history = checkpoint["history"]
+    history = History.from_dict(checkpoint["history"])
     changed = {
         f"{section}.{key}": {"from": a, "to": b}
         for (section, key), (a, b) in differences.items()
         if (section, key) not in NOT_RECORDED
     }
     log(
-        f"resuming {run.path} at epoch {history['epoch']}, step {history['step']}"
+        f"resuming {run.path} at epoch {history.epoch}, step {history.step}"
         + (
             f"; from here on: {_describe({k: v for k, v in differences.items() if k not in NOT_RECORDED})}"
             if changed
@@ -236,7 +219,7 @@ def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, task, log) 
         )
     )
     run.repair_best(history)
-    run.start(cfg, resumed_step=history["step"], changed=changed)
+    run.start(cfg, resumed_step=history.step, changed=changed)
     return history
 
 
@@ -289,16 +272,24 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
         f"{task.samples_per_epoch:,} samples/epoch in {steps_per_epoch:,} steps of {t.batch_size:,}, {t.optimizer}, "
         f"{t.precision}, {device}" + (f", {dist.world} processes" if dist.enabled else "")
     )
+    if not cfg.eval.no_eval and not history.baseline_measured:  # once per run, kept through --resume
+        found = task.baseline()
+        history.baseline, history.baseline_measured = found and {"model": found[0], "metrics": found[1]}, True
+    if history.baseline:
+        baseline = history.baseline
+        log(f"baseline ({baseline['model']}): {_metrics_text(baseline['metrics'], task.metric_names)}")
 
-    def evaluate_and_save(epoch: int, step_in_epoch: int, window: dict, epoch_train_s: float) -> bool:
+    wall_start = time.perf_counter() - history.wall_s  # the run's time across resumes
+
+    def evaluate_and_save(epoch: int, step_in_epoch: int, window: Window, epoch_train_s: float) -> bool:
         """Evaluate (unless disabled), log, checkpoint; True when the run should stop."""
         # After a mid-epoch resume the window starts at the resumed step: train_loss_from_step says so.
         record = {
             "epoch": epoch,
-            "step": history["step"],
-            "train_loss": window["loss"] / max(1, window["samples"]),
-            "train_loss_from_step": window["from_step"],
-            "train_samples_per_s": window["samples"] / max(window["seconds"], 1e-9),
+            "step": history.step,
+            "train_loss": window.mean_loss(),
+            "train_loss_from_step": window.from_step,
+            "train_samples_per_s": window.samples_per_s(),
         }
         improved = False
         last_epoch = epoch == t.epochs and step_in_epoch == steps_per_epoch
@@ -307,45 +298,39 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
             metrics, examples = task.evaluate(model)
             if not math.isfinite(metrics[metric]):
                 raise RecforgeError(
-                    f"step {history['step']} (epoch {epoch}): {metric} is {metrics[metric]}: the model "
+                    f"step {history.step} (epoch {epoch}): {metric} is {metrics[metric]}: the model "
                     f"diverged; stopped; {run.saved()}; {_advice(t)}"
                 )
             record.update(metrics, eval_s=time.perf_counter() - begin)
-            history["eval_s"] += record["eval_s"]
-            history["eval_examples"] += examples
-            best = history["best_metrics"]
+            history.eval_s += record["eval_s"]
+            history.eval_examples += examples
+            best = history.best_metrics
             improved = best is None or metrics[metric] > best[metric]
             if improved:
-                history["best_epoch"], history["best_step"], history["best_metrics"] = (
+                history.best_epoch, history.best_step, history.best_metrics = (
                     epoch,
-                    history["step"],
+                    history.step,
                     dict(metrics),
                 )
-            if threshold is not None and metrics[metric] >= threshold and history["first_epoch_at_target"] is None:
-                history["first_epoch_at_target"] = epoch
+            if threshold is not None and metrics[metric] >= threshold and history.first_epoch_at_target is None:
+                history.first_epoch_at_target = epoch
         if step_in_epoch == steps_per_epoch:
-            history["epochs"].append({"epoch": epoch, "train_s": epoch_train_s})
-        history["wall_s"] = record["time_s"] = time.perf_counter() - wall_start
+            history.epochs.append({"epoch": epoch, "train_s": epoch_train_s})
+        history.wall_s = record["time_s"] = time.perf_counter() - wall_start
         # The record first: a kill before the checkpoint leaves a record that --resume drops and redoes;
         # the other order would leave a checkpoint whose evaluation is never recorded.
         run.log_metrics(record)
         run.save(_state(model, optimizers, scaler, history, cfg, task), best=improved)
         log(_eval_line(record, task.metric_names, improved))
-        window.update(loss=0.0, samples=0, seconds=0.0, from_step=history["step"] + 1)
-        if history["first_epoch_at_target"] is not None:
+        window.reset(from_step=history.step + 1)
+        if history.first_epoch_at_target is not None:
             log(f"{metric} reached the target {threshold} at epoch {epoch}: stopping")
             return True
         return False
 
-    wall_start = time.perf_counter() - history["wall_s"]
-    window = {
-        "loss": 0.0,
-        "samples": 0,
-        "seconds": 0.0,
-        "from_step": history["step"] + 1,
-    }  # training since the last evaluation
-    stop = t.max_steps is not None and history["step"] >= t.max_steps
-    start_epoch, start_step = history["epoch"], history["step_in_epoch"]
+    window = Window(from_step=history.step + 1)
+    stop = t.max_steps is not None and history.step >= t.max_steps
+    start_epoch, start_step = history.epoch, history.step_in_epoch
     if start_step >= steps_per_epoch:  # the checkpoint ended an epoch
         start_epoch, start_step = start_epoch + 1, 0
     with _profiler(cfg, run, dist.is_main) as profiler:
@@ -360,7 +345,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
             for step_in_epoch, (batch, global_size) in enumerate(
                 task.train_batches(epoch, t.batch_size, first), start=first + 1
             ):
-                set_learning_rate(optimizers, t, history["step"])
+                set_learning_rate(optimizers, t, history.step)
                 with autocast(device, t.precision):
                     logits = wrapped(batch)
                 # Sum over the local slice, scaled so DDP's gradient average equals the global mean.
@@ -371,35 +356,35 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                 for optimizer in optimizers:
                     scaler.step(optimizer)
                 scaler.update()
-                history["step"] += 1
-                history["epoch"], history["step_in_epoch"] = epoch, step_in_epoch  # where a resume picks up
+                history.step += 1
+                history.epoch, history.step_in_epoch = epoch, step_in_epoch  # where a resume picks up
                 loss_value = dist.all_reduce_sum(loss.detach().double()).item()
                 _check_loss(history, loss_value / global_size, epoch, run, t, cfg.eval.no_eval, log)
-                window["loss"] += loss_value
-                window["samples"] += global_size
-                history["samples"] += global_size
+                window.loss += loss_value
+                window.samples += global_size
+                history.samples += global_size
                 progress.update(global_size)
                 if profiler is not None:
                     profiler.step()
-                if t.print_freq and history["step"] % t.print_freq == 0:
+                if t.print_freq and history.step % t.print_freq == 0:
                     seconds = time.perf_counter() - begin
                     log(
-                        f"epoch {epoch} step {step_in_epoch}/{steps_per_epoch} (global {history['step']}): "
-                        f"loss {window['loss'] / max(1, window['samples']):.4f}, "
-                        f"{window['samples'] / max(window['seconds'] + seconds, 1e-9):,.0f} samples/s"
+                        f"epoch {epoch} step {step_in_epoch}/{steps_per_epoch} (global {history.step}): "
+                        f"loss {window.mean_loss():.4f}, "
+                        f"{window.samples_per_s(seconds):,.0f} samples/s"
                     )
-                stop = t.max_steps is not None and history["step"] >= t.max_steps
+                stop = t.max_steps is not None and history.step >= t.max_steps
                 if step_in_epoch % eval_every == 0 or step_in_epoch == steps_per_epoch or stop:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     seconds = time.perf_counter() - begin
-                    window["seconds"] += seconds
+                    window.seconds += seconds
                     epoch_train_s += seconds
-                    history["train_s"] += seconds
+                    history.train_s += seconds
                     progress.close()
                     stop = evaluate_and_save(epoch, step_in_epoch, window, epoch_train_s) or stop
                     begin = time.perf_counter()
-                elif t.save_steps and history["step"] % t.save_steps == 0:
+                elif t.save_steps and history.step % t.save_steps == 0:
                     run.save(_state(model, optimizers, scaler, history, cfg, task), keep_steps=t.keep_checkpoint_max)
                 if stop:
                     break
@@ -417,25 +402,25 @@ def _advice(t) -> str:
     return f"lower {rates} (it takes effect on --resume) or add --warmup-steps"
 
 
-def _check_loss(history: dict, loss: float, epoch: int, run: RunDir, t, benchmark: bool, log) -> None:
+def _check_loss(history: History, loss: float, epoch: int, run: RunDir, t, benchmark: bool, log) -> None:
     """Stop a run whose loss is not finite or far above where it started (smoothed over steps),
     before it is evaluated and saved as if it had learned."""
-    where = f"step {history['step']} (epoch {epoch})"
+    where = f"step {history.step} (epoch {epoch})"
     if not math.isfinite(loss):
         raise RecforgeError(f"{where}: the training loss is {loss}; stopped; {run.saved()}; {_advice(t)}")
-    if history.get("start_loss") is None:
-        history["start_loss"] = history["smoothed_loss"] = loss
-    history["smoothed_loss"] = smoothed = 0.9 * history["smoothed_loss"] + 0.1 * loss
-    if smoothed > DIVERGENCE_FACTOR * max(history["start_loss"], math.log(2)) and not history.get("divergence_noted"):
+    if history.start_loss is None:
+        history.start_loss = history.smoothed_loss = loss
+    history.smoothed_loss = smoothed = 0.9 * history.smoothed_loss + 0.1 * loss
+    if smoothed > DIVERGENCE_FACTOR * max(history.start_loss, math.log(2)) and not history.divergence_noted:
         if benchmark:  # a throughput run claims no model: say so once and go on
-            history["divergence_noted"] = True
+            history.divergence_noted = True
             log(
                 f"warning: {where}: the training loss diverged ({smoothed:.3g} smoothed); a --benchmark run goes on, "
                 f"its speed is still measured, its model is not one to use"
             )
             return
         raise RecforgeError(
-            f"{where}: the training loss diverged ({smoothed:.3g} smoothed, {history['start_loss']:.3g} "
+            f"{where}: the training loss diverged ({smoothed:.3g} smoothed, {history.start_loss:.3g} "
             f"at the start); stopped; {run.saved()}; {_advice(t)}"
         )
 
@@ -448,9 +433,9 @@ def _state(model, optimizers, scaler, history, cfg: RunConfig, task) -> dict:
         "optimizers": [o.state_dict() for o in optimizers],
         "scaler": scaler.state_dict(),
         "rng": rng_state(),
-        "epoch": history["epoch"],
-        "step": history["step"],
-        "history": history,
+        "epoch": history.epoch,
+        "step": history.step,
+        "history": history.to_dict(),
         "config": cfg.to_dict(),
         "model_dims": task.model_dims,
     }
@@ -465,41 +450,49 @@ def _eval_line(record: dict, names: list[str], improved: bool) -> str:
     )
 
 
-def _summary(cfg: RunConfig, task, history: dict, device: torch.device, dist: Dist) -> dict:
-    times = [e["train_s"] for e in history["epochs"]]
+def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist: Dist) -> dict:
+    times = [e["train_s"] for e in history.epochs]
     return {
         "model": cfg.model,
         "dataset": cfg.data.dataset,
-        "metrics": history["best_metrics"] or {},
-        "best_epoch": history["best_epoch"],
-        "best_step": history["best_step"],
+        "metrics": history.best_metrics or {},
+        "best_epoch": history.best_epoch,
+        "best_step": history.best_step,
         "epochs_trained": len(times),
-        "steps": history["step"],
-        "train_samples_per_s": history["samples"] / history["train_s"] if history["train_s"] else None,
-        "eval_samples_per_s": history["eval_examples"] / history["eval_s"] if history["eval_s"] else None,
-        "time_to_train_s": history["wall_s"],
+        "steps": history.step,
+        "train_samples_per_s": history.samples / history.train_s if history.train_s else None,
+        "eval_samples_per_s": history.eval_examples / history.eval_s if history.eval_s else None,
+        "time_to_train_s": history.wall_s,
         "epoch_time_avg_s": sum(times) / len(times) if times else None,
         "epoch_time_min_s": min(times) if times else None,
+        "baseline": history.baseline,
         "quality_target": cfg.eval.quality_target,
-        "first_epoch_at_target": history["first_epoch_at_target"],
+        "first_epoch_at_target": history.first_epoch_at_target,
         "precision": cfg.train.precision,
         "device": str(device),
         "world_size": dist.world,
+        "run_folder": str(Path(cfg.output_dir).expanduser().resolve()),
     }
+
+
+def _metrics_text(metrics: dict, names: list[str]) -> str:
+    return ", ".join(f"{k} = {metrics[k]:.4f}" for k in names if k in metrics)
 
 
 def _summary_lines(s: dict, names: list[str], metric: str) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    best = ", ".join(f"{k} = {s['metrics'][k]:.4f}" for k in names if k in s["metrics"])
     lines = [
         "summary:",
-        f"  best: {best or 'n/a'} (epoch {s['best_epoch']}, step {s['best_step']})",
+        f"  best: {_metrics_text(s['metrics'], names) or 'n/a'} (epoch {s['best_epoch']}, step {s['best_step']})",
         f"  train: {fmt(s['train_samples_per_s'], ',.0f')} samples/s, "
         f"epoch time avg {fmt(s['epoch_time_avg_s'], '.2f')}, "
         f"min {fmt(s['epoch_time_min_s'], '.2f')} (s)",
         f"  eval: {fmt(s['eval_samples_per_s'], ',.0f')} samples/s",
         f"  time to train: {s['time_to_train_s']:.1f}s",
     ]
+    if s["baseline"]:
+        lines.append(f"  baseline ({s['baseline']['model']}): {_metrics_text(s['baseline']['metrics'], names)}")
     if s["quality_target"] is not None:
         lines.append(f"  {metric} >= {s['quality_target']}: first at epoch {s['first_epoch_at_target'] or 'never'}")
+    lines.append(f"  run folder: {s['run_folder']}")
     return "\n".join(lines)

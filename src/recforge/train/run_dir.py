@@ -12,6 +12,7 @@ from recforge.config import RunConfig
 from recforge.core.checkpoint import save_checkpoint
 from recforge.core.errors import RecforgeError
 from recforge.core.files import append_jsonl, atomic_link, read_jsonl, remove, write_json, write_text
+from recforge.train.state import History
 
 
 class RunDir:
@@ -65,9 +66,9 @@ class RunDir:
             self.resumed = {"resumed_from_step": resumed_step, "changed_on_resume": changed or {}}
         write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in kept))
 
-    def repair_best(self, history: dict) -> None:
+    def repair_best(self, history: History) -> None:
         """best.pt after a kill between the renames of last.pt and best.pt (see the class)."""
-        is_best = self.enabled and history["best_step"] == history["step"] and self.last.exists()
+        is_best = self.enabled and history.best_step == history.step and self.last.exists()
         if is_best and not (self.best.exists() and os.path.samefile(self.best, self.last)):
             atomic_link(self.last, self.best)
 

@@ -1,0 +1,28 @@
+"""Files shipped inside the package (presets, feature specs), found by name as well as by path, so
+an installed wheel has them wherever it is run from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recforge.core.errors import RecforgeError
+
+PACKAGE = Path(__file__).resolve().parents[1]
+PRESETS = PACKAGE / "presets"
+FEATURE_SPECS = PACKAGE / "data" / "specs"
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def find(value: str | Path, folder: Path, what: str) -> Path:
+    """`value` if it is a file; else the shipped `folder/value.yaml` (the name with or without
+    .yaml); else an error listing the shipped names."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    shipped = folder / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise RecforgeError(f"{value}: no such file, and no {what} of that name (shipped: {', '.join(names(folder))})")
