@@ -12,11 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from recforge.cli import main
 from recforge.core.errors import DataError, RecforgeError
-from recforge.data import criteo
+from recforge.data import criteo, encoders
 from recforge.data.criteo import prepare_criteo
 from recforge.data.ctr_format import CTRMeta, load_meta, load_split
 
@@ -105,7 +106,7 @@ def kaggle_tiny(tmp_path_factory) -> tuple[Path, list[list[str]]]:
 @pytest.mark.parametrize("lookup", ["hashed", "directory"])
 def test_kaggle_sample_matches_plain_python(kaggle_tiny, tmp_path, monkeypatch, lookup):
     if lookup == "directory":  # the path taken by vocabularies of 2^17 values and more
-        monkeypatch.setattr(criteo._Vocabulary, "HASHED", 0)
+        monkeypatch.setattr(encoders.SortedKeys, "HASHED", 0)
     folder, rows = kaggle_tiny
     assert len(rows) == 1999
     meta = prepare_criteo(
@@ -125,6 +126,25 @@ def test_kaggle_sample_matches_plain_python(kaggle_tiny, tmp_path, monkeypatch, 
     assert (sparse[:1714] == 0).any() and (sparse[:1714] > 0).any()  # rare train values share id 0
     # the vocabulary comes from train rows only: counting every row would give other ids
     assert reference(rows, 1999, min_frequency=3)[3] != meta.cardinalities
+
+
+@pytest.mark.parametrize("hashing", [None, 1000])
+def test_saved_encoders_encode_raw_rows_as_preparation_did(kaggle_tiny, tmp_path, hashing):
+    """The vocabularies (or the modulus) stay in the prepared folder: the raw rows encoded again,
+    as a server would encode a request, give the prepared arrays."""
+    folder, rows = kaggle_tiny
+    options = {"max_ind_range": hashing} if hashing else {"min_frequency": 3}
+    prepare_criteo("criteo-kaggle", folder, tmp_path / "out", workers=1, log=quiet, **options)
+    _, arrays = prepared(tmp_path / "out")
+    raw = pa.table({name: [row[k] for row in rows] for k, name in enumerate(criteo.FIELDS)})
+    dense = {
+        name: pa.array([int(v) if v else None for v in raw.column(name).to_pylist()], pa.int64())
+        for name in criteo.DENSE
+    }
+    table = pa.table({**dense, **{name: raw.column(name) for name in criteo.SPARSE}})
+    encoded = encoders.load_encoders(tmp_path / "out").encode(table)
+    np.testing.assert_array_equal(encoded["dense"], arrays["dense"])
+    np.testing.assert_array_equal(encoded["sparse"], arrays["sparse"])
 
 
 def test_dense_missing_negative_and_rare_values(tmp_path):
@@ -208,7 +228,7 @@ def test_workers_1_and_2_write_identical_bytes(kaggle_tiny, tmp_path):
 
 def assert_same_files(a: Path, b: Path) -> None:
     names = sorted(p.relative_to(a) for p in a.rglob("*.npy"))
-    assert names == sorted(p.relative_to(b) for p in b.rglob("*.npy")) and len(names) == 9
+    assert names == sorted(p.relative_to(b) for p in b.rglob("*.npy")) and len(names) == 9 + 26  # + vocabularies
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     meta_a, meta_b = load_meta(a), load_meta(b)
@@ -229,7 +249,7 @@ def test_lower_bound_equals_searchsorted():
                 rng.integers(0, 1 << 32, 1000, dtype=np.uint64).astype(np.uint32),
             ]
         )
-        found = criteo._lower_bound(keys, values, criteo._directory(keys))
+        found = encoders.lower_bound(keys, values, encoders.directory(keys))
         np.testing.assert_array_equal(found, np.searchsorted(keys, values))
 
 

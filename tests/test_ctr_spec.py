@@ -14,7 +14,9 @@ from recforge.cli import main
 from recforge.core.errors import DataError
 from recforge.core.shipped import FEATURE_SPECS
 from recforge.data.ctr_format import load_meta, load_split
-from recforge.data.ctr_spec import load_spec, prepare_ctr, stable_hash
+from recforge.data.ctr_spec import load_spec, prepare_ctr
+from recforge.data.encoders import fnv1a as stable_hash
+from recforge.data.encoders import load_encoders
 
 LOG = """click,price,age,user,item
 1,10,30,u1,i1
@@ -174,3 +176,25 @@ def test_real_samples_prepare_train_evaluate(tmp_path, capsys, spec, folder, den
     assert summary["epochs_trained"] == 3 and 0.0 <= summary["metrics"]["AUC"] <= 1.0
     main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--eval-split", "test"])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("AUC = ")
+
+
+def test_saved_encoders_encode_new_raw_rows_as_preparation_did(tmp_path):
+    """The prepared folder keeps its encoders: applied to the raw rows again (as a server would
+    to a request), they give the prepared arrays."""
+    spec = write(
+        tmp_path, spec=SPEC.replace("price, {name: age", "price, {name: age, transform: standardize}, {name: age")
+    )
+    prepare_ctr(spec, tmp_path, tmp_path / "out", log=lambda *_: None)
+    encoders = load_encoders(tmp_path / "out")
+    raw = pcsv.read_csv(
+        tmp_path / "log.csv",
+        convert_options=pcsv.ConvertOptions(
+            column_types={"user": pa.string(), "item": pa.string()}, strings_can_be_null=True
+        ),
+    )
+    encoded = encoders.encode(raw)
+    train, test = load_split(tmp_path / "out", "train"), load_split(tmp_path / "out", "test")
+    for name in ("dense", "sparse"):
+        assert np.array_equal(encoded[name], np.concatenate([train[name], test[name]])), name
+    assert [e.kind for e in encoders.dense] == ["log1p", "standardize", "none"]
+    assert encoders.dense[1].mean == pytest.approx((30 + 0 + 41 + 22) / 4)  # moments of the train rows only

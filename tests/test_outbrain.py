@@ -12,7 +12,7 @@ import pytest
 
 from recforge.core.errors import DataError, RecforgeError
 from recforge.data.ctr_format import load_meta, load_split
-from recforge.data.ctr_spec import stable_hash
+from recforge.data.encoders import fnv1a as stable_hash
 from recforge.data.outbrain import (
     CTR_PRIOR_VIEWS,
     DAY_MS,

@@ -101,7 +101,7 @@ def check_out(out: Path, overwrite: bool) -> None:
     if "meta.json" in entries:
         if not overwrite:
             raise RecforgeError(f"{out}: already holds a prepared dataset (meta.json); replace it with --overwrite")
-        others = entries - {"meta.json", *SPLITS}
+        others = entries - {"meta.json", "encoders.json", "encoders", *SPLITS}
         if others:
             raise RecforgeError(f"{out}: holds other files too ({', '.join(sorted(others))}); not replacing it")
     elif entries:

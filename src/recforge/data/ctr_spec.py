@@ -41,6 +41,7 @@ from recforge.core.errors import DataError
 from recforge.core.shipped import FEATURE_SPECS
 from recforge.core.yaml_file import read_yaml
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
+from recforge.data.encoders import Categorical, Cross, Encoders, MultiHot, Numeric
 from recforge.data.tabular import (
     check_parquet,
     convert,
@@ -52,7 +53,6 @@ from recforge.data.tabular import (
 )
 
 BATCH_BYTES = 1 << 24
-FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
 @dataclass
@@ -218,23 +218,6 @@ def load_spec(path: str | Path) -> FeatureSpec:
     return spec
 
 
-def stable_hash(values: pa.Array) -> np.ndarray:
-    """FNV-1a 64-bit of each string's UTF-8 bytes (null -> 0), vectorized over character positions."""
-    values = values.cast(pa.string())
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset : values.offset + len(values) + 1]
-    data = (
-        np.frombuffer(values.buffers()[2], dtype=np.uint8) if values.buffers()[2] is not None else np.zeros(0, np.uint8)
-    )
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    hashes = np.full(len(values), FNV_OFFSET, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for position in range(int(lengths.max(initial=0))):
-            active = np.flatnonzero(lengths > position)
-            hashes[active] = (hashes[active] ^ data[starts[active] + position].astype(np.uint64)) * FNV_PRIME
-    valid = values.is_valid().to_numpy(zero_copy_only=False)
-    return np.where(valid, hashes, np.uint64(0))
-
-
 class _Source:
     """Batches of one file's spec columns: numbers as float64, categories as text."""
 
@@ -291,16 +274,6 @@ class _Source:
         return sum(batch.num_rows for batch in self.batches([self.spec.label]))
 
 
-def _add_counts(counts: pa.Table | None, values: pa.Array) -> pa.Table:
-    """Merge one batch's value counts into the running (value, count) table."""
-    batch = pc.value_counts(values.drop_null())
-    table = pa.table({"value": batch.field("values"), "count": batch.field("counts")})
-    if counts is None:
-        return table
-    merged = pa.concat_tables([counts, table]).group_by("value").aggregate([("count", "sum")])
-    return merged.rename_columns(["value", "count"])
-
-
 def prepare_ctr(
     spec_path: str | Path,
     data_dir: str | Path,
@@ -345,59 +318,34 @@ def prepare_ctr(
             if seen >= hi:
                 return
 
-    # Pass 1: vocabularies (and the longest lists) from the train rows.
-    vocabulary_features = [f for f in spec.categorical + spec.multi_hot if f.hash_buckets is None]
-    counts: dict[str, pa.Table | None] = {f.name: None for f in vocabulary_features}
-    longest = {f.name: 1 for f in spec.multi_hot}
-    moments = {f.name: np.zeros(3) for f in spec.numeric if f.transform == "standardize"}  # count, sum, sum of squares
+    # Pass 1: fit the encoders on the train rows (vocabularies, the longest lists, standardize's moments).
+    encoders = _encoders(spec)
+    fitted = {e.name for e in encoders.sparse if e.kind == "vocabulary"}
+    fitted |= {m.name for m in encoders.multi_hot if m.values.kind == "vocabulary" or m.max_length is None}
+    fitted |= {e.name for e in encoders.dense if e.kind == "standardize"}
     # Only the columns this pass needs are read; with none (all hashed, lengths given) it is skipped.
-    measured = [f for f in spec.multi_hot if f.name in counts or f.max_length is None]
-    needed = list(dict.fromkeys([*counts, *(f.name for f in measured), *moments]))
+    needed = [
+        name
+        for name in dict.fromkeys(f.name for f in spec.numeric + spec.categorical + spec.multi_hot)
+        if name in fitted
+    ]
     for batch in rows_of("train", needed) if needed else ():
-        for name, m in moments.items():
-            x = np.nan_to_num(batch.column(name).to_numpy(zero_copy_only=False), nan=0.0)
-            m += (len(x), x.sum(), np.square(x).sum())
-        for f in measured:
-            values, rows = _list_values(batch.column(f.name), f.delimiter)
-            longest[f.name] = max(longest[f.name], int(np.bincount(rows).max(initial=0)))
-            if f.name in counts:
-                counts[f.name] = _add_counts(counts[f.name], values)
-        for f in spec.categorical:
-            if f.name in counts:
-                counts[f.name] = _add_counts(counts[f.name], batch.column(f.name))
-    vocabularies = {}
-    for f in vocabulary_features:
-        table = counts[f.name]
-        kept = (
-            table.filter(pc.greater_equal(table.column("count"), f.min_frequency))
-            if table is not None
-            else pa.table({"value": pa.array([], pa.string())})
-        )
-        vocabularies[f.name] = pc.take(kept.column("value"), pc.sort_indices(kept.column("value"))).combine_chunks()
-
-    def cardinality(f: Feature) -> int:
-        return f.hash_buckets if f.hash_buckets else len(vocabularies[f.name]) + 1
-
-    def ids_of(f: Feature, column: pa.Array) -> np.ndarray:
-        if f.hash_buckets:
-            return np.where(
-                column.is_valid().to_numpy(zero_copy_only=False),
-                1 + stable_hash(column) % np.uint64(f.hash_buckets - 1),
-                0,
-            )
-        index = pc.index_in(column, value_set=vocabularies[f.name])
-        return pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False)
-
-    scales = {}  # name -> (mean, std) of the train rows
-    for name, (count, total, squares) in moments.items():
-        mean = total / max(count, 1)
-        scales[name] = (mean, max(np.sqrt(max(squares / max(count, 1) - mean * mean, 0.0)), 1e-12))
-    lengths = [f.max_length or longest[f.name] for f in spec.multi_hot]
-    optional = {"multi_hot": sum(lengths)} if spec.multi_hot else {}
+        for e in encoders.dense:
+            if e.name in fitted:
+                e.fit(batch.column(e.name).to_numpy(zero_copy_only=False))
+        for m in encoders.multi_hot:
+            if m.name in fitted:
+                m.fit(batch.column(m.name), measure=m.max_length is None)
+        for e in encoders.sparse:
+            if e.name in fitted:
+                e.count(batch.column(e.name))
+    for e in [*encoders.dense, *encoders.sparse, *encoders.multi_hot]:
+        e.finish()
+    optional = {"multi_hot": sum(m.max_length for m in encoders.multi_hot)} if spec.multi_hot else {}
     optional |= {"crossed": len(spec.crossed)} if spec.crossed else {}
     optional |= {name: 0 for name, column in (("group", spec.group), ("item", spec.item)) if column}
 
-    # Pass 2: transform and write each split in place.
+    # Pass 2: encode and write each split in place.
     with new_folder(out, overwrite) as tmp:
         sizes = {split: hi - lo for split, (_, lo, hi) in ranges.items() if hi > lo}
         for split, size in sizes.items():
@@ -407,34 +355,25 @@ def prepare_ctr(
             for batch in rows_of(split):
                 n = batch.num_rows
                 arrays["label"][at : at + n] = _labels(batch.column(spec.label), source, at + first, spec.label)
-                for j, f in enumerate(spec.numeric):
-                    x = batch.column(f.name).to_numpy(zero_copy_only=False)
-                    x = np.nan_to_num(x, nan=0.0)
-                    if f.transform == "log1p":
-                        x = np.log1p(np.maximum(x, 0.0))
-                    elif f.transform == "standardize":
-                        x = (x - scales[f.name][0]) / scales[f.name][1]
-                    arrays["dense"][at : at + n, j] = x
-                for j, f in enumerate(spec.categorical):
-                    arrays["sparse"][at : at + n, j] = ids_of(f, batch.column(f.name))
+                for j, e in enumerate(encoders.dense):
+                    arrays["dense"][at : at + n, j] = e.apply(batch.column(e.name).to_numpy(zero_copy_only=False))
+                for j, e in enumerate(encoders.sparse):
+                    arrays["sparse"][at : at + n, j] = e.ids(batch.column(e.name))
                 column_start = 0
-                for f, width in zip(spec.multi_hot, lengths):
-                    values, rows = _list_values(batch.column(f.name), f.delimiter)
-                    arrays["multi_hot"][at : at + n, column_start : column_start + width] = _padded(
-                        ids_of(f, values), rows, n, width
+                for m in encoders.multi_hot:
+                    arrays["multi_hot"][at : at + n, column_start : column_start + m.max_length] = m.apply(
+                        batch.column(m.name)
                     )
-                    column_start += width
-                for j, f in enumerate(spec.crossed):
-                    joined = pc.binary_join_element_wise(
-                        *(pc.fill_null(batch.column(c), "") for c in f.columns), "\x1f"
-                    )
-                    arrays["crossed"][at : at + n, j] = 1 + stable_hash(joined) % np.uint64(f.hash_buckets - 1)
+                    column_start += m.max_length
+                for j, c in enumerate(encoders.crossed):
+                    arrays["crossed"][at : at + n, j] = c.apply([batch.column(name) for name in c.columns])
                 for name, column in (("group", spec.group), ("item", spec.item)):
                     if column:
                         arrays[name][at : at + n] = _required_ints(batch.column(column), source, at + first, column)
                 at += n
             for array in arrays.values():
                 array.flush()
+        encoders.save(tmp)
         features = {
             f.name: {k: v for k, v in (("tag", f.tag), ("embedding_dim", f.embedding_dim)) if v is not None}
             for f in spec.numeric + spec.categorical + spec.multi_hot
@@ -442,22 +381,22 @@ def prepare_ctr(
         meta = CTRMeta(
             dense_names=[f.name for f in spec.numeric],
             sparse_names=[f.name for f in spec.categorical],
-            cardinalities=[cardinality(f) for f in spec.categorical],
+            cardinalities=[e.cardinality for e in encoders.sparse],
             rows=sizes,
             info={
                 "source": "feature spec",
                 "spec": str(spec.path),
                 "files": spec.files,
                 "holdout": spec.holdout,
-                "standardized": {name: list(v) for name, v in scales.items()},
+                "standardized": {e.name: [e.mean, e.std] for e in encoders.dense if e.kind == "standardize"},
                 "seconds": time.perf_counter() - start,
                 **(info or {}),
             },
             multi_hot=[
-                {"name": f.name, "cardinality": cardinality(f), "max_length": width, "pooling": f.pooling}
-                for f, width in zip(spec.multi_hot, lengths)
+                {"name": m.name, "cardinality": m.values.cardinality, "max_length": m.max_length, "pooling": m.pooling}
+                for m in encoders.multi_hot
             ],
-            crossed=[{"name": f.name, "columns": f.columns, "cardinality": f.hash_buckets} for f in spec.crossed],
+            crossed=[{"name": c.name, "columns": c.columns, "cardinality": c.buckets} for c in encoders.crossed],
             features={name: entry for name, entry in features.items() if entry},
             group=spec.group,
             item=spec.item,
@@ -471,23 +410,19 @@ def prepare_ctr(
     return meta
 
 
-def _list_values(column: pa.Array, delimiter: str) -> tuple[pa.Array, np.ndarray]:
-    """The non-empty values of a column of delimited lists, in row order, and the row of each."""
-    lists = pc.split_pattern(pc.fill_null(column, ""), delimiter)
-    values = pc.list_flatten(lists)
-    rows = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-    keep = pc.not_equal(values, "")
-    return values.filter(keep), rows[keep.to_numpy(zero_copy_only=False)]
+def _encoders(spec: FeatureSpec) -> Encoders:
+    """The encoders a feature spec describes, unfitted."""
 
+    def categorical(f: Feature) -> Categorical:
+        kind = "hash" if f.hash_buckets else "vocabulary"
+        return Categorical(f.name, kind, "text", min_frequency=f.min_frequency, buckets=f.hash_buckets)
 
-def _padded(ids: np.ndarray, rows: np.ndarray, n: int, width: int) -> np.ndarray:
-    """[n, width] ids, each row's list first (cut at width), -1 after it."""
-    counts = np.bincount(rows, minlength=n)
-    position = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
-    keep = position < width
-    out = np.full((n, width), -1, dtype=np.int32)
-    out[rows[keep], position[keep]] = ids[keep]
-    return out
+    return Encoders(
+        dense=[Numeric(f.name, f.transform) for f in spec.numeric],
+        sparse=[categorical(f) for f in spec.categorical],
+        multi_hot=[MultiHot(categorical(f), f.delimiter, f.max_length, f.pooling) for f in spec.multi_hot],
+        crossed=[Cross(f.name, f.columns, f.hash_buckets) for f in spec.crossed],
+    )
 
 
 def _required_ints(column: pa.Array, source: _Source, first_row: int, name: str) -> np.ndarray:
