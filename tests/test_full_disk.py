@@ -24,6 +24,7 @@ from recforge.core.errors import user_message
 from recforge.core.files import append_jsonl, read_jsonl
 from recforge.data import cache, criteo
 from recforge.data.ctr_format import load_meta
+from recforge.data.encoders import Categorical, Encoders, Numeric
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.data.synthetic_outbrain import write_outbrain_csvs
 
@@ -150,6 +151,12 @@ def test_a_workers_write_error_comes_back_naming_the_file(disk, tmp_path):
         f.truncate(1 << 20)  # sparse: no space reserved
     raw = criteo_log(tmp_path / "raw", 2000)
     rows, size = 2000, (raw / "train.txt").stat().st_size
+    encoders = tmp_path / "encoders"  # what the write pass's workers read: hashing, no vocabulary
+    encoders.mkdir()
+    Encoders(
+        [Numeric(n, "log1p") for n in criteo.DENSE],
+        [Categorical(n, "modulo", "uint32", buckets=1000) for n in criteo.SPARSE],
+    ).save(encoders)
     layout = {
         "train": {name: (str(target), 0, width) for name, width in (("label", 1), ("dense", 52), ("sparse", 104))}
     }
@@ -157,7 +164,7 @@ def test_a_workers_write_error_comes_back_naming_the_file(disk, tmp_path):
         "write",
         criteo._Unit(0, str(raw / "train.txt"), 0, size),
         size,
-        (0, rows, {"train": (0, rows)}, layout, ("hash", 1000)),
+        (0, rows, {"train": (0, rows)}, layout, str(encoders)),
     )
     pool = criteo._Workers(2)
     try:

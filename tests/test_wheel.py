@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import venv
 from pathlib import Path
 
@@ -49,7 +48,8 @@ def installed(tmp_path_factory):
     site = Path(
         run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root, env=env).stdout.strip()
     )
-    (site / "deps.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{sysconfig.get_paths()['platlib']}\n")
+    ours = [path for path in sys.path if path.endswith(("site-packages", "dist-packages"))]
+    (site / "deps.pth").write_text("".join(f"{path}\n" for path in ours))
     run(python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", wheel, cwd=root, env=env)
     work = root / "elsewhere"
     work.mkdir()
