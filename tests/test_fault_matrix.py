@@ -104,7 +104,9 @@ def test_bad_preset(tmp_path, text, needle):
 
 
 def test_missing_preset(tmp_path):
-    assert_user_error(run_cli("train", "--config", tmp_path / "nope.yaml"), "nope.yaml: no such file, and no preset of that name")
+    assert_user_error(
+        run_cli("train", "--config", tmp_path / "nope.yaml"), "nope.yaml: no such file, and no preset of that name"
+    )
 
 
 def checkpoint_cases(root):
