@@ -22,7 +22,9 @@ from faults import assert_user_error, run_cli, snapshot
 from recforge.config import DataConfig
 from recforge.core.errors import user_message
 from recforge.core.files import append_jsonl, read_jsonl
-from recforge.data import cache, criteo
+from recforge.data import cache
+from recforge.data.criteo.layout import _Unit
+from recforge.data.criteo.workers import _Workers
 from recforge.data.ctr_format import load_meta
 from recforge.data.encoders import Categorical, Encoders, Numeric
 from recforge.data.synthetic_ctr import generate_ctr
@@ -162,11 +164,11 @@ def test_a_workers_write_error_comes_back_naming_the_file(disk, tmp_path):
     }
     task = (
         "write",
-        criteo._Unit(0, str(raw / "train.txt"), 0, size),
+        _Unit(0, str(raw / "train.txt"), 0, size),
         size,
         (0, rows, {"train": (0, rows)}, layout, str(encoders)),
     )
-    pool = criteo._Workers(2)
+    pool = _Workers(2)
     try:
         with pytest.raises(OSError) as raised:
             pool.run("write", [task], lambda i, result: result[1], rows, lambda *_: None)

@@ -1,0 +1,240 @@
+"""The three passes over the units: `count` (newlines), `vocabulary` (value counts of train rows)
+and `write` (parse, encode, write each row at its offset); `_prepare` runs them in order, the
+`_task` functions run in the worker processes."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recforge.core.errors import DataError, RecforgeError
+from recforge.core.files import naming
+from recforge.data.criteo.layout import KAGGLE_DAYS, _blocks, _count_lines, _estimated_rows, _split_rows, _Unit
+from recforge.data.criteo.parse import DENSE, SPARSE, _BadLine, _parse_located
+from recforge.data.ctr_format import SPLITS, CTRMeta, allocate
+from recforge.data.encoders import Categorical, Encoders, Numeric, load_encoders, merge_sorted_counts
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One preparation: its input files, cut into units, and its options."""
+
+    kind: str
+    files: list[Path]
+    units: list[_Unit]
+    chunk_bytes: int
+    line_bytes: float  # the first file's mean line length (for progress estimates)
+    min_frequency: int
+    max_ind_range: int | None
+
+
+def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None]) -> CTRMeta:
+    """The passes, in order, run by `pool` (a `_Workers`), writing into the folder `tmp`; the meta for meta.json."""
+    units = plan.units
+    rows: list[int | None] = [None] * len(units)
+    estimate = sum(_estimated_rows(u, plan.line_bytes) for u in units)
+
+    def check(unit_index: int, result: tuple) -> tuple:
+        if result[0] == "bad":
+            _, line, field, message = result
+            unit = units[unit_index]
+            first = sum(rows[i] for i in range(unit_index) if units[i].file == unit.file) if line is not None else 0
+            raise DataError(unit.path, None if line is None else first + line + 1, field, message)
+        return result
+
+    if plan.kind == "criteo-kaggle" or plan.max_ind_range is not None:  # rows needed before the vocabulary pass
+
+        def counted(i, result):
+            rows[i] = check(i, result)[1]
+            return rows[i]
+
+        pool.run("count", [("count", u, plan.chunk_bytes, None) for u in units], counted, estimate, log)
+
+    vocabulary, distinct = None, None
+    if plan.max_ind_range is None:
+        totals: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.uint32), np.zeros(0, np.int64))] * len(SPARSE)
+        if plan.kind == "criteo-kaggle":
+            train_end = _split_rows(plan.kind, [sum(rows)])["train"]
+            first_rows = np.concatenate([[0], np.cumsum(rows)]).tolist()
+            limits = [min(max(train_end - first_rows[i], 0), rows[i]) for i in range(len(units))]
+            limits = [None if limit == rows[i] else limit for i, limit in enumerate(limits)]
+        else:  # every day but the last is train; the last day is only counted
+            limits = [0 if u.file == len(plan.files) - 1 else None for u in units]
+        todo = [i for i, limit in enumerate(limits) if not (limit == 0 and rows[i] is not None)]
+
+        def counted_values(k, result):
+            i = todo[k]
+            _, seen, counts = check(i, result)
+            if rows[i] is None:
+                rows[i] = seen
+            if counts is not None:
+                for j, pair in enumerate(counts):
+                    totals[j] = merge_sorted_counts(totals[j], pair)
+            return seen
+
+        total = sum(rows[i] if rows[i] is not None else _estimated_rows(units[i], plan.line_bytes) for i in todo)
+        pool.run(
+            "vocabulary",
+            [("vocab", units[i], plan.chunk_bytes, limits[i]) for i in todo],
+            counted_values,
+            total,
+            log,
+        )
+        distinct = [len(values) for values, _ in totals]
+        vocabulary = [values[counts >= plan.min_frequency] for values, counts in totals]
+        del totals
+        if max(len(v) for v in vocabulary) + 1 > np.iinfo(np.int32).max:
+            raise RecforgeError("a vocabulary has more than 2^31 - 1 values; use max_ind_range")
+
+    file_rows = [sum(r for u, r in zip(units, rows) if u.file == f) for f in range(len(plan.files))]
+    split_rows = _split_rows(plan.kind, file_rows)
+    if sum(file_rows) == 0:
+        raise DataError(plan.files[0], None, None, "no rows")
+    ranges, start = {}, 0
+    for split in split_rows:  # in file order: train, test, valid
+        ranges[split] = (start, start + split_rows[split])
+        start += split_rows[split]
+    layout = {}
+    for split in SPLITS:
+        if split_rows[split]:
+            arrays = allocate(tmp, split, split_rows[split], len(DENSE), len(SPARSE))
+            layout[split] = {name: (str(a.filename), int(a.offset), int(a.strides[0])) for name, a in arrays.items()}
+            del arrays
+    # The encoders are saved in the folder first: the write pass's workers read them from there,
+    # and they stay for encoding raw rows later.
+    if vocabulary is not None:
+        sparse = [Categorical(name, "vocabulary", "uint32", plan.min_frequency) for name in SPARSE]
+        for encoder, keys in zip(sparse, vocabulary):
+            encoder.keys = keys.astype(np.uint32)
+        del vocabulary
+    else:
+        sparse = [Categorical(name, "modulo", "uint32", buckets=plan.max_ind_range) for name in SPARSE]
+    Encoders([Numeric(name, "log1p") for name in DENSE], sparse).save(tmp)
+    cardinalities = [encoder.cardinality for encoder in sparse]
+    del sparse
+
+    starts = np.concatenate([[0], np.cumsum(rows)]).tolist()
+    tasks = [
+        ("write", u, plan.chunk_bytes, (starts[i], rows[i], ranges, layout, str(tmp))) for i, u in enumerate(units)
+    ]
+    pool.run("write", tasks, lambda i, result: check(i, result)[1], sum(rows), log)
+    _encoders_in.cache_clear()
+    for split in layout:  # durable before meta.json marks the folder complete
+        for path, _, _ in layout[split].values():
+            _fsync(path)
+
+    info = {
+        "source": plan.kind,
+        "files": [{"name": p.name, "bytes": p.stat().st_size, "rows": r} for p, r in zip(plan.files, file_rows)],
+        "split": (
+            f"{KAGGLE_DAYS} days of ceil(rows/{KAGGLE_DAYS}) rows; days 0-5 train"
+            if plan.kind == "criteo-kaggle"
+            else f"days 0-{len(plan.files) - 2} train"
+        )
+        + "; last day: first half test, second half valid",
+        "dense": "log(1 + max(x, 0)) as float32; missing -> 0",
+        "min_frequency": plan.min_frequency if plan.max_ind_range is None else None,
+        "max_ind_range": plan.max_ind_range,
+        "sparse": (
+            "hex value % max_ind_range; missing -> 0"
+            if plan.max_ind_range is not None
+            else "ids 1..V: train values seen >= min_frequency times, in value order; 0: rarer, unseen or missing"
+        ),
+    }
+    if distinct is not None:
+        info["train_distinct_values"] = distinct
+    return CTRMeta(DENSE, SPARSE, cardinalities, {s: n for s, n in split_rows.items() if n}, info)
+
+
+@functools.lru_cache(maxsize=1)
+def _encoders_in(folder: str) -> Encoders:
+    """The encoders saved in `folder`, loaded (vocabularies memory-mapped) once per process."""
+    return load_encoders(folder)
+
+
+def _task(op: str, unit: _Unit, chunk_bytes: int, arg, report: Callable[[int], None]) -> tuple:
+    """One task. Returns ("ok", rows, payload) or ("bad", line index in the unit or None, field, message).
+    `report(rows)` is told the rows read as they are (progress): a queue's `put` in a worker process,
+    `Progress.update` when the tasks run in the main process."""
+    try:
+        if op == "count" or (op == "vocab" and arg == 0):
+            return "ok", _count_lines(unit, report), None
+        if op == "vocab":
+            return _vocabulary_task(unit, chunk_bytes, arg, report)
+        return _write_task(unit, chunk_bytes, *arg, report)
+    except _BadLine as bad:
+        return ("bad", *bad.args)
+
+
+def _vocabulary_task(unit: _Unit, chunk_bytes: int, limit: int | None, report: Callable[[int], None]) -> tuple:
+    """Value counts (sorted values, counts) per field over the first `limit` rows (None: all)."""
+    totals = [(np.zeros(0, np.uint32), np.zeros(0, np.int64))] * len(SPARSE)
+    seen = 0
+    for data in _blocks(unit, chunk_bytes):
+        chunk = _parse_located(data, seen, dense=False)
+        n = chunk.rows if limit is None else min(chunk.rows, limit - seen)
+        for j in range(len(SPARSE)):
+            values = chunk.values[j, :n][chunk.present[j, :n]]
+            totals[j] = merge_sorted_counts(totals[j], np.unique(values, return_counts=True))
+        seen += chunk.rows
+        report(chunk.rows)
+        if limit is not None and seen >= limit:
+            break
+    return "ok", seen, totals
+
+
+def _write_task(
+    unit: _Unit,
+    chunk_bytes: int,
+    first_row: int,
+    rows: int,
+    ranges: dict,
+    layout: dict,
+    folder: str,
+    report: Callable[[int], None],
+) -> tuple:
+    """Parse, transform and write the unit's rows at their row offsets in each split's arrays."""
+    seen = 0
+    for data in _blocks(unit, chunk_bytes):
+        chunk = _parse_located(data, seen)
+        encoders = _encoders_in(folder)
+        ids = np.empty((chunk.rows, len(SPARSE)), np.int32)
+        for j, encoder in enumerate(encoders.sparse):
+            ids[:, j] = encoder.ids(chunk.values[j], chunk.present[j])
+        begin = first_row + seen
+        for split, (lo, hi) in ranges.items():
+            a, b = max(begin, lo), min(begin + chunk.rows, hi)
+            if a < b:
+                local = slice(a - begin, b - begin)
+                for name, array in (("label", chunk.label), ("dense", chunk.dense), ("sparse", ids)):
+                    path, offset, row_bytes = layout[split][name]
+                    _write_at(path, offset + (a - lo) * row_bytes, array[local])
+        seen += chunk.rows
+        report(chunk.rows)
+    if seen != rows:
+        raise _BadLine(
+            None, None, f"has {seen:,} lines now, {rows:,} when counted: did it change while being prepared?"
+        )
+    return "ok", seen, None
+
+
+def _write_at(path: str, offset: int, array: np.ndarray) -> None:
+    """Workers write disjoint byte ranges of the preallocated .npy files with plain file writes:
+    unlike a memmap, this never counts the written pages in the worker's resident memory. A
+    failure comes back to the main process as an OSError naming the file, printed as one line."""
+    with naming(path), open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
