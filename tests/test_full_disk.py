@@ -22,7 +22,7 @@ from faults import assert_user_error, run_cli, snapshot
 from recforge.config import DataConfig
 from recforge.core.errors import user_message
 from recforge.core.files import append_jsonl, read_jsonl
-from recforge.data import cache
+from recforge.data import cache, criteo
 from recforge.data.criteo.layout import _Unit
 from recforge.data.criteo.workers import _Workers
 from recforge.data.ctr_format import load_meta
