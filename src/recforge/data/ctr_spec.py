@@ -288,29 +288,55 @@ def prepare_ctr(
     start = time.perf_counter()
     spec = load_spec(spec_path)
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
-    sources = {split: _Source(require_file(data_dir / name), spec) for split, name in spec.files.items()}
+    splits = _Splits(spec, {split: _Source(require_file(data_dir / name), spec) for split, name in spec.files.items()})
+    encoders = _encoders(spec)
+    _fit(encoders, splits)
+    with new_folder(out, overwrite) as tmp:
+        for split, size in splits.sizes.items():
+            _write_split(tmp, split, size, spec, encoders, splits)
+        encoders.save(tmp)
+        meta = _meta(spec, encoders, splits.sizes, {"seconds": time.perf_counter() - start, **(info or {})})
+        finish(tmp, meta)
+    embedding_rows = sum(meta.cardinalities) + sum(f["cardinality"] for f in meta.multi_hot)
+    log(
+        f"ctr: {', '.join(f'{k} {v:,}' for k, v in meta.rows.items())} rows, {embedding_rows:,} embedding rows over "
+        f"{len(meta.cardinalities) + len(meta.multi_hot)} fields; {time.perf_counter() - start:.1f}s -> {out}"
+    )
+    return meta
 
-    # Which rows of which file form each split.
-    file_rows = {split: source.rows() for split, source in sources.items()}
-    for split in ("train", "all"):  # an empty valid or test file is a split without rows (Outbrain writes one)
-        if file_rows.get(split) == 0:
-            raise DataError(sources[split].path, None, None, "no data rows")
-    if "all" in sources:
-        total = file_rows["all"]
-        test = int(total * spec.holdout.get("test", 0.0))
-        valid = int(total * spec.holdout.get("valid", 0.0))
-        ranges = {
-            "train": ("all", 0, total - valid - test),
-            "valid": ("all", total - valid - test, total - test),
-            "test": ("all", total - test, total),
-        }
-    else:
-        ranges = {split: (split, 0, count) for split, count in file_rows.items()}
 
-    def rows_of(split: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        name, lo, hi = ranges[split]
+class _Splits:
+    """Which rows of which file form each split: the spec's files, or one file's head (train) and
+    tail (`holdout` fractions for valid and test)."""
+
+    def __init__(self, spec: FeatureSpec, sources: dict[str, _Source]):
+        self.sources = sources
+        file_rows = {split: source.rows() for split, source in sources.items()}
+        for split in ("train", "all"):  # an empty valid or test file is a split without rows (Outbrain writes one)
+            if file_rows.get(split) == 0:
+                raise DataError(sources[split].path, None, None, "no data rows")
+        if "all" in sources:
+            total = file_rows["all"]
+            test = int(total * spec.holdout.get("test", 0.0))
+            valid = int(total * spec.holdout.get("valid", 0.0))
+            self.ranges = {
+                "train": ("all", 0, total - valid - test),
+                "valid": ("all", total - valid - test, total - test),
+                "test": ("all", total - test, total),
+            }
+        else:
+            self.ranges = {split: (split, 0, count) for split, count in file_rows.items()}
+        self.sizes = {split: hi - lo for split, (_, lo, hi) in self.ranges.items() if hi > lo}
+
+    def source(self, split: str) -> tuple[_Source, int]:
+        """The file a split's rows come from and the row where they start."""
+        name, lo, _ = self.ranges[split]
+        return self.sources[name], lo
+
+    def rows(self, split: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        name, lo, hi = self.ranges[split]
         seen = 0
-        for batch in sources[name].batches(columns):
+        for batch in self.sources[name].batches(columns):
             take = batch.slice(max(0, lo - seen), max(0, min(hi, seen + batch.num_rows) - max(lo, seen)))
             seen += batch.num_rows
             if take.num_rows:
@@ -318,18 +344,14 @@ def prepare_ctr(
             if seen >= hi:
                 return
 
-    # Pass 1: fit the encoders on the train rows (vocabularies, the longest lists, standardize's moments).
-    encoders = _encoders(spec)
+
+def _fit(encoders: Encoders, splits: _Splits) -> None:
+    """Pass 1: fit the encoders on the train rows (vocabularies, the longest lists, standardize's
+    moments), reading only the columns that need it (none: all hashed, lengths given)."""
     fitted = {e.name for e in encoders.sparse if e.kind == "vocabulary"}
     fitted |= {m.name for m in encoders.multi_hot if m.values.kind == "vocabulary" or m.max_length is None}
     fitted |= {e.name for e in encoders.dense if e.kind == "standardize"}
-    # Only the columns this pass needs are read; with none (all hashed, lengths given) it is skipped.
-    needed = [
-        name
-        for name in dict.fromkeys(f.name for f in spec.numeric + spec.categorical + spec.multi_hot)
-        if name in fitted
-    ]
-    for batch in rows_of("train", needed) if needed else ():
+    for batch in splits.rows("train", sorted(fitted)) if fitted else ():
         for e in encoders.dense:
             if e.name in fitted:
                 e.fit(batch.column(e.name).to_numpy(zero_copy_only=False))
@@ -341,73 +363,64 @@ def prepare_ctr(
                 e.count(batch.column(e.name))
     for e in [*encoders.dense, *encoders.sparse, *encoders.multi_hot]:
         e.finish()
+
+
+def _write_split(folder: Path, split: str, size: int, spec: FeatureSpec, encoders: Encoders, splits: _Splits) -> None:
+    """Pass 2 for one split: encode its rows and write them in place into preallocated arrays."""
     optional = {"multi_hot": sum(m.max_length for m in encoders.multi_hot)} if spec.multi_hot else {}
     optional |= {"crossed": len(spec.crossed)} if spec.crossed else {}
     optional |= {name: 0 for name, column in (("group", spec.group), ("item", spec.item)) if column}
+    arrays = allocate(folder, split, size, len(spec.numeric), len(spec.categorical), optional)
+    source, first = splits.source(split)
+    at = 0
+    for batch in splits.rows(split):
+        n = batch.num_rows
+        arrays["label"][at : at + n] = _labels(batch.column(spec.label), source, at + first, spec.label)
+        for j, e in enumerate(encoders.dense):
+            arrays["dense"][at : at + n, j] = e.apply(batch.column(e.name).to_numpy(zero_copy_only=False))
+        for j, e in enumerate(encoders.sparse):
+            arrays["sparse"][at : at + n, j] = e.ids(batch.column(e.name))
+        column_start = 0
+        for m in encoders.multi_hot:
+            arrays["multi_hot"][at : at + n, column_start : column_start + m.max_length] = m.apply(batch.column(m.name))
+            column_start += m.max_length
+        for j, c in enumerate(encoders.crossed):
+            arrays["crossed"][at : at + n, j] = c.apply([batch.column(name) for name in c.columns])
+        for name, column in (("group", spec.group), ("item", spec.item)):
+            if column:
+                arrays[name][at : at + n] = _required_ints(batch.column(column), source, at + first, column)
+        at += n
+    for array in arrays.values():
+        array.flush()
 
-    # Pass 2: encode and write each split in place.
-    with new_folder(out, overwrite) as tmp:
-        sizes = {split: hi - lo for split, (_, lo, hi) in ranges.items() if hi > lo}
-        for split, size in sizes.items():
-            arrays = allocate(tmp, split, size, len(spec.numeric), len(spec.categorical), optional)
-            source, first = sources[ranges[split][0]], ranges[split][1]
-            at = 0
-            for batch in rows_of(split):
-                n = batch.num_rows
-                arrays["label"][at : at + n] = _labels(batch.column(spec.label), source, at + first, spec.label)
-                for j, e in enumerate(encoders.dense):
-                    arrays["dense"][at : at + n, j] = e.apply(batch.column(e.name).to_numpy(zero_copy_only=False))
-                for j, e in enumerate(encoders.sparse):
-                    arrays["sparse"][at : at + n, j] = e.ids(batch.column(e.name))
-                column_start = 0
-                for m in encoders.multi_hot:
-                    arrays["multi_hot"][at : at + n, column_start : column_start + m.max_length] = m.apply(
-                        batch.column(m.name)
-                    )
-                    column_start += m.max_length
-                for j, c in enumerate(encoders.crossed):
-                    arrays["crossed"][at : at + n, j] = c.apply([batch.column(name) for name in c.columns])
-                for name, column in (("group", spec.group), ("item", spec.item)):
-                    if column:
-                        arrays[name][at : at + n] = _required_ints(batch.column(column), source, at + first, column)
-                at += n
-            for array in arrays.values():
-                array.flush()
-        encoders.save(tmp)
-        features = {
-            f.name: {k: v for k, v in (("tag", f.tag), ("embedding_dim", f.embedding_dim)) if v is not None}
-            for f in spec.numeric + spec.categorical + spec.multi_hot
-        }
-        meta = CTRMeta(
-            dense_names=[f.name for f in spec.numeric],
-            sparse_names=[f.name for f in spec.categorical],
-            cardinalities=[e.cardinality for e in encoders.sparse],
-            rows=sizes,
-            info={
-                "source": "feature spec",
-                "spec": str(spec.path),
-                "files": spec.files,
-                "holdout": spec.holdout,
-                "standardized": {e.name: [e.mean, e.std] for e in encoders.dense if e.kind == "standardize"},
-                "seconds": time.perf_counter() - start,
-                **(info or {}),
-            },
-            multi_hot=[
-                {"name": m.name, "cardinality": m.values.cardinality, "max_length": m.max_length, "pooling": m.pooling}
-                for m in encoders.multi_hot
-            ],
-            crossed=[{"name": c.name, "columns": c.columns, "cardinality": c.buckets} for c in encoders.crossed],
-            features={name: entry for name, entry in features.items() if entry},
-            group=spec.group,
-            item=spec.item,
-        )
-        finish(tmp, meta)
-    embedding_rows = sum(meta.cardinalities) + sum(f["cardinality"] for f in meta.multi_hot)
-    log(
-        f"ctr: {', '.join(f'{k} {v:,}' for k, v in sizes.items())} rows, {embedding_rows:,} embedding rows over "
-        f"{len(meta.cardinalities) + len(meta.multi_hot)} fields; {time.perf_counter() - start:.1f}s -> {out}"
+
+def _meta(spec: FeatureSpec, encoders: Encoders, sizes: dict[str, int], info: dict) -> CTRMeta:
+    features = {
+        f.name: {k: v for k, v in (("tag", f.tag), ("embedding_dim", f.embedding_dim)) if v is not None}
+        for f in spec.numeric + spec.categorical + spec.multi_hot
+    }
+    return CTRMeta(
+        dense_names=[f.name for f in spec.numeric],
+        sparse_names=[f.name for f in spec.categorical],
+        cardinalities=[e.cardinality for e in encoders.sparse],
+        rows=sizes,
+        info={
+            "source": "feature spec",
+            "spec": str(spec.path),
+            "files": spec.files,
+            "holdout": spec.holdout,
+            "standardized": {e.name: [e.mean, e.std] for e in encoders.dense if e.kind == "standardize"},
+            **info,
+        },
+        multi_hot=[
+            {"name": m.name, "cardinality": m.values.cardinality, "max_length": m.max_length, "pooling": m.pooling}
+            for m in encoders.multi_hot
+        ],
+        crossed=[{"name": c.name, "columns": c.columns, "cardinality": c.buckets} for c in encoders.crossed],
+        features={name: entry for name, entry in features.items() if entry},
+        group=spec.group,
+        item=spec.item,
     )
-    return meta
 
 
 def _encoders(spec: FeatureSpec) -> Encoders:
