@@ -62,7 +62,9 @@ def _run_parser(
         parser.add_argument(
             "--config", help="a preset by name (recforge presets lists them) or a YAML file; flags override it"
         )
-        parser.add_argument("--model", choices=list(MODELS), help="model to train (default: neumf)")
+        parser.add_argument(
+            "--model", choices=list(MODELS), help=f"model to train (default: neumf; the options below are {model}'s)"
+        )
         parser.add_argument("--output-dir", help="run directory (default: runs/latest)")
         modes = parser.add_mutually_exclusive_group()  # the replaced Wide & Deep scripts' mode flags
         modes.add_argument("--evaluate", action="store_true", help="= --mode eval")
