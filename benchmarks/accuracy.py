@@ -18,6 +18,7 @@ import torch
 
 from recforge import registry
 from recforge.config import load_yaml
+from recforge.core.shipped import PRESETS, find
 from recforge.registry import build_config, build_task
 from recforge.runtime.distributed import Dist
 from recforge.train.loop import train
@@ -55,13 +56,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="a preset name or a YAML file")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--models", nargs="+", default=["gmf", "mlp", "neumf", "neumf-pretrained"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    args.config = find(args.config, PRESETS, "preset")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -52,7 +52,7 @@ def recforge(config: str, flags: list[str], label: str) -> dict:
             "recforge",
             "train",
             "--config",
-            str(ROOT / config),
+            config,  # a preset name
             "--output-dir",
             f"{tmp}/run",
             "--threads",
