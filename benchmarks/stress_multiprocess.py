@@ -54,22 +54,25 @@ SIGNATURES = [
 ]
 
 
+def ranking_data(data: dict[str, Path]) -> list[str]:
+    """The synthetic ranking dataset's flags: the same for preparing it and training on it."""
+    return [
+        "--synthetic-users",
+        "400",
+        "--synthetic-items",
+        "600",
+        "--synthetic-interactions",
+        "20000",
+        "--cache-dir",
+        str(data["ranking"]),
+    ]
+
+
 def prepare(work: Path) -> dict[str, Path]:
     """The three small datasets, prepared once (seconds)."""
     data = {"ranking": work / "cache", "criteo": work / "criteo", "outbrain": work / "outbrain"}
     steps = [
-        [
-            "prepare",
-            "synthetic",
-            "--synthetic-users",
-            "400",
-            "--synthetic-items",
-            "600",
-            "--synthetic-interactions",
-            "20000",
-            "--cache-dir",
-            str(data["ranking"]),
-        ],
+        ["prepare", "synthetic", *ranking_data(data)],
         ["prepare", "criteo-synthetic", "--synthetic-rows", "20000", "--out", str(data["criteo"])],
         ["prepare", "outbrain-synthetic", "--synthetic-displays", "3000", "--out", str(data["outbrain"])],
     ]
@@ -87,14 +90,7 @@ def cells(data: dict[str, Path], models: list[str], tables: list[str]) -> list[t
         "neumf",
         "--dataset",
         "synthetic",
-        "--synthetic-users",
-        "400",
-        "--synthetic-items",
-        "600",
-        "--synthetic-interactions",
-        "20000",
-        "--cache-dir",
-        str(data["ranking"]),
+        *ranking_data(data),
         "--epochs",
         "2",
         "--batch-size",

@@ -29,3 +29,18 @@ def tiny_synthetic_args(tmp_path: Path, **overrides) -> list[str]:
 @pytest.fixture
 def python():
     return sys.executable
+
+
+def torchrun_command(master_port: int) -> list[str]:
+    """`torchrun --nproc-per-node 2 -m recforge` on a fixed port (tests in one run must not share one)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(master_port),
+        "-m",
+        "recforge",
+    ]

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA, tiny_synthetic_args
+from conftest import SHARED_DATA, tiny_synthetic_args, torchrun_command
 
 from recforge.cli import main
 
@@ -177,17 +177,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     assert run_cli("train", *args).returncode == 0
     two = tmp_path / "two"
     args = tiny_synthetic_args(two, synthetic_users=203)
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29731",
-        "-m",
-        "recforge",
-    ]
+    torchrun = torchrun_command(master_port=29731)
     result = subprocess.run([*torchrun, "train", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("summary:") == 1  # only rank 0 reports

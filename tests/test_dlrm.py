@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun_command
 
 from recforge.cli import main
 from recforge.config import TrainConfig
@@ -202,17 +203,7 @@ def test_optimizers_take_sparse_tables_apart():
 
 def test_two_process_torchrun_evaluates_every_row_once(click_log, tmp_path):
     args = dlrm_args(click_log, tmp_path / "two", **{"batch-size": 999})  # uneven last batch and shards
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29741",
-        "-m",
-        "recforge",
-    ]
+    torchrun = torchrun_command(master_port=29741)
     result = subprocess.run(
         [*torchrun, "train", *args],
         capture_output=True,

@@ -5,11 +5,11 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun_command
 
 from recforge.cli import main
 from recforge.data.ctr_format import load_meta, load_split
@@ -296,17 +296,7 @@ def test_wide_deep_two_process_torchrun_evaluates_every_row_once(grouped, tmp_pa
         "--embedding-dim",
         "4",
     ]
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29743",
-        "-m",
-        "recforge",
-    ]
+    torchrun = torchrun_command(master_port=29743)
     result = subprocess.run(
         [*torchrun, "train", *args, "--output-dir", str(tmp_path / "two")],
         capture_output=True,
