@@ -76,34 +76,12 @@ def test_training_killed_at_every_file_operation_resumes_consistently(tmp_path):
 
 
 def test_ranking_cache_killed_at_every_file_operation_is_absent_or_complete(tmp_path):
-    def prepare(cache, **env):
-        return run_cli(
-            "prepare",
-            "synthetic",
-            "--synthetic-users",
-            151,
-            "--synthetic-items",
-            300,
-            "--synthetic-interactions",
-            6000,
-            "--cache-dir",
-            cache,
-            env=env,
-        )
+    dataset = ["synthetic", "--synthetic-users", 151, "--synthetic-items", 300, "--synthetic-interactions", 6000]
 
-    points = fault_points(
-        tmp_path,
-        "prepare",
-        "synthetic",
-        "--synthetic-users",
-        151,
-        "--synthetic-items",
-        300,
-        "--synthetic-interactions",
-        6000,
-        "--cache-dir",
-        tmp_path / "reference",
-    )
+    def prepare(cache, **env):
+        return run_cli("prepare", *dataset, "--cache-dir", cache, env=env)
+
+    points = fault_points(tmp_path, "prepare", *dataset, "--cache-dir", tmp_path / "reference")
     (entry,) = (tmp_path / "reference").iterdir()
     reference = {k.split(entry.name, 1)[1]: v for k, v in snapshot(entry).items() if not k.endswith("meta.json")}
     for point in range(1, len(points) + 1):
