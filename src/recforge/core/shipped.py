@@ -16,13 +16,19 @@ def names(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def find(value: str | Path, folder: Path, what: str) -> Path:
+def resolve(value: str | Path, folder: Path) -> Path:
     """`value` if it is a file; else the shipped `folder/value.yaml` (the name with or without
-    .yaml); else an error listing the shipped names."""
+    .yaml) when there is one; else `value` as given."""
     path = Path(value).expanduser()
-    if path.is_file():
+    if path.is_file() or path.parent != Path("."):
         return path
     shipped = folder / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
-    if path.parent == Path(".") and shipped.is_file():
-        return shipped
+    return shipped if shipped.is_file() else path
+
+
+def find(value: str | Path, folder: Path, what: str) -> Path:
+    """`resolve`, or an error listing the shipped names when neither a file nor a shipped name."""
+    path = resolve(value, folder)
+    if path.is_file():
+        return path
     raise RecforgeError(f"{value}: no such file, and no {what} of that name (shipped: {', '.join(names(folder))})")

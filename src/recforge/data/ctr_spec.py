@@ -38,7 +38,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from recforge.core.errors import DataError
-from recforge.core.shipped import FEATURE_SPECS
+from recforge.core.shipped import FEATURE_SPECS, resolve
 from recforge.core.yaml_file import read_yaml
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
 from recforge.data.encoders import Categorical, Cross, Encoders, MultiHot, Numeric
@@ -111,9 +111,7 @@ SECTION_KEYS = {
 
 def load_spec(path: str | Path) -> FeatureSpec:
     """The feature spec at `path`, or the shipped one of that name (`--feature-spec criteo-csv`)."""
-    path = Path(path).expanduser()
-    if not path.exists() and path.parent == Path(".") and (FEATURE_SPECS / f"{path.stem}.yaml").is_file():
-        path = FEATURE_SPECS / f"{path.stem}.yaml"
+    path = resolve(path, FEATURE_SPECS)
     require_file(path, "the YAML feature spec")
     raw, lines = read_yaml(path, "a YAML feature spec")
     known = (
