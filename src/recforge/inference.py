@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from recforge.config import RunConfig
-from recforge.core.checkpoint import check_same_data, load_checkpoint
+from recforge.core.checkpoint import check_same_data, check_same_model, load_checkpoint
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_json, write_text
 from recforge.core.progress import log_to
@@ -31,16 +31,15 @@ def load_run(checkpoint: dict, path: str | Path, cfg: RunConfig | None = None):
     (other evaluation settings, or where the data moved). Another model's checkpoint or data
     other than the checkpoint's is refused; the architecture is always the checkpoint's.
     """
-    trained = checkpoint["config"]
-    cfg = cfg or config_from_dict(trained)
-    if trained["model"] != cfg.model:
-        raise RecforgeError(f"{path}: a {trained['model']} checkpoint, not {cfg.model} (--model)")
+    trained = config_from_dict(checkpoint["config"])
+    cfg = cfg or trained
+    check_same_model(checkpoint, path, cfg.model)
     cfg.data.clean = False
     device, dist = setup(cfg)
     try:
         task = build_task(cfg, device, dist, log_to(dist.is_main))
         check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
-        model = build_model(config_from_dict(trained), checkpoint["model_dims"], device)
+        model = build_model(trained, checkpoint["model_dims"], device)
         model.load_state_dict(checkpoint["model"])
     except BaseException:
         shutdown(dist)

@@ -45,6 +45,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def check_same_model(checkpoint: dict, path: str | Path, model: str) -> None:
+    """Refuse another model's checkpoint."""
+    trained = checkpoint["config"]["model"]
+    if trained != model:
+        raise RecforgeError(f"{path}: a {trained} checkpoint, not {model} (--model)")
+
+
 def check_same_data(checkpoint: dict, path: str | Path, fingerprint: dict, where: str) -> None:
     """Refuse data whose fingerprint differs from the one the checkpoint was trained on."""
     trained = checkpoint.get("data")

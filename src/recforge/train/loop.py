@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from recforge.config import RunConfig
-from recforge.core.checkpoint import FORMAT, check_same_data, load_checkpoint, rng_state, set_rng_state
+from recforge.core.checkpoint import (
+    FORMAT,
+    check_same_data,
+    check_same_model,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_text
 from recforge.core.progress import Progress, log_to
@@ -158,11 +165,9 @@ def data_where(cfg: RunConfig) -> str:
 
 def restore_weights(path: str | Path, checkpoint: dict, cfg: RunConfig, model, task) -> None:
     """Load a checkpoint's weights into `model`, refusing another model, architecture or data."""
-    trained = checkpoint["config"]
-    if trained["model"] != cfg.model:
-        raise RecforgeError(f"{path}: a {trained['model']} checkpoint, not {cfg.model} (--model)")
+    check_same_model(checkpoint, path, cfg.model)
     check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
-    different = _differences(trained, cfg.to_dict(), sections=("arch",))
+    different = _differences(checkpoint["config"], cfg.to_dict(), sections=("arch",))
     if different:
         raise RecforgeError(f"{path}: trained with another architecture: {_describe(different)}")
     model.load_state_dict(checkpoint["model"])
