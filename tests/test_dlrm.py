@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from conftest import torchrun_command
@@ -13,6 +14,7 @@ from conftest import torchrun_command
 from recforge.cli import main
 from recforge.config import TrainConfig
 from recforge.data.ctr_format import load_meta, load_split
+from recforge.data.encoders import load_encoders
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.models.dlrm import DLRM, DLRMConfig, DotInteraction
 from recforge.optim.build import lr_factor, make_optimizers
@@ -62,6 +64,20 @@ def test_synthetic_click_log_is_seeded_and_knows_its_best_auc(click_log, tmp_pat
     again = tmp_path / "again"
     generate_ctr(again, rows=60_000, seed=3, cardinalities=meta.cardinalities, log=lambda *_: None)
     assert np.array_equal(load_split(again, "valid")["sparse"], load_split(click_log, "valid")["sparse"])
+
+
+def test_synthetic_click_log_saves_encoders_for_criteo_format_rows(click_log):
+    """The synthetic log goes through the click-log encoders: its saved encoders take raw rows as a
+    Criteo log has them (counts, 32-bit hex values) and give the ids and features it holds."""
+    meta, valid = load_meta(click_log), load_split(click_log, "valid")
+    ids = np.asarray(valid["sparse"][:64])
+    raw = {name: pa.array([f"{v:08x}" for v in ids[:, j]]) for j, name in enumerate(meta.sparse_names)}
+    counts = {name: pa.array([None, -3, 0, 3] * 16, pa.int64()) for name in meta.dense_names}
+    encoded = load_encoders(click_log).encode(pa.table(raw | counts))
+    np.testing.assert_array_equal(encoded["sparse"], ids)
+    np.testing.assert_array_equal(encoded["dense"][:4, 0], np.log1p(np.array([0, 0, 0, 3], np.float32)))
+    too_big = load_encoders(click_log).encode(pa.table({**raw, "C1": pa.array([f"{50 + 7:08x}"] * 64)} | counts))
+    assert (too_big["sparse"][:, 0] == 7).all()  # a value past the cardinality wraps, as MLPerf's modulo
 
 
 def test_dlrm_learns_the_planted_signal(click_log, tmp_path, capsys):

@@ -370,12 +370,12 @@ class Encoders:
     def save(self, folder: Path) -> None:
         """`encoders.json` and one file per vocabulary (`encoders/sparse-J.npy` for uint32 values,
         `.arrow` for text; `multi_hot-J` for lists) in `folder`."""
-        (folder / "encoders").mkdir(exist_ok=True)
         files = {}
         for group, encoders in (("sparse", self.sparse), ("multi_hot", [m.values for m in self.multi_hot])):
             for j, encoder in enumerate(encoders):
                 if encoder.kind != "vocabulary":
                     continue
+                (folder / "encoders").mkdir(exist_ok=True)
                 name = f"encoders/{group}-{j}.{'npy' if encoder.values == 'uint32' else 'arrow'}"
                 files[group, j] = name
                 if encoder.values == "uint32":

@@ -4,8 +4,13 @@ Every row's true click probability is known, so the best achievable AUC (the Bay
 rows by their true probability) is computed on the evaluation splits and stored in meta.json.
 The logit adds up numeric terms, per-value effects of half of the categorical fields and one
 pairwise interaction (fields 0 x 1), which a model without feature interactions cannot learn.
-Values follow Zipf laws as Criteo's do; numeric features are heavy-tailed counts, some missing,
-transformed as DLRM prepares Criteo: log(1 + max(x, 0)), missing -> 0.
+Values follow Zipf laws as Criteo's do; numeric features are heavy-tailed counts, some missing.
+
+The raw values go through the click-log encoders as Criteo's do, and the encoders are saved with
+the arrays: counts through log1p (missing -> 0), each field's raw uint32 value (1..cardinality-1,
+as Criteo's hex would decode) through the modulo encoder with the field's cardinality, which keeps
+it as its id. So `load_encoders(folder).encode(rows)` accepts Criteo-format raw rows (hex strings,
+counts) for a model trained on this log.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 
 from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
+from recforge.data.encoders import Categorical, Encoders, Numeric
 from recforge.metrics.classification import auc
 
 KAGGLE_CARDINALITIES = [
@@ -50,11 +56,11 @@ KAGGLE_CARDINALITIES = [
 NUM_DENSE = 13
 
 
-def _zipf_ids(rng: np.random.Generator, cardinality: int, size: int, exponent: float) -> np.ndarray:
-    """Ids 1..cardinality-1 with Zipf-like frequencies (0 is kept for missing/out of vocabulary)."""
+def _zipf_values(rng: np.random.Generator, cardinality: int, size: int, exponent: float) -> np.ndarray:
+    """Raw values 1..cardinality-1 with Zipf-like frequencies (0 is kept for missing/out of vocabulary)."""
     weights = 1.0 / np.arange(1, cardinality) ** exponent
     cdf = np.cumsum(weights) / weights.sum()
-    return (np.searchsorted(cdf, rng.random(size)) + 1).astype(np.int32)
+    return (np.searchsorted(cdf, rng.random(size)) + 1).astype(np.uint32)
 
 
 def generate_ctr(
@@ -77,6 +83,11 @@ def generate_ctr(
     pair_effect = rng.normal(0.0, 1.0, (64, 64)).astype(np.float32)  # fields 0 x 1, by id mod 64
     missing_rate = rng.uniform(0.0, 0.45, NUM_DENSE)
     scale = rng.uniform(0.5, 3.0, NUM_DENSE)
+    dense_names, sparse_names = [f"I{i + 1}" for i in range(NUM_DENSE)], [f"C{i + 1}" for i in range(fields)]
+    encoders = Encoders(
+        dense=[Numeric(name, "log1p") for name in dense_names],
+        sparse=[Categorical(name, "modulo", "uint32", buckets=c) for name, c in zip(sparse_names, cardinalities)],
+    )
 
     train = rows * 6 // 7
     valid = (rows - train) // 2
@@ -92,8 +103,15 @@ def generate_ctr(
                 n = min(chunk_rows, size - lo)
                 counts = np.floor(rng.lognormal(0.0, scale, (n, NUM_DENSE)))
                 counts[rng.random((n, NUM_DENSE)) < missing_rate] = np.nan
-                dense = np.log1p(np.maximum(np.nan_to_num(counts, nan=0.0), 0.0)).astype(np.float32)
-                sparse = np.stack([_zipf_ids(rng, c, n, 1.05 if c > 1000 else 0.8) for c in cardinalities], axis=1)
+                dense = np.stack([e.apply(counts[:, j]) for j, e in enumerate(encoders.dense)], axis=1)
+                dense = dense.astype(np.float32)
+                sparse = np.stack(
+                    [
+                        e.ids(_zipf_values(rng, e.buckets, n, 1.05 if e.buckets > 1000 else 0.8))
+                        for e in encoders.sparse
+                    ],
+                    axis=1,
+                )
                 logit = (dense - dense.mean(axis=0)) @ dense_weights
                 for f in effect_fields:
                     logit += effects[f][sparse[:, f]]
@@ -118,9 +136,10 @@ def generate_ctr(
             for split in logits_by_split
             if sizes[split]
         }
+        encoders.save(tmp)
         meta = CTRMeta(
-            dense_names=[f"I{i + 1}" for i in range(NUM_DENSE)],
-            sparse_names=[f"C{i + 1}" for i in range(fields)],
+            dense_names=dense_names,
+            sparse_names=sparse_names,
             cardinalities=cardinalities,
             rows=sizes,
             info={"source": "synthetic", "seed": seed, "bayes_auc": bayes, "seconds": time.perf_counter() - start},
