@@ -8,9 +8,11 @@ a read-only folder is a tmpfs remounted read-only, since root ignores file modes
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import subprocess
+import zipfile
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +28,7 @@ from recforge.data import cache, criteo
 from recforge.data.criteo.layout import _Unit
 from recforge.data.criteo.workers import _Workers
 from recforge.data.ctr_format import load_meta
+from recforge.data.download import download
 from recforge.data.encoders import Categorical, Encoders, Numeric
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.data.synthetic_outbrain import write_outbrain_csvs
@@ -335,3 +338,22 @@ def test_read_only_evaluate(disk, tmp_path):
     result = run_cli("evaluate", "--checkpoint", folder / "run" / "checkpoints" / "best.pt")
     assert_user_error(result, f"{folder / 'run' / 'evaluation-sampled.json'}: {READ_ONLY}")
     assert snapshot(folder) == before
+
+
+# ----------------------------------------------------------------------------- downloads
+
+
+@pytest.mark.parametrize("size", ["256k", "900k"])  # the archive does not fit; it fits but unpacked does not
+def test_download_that_does_not_fit_names_the_folder_not_the_network(disk, tmp_path, size):
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "ml-100k.zip", "w") as z:  # stored, incompressible: larger than the disk
+        z.writestr("ml-100k/u.data", np.random.default_rng(0).bytes(600_000))
+    folder = disk(size=size)
+    (folder / "kept.txt").write_text("an earlier file\n")
+    before = snapshot(folder)
+    md5 = hashlib.md5((served / "ml-100k.zip").read_bytes()).hexdigest()
+    with pytest.raises(OSError) as info:
+        download("ml-100k", folder, base_url=f"file://{served}/", md5=md5)
+    assert user_message(info.value)[0].startswith(f"{folder}: {NO_SPACE}")
+    assert_kept(folder, before, "kept.txt")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from recforge.core.errors import RecforgeError
+from recforge.core.files import naming
 from recforge.data.movielens import LAYOUTS
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
@@ -28,6 +30,7 @@ MD5 = {
     "ml-latest-small": None,
     "ml-latest": None,
 }
+NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError)
 
 
 def _fetch(url: str, dest: Path, timeout: float) -> str:
@@ -61,7 +64,9 @@ def download(
             if expected is None:
                 with urllib.request.urlopen(f"{url}.md5", timeout=timeout) as response:
                     expected = response.read().decode().split()[0]
-        except (urllib.error.URLError, OSError) as e:
+        except OSError as e:
+            if not isinstance(e, NETWORK_ERRORS):  # writing the archive failed: name the folder, not the network
+                raise OSError(e.errno, e.strerror, str(data_dir)) from e
             reason = getattr(e, "reason", e)
             raise RecforgeError(
                 f"cannot download {url} ({reason}); fetch it on a machine with network access and unzip it "
@@ -70,7 +75,7 @@ def download(
         if actual != expected:
             raise RecforgeError(f"{url}: md5 {actual} does not match the published {expected}; not unpacked")
         try:
-            with zipfile.ZipFile(archive) as z:
+            with naming(data_dir), zipfile.ZipFile(archive) as z:
                 z.extractall(tmp)
         except zipfile.BadZipFile:
             raise RecforgeError(f"{url}: not a zip archive") from None
