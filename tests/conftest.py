@@ -31,14 +31,14 @@ def python():
     return sys.executable
 
 
-def torchrun_command(master_port: int) -> list[str]:
-    """`torchrun --nproc-per-node 2 -m recforge` on a fixed port (tests in one run must not share one)."""
+def torchrun_command(master_port: int, processes: int = 2) -> list[str]:
+    """`torchrun --nproc-per-node N -m recforge` on a fixed port (tests in one run must not share one)."""
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc-per-node",
-        "2",
+        str(processes),
         "--master-port",
         str(master_port),
         "-m",

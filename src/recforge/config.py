@@ -68,18 +68,20 @@ def option(
     high=None,
     low_open=False,
     high_open=False,
+    metavar: str | None = None,
 ):
     """A config field: its default, a one-line `help` (the flag's help text, with the default shown),
     the `group` it is listed under in --help, the `scope` where it applies ("ranking", "ctr":
     training on that kind of data; "prepare": `recforge prepare` only; empty: everywhere), older
-    names still accepted (`aliases`), and the `Range` its value must lie in (lists: each item,
-    and not empty)."""
+    names still accepted (`aliases`), the `Range` its value must lie in (lists: each item,
+    and not empty) and the value's name in --help (`metavar`; else from the type or field name)."""
     metadata = {
         "help": help,
         "group": group,
         "scope": scope,
         "aliases": aliases,
         "range": Range(low, high, low_open, high_open),
+        "metavar": metavar,
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -202,6 +204,7 @@ class TrainConfig:
     _EXEC = "execution"
     _SAVE = "checkpoints and scoring"
     _LOG = "logging and profiling"
+    _SHARD = "embedding tables across processes (TorchRec)"
 
     epochs: int = option(20, "training epochs", group=_RUN, low=1)
     batch_size: int = option(16384, "global batch size (split across processes under torchrun)", group=_RUN, low=1)
@@ -248,6 +251,22 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model", group=_EXEC)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", group=_EXEC)
     threads: int | None = option(None, "torch intra-op threads (none: torch's default)", group=_EXEC, low=1)
+    embedding_sharding: Literal[
+        "none", "auto", "data-parallel", "table-wise", "row-wise", "column-wise", "table-row-wise"
+    ] = option(
+        "none",
+        "none: every process holds every table (recforge's kernels); auto: TorchRec shards them only when they "
+        "do not fit --embedding-memory-per-rank; or one TorchRec sharding type for every table",
+        group=_SHARD,
+        scope=CTR,
+    )
+    embedding_memory_per_rank: str | None = option(
+        None,
+        "memory for tables and their optimizer state per process, e.g. 8GiB (none: the GPU's, or RAM / processes)",
+        group=_SHARD,
+        scope=CTR,
+        metavar="SIZE",
+    )
     resume: bool = option(False, "continue the run in --output-dir from its checkpoints/last.pt", group=_SAVE)
     mode: Literal["train", "eval", "inference"] = option(
         "train", "train, or score --restore-checkpoint (eval: metrics; inference: throughput)", group=_SAVE
@@ -518,7 +537,12 @@ def add_config_flags(
                 group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
             else:
                 choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
-                group.add_argument(*flags, choices=choices, metavar=None if choices else _metavar(tp, name), **common)
+                group.add_argument(
+                    *flags,
+                    choices=choices,
+                    metavar=None if choices else meta.get("metavar") or _metavar(tp, name),
+                    **common,
+                )
 
 
 def _metavar(tp, name: str) -> str:

@@ -18,6 +18,8 @@ L1/L2 (`--linear-*`, `--deep-*`), dense or sparse gradients alike.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -36,23 +38,35 @@ def sparse_parameters(model: nn.Module) -> set[int]:
     }
 
 
-def make_optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
-    optimizers = _optimizers(cfg, model)
+@dataclass(frozen=True)
+class Parameters:
+    """Which of a model's parameters the optimizers take: all but `fused` (ids of parameters updated
+    inside the backward pass: sharded tables), with `tables` (ids of embedding tables whose gradient
+    is dense, TorchRec's data-parallel ones) taking the sparse-table algorithm as well."""
+
+    fused: frozenset[int] = frozenset()
+    tables: frozenset[int] = frozenset()
+
+    def of(self, module: nn.Module) -> list:
+        return [p for p in module.parameters() if id(p) not in self.fused]
+
+    def split(self, model: nn.Module) -> tuple[list, list]:
+        """(dense parameters, embedding tables)."""
+        tables = sparse_parameters(model) | self.tables
+        params = self.of(model)
+        return [p for p in params if id(p) not in tables], [p for p in params if id(p) in tables]
+
+
+def make_optimizers(cfg: TrainConfig, model: nn.Module, parameters: Parameters = Parameters()) -> list:
+    optimizers = OPTIMIZERS[cfg.optimizer](cfg, model, parameters)
     for optimizer in optimizers:  # schedules scale each group's own starting rate
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
     return optimizers
 
 
-def _split(model: nn.Module) -> tuple[list, list]:
-    """(dense parameters, sparse-gradient tables)."""
-    sparse_ids = sparse_parameters(model)
-    params = list(model.parameters())
-    return [p for p in params if id(p) not in sparse_ids], [p for p in params if id(p) in sparse_ids]
-
-
-def _adam(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
-    dense, sparse = _split(model)
+def _adam(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list[torch.optim.Optimizer]:
+    dense, sparse = parameters.split(model)
     betas = (cfg.beta1, cfg.beta2)
     # The fused kernel updates all dense parameters in one pass (CPU and GPU, torch >= 2.4).
     optimizers = [
@@ -63,30 +77,30 @@ def _adam(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
     return optimizers + ([SparseRowAdam(sparse, lr=cfg.learning_rate, betas=betas, eps=cfg.eps)] if sparse else [])
 
 
-def _sgd(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
-    dense, sparse = _split(model)  # sparse updates take no weight decay
+def _sgd(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list[torch.optim.Optimizer]:
+    dense, sparse = parameters.split(model)  # sparse updates take no weight decay
     groups = [{"params": dense, "weight_decay": cfg.weight_decay}, {"params": sparse, "weight_decay": 0.0}]
     return [torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.learning_rate)]
 
 
-def _adagrad(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
-    return [torch.optim.Adagrad(list(model.parameters()), lr=cfg.learning_rate, eps=cfg.eps)]
+def _adagrad(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list[torch.optim.Optimizer]:
+    return [torch.optim.Adagrad(parameters.of(model), lr=cfg.learning_rate, eps=cfg.eps)]
 
 
-def _rowwise_adagrad(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
-    dense, sparse = _split(model)
+def _rowwise_adagrad(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list[torch.optim.Optimizer]:
+    dense, sparse = parameters.split(model)
     optimizers = [torch.optim.Adagrad(dense, lr=cfg.learning_rate, eps=cfg.eps)]
     return optimizers + ([RowWiseAdagrad(sparse, lr=cfg.learning_rate, eps=cfg.eps)] if sparse else [])
 
 
-def _ftrl_proximal_adagrad(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+def _ftrl_proximal_adagrad(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list:
     wide = getattr(model, "wide", None)  # the model part the linear optimizer takes
     if not isinstance(wide, nn.Module):
         raise RecforgeError("--optimizer ftrl+proximal-adagrad needs a model with a wide part (wide-deep)")
     wide_ids = {id(p) for p in wide.parameters()}
     return [
         Ftrl(
-            wide.parameters(),
+            parameters.of(wide),
             lr=cfg.linear_learning_rate,
             lr_power=cfg.linear_learning_rate_power,
             initial_accumulator=cfg.linear_initial_accumulator,
@@ -94,7 +108,7 @@ def _ftrl_proximal_adagrad(cfg: TrainConfig, model: nn.Module) -> list[torch.opt
             l2=cfg.linear_l2_regularization,
         ),
         ProximalAdagrad(
-            [p for p in model.parameters() if id(p) not in wide_ids],
+            [p for p in parameters.of(model) if id(p) not in wide_ids],
             lr=cfg.deep_learning_rate,
             initial_accumulator=cfg.deep_initial_accumulator,
             l1=cfg.deep_l1_regularization,
@@ -111,10 +125,6 @@ OPTIMIZERS = {
     "rowwise-adagrad": _rowwise_adagrad,
     "ftrl+proximal-adagrad": _ftrl_proximal_adagrad,
 }
-
-
-def _optimizers(cfg: TrainConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
-    return OPTIMIZERS[cfg.optimizer](cfg, model)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:

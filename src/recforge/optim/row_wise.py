@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from recforge.optim.sparse_grad import touched_rows
+from recforge.optim.sparse_grad import nonzero_rows, touched_rows
 
 
 class SparseRowAdam(torch.optim.Optimizer):
@@ -28,7 +28,8 @@ class SparseRowAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                rows, grad = touched_rows(p.grad)
+                # lazy: untouched rows keep their moments (a dense table gradient: its zero rows)
+                rows, grad = touched_rows(p.grad) if p.grad.is_sparse else nonzero_rows(p.grad)
                 exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
                 exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 state["exp_avg"].index_copy_(0, rows, exp_avg)

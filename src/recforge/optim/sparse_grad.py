@@ -18,3 +18,10 @@ def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, inverse = torch.unique(indices, return_inverse=True)
     summed = torch.zeros((rows.numel(), values.shape[1]), dtype=values.dtype, device=values.device)
     return rows, summed.index_add_(0, inverse, values)
+
+
+def nonzero_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, their gradient rows) of a dense table gradient where it is not zero: the rows a step
+    touched, for a table whose gradient arrives dense (a data-parallel TorchRec table)."""
+    rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)
+    return rows, grad.index_select(0, rows)

@@ -99,8 +99,16 @@ def init_distributed(device_kind: str) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def one_process_group(device_kind: str) -> None:
+    """A process group of this process alone, for code that needs one (TorchRec) outside torchrun."""
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "nccl" if device_kind == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1
+        )
+
+
 def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+    if dist.is_initialized():
         # DDP wrappers left in reference cycles must go before their process group does:
         # destroyed after it, at interpreter exit, gloo's threads abort the process.
         gc.collect()

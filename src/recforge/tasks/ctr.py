@@ -142,9 +142,13 @@ class CTRTask(Task):
         was_training = model.training
         model.eval()
         lo, hi = self._eval_shard()
+        # Every rank runs as many batches as the largest shard needs (a sharded model's forward
+        # is a collective that all ranks join), its own shard cut into that many equal parts.
+        largest = -(-len(self.eval_arrays["label"]) // self.dist.world)
+        batches = -(-largest // self.cfg.eval.valid_batch_size)
+        bounds = [lo + (hi - lo) * i // batches for i in range(batches + 1)]
         probabilities, labels = [], []
-        for start in range(lo, hi, self.cfg.eval.valid_batch_size):
-            stop = min(hi, start + self.cfg.eval.valid_batch_size)
+        for start, stop in zip(bounds[:-1], bounds[1:]):
             batch = _to_batch(
                 {
                     k: torch.from_numpy(np.array(v[start:stop])).to(self.device)

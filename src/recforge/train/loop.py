@@ -37,6 +37,8 @@ from recforge.runtime.memory import keep_freed_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler
 from recforge.tasks.base import Task
 from recforge.train.run_dir import RunDir
+from recforge.train.sharding import choose as choose_sharding
+from recforge.train.sharding import pad_rows, shard
 from recforge.train.state import History, Window
 
 # Settings that may change on --resume and take effect from the resumed step (recorded in
@@ -256,13 +258,20 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
     torch.manual_seed(t.seed)
     task = parts.build_task(cfg, device, dist, log)
     model = parts.build_model(cfg, task.model_dims, device)
+    sharding = choose_sharding(t, model, device, dist, log)
     optimizers = make_optimizers(t, model)
     scaler = grad_scaler(device, t.precision)
     run = RunDir(cfg.output_dir, dist.is_main)
     history = _restore(cfg, run, model, optimizers, scaler, task, log)
 
-    wrapped = model
-    if dist.enabled:
+    wrapped, equal_batches = model, False
+    if sharding:
+        wrapped, placement = shard(model, sharding, t, device, dist, log)
+        equal_batches = placement.equal_batches
+        optimizers = make_optimizers(t, wrapped, placement.parameters(wrapped)) + [wrapped.fused_optimizer]
+        for group in wrapped.fused_optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    elif dist.enabled:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -351,10 +360,15 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                 task.train_batches(epoch, t.batch_size, first), start=first + 1
             ):
                 set_learning_rate(optimizers, t, history.step)
+                if equal_batches:
+                    batch = pad_rows(batch, -(-global_size // dist.world))
                 with autocast(device, t.precision):
                     logits = wrapped(batch)
-                # Sum over the local slice, scaled so DDP's gradient average equals the global mean.
-                loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"], reduction="sum")
+                # Sum over the local slice, scaled so the ranks' averaged gradient (DDP's, and TorchRec's
+                # for sharded tables) is the global mean's.
+                loss = F.binary_cross_entropy_with_logits(
+                    logits.float(), batch["label"], weight=batch.get("weight"), reduction="sum"
+                )
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss * (dist.world / global_size)).backward()

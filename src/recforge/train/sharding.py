@@ -1,0 +1,399 @@
+"""Embedding tables sharded across processes, on TorchRec.
+
+The models hold recforge's own embedding modules (`FieldEmbeddings`, `nn.EmbeddingBag`), whose
+single-process kernels are the fastest here. For a sharded run, `shard()` swaps each of them for
+a stand-in with the same inputs and outputs whose lookups go through a TorchRec
+`EmbeddingBagCollection` (one table per field), copies the weights over, and hands the model to
+`DistributedModelParallel`: TorchRec's planner places each table (table-wise, row-wise,
+column-wise, table-row-wise or data-parallel) within the per-rank memory budget, FBGEMM's
+table-batched kernels look the rows up and apply the optimizer inside the backward pass, and the
+rest of the model is data-parallel (DDP). The model files know nothing of this.
+
+Gradients are the one-process ones: TorchRec's collectives average the table gradients of the
+ranks as DDP averages the dense ones (its "gradient division"), and the loop scales each rank's
+loss so that the average is the gradient of the global batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recforge.config import TrainConfig
+from recforge.core.errors import RecforgeError
+from recforge.models.layers import FieldEmbeddings
+from recforge.optim.build import Parameters
+from recforge.runtime.distributed import Dist, one_process_group
+
+INSTALL_HINT = (
+    "TorchRec is not installed: `bash scripts/setup.sh` installs TorchRec with FBGEMM's CPU kernels "
+    "matching this torch (on a GPU machine see the README: fbgemm-gpu from PyTorch's CUDA index, then "
+    "torchrec --no-deps)"
+)
+
+
+def torchrec_available() -> bool:
+    return importlib.util.find_spec("torchrec") is not None and importlib.util.find_spec("fbgemm_gpu") is not None
+
+
+def require_torchrec(flag: str) -> None:
+    if not torchrec_available():
+        raise RecforgeError(f"{flag}: {INSTALL_HINT}")
+
+
+# ----------------------------------------------------------------------------- stand-ins
+
+
+def _collection(tables: list[tuple[str, int, int, str]], device: torch.device):
+    """An EmbeddingBagCollection of (name, rows, dim, pooling) tables, one feature each (the name)."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+
+    configs = [
+        EmbeddingBagConfig(
+            name=name, num_embeddings=rows, embedding_dim=dim, feature_names=[name], pooling=PoolingType[pooling]
+        )
+        for name, rows, dim, pooling in tables
+    ]
+    return EmbeddingBagCollection(tables=configs, device=torch.device("meta") if device is None else device)
+
+
+def _jagged(keys: list[str], values: torch.Tensor, lengths: torch.Tensor):
+    from torchrec import KeyedJaggedTensor
+
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+
+
+class ShardedFields(nn.Module):
+    """`FieldEmbeddings` through TorchRec: ids [B, F] -> [B, F, D], a table per field."""
+
+    def __init__(self, source: FieldEmbeddings, prefix: str):
+        super().__init__()
+        weights = source_tables(source)
+        self.keys = [f"{prefix}__{f}" for f in range(len(weights))]
+        self.collection = _collection([(k, w.shape[0], w.shape[1], "SUM") for k, w in zip(self.keys, weights)], None)
+        self.initial = dict(zip(self.keys, weights))
+        self._order = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows, fields = ids.shape
+        lengths = torch.ones(rows * fields, dtype=torch.int32, device=ids.device)
+        pooled = self.collection(_jagged(self.keys, ids.t().reshape(-1), lengths))
+        stacked = pooled.values().view(rows, fields, -1)
+        if pooled.keys() == self.keys:
+            return stacked
+        # A sharded collection returns its tables grouped by how they are sharded: back to field order.
+        if self._order is None or self._order[0] != pooled.keys():
+            where = {k: i for i, k in enumerate(pooled.keys())}
+            self._order = (pooled.keys(), torch.tensor([where[k] for k in self.keys], device=ids.device))
+        return stacked.index_select(1, self._order[1])
+
+
+class ShardedBag(nn.Module):
+    """An `nn.EmbeddingBag` (called with values and offsets) through TorchRec: one table."""
+
+    def __init__(self, source: nn.EmbeddingBag, prefix: str):
+        super().__init__()
+        pooling = {"sum": "SUM", "mean": "MEAN"}.get(source.mode)
+        if pooling is None:
+            raise RecforgeError(f"{prefix}: a '{source.mode}'-pooled table cannot be sharded (sum or mean)")
+        self.keys = [prefix]
+        self.collection = _collection([(prefix, *source.weight.shape, pooling)], None)
+        self.initial = {prefix: source.weight.detach()}
+
+    def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        ends = torch.cat([offsets[1:], offsets.new_tensor([values.numel()])])
+        return self.collection(_jagged(self.keys, values, ends - offsets)).values()
+
+
+def source_tables(module: FieldEmbeddings) -> list[torch.Tensor]:
+    """A `FieldEmbeddings`' per-field tables (views into the fused table when it is fused)."""
+    if module.fused:
+        rows = torch.diff(torch.cat([module.offsets, module.offsets.new_tensor([module.table.num_embeddings])]))
+        return list(module.table.weight.detach().split(rows.tolist()))
+    return [table.weight.detach() for table in module.tables]
+
+
+def swap_in(model: nn.Module) -> dict[str, nn.Module]:
+    """Replace the model's embedding modules by TorchRec stand-ins, in place; returns them by path."""
+    swapped = {}
+    for path, module in list(model.named_modules()):
+        if isinstance(module, FieldEmbeddings):
+            swapped[path] = ShardedFields(module, path.replace(".", "__"))
+        elif isinstance(module, nn.EmbeddingBag) and not any(path.startswith(p + ".") for p in swapped):
+            swapped[path] = ShardedBag(module, path.replace(".", "__"))
+    for path, stand_in in swapped.items():
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, name, stand_in)
+    return swapped
+
+
+# ----------------------------------------------------------------------------- sizes and budget
+
+UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20}
+UNITS |= {"g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+
+
+def parse_bytes(text: str, flag: str) -> int:
+    """'8GiB', '500MB', '1.5g', '123456' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match and UNITS.get(match.group(2).lower())
+    if not unit or float(match.group(1)) <= 0:
+        raise RecforgeError(f"{flag} {text}: not a size (e.g. 8GiB, 500MB, 2000000000)")
+    return int(float(match.group(1)) * unit)
+
+
+def size_text(count: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:,.2f} {unit}"
+    return f"{count:,.0f} B"
+
+
+def memory_per_rank(cfg: TrainConfig, device: torch.device, dist: Dist) -> int:
+    """--embedding-memory-per-rank, or what one process has: its GPU, or this machine's RAM shared
+    by the processes on it."""
+    if cfg.embedding_memory_per_rank:
+        return parse_bytes(cfg.embedding_memory_per_rank, "--embedding-memory-per-rank")
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, local)
+
+
+# Optimizer state per table row of width D, in floats (what FBGEMM keeps, and recforge's own).
+STATE_FLOATS = {"sgd": lambda d: 0, "rowwise-adagrad": lambda d: 1, "adagrad": lambda d: d, "adam": lambda d: 2 * d}
+
+
+def table_bytes(model: nn.Module, optimizer: str) -> int:
+    """Bytes of the model's tables with their optimizer state, as one process would hold them."""
+    state = STATE_FLOATS.get(optimizer, lambda d: d)
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.EmbeddingBag):
+            rows, dim = module.weight.shape
+            total += rows * (dim + state(dim)) * module.weight.element_size()
+    return total
+
+
+def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist, log) -> str | None:
+    """The sharding to run with (a TorchRec sharding type, or "auto": the planner's choice), or
+    None for recforge's own replicated tables. Refuses tables that cannot fit."""
+    how, need = cfg.embedding_sharding, table_bytes(model, cfg.optimizer)
+    budget = memory_per_rank(cfg, device, dist)
+    if how == "none" or (how == "auto" and need <= budget):
+        if need > budget:
+            raise RecforgeError(
+                f"the embedding tables and their {cfg.optimizer} state need {size_text(need)} in every process, "
+                f"more than its {size_text(budget)} (--embedding-memory-per-rank); shard them across processes: "
+                f"torchrun --nproc-per-node N ... --embedding-sharding auto"
+            )
+        if how == "auto":
+            log(f"--embedding-sharding auto: the tables ({size_text(need)}) fit one process: not sharded")
+        return None
+    require_torchrec(f"--embedding-sharding {how}")
+    if how == "auto" and dist.world * budget < need:
+        raise RecforgeError(
+            f"--embedding-sharding auto: the tables and their {cfg.optimizer} state need {size_text(need)}, more "
+            f"than {dist.world} process(es) x {size_text(budget)} (--embedding-memory-per-rank); use more processes"
+        )
+    if cfg.optimizer == "adam" and device.type == "cpu" and how != "data-parallel":
+        raise RecforgeError(
+            f"--embedding-sharding {how}: FBGEMM's CPU kernels have no fused Adam (its GPU kernels have); on CPUs "
+            "shard with --optimizer rowwise-adagrad, adagrad or sgd, or replicate the tables (--embedding-sharding "
+            "data-parallel or none)"
+        )
+    if cfg.optimizer not in FUSED_OPTIMIZERS:
+        raise RecforgeError(
+            f"--embedding-sharding {how}: --optimizer {cfg.optimizer} has no fused TorchRec kernel for sharded "
+            f"tables; use {', '.join(FUSED_OPTIMIZERS)}"
+        )
+    if cfg.precision == "fp16":
+        raise RecforgeError(
+            f"--embedding-sharding {how}: fp16's loss scaling cannot reach the table updates fused into the "
+            "backward pass; use --precision bf16 or fp32"
+        )
+    return how
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def _fused_optimizer(cfg: TrainConfig):
+    """--optimizer -> (optimizer class, arguments) that FBGEMM fuses into the table backward: the
+    same algorithm and hyperparameters as recforge's own sparse-table optimizer."""
+    import torchrec.optim
+
+    return {
+        "sgd": (torch.optim.SGD, {"lr": cfg.learning_rate}),
+        "adagrad": (torch.optim.Adagrad, {"lr": cfg.learning_rate, "eps": cfg.eps}),
+        "rowwise-adagrad": (torchrec.optim.RowWiseAdagrad, {"lr": cfg.learning_rate, "eps": cfg.eps}),
+        "adam": (
+            torchrec.optim.Adam,
+            {"lr": cfg.learning_rate, "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps},
+        ),
+    }[cfg.optimizer]
+
+
+FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise-adagrad", "adam")
+TORCHREC_TYPES = {
+    "data-parallel": "data_parallel",
+    "table-wise": "table_wise",
+    "row-wise": "row_wise",
+    "column-wise": "column_wise",
+    "table-row-wise": "table_row_wise",
+}
+
+
+def _sharder():
+    """TorchRec's sharder of EmbeddingBagCollections, with row-wise and table-row-wise offered on
+    CPUs too: TorchRec lists them for CUDA only, but on gloo they run and give the one-process
+    gradients (tests/test_sharding.py)."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    class Sharder(EmbeddingBagCollectionSharder):
+        def sharding_types(self, compute_device_type: str) -> list[str]:
+            types = super().sharding_types(compute_device_type)
+            return types + [t for t in ("row_wise", "table_row_wise") if t not in types]
+
+    return Sharder()
+
+
+def _sum_gradients(state, bucket):
+    """DDP communication hook: all-reduce a gradient bucket as a sum (DDP's own hook averages)."""
+    return torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda done: done.value()[0])
+
+
+def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, dist: Dist, log):
+    """The model with its tables sharded (a DistributedModelParallel), and the plan it follows."""
+    import torch.distributed as torch_dist
+    from torchrec.distributed import DistributedModelParallel, comm_ops
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.types import ShardingEnv
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    comm_ops.set_gradient_division(True)  # TorchRec's default, which the loop's loss scaling counts on
+    budget = memory_per_rank(cfg, device, dist)
+    stand_ins = swap_in(model)
+    optimizer, arguments = _fused_optimizer(cfg)
+    constraints = {}
+    for stand_in in stand_ins.values():
+        apply_optimizer_in_backward(optimizer, stand_in.collection.parameters(), arguments)
+        if how != "auto":
+            constraints |= {key: ParameterConstraints(sharding_types=[TORCHREC_TYPES[how]]) for key in stand_in.keys}
+    memory = {"hbm_cap": budget} if device.type == "cuda" else {"ddr_cap": budget}
+    topology = Topology(
+        world_size=dist.world,
+        compute_device=device.type,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)),
+        **memory,
+    )
+    if not dist.enabled:
+        one_process_group(device.type)
+    group = torch_dist.GroupMember.WORLD
+    sharders = [_sharder()]
+    plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(model, sharders, group)
+    wrapped = DistributedModelParallel(
+        model, env=ShardingEnv.from_process_group(group), device=device, plan=plan, sharders=sharders
+    )
+    initial = {key: weight for stand_in in stand_ins.values() for key, weight in stand_in.initial.items()}
+    _copy_into_shards(wrapped, initial)
+    for stand_in in stand_ins.values():
+        stand_in.initial = None
+    shapes = {key: tuple(weight.shape) for key, weight in initial.items()}
+    placed = Placement.of(plan, shapes, STATE_FLOATS[cfg.optimizer], dist.world, device)
+    for line in placed.lines():
+        log(line)
+    return wrapped, placed
+
+
+def _copy_into_shards(wrapped: nn.Module, initial: dict[str, torch.Tensor]) -> None:
+    """Each rank's shards of the tables (state-dict views of FBGEMM's weights) from the full start values."""
+    with torch.no_grad():
+        for key, value in wrapped.state_dict().items():
+            name = key.split(".")[-2] if ".embedding_bags." in key else None
+            if name not in initial:
+                continue
+            if hasattr(value, "local_shards"):
+                for shard in value.local_shards():
+                    (row, column), (rows, columns) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    shard.tensor.copy_(initial[name][row : row + rows, column : column + columns])
+            else:  # data-parallel: every rank holds the whole table
+                value.copy_(initial[name])
+
+
+# ----------------------------------------------------------------------------- the plan, for people
+
+
+@dataclass
+class Placement:
+    """Where each table went: name -> (sharding type, [(rank, rows, columns)]) and bytes per rank."""
+
+    tables: dict
+    bytes_per_rank: list[int]
+    # Row-wise shards on gloo: the backward of TorchRec's reduce-scatter all-gathers the ranks'
+    # gradients, which gloo does only for equal sizes, so every rank's batch must have the same rows.
+    equal_batches: bool = False
+
+    def parameters(self, wrapped: nn.Module) -> Parameters:
+        """The sharded model's parameters for `make_optimizers`: the tables' own, but data-parallel
+        ones (TorchRec gives those no fused optimizer, only their averaged dense gradient)."""
+        tables = {name: p for name, p in wrapped.named_parameters() if ".collection.embedding_bags." in name}
+        replicated = {n for n, (how, _) in self.tables.items() if how == "data_parallel"}
+        data_parallel = {id(p) for name, p in tables.items() if name.split(".")[-2].replace("__", ".") in replicated}
+        return Parameters(
+            fused=frozenset(id(p) for p in tables.values()) - data_parallel, tables=frozenset(data_parallel)
+        )
+
+    @classmethod
+    def of(cls, plan, shapes: dict[str, tuple[int, int]], optimizer_floats, world: int, device) -> Placement:
+        """From TorchRec's ShardingPlan; `shapes`: each table's (rows, width)."""
+        tables, per_rank = {}, [0] * world
+        for module_plan in plan.plan.values():
+            for name, sharding in module_plan.items():
+                if sharding.sharding_spec is None:  # data-parallel: the whole table on every rank
+                    rows, columns = shapes[name]
+                    shards = [(rank, (0, rows), (0, columns)) for rank in range(world)]
+                else:
+                    shards = [
+                        (shard.placement.rank(), *[(a, a + n) for a, n in zip(shard.shard_offsets, shard.shard_sizes)])
+                        for shard in sharding.sharding_spec.shards
+                    ]
+                for rank, (row, row_end), (column, column_end) in shards:
+                    columns = column_end - column
+                    per_rank[rank] += (row_end - row) * (columns + optimizer_floats(columns)) * 4
+                tables[name.replace("__", ".")] = (sharding.sharding_type, shards)
+        row_wise = any(how in ("row_wise", "table_row_wise") for how, _ in tables.values())
+        return cls(tables, per_rank, equal_batches=row_wise and device.type == "cpu")
+
+    def lines(self) -> list[str]:
+        out = ["embedding tables across processes:"]
+        for name, (how, shards) in self.tables.items():
+            if how == "data_parallel":
+                out.append(f"  {name}: {how} (every rank)")
+                continue
+            placed = ", ".join(f"rank {r} rows {a}:{b} cols {c}:{d}" for r, (a, b), (c, d) in shards)
+            out.append(f"  {name}: {how} ({placed})")
+        out.append("  tables + optimizer state per rank: " + ", ".join(size_text(b) for b in self.bytes_per_rank))
+        return out
+
+
+def pad_rows(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """`batch` grown to `rows` rows by repeating its own first rows, with a "weight" of 1 for its
+    rows and 0 for the repeats: they add nothing to the loss or any gradient, and the tables they
+    look up are the batch's own (so even lazy Adam touches no other row)."""
+    have = len(batch["label"])
+    if have == rows:
+        return batch
+    if have:
+        index = torch.arange(rows, device=batch["label"].device) % have
+        padded = {k: v.index_select(0, index) for k, v in batch.items()}
+    else:  # this rank has no row of a tiny last batch: zeros (id 0 of every table)
+        padded = {k: v.new_zeros((rows, *v.shape[1:])) for k, v in batch.items()}
+    padded["weight"] = (torch.arange(rows, device=batch["label"].device) < have).to(torch.float32)
+    return padded

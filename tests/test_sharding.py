@@ -1,0 +1,160 @@
+"""Embedding tables sharded across processes on TorchRec: the same training as one process."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import torchrun_command
+
+from recforge.cli import main
+from recforge.data.synthetic_ctr import generate_ctr
+from recforge.train import sharding
+from recforge.train.sharding import torchrec_available
+
+needs_torchrec = pytest.mark.skipif(not torchrec_available(), reason="TorchRec is not installed")
+
+CARDINALITIES = [50, 200, 1000, 30, 5000, 8, 300, 2000]
+STEPS = 6
+RATES = {"sgd": 0.5, "rowwise-adagrad": 0.05, "adagrad": 0.05, "adam": 0.01}
+
+
+@pytest.fixture(scope="module")
+def click_log(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ctr") / "synthetic"
+    generate_ctr(folder, rows=14_000, seed=3, cardinalities=CARDINALITIES, log=lambda *_: None)
+    return folder
+
+
+def flags(click_log, run, **extra) -> list[str]:
+    """DLRM for STEPS steps of 1000 rows (per rank 500 / 333-334), an evaluation after each step."""
+    options = {
+        "model": "dlrm",
+        "dataset": "criteo-synthetic",
+        "prepared-dir": click_log,
+        "output-dir": run,
+        "batch-size": 1000,
+        "optimizer": extra.get("optimizer", "sgd"),
+        "learning-rate": RATES.get(extra.get("optimizer", "sgd"), 0.1),
+        "threads": 1,
+        "epochs": 1,
+        "max-steps": STEPS,
+        "evals-per-epoch": 12,
+        "embedding-dim": 8,
+        "bottom-mlp": "13-32-8",
+        "top-mlp": "32-1",
+        "valid-batch-size": 300,
+    } | extra
+    return [x for k, v in options.items() for x in (f"--{k}", str(v))]
+
+
+def records(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def torchrun(args: list[str], processes: int, port: int) -> str:
+    result = subprocess.run(
+        [*torchrun_command(port, processes), "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def one_process(click_log, tmp_path_factory):
+    """recforge's own kernels in one process, per optimizer."""
+    runs = {}
+    for optimizer in RATES:
+        run = tmp_path_factory.mktemp("one") / optimizer
+        main(["train", *flags(click_log, run, optimizer=optimizer)])
+        runs[optimizer] = records(run)
+    return runs
+
+
+@needs_torchrec
+@pytest.mark.parametrize(
+    "sharding, optimizer, processes, port",
+    [
+        ("none", "sgd", 2, 29810),
+        ("table-wise", "sgd", 1, 29809),
+        ("table-wise", "sgd", 2, 29811),
+        ("row-wise", "sgd", 3, 29812),
+        ("column-wise", "sgd", 2, 29813),
+        ("table-row-wise", "sgd", 2, 29814),
+        ("data-parallel", "sgd", 3, 29815),
+        ("table-wise", "rowwise-adagrad", 3, 29816),
+        ("row-wise", "rowwise-adagrad", 2, 29817),
+        ("column-wise", "adagrad", 2, 29818),
+        ("data-parallel", "adam", 2, 29819),
+    ],
+)
+def test_sharded_training_follows_one_process(click_log, one_process, tmp_path, sharding, optimizer, processes, port):
+    """Each step's loss and AUC as in one process with the whole batch, to float summation
+    differences (bounds: 1e-6 in loss and log loss, 2e-5 in AUC, a few of the 270 x 730 pairs)."""
+    out = torchrun(
+        flags(click_log, tmp_path / "run", optimizer=optimizer, **{"embedding-sharding": sharding}), processes, port
+    )
+    assert sharding == "none" or "embedding tables across processes:" in out and sharding.replace("-", "_") in out
+    sharded, reference = records(tmp_path / "run"), one_process[optimizer]
+    assert [r["step"] for r in sharded] == [r["step"] for r in reference] == list(range(1, STEPS + 1))
+    for mine, theirs in zip(sharded, reference):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-6)
+        assert mine["logloss"] == pytest.approx(theirs["logloss"], abs=1e-6)
+        assert mine["AUC"] == pytest.approx(theirs["AUC"], abs=2e-5)
+        assert mine["eval_rows"] == theirs["eval_rows"] == 1_000
+    assert reference[-1]["train_loss"] < reference[0]["train_loss"] - 0.02  # it learned something to follow
+
+
+def refused(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *args])
+    assert exit_.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            {"embedding-sharding": "table-wise", "optimizer": "adam"},
+            "--embedding-sharding table-wise: FBGEMM's CPU kernels have no fused Adam",
+        ),
+        (
+            {"embedding-sharding": "row-wise", "optimizer": "ftrl+proximal-adagrad"},
+            "--optimizer ftrl+proximal-adagrad has no fused TorchRec kernel",
+        ),
+        (
+            {"embedding-memory-per-rank": "100KiB"},
+            "the embedding tables and their sgd state need 268.38 KiB in every process, more than its 100.00 KiB",
+        ),
+        ({"embedding-memory-per-rank": "12 parsecs"}, "--embedding-memory-per-rank 12 parsecs: not a size"),
+        (
+            {"embedding-sharding": "auto", "embedding-memory-per-rank": "100KiB"},
+            "--embedding-sharding auto: the tables and their sgd state need 268.38 KiB, more than 1 process(es)",
+        ),
+    ],
+)
+def test_what_cannot_be_sharded_is_refused_in_one_line(click_log, tmp_path, capsys, extra, message):
+    """(Tables: 8,588 rows x 8 floats = 268.38 KiB; SGD keeps no state.)"""
+    if extra.get("embedding-sharding") in ("table-wise", "row-wise") and not torchrec_available():
+        pytest.skip("TorchRec is not installed")
+    error = refused(capsys, flags(click_log, tmp_path / "run", **extra))
+    assert error.startswith("recforge: error: ") and message in error and "\n" not in error
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_auto_keeps_tables_that_fit_on_recforge_kernels(click_log, tmp_path, capsys):
+    main(["train", *flags(click_log, tmp_path / "run", **{"embedding-sharding": "auto", "max-steps": 1})])
+    out = capsys.readouterr().out
+    assert "--embedding-sharding auto: the tables (268.38 KiB) fit one process: not sharded" in out
+    assert "embedding tables across processes" not in out
+
+
+def test_without_torchrec_sharding_says_how_to_install_it(click_log, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sharding, "torchrec_available", lambda: False)
+    error = refused(capsys, flags(click_log, tmp_path / "run", **{"embedding-sharding": "row-wise"}))
+    assert "--embedding-sharding row-wise: TorchRec is not installed: `bash scripts/setup.sh` installs" in error
