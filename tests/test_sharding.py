@@ -158,3 +158,29 @@ def test_without_torchrec_sharding_says_how_to_install_it(click_log, tmp_path, c
     monkeypatch.setattr(sharding, "torchrec_available", lambda: False)
     error = refused(capsys, flags(click_log, tmp_path / "run", **{"embedding-sharding": "row-wise"}))
     assert "--embedding-sharding row-wise: TorchRec is not installed: `bash scripts/setup.sh` installs" in error
+
+
+@needs_torchrec
+@pytest.mark.parametrize(
+    "first, then, port",
+    [
+        (("row-wise", 2), ("row-wise", 2), 29831),
+        (("row-wise", 2), ("none", 1), 29832),  # sharded -> one process, recforge's tables
+        (("row-wise", 2), ("table-wise", 3), 29833),
+        (("none", 2), ("column-wise", 2), 29834),  # replicated (DDP) -> sharded
+    ],
+)
+def test_resume_at_another_size_continues_the_run(click_log, one_process, tmp_path, first, then, port):
+    """Stopped after 3 of 6 steps and resumed with other processes or sharding (the checkpoint is
+    resharded on load): every evaluation as in the uninterrupted one-process run."""
+    run = tmp_path / "run"
+    args = flags(click_log, run, optimizer="rowwise-adagrad")
+    torchrun([*args, "--max-steps", "3", "--embedding-sharding", first[0]], first[1], port)
+    assert json.loads((run / "checkpoints" / "last.json").read_text()) == {"checkpoint": "step-3", "step": 3}
+    torchrun([*args, "--resume", "--embedding-sharding", then[0]], then[1], port + 100)
+    resumed, reference = records(run), one_process["rowwise-adagrad"]
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    assert resumed[3]["resumed_from_step"] == 3
+    for mine, theirs in zip(resumed, reference):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-6)
+        assert mine["AUC"] == pytest.approx(theirs["AUC"], abs=2e-5)

@@ -36,6 +36,9 @@ from recforge.runtime.distributed import Dist, init_distributed, pick_device, sh
 from recforge.runtime.memory import keep_freed_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler
 from recforge.tasks.base import Task
+from recforge.train.distributed_checkpoint import load as load_distributed
+from recforge.train.distributed_checkpoint import read_state as read_distributed_state
+from recforge.train.distributed_checkpoint import save as save_distributed
 from recforge.train.run_dir import RunDir
 from recforge.train.sharding import choose as choose_sharding
 from recforge.train.sharding import pad_rows, shard
@@ -76,6 +79,8 @@ CHANGEABLE_ON_RESUME = {
         "device",
         "threads",
         "compile",
+        "embedding_sharding",
+        "embedding_memory_per_rank",
         "resume",
         "restore_checkpoint",
         "mode",
@@ -184,21 +189,25 @@ def _load_optimizers(optimizers, states: list[dict]) -> None:
             group.update(settings)
 
 
-def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, task, log) -> dict:
-    """The run history: from checkpoints/last.pt with --resume, else a fresh start (from
-    --restore-checkpoint's weights or the model's own warm start, if any)."""
-    checkpoint = load_checkpoint(run.last) if cfg.train.resume and run.last.exists() else None
-    if checkpoint is None:
-        if cfg.train.resume:
-            log(f"--resume: no checkpoint in {run.checkpoints}; starting from scratch")
-        if cfg.train.restore_checkpoint:
-            path = cfg.train.restore_checkpoint
-            restore_weights(path, load_checkpoint(path), cfg, model, task)
-        else:
-            model.warm_start(cfg.arch)
-        run.start(cfg)
-        return History()
-    check_same_data(checkpoint, run.last, task.data_fingerprint, data_where(cfg))
+def _start_fresh(cfg: RunConfig, run: RunDir, model, task, log) -> History:
+    """A new run (from --restore-checkpoint's weights or the model's own warm start, if any)."""
+    if cfg.train.resume:
+        log(f"--resume: no checkpoint in {run.checkpoints}; starting from scratch")
+    if cfg.train.restore_checkpoint:
+        path = cfg.train.restore_checkpoint
+        restore_weights(path, load_checkpoint(path), cfg, model, task)
+    else:
+        model.warm_start(cfg.arch)
+    run.start(cfg)
+    return History()
+
+
+def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizers, scaler, task, log) -> History:
+    """The run history, and every tensor of the run, from its last checkpoint: last.pt (one
+    process wrote it) or a distributed checkpoint's folder (several did), into this run's layout."""
+    distributed = source.is_dir()
+    checkpoint = read_distributed_state(source) if distributed else load_checkpoint(source)
+    check_same_data(checkpoint, source, task.data_fingerprint, data_where(cfg))
     differences = _differences(checkpoint["config"], cfg.to_dict())
     refused = {key: v for key, v in differences.items() if key[1] not in CHANGEABLE_ON_RESUME.get(key[0], ())}
     if refused:
@@ -207,10 +216,18 @@ def _restore(cfg: RunConfig, run: RunDir, model, optimizers, scaler, task, log) 
             f"{run.path} and cannot change mid-run; "
             f"resume with the run's values, or train into a new --output-dir"
         )
-    model.load_state_dict(checkpoint["model"])
-    _load_optimizers(optimizers, checkpoint["optimizers"])
+    if distributed:
+        load_distributed(source, wrapped, optimizers)
+    elif wrapped is not model and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        raise RecforgeError(
+            f"--resume: {source} was written by one process; resume it without --embedding-sharding, or "
+            f"with it from a checkpoint of a multi-process run"
+        )
+    else:
+        model.load_state_dict(checkpoint["model"])
+        _load_optimizers(optimizers, checkpoint["optimizers"])
+        set_rng_state(checkpoint["rng"])
     scaler.load_state_dict(checkpoint["scaler"])
-    set_rng_state(checkpoint["rng"])
     history = History.from_dict(checkpoint["history"])
     changed = {
         f"{section}.{key}": {"from": a, "to": b}
@@ -259,11 +276,13 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
     task = parts.build_task(cfg, device, dist, log)
     model = parts.build_model(cfg, task.model_dims, device)
     sharding = choose_sharding(t, model, device, dist, log)
-    optimizers = make_optimizers(t, model)
     scaler = grad_scaler(device, t.precision)
     run = RunDir(cfg.output_dir, dist.is_main)
-    history = _restore(cfg, run, model, optimizers, scaler, task, log)
+    source = run.latest() if t.resume else None
+    if source is None:  # before sharding: the tables' start values are the model's
+        history = _start_fresh(cfg, run, model, task, log)
 
+    optimizers = make_optimizers(t, model)
     wrapped, equal_batches = model, False
     if sharding:
         wrapped, placement = shard(model, sharding, t, device, dist, log)
@@ -275,6 +294,21 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if source is not None:
+        history = _resume(cfg, run, source, wrapped, model, optimizers, scaler, task, log)
+
+    def save(best: bool = False, keep_steps: int = 0) -> None:
+        if not (dist.enabled or sharding):
+            run.save(_state(model, optimizers, scaler, history, cfg, task), best=best, keep_steps=keep_steps)
+            return
+        meta = _meta(scaler, history, cfg, task)
+        run.save_distributed(
+            lambda folder, name: save_distributed(folder, name, wrapped, optimizers, meta, dist.is_main),
+            history.step,
+            best=best,
+            keep_steps=t.keep_checkpoint_max if t.save_steps else 0,
+        )
+
     if t.compile:
         wrapped = torch.compile(wrapped)
 
@@ -334,7 +368,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
         # The record first: a kill before the checkpoint leaves a record that --resume drops and redoes;
         # the other order would leave a checkpoint whose evaluation is never recorded.
         run.log_metrics(record)
-        run.save(_state(model, optimizers, scaler, history, cfg, task), best=improved)
+        save(best=improved)
         log(_eval_line(record, task.metric_names, improved))
         window.reset(from_step=history.step + 1)
         if history.first_epoch_at_target is not None:
@@ -404,7 +438,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                     stop = evaluate_and_save(epoch, step_in_epoch, window, epoch_train_s) or stop
                     begin = time.perf_counter()
                 elif t.save_steps and history.step % t.save_steps == 0:
-                    run.save(_state(model, optimizers, scaler, history, cfg, task), keep_steps=t.keep_checkpoint_max)
+                    save(keep_steps=t.keep_checkpoint_max)
                 if stop:
                     break
 
@@ -445,13 +479,17 @@ def _check_loss(history: History, loss: float, epoch: int, run: RunDir, t, bench
 
 
 def _state(model, optimizers, scaler, history, cfg: RunConfig, task) -> dict:
+    """A one-process checkpoint: every tensor and the metadata."""
+    tensors = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers], "rng": rng_state()}
+    return tensors | _meta(scaler, history, cfg, task)
+
+
+def _meta(scaler, history, cfg: RunConfig, task) -> dict:
+    """What a checkpoint holds besides the model's, optimizers' and generators' tensors."""
     return {
         "format": FORMAT,
         "data": task.data_fingerprint,
-        "model": model.state_dict(),
-        "optimizers": [o.state_dict() for o in optimizers],
         "scaler": scaler.state_dict(),
-        "rng": rng_state(),
         "epoch": history.epoch,
         "step": history.step,
         "history": history.to_dict(),

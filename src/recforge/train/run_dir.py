@@ -24,6 +24,10 @@ class RunDir:
     evaluation's record is appended before its checkpoint (--resume drops records newer than
     last.pt and redoes them); summary.json, written last, exists only for a finished run (a
     resumed run removes it first).
+
+    A multi-process run writes a folder per checkpoint instead (`step-N/`, with torch's
+    distributed checkpoint; see `distributed_checkpoint`), and `last.json` / `best.json` name
+    the complete ones: each is replaced after its folder is complete.
     """
 
     def __init__(self, path: str | Path, enabled: bool):
@@ -31,6 +35,7 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
         self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
+        self.last_pointer, self.best_pointer = self.checkpoints / "last.json", self.checkpoints / "best.json"
         self.last_step: int | None = None  # the step of last.pt
         self.resumed: dict = {}
 
@@ -51,7 +56,7 @@ class RunDir:
         self.last_step = resumed_step
         if not self.enabled:
             return
-        if not cfg.train.resume and (self.metrics.exists() or self.last.exists()):
+        if not cfg.train.resume and (self.metrics.exists() or self.last.exists() or self.last_pointer.exists()):
             raise RecforgeError(
                 f"{self.path}: holds an earlier run; pass --resume to continue it or choose another --output-dir"
             )
@@ -66,10 +71,20 @@ class RunDir:
             self.resumed = {"resumed_from_step": resumed_step, "changed_on_resume": changed or {}}
         write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in kept))
 
+    def latest(self) -> Path | None:
+        """The checkpoint to resume from: the folder last.json names (a multi-process run's), else last.pt."""
+        if self.last_pointer.exists():
+            return self.checkpoints / json.loads(self.last_pointer.read_text())["checkpoint"]
+        return self.last if self.last.exists() else None
+
     def repair_best(self, history: History) -> None:
-        """best.pt after a kill between the renames of last.pt and best.pt (see the class)."""
-        is_best = self.enabled and history.best_step == history.step and self.last.exists()
-        if is_best and not (self.best.exists() and os.path.samefile(self.best, self.last)):
+        """best.pt (best.json) after a kill between the renames of last.pt and best.pt (see the class)."""
+        if not (self.enabled and history.best_step == history.step):
+            return
+        if self.last_pointer.exists():
+            if not self.best_pointer.exists() or self.best_pointer.read_text() != self.last_pointer.read_text():
+                write_text(self.best_pointer, self.last_pointer.read_text())
+        elif self.last.exists() and not (self.best.exists() and os.path.samefile(self.best, self.last)):
             atomic_link(self.last, self.best)
 
     def log_metrics(self, record: dict) -> None:
@@ -91,11 +106,31 @@ class RunDir:
             for old in steps[:-keep_steps]:
                 remove(old)
 
+    def save_distributed(self, save, step: int, best: bool = False, keep_steps: int = 0) -> None:
+        """A multi-process run's checkpoint: `save(folder, name)` writes it from every rank; then
+        rank 0 points last.json (and best.json) at it and removes the folders neither names, but
+        the newest `keep_steps` (with --save-steps)."""
+        from recforge.train.distributed_checkpoint import prune
+
+        self.last_step = step
+        name = f"step-{step}"
+        save(self.checkpoints, name)
+        if not self.enabled:
+            return
+        pointer = json.dumps({"checkpoint": name, "step": step}) + "\n"
+        write_text(self.last_pointer, pointer)
+        if best:
+            write_text(self.best_pointer, pointer)
+        kept = {json.loads(p.read_text())["checkpoint"] for p in (self.last_pointer, self.best_pointer) if p.exists()}
+        steps = sorted((p for p in self.checkpoints.glob("step-*") if p.is_dir()), key=lambda p: int(p.name[5:]))
+        prune(self.checkpoints, kept | {p.name for p in steps[len(steps) - keep_steps :]} if keep_steps else kept)
+
     def saved(self) -> str:
         """What a stopped run leaves to continue from, for its message."""
         if self.last_step is None:
             return "no checkpoint was written"
-        return f"the last checkpoint, {self.last} (step {self.last_step}), is from before it"
+        last = self.latest() or self.last
+        return f"the last checkpoint, {last} (step {self.last_step}), is from before it"
 
     def summary(self, summary: dict) -> None:
         if self.enabled:

@@ -295,7 +295,10 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
     )
     if not dist.enabled:
         one_process_group(device.type)
-    group = torch_dist.GroupMember.WORLD
+    # On CPUs, TorchRec gets a group of torch's own gloo: the sharded tensors look their device up
+    # by the group's backend name, which must read "gloo" (recforge's one-thread gloo exists for
+    # DDP's sparse all-reduce, which a sharded model does not run: its tables are TorchRec's).
+    group = torch_dist.new_group(backend="gloo") if device.type == "cpu" else torch_dist.GroupMember.WORLD
     sharders = [_sharder()]
     plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(model, sharders, group)
     wrapped = DistributedModelParallel(

@@ -1,0 +1,222 @@
+"""Checkpoints of multi-process runs, written with torch.distributed.checkpoint (DCP).
+
+Every rank writes its own part (its table shards; the replicated tensors once) into one folder,
+`checkpoints/step-N/`; DCP's coordinator writes the folder's `.metadata` last, after every rank's
+files, and only then does rank 0 point `last.json` (and `best.json`) at it. A kill at any instant
+leaves `last.json` naming a complete checkpoint: the folder being written has no pointer yet.
+
+The tensors are stored under names that do not depend on how the run was laid out: each table as
+one logical tensor per field (`embeddings.tables.3.weight`, whether recforge's fused table, its
+per-field tables or TorchRec's shards held it), dense parameters by their module path, optimizer
+state as `<parameter>/<state>` in recforge's terms (`sum`, `exp_avg`, ...). DCP reads any region
+of a logical tensor, so a checkpoint loads into another world size or sharding (2 -> 1, 1 -> 2,
+sharded -> replicated): each rank asks for exactly what it holds. What is not a tensor (history,
+config, the dropout generators' states) goes into `state.json`, written by rank 0 before DCP's
+metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from recforge.core.errors import RecforgeError
+from recforge.core.files import remove, write_json
+from recforge.models.layers import FieldEmbeddings
+from recforge.train.sharding import ShardedBag, ShardedFields
+
+WRAPPERS = re.compile(r"(^|\.)(module|_dmp_wrapped_module)\.")
+EXTRA = "._extra_state"
+# FBGEMM's names for the table optimizers' state -> recforge's (RowWiseAdagrad and Adagrad: "sum").
+FUSED_STATE = {"momentum1": "sum"}
+
+
+def _plain(key: str) -> str:
+    """A state-dict key without DDP's and DistributedModelParallel's wrapper prefixes."""
+    while True:
+        stripped = WRAPPERS.sub(r"\1", key, count=1)
+        if stripped == key:
+            return key
+        key = stripped
+
+
+def _table_names(module: nn.Module) -> tuple[dict[str, str], dict[str, tuple[FieldEmbeddings, str]]]:
+    """({state-dict key of a TorchRec table: its name}, {key of a fused recforge table: (its
+    module, its path)}) of a model in any form."""
+    torchrec, fused = {}, {}
+    for path, sub in module.named_modules():
+        path = _plain(path + ".")[:-1] if path else path
+        if isinstance(sub, ShardedFields):
+            for f, key in enumerate(sub.keys):
+                torchrec[f"{path}.collection.embedding_bags.{key}.weight"] = f"{path}.tables.{f}.weight"
+        elif isinstance(sub, ShardedBag):
+            torchrec[f"{path}.collection.embedding_bags.{sub.keys[0]}.weight"] = f"{path}.weight"
+        elif isinstance(sub, FieldEmbeddings) and sub.fused:
+            fused[f"{path}.table.weight"] = (sub, path)
+    return torchrec, fused
+
+
+def _per_field(module: FieldEmbeddings, path: str, tensor: torch.Tensor, suffix: str = "") -> dict:
+    """A fused table's tensor (or its row-wise optimizer state) as per-field views."""
+    rows = torch.diff(torch.cat([module.offsets, module.offsets.new_tensor([module.table.num_embeddings])]))
+    return {f"{path}.tables.{f}.weight{suffix}": part for f, part in enumerate(tensor.split(rows.tolist()))}
+
+
+def model_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """(the model's tensors by name, views of what it holds; the extra states by name)."""
+    torchrec, fused = _table_names(module)
+    tensors, extra = {}, {}
+    for key, value in module.state_dict().items():
+        key = _plain(key)
+        if key.endswith(EXTRA):
+            extra[key[: -len(EXTRA)]] = value
+        elif key in torchrec:
+            tensors[torchrec[key]] = value
+        elif key in fused:
+            tensors |= _per_field(*fused[key], value)
+        else:
+            tensors[key] = value
+    return tensors, extra
+
+
+def _parameter_names(module: nn.Module) -> dict[int, str]:
+    torchrec, _ = _table_names(module)
+    return {id(p): torchrec.get(_plain(name), _plain(name)) for name, p in module.named_parameters()}
+
+
+def _is_fused(optimizer) -> bool:
+    return hasattr(optimizer, "fused_optimizer") or type(optimizer).__module__.startswith("torchrec")
+
+
+def optimizer_state(module: nn.Module, optimizers: list) -> dict[str, torch.Tensor]:
+    """Every optimizer's state tensors by `<parameter>/<state>` (views where the state is a tensor)."""
+    names, (torchrec, fused) = _parameter_names(module), _table_names(module)
+    fused_modules = {id(sub.table.weight): (sub, path) for sub, path in fused.values()}
+    out = {}
+    for optimizer in optimizers:
+        if _is_fused(optimizer):
+            for key, states in optimizer.state_dict()["state"].items():
+                name = torchrec.get(_plain(key), _plain(key))
+                for state_key, value in states.items():
+                    state = state_key.rsplit(".", 1)[-1]
+                    out[f"{name}/{FUSED_STATE.get(state, state)}"] = value
+            continue
+        for p, states in optimizer.state.items():
+            for state, value in states.items():
+                value = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+                if id(p) in fused_modules and value.dim() and value.shape[0] == p.shape[0]:
+                    out |= _per_field(*fused_modules[id(p)], value, f"/{state}")
+                else:
+                    out[f"{names[id(p)]}/{state}"] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- save and load
+
+
+def save(folder: Path, name: str, module: nn.Module, optimizers: list, meta: dict, is_main: bool) -> Path:
+    """Write checkpoint `folder/name/` from every rank (a collective); returns its path."""
+    import torch.distributed.checkpoint as dcp
+
+    target = folder / name
+    tensors, extra = model_state(module)
+    state = {f"model/{k}": v for k, v in tensors.items()}
+    state |= {f"optim/{k}": v for k, v in optimizer_state(module, optimizers).items()}
+    state["rng/torch"] = torch.get_rng_state()
+    if is_main:
+        target.mkdir(parents=True, exist_ok=True)
+        write_json(target / "state.json", {**meta, "extra": extra})
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(target)))
+    return target
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / ".metadata").is_file() and (folder / "state.json").is_file()
+
+
+def read_state(folder: Path) -> dict:
+    """The checkpoint's `state.json` (history, config, data fingerprint...)."""
+    if not is_complete(folder):
+        raise RecforgeError(f"{folder}: not a complete checkpoint (no .metadata or state.json)")
+    return json.loads((folder / "state.json").read_text())
+
+
+def load(folder: Path, module: nn.Module, optimizers: list) -> dict:
+    """Fill `module` and `optimizers` (any layout) from checkpoint `folder`; returns its state.json.
+    Each rank reads the parts it holds; optimizer state that is created lazily is allocated here."""
+    import torch.distributed.checkpoint as dcp
+
+    saved = read_state(folder)
+    stored = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    tensors, _ = model_state(module)
+    wanted = {f"model/{k}": v for k, v in tensors.items()}
+    wanted |= {f"optim/{k}": v for k, v in optimizer_state(module, optimizers).items()}
+    created = _allocate_optimizer_state(module, optimizers, stored, wanted)
+    wanted["rng/torch"] = torch.get_rng_state()
+    # A table's own step counter (torch's Adagrad keeps one, FBGEMM does not) is not needed:
+    # without a learning-rate decay, Adagrad's update does not read it.
+    wanted = {k: v for k, v in wanted.items() if k in stored or not k.endswith("/step")}
+    missing = sorted(k for k in wanted if k not in stored)
+    if missing:
+        raise RecforgeError(f"{folder}: has no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    dcp.load(wanted, storage_reader=dcp.FileSystemReader(str(folder)))
+    for (optimizer, p, state), value in created.items():
+        optimizer.state[p][state] = int(value) if state == "step" and value.dtype == torch.int64 else value
+    torch.set_rng_state(wanted["rng/torch"])
+    for path, value in saved.get("extra", {}).items():
+        module.get_submodule(_find(module, path)).set_extra_state(value)
+    return saved
+
+
+def _find(module: nn.Module, plain_path: str) -> str:
+    for path, _ in module.named_modules():
+        if path and _plain(path + ".")[:-1] == plain_path:
+            return path
+    return plain_path
+
+
+def _allocate_optimizer_state(module: nn.Module, optimizers: list, stored: dict, wanted: dict) -> dict:
+    """Zero tensors for the stored state of parameters whose optimizer has not made it yet (torch's
+    optimizers make it at their first step), added to `wanted`; returns them by (optimizer, parameter, state)."""
+    names, (_, fused) = _parameter_names(module), _table_names(module)
+    fused_modules = {id(sub.table.weight): (sub, path) for sub, path in fused.values()}
+    created = {}
+    for optimizer in optimizers:
+        if _is_fused(optimizer):
+            continue
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                name = names[id(p)]
+                if id(p) in fused_modules:
+                    sub, path = fused_modules[id(p)]
+                    prefix = f"optim/{path}.tables.0.weight/"
+                    for key in [k for k in stored if k.startswith(prefix)]:
+                        state, meta = key[len(prefix) :], stored[key]
+                        if f"optim/{path}.tables.0.weight/{state}" in wanted:
+                            continue
+                        shape = [p.shape[0], *meta.size[1:]] if len(meta.size) else []
+                        full = torch.zeros(shape, dtype=meta.properties.dtype, device=p.device)
+                        created[optimizer, p, state] = full
+                        views = _per_field(sub, path, full, f"/{state}") if shape else {}
+                        wanted |= {f"optim/{k}": v for k, v in views.items()}
+                    continue
+                prefix = f"optim/{name}/"
+                for key in [k for k in stored if k.startswith(prefix)]:
+                    if key in wanted:
+                        continue
+                    meta = stored[key]
+                    created[optimizer, p, key[len(prefix) :]] = wanted[key] = torch.zeros(
+                        list(meta.size), dtype=meta.properties.dtype, device=p.device
+                    )
+    return created
+
+
+def prune(folder: Path, keep: set[str]) -> None:
+    """Remove the checkpoint folders in `folder` not named in `keep` (written before, or half-written)."""
+    for old in folder.glob("step-*"):
+        if old.is_dir() and old.name not in keep:
+            remove(old)
