@@ -172,13 +172,18 @@ def test_without_torchrec_sharding_says_how_to_install_it(click_log, tmp_path, c
 )
 def test_resume_at_another_size_continues_the_run(click_log, one_process, tmp_path, first, then, port):
     """Stopped after 3 of 6 steps and resumed with other processes or sharding (the checkpoint is
-    resharded on load): every evaluation as in the uninterrupted one-process run."""
+    resharded on load): every evaluation as in the uninterrupted one-process run; `evaluate` in
+    one process reads the last checkpoint and scores it as training did."""
     run = tmp_path / "run"
     args = flags(click_log, run, optimizer="rowwise-adagrad")
     torchrun([*args, "--max-steps", "3", "--embedding-sharding", first[0]], first[1], port)
     assert json.loads((run / "checkpoints" / "last.json").read_text()) == {"checkpoint": "step-3", "step": 3}
     torchrun([*args, "--resume", "--embedding-sharding", then[0]], then[1], port + 100)
     resumed, reference = records(run), one_process["rowwise-adagrad"]
+    lasts = [p.name for p in (run / "checkpoints").glob("last.*")]
+    assert lasts == ["last.pt" if then[1] == 1 else "last.json"]  # one process writes a file, several a folder
+    main(["evaluate", "--checkpoint", str(run / "checkpoints" / lasts[0])])  # one process reads either
+    assert json.loads((run / "evaluation-sampled.json").read_text())["metrics"]["AUC"] == resumed[-1]["AUC"]
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     assert resumed[3]["resumed_from_step"] == 3
     for mine, theirs in zip(resumed, reference):

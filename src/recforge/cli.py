@@ -93,15 +93,19 @@ def _run_parser(
 
 def _checkpoint_parser(prog: str, argv: list[str], extra) -> tuple[RunConfig, argparse.Namespace, dict]:
     """For commands that use a checkpoint: its config, with any config flags layered on."""
-    from recforge.core.checkpoint import load_checkpoint
+    from recforge.train.distributed_checkpoint import open_checkpoint
 
     pre = Parser(add_help=False, allow_abbrev=False)
     pre.add_argument("--checkpoint")
     known, _ = pre.parse_known_args(argv)
-    checkpoint = load_checkpoint(known.checkpoint) if known.checkpoint else None
+    checkpoint = open_checkpoint(known.checkpoint) if known.checkpoint else None
 
     def own_flags(parser):
-        parser.add_argument("--checkpoint", required=True, help="a run's checkpoints/best.pt or last.pt")
+        parser.add_argument(
+            "--checkpoint",
+            required=True,
+            help="a run's checkpoints/best.pt or last.pt (best.json, last.json or step-N of a multi-process run)",
+        )
         extra(parser)
 
     cfg, args = _run_parser(prog, argv, own_flags, base=checkpoint["config"] if checkpoint else None)

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 from recforge.config import RunConfig
-from recforge.core.checkpoint import check_same_data, check_same_model, load_checkpoint
+from recforge.core.checkpoint import check_same_data, check_same_model
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_json, write_text
 from recforge.core.progress import log_to
 from recforge.registry import MODELS, build_model, build_task, config_from_dict, model_entry
 from recforge.runtime.distributed import shutdown
+from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
 from recforge.train.loop import data_where, setup
 from recforge.train.run_dir import RunDir
 
@@ -40,7 +41,7 @@ def load_run(checkpoint: dict, path: str | Path, cfg: RunConfig | None = None):
         task = build_task(cfg, device, dist, log_to(dist.is_main))
         check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
         model = build_model(trained, checkpoint["model_dims"], device)
-        model.load_state_dict(checkpoint["model"])
+        load_weights(checkpoint, model)
     except BaseException:
         shutdown(dist)
         raise
@@ -118,7 +119,7 @@ def score_into_run(cfg: RunConfig) -> dict:
     if not cfg.train.restore_checkpoint:
         raise RecforgeError(f"--mode {cfg.train.mode} needs --restore-checkpoint FILE")
     path = cfg.train.restore_checkpoint
-    checkpoint = load_checkpoint(path)
+    checkpoint = open_checkpoint(path)
 
     def write(result, task, probabilities, cfg):
         run = RunDir(cfg.output_dir, True)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from recforge.core.checkpoint import READABLE, load_checkpoint
 from recforge.core.errors import RecforgeError
 from recforge.core.files import remove, write_json
 from recforge.models.layers import FieldEmbeddings
@@ -145,9 +147,10 @@ def read_state(folder: Path) -> dict:
     return json.loads((folder / "state.json").read_text())
 
 
-def load(folder: Path, module: nn.Module, optimizers: list) -> dict:
-    """Fill `module` and `optimizers` (any layout) from checkpoint `folder`; returns its state.json.
-    Each rank reads the parts it holds; optimizer state that is created lazily is allocated here."""
+def load(folder: Path, module: nn.Module, optimizers: list, rng: bool = True) -> dict:
+    """Fill `module` and `optimizers` (any layout) from checkpoint `folder`, and torch's generator
+    unless not `rng`; returns its state.json. Each rank reads the parts it holds; optimizer state
+    that is created lazily is allocated here."""
     import torch.distributed.checkpoint as dcp
 
     saved = read_state(folder)
@@ -156,20 +159,50 @@ def load(folder: Path, module: nn.Module, optimizers: list) -> dict:
     wanted = {f"model/{k}": v for k, v in tensors.items()}
     wanted |= {f"optim/{k}": v for k, v in optimizer_state(module, optimizers).items()}
     created = _allocate_optimizer_state(module, optimizers, stored, wanted)
-    wanted["rng/torch"] = torch.get_rng_state()
+    if rng:
+        wanted["rng/torch"] = torch.get_rng_state()
     # A table's own step counter (torch's Adagrad keeps one, FBGEMM does not) is not needed:
     # without a learning-rate decay, Adagrad's update does not read it.
     wanted = {k: v for k, v in wanted.items() if k in stored or not k.endswith("/step")}
     missing = sorted(k for k in wanted if k not in stored)
     if missing:
         raise RecforgeError(f"{folder}: has no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-    dcp.load(wanted, storage_reader=dcp.FileSystemReader(str(folder)))
+    with warnings.catch_warnings():  # one process reading a checkpoint of several is what we mean
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(wanted, storage_reader=dcp.FileSystemReader(str(folder)))
     for (optimizer, p, state), value in created.items():
         optimizer.state[p][state] = int(value) if state == "step" and value.dtype == torch.int64 else value
-    torch.set_rng_state(wanted["rng/torch"])
+    if rng:
+        torch.set_rng_state(wanted["rng/torch"])
     for path, value in saved.get("extra", {}).items():
         module.get_submodule(_find(module, path)).set_extra_state(value)
     return saved
+
+
+def open_checkpoint(path: str | Path) -> dict:
+    """A checkpoint to score or take weights from: a one-process run's file (last.pt, best.pt), a
+    multi-process run's folder (step-N) or its pointer (last.json, best.json). A folder gives its
+    state.json with "folder" in place of the tensors, which `load_weights` reads."""
+    path = Path(path).expanduser()
+    if path.suffix == ".json" and path.is_file():
+        try:
+            path = path.parent / json.loads(path.read_text())["checkpoint"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise RecforgeError(f"{path}: not a checkpoint pointer (last.json or best.json of a run)") from None
+    if path.is_dir():
+        saved = read_state(path)
+        if saved.get("format") not in READABLE:
+            raise RecforgeError(f"{path}: not a recforge checkpoint (no recforge format marker in state.json)")
+        return saved | {"folder": str(path)}
+    return load_checkpoint(path)
+
+
+def load_weights(checkpoint: dict, model: nn.Module) -> None:
+    """The weights of a checkpoint from `open_checkpoint` into `model`, in one process or several."""
+    if "folder" in checkpoint:
+        load(Path(checkpoint["folder"]), model, [], rng=False)
+    else:
+        model.load_state_dict(checkpoint["model"])
 
 
 def _find(module: nn.Module, plain_path: str) -> str:

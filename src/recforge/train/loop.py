@@ -37,6 +37,7 @@ from recforge.runtime.memory import keep_freed_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler
 from recforge.tasks.base import Task
 from recforge.train.distributed_checkpoint import load as load_distributed
+from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
 from recforge.train.distributed_checkpoint import read_state as read_distributed_state
 from recforge.train.distributed_checkpoint import save as save_distributed
 from recforge.train.run_dir import RunDir
@@ -177,7 +178,7 @@ def restore_weights(path: str | Path, checkpoint: dict, cfg: RunConfig, model, t
     different = _differences(checkpoint["config"], cfg.to_dict(), sections=("arch",))
     if different:
         raise RecforgeError(f"{path}: trained with another architecture: {_describe(different)}")
-    model.load_state_dict(checkpoint["model"])
+    load_weights(checkpoint, model)
 
 
 def _load_optimizers(optimizers, states: list[dict]) -> None:
@@ -195,7 +196,7 @@ def _start_fresh(cfg: RunConfig, run: RunDir, model, task, log) -> History:
         log(f"--resume: no checkpoint in {run.checkpoints}; starting from scratch")
     if cfg.train.restore_checkpoint:
         path = cfg.train.restore_checkpoint
-        restore_weights(path, load_checkpoint(path), cfg, model, task)
+        restore_weights(path, open_checkpoint(path), cfg, model, task)
     else:
         model.warm_start(cfg.arch)
     run.start(cfg)

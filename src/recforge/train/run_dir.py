@@ -72,8 +72,11 @@ class RunDir:
         write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in kept))
 
     def latest(self) -> Path | None:
-        """The checkpoint to resume from: the folder last.json names (a multi-process run's), else last.pt."""
-        if self.last_pointer.exists():
+        """The checkpoint to resume from: last.pt, or the folder last.json names (a multi-process run's)."""
+        newer_file = self.last.exists() and (
+            not self.last_pointer.exists() or self.last.stat().st_mtime_ns > self.last_pointer.stat().st_mtime_ns
+        )  # both: a kill came between writing one and removing the other
+        if self.last_pointer.exists() and not newer_file:
             return self.checkpoints / json.loads(self.last_pointer.read_text())["checkpoint"]
         return self.last if self.last.exists() else None
 
@@ -100,6 +103,7 @@ class RunDir:
         save_checkpoint(self.last, state)
         if best:
             atomic_link(self.last, self.best)
+        self._drop_pointers(best)
         if keep_steps:
             save_checkpoint(self.checkpoints / f"step-{state['step']}.pt", state)
             steps = sorted(self.checkpoints.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
@@ -121,9 +125,25 @@ class RunDir:
         write_text(self.last_pointer, pointer)
         if best:
             write_text(self.best_pointer, pointer)
+        remove(self.last)  # a run resumed with more processes than wrote last.pt (best.pt is its own link)
+        if best:
+            remove(self.best)
         kept = {json.loads(p.read_text())["checkpoint"] for p in (self.last_pointer, self.best_pointer) if p.exists()}
         steps = sorted((p for p in self.checkpoints.glob("step-*") if p.is_dir()), key=lambda p: int(p.name[5:]))
         prune(self.checkpoints, kept | {p.name for p in steps[len(steps) - keep_steps :]} if keep_steps else kept)
+
+    def _drop_pointers(self, best: bool) -> None:
+        """After last.pt (best.pt): the pointers and folders of the multi-process checkpoints it
+        replaces (a run resumed with fewer processes than wrote them)."""
+        from recforge.train.distributed_checkpoint import prune
+
+        if not self.last_pointer.exists():
+            return
+        remove(self.last_pointer)
+        if best:
+            remove(self.best_pointer)
+        kept = {json.loads(self.best_pointer.read_text())["checkpoint"]} if self.best_pointer.exists() else set()
+        prune(self.checkpoints, kept)
 
     def saved(self) -> str:
         """What a stopped run leaves to continue from, for its message."""
