@@ -35,10 +35,11 @@ _fault_count = 0
 
 
 def fault_point(operation: str, path: str | Path) -> None:
-    """Count a file operation; kill this process at the one `RECFORGE_FAULT_AT` names (tests)."""
+    """Count a file operation; kill this process at the one `RECFORGE_FAULT_AT` names (tests).
+    Under torchrun only rank 0 counts: it writes the run's files, and its death ends the others."""
     global _fault_count
     log, at = os.environ.get("RECFORGE_FAULT_LOG"), os.environ.get("RECFORGE_FAULT_AT")
-    if not (log or at):
+    if not (log or at) or os.environ.get("RANK", "0") != "0":
         return
     _fault_count += 1
     if log:

@@ -27,7 +27,7 @@ from torch import nn
 
 from recforge.core.checkpoint import READABLE, load_checkpoint
 from recforge.core.errors import RecforgeError
-from recforge.core.files import remove, write_json
+from recforge.core.files import fault_point, remove, write_json
 from recforge.models.layers import FieldEmbeddings
 from recforge.train.sharding import ShardedBag, ShardedFields
 
@@ -132,7 +132,9 @@ def save(folder: Path, name: str, module: nn.Module, optimizers: list, meta: dic
     if is_main:
         target.mkdir(parents=True, exist_ok=True)
         write_json(target / "state.json", {**meta, "extra": extra})
+    fault_point("distributed-checkpoint", target)
     dcp.save(state, storage_writer=dcp.FileSystemWriter(str(target)))
+    fault_point("distributed-checkpoint-written", target)
     return target
 
 
