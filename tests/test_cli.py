@@ -188,8 +188,10 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
         assert abs(b["HR@10"] - a["HR@10"]) <= 0.02
 
-    # Evaluating one checkpoint with 2 processes counts every user exactly once.
-    checkpoint = two / "run" / "checkpoints" / "last.pt"
+    # Evaluating one checkpoint with 2 processes counts every user exactly once; several processes
+    # write a distributed checkpoint, which one process reads too.
+    assert not (two / "run" / "checkpoints" / "last.pt").exists()
+    checkpoint = two / "run" / "checkpoints" / "last.json"
     result = subprocess.run(
         [*torchrun, "evaluate", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "e2.json")],
         capture_output=True,

@@ -17,8 +17,10 @@ loss so that the average is the gradient of the global batch's mean loss.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -277,6 +279,7 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
     from torchrec.distributed.types import ShardingEnv
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
+    _quiet_torchrec()
     comm_ops.set_gradient_division(True)  # TorchRec's default, which the loop's loss scaling counts on
     budget = memory_per_rank(cfg, device, dist)
     stand_ins = swap_in(model)
@@ -313,6 +316,15 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
     for line in placed.lines():
         log(line)
     return wrapped, placed
+
+
+def _quiet_torchrec() -> None:
+    """TorchRec's notices that do not apply here: the planner's advice on building topologies and
+    on dry runs (we plan real tables), deprecations inside its own DDP call, and torch.fx's note on
+    tracing checks that TorchRec's modules make at every forward."""
+    logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\.")
 
 
 def _copy_into_shards(wrapped: nn.Module, initial: dict[str, torch.Tensor]) -> None:
