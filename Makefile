@@ -18,12 +18,12 @@ demo: $(STAMP)
 	@$(BIN)/recforge train --config quickstart --output-dir $(DEMO_RUN)
 
 # Two test processes: most tests run one torch thread (and wait on subprocesses), so two keep
-# both cores busy; a test file stays in one process (its module fixtures are built once).
+# both cores busy.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist load
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,6 +16,7 @@ from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.ctr_spec import prepare_ctr
 from recforge.metrics.ranking import map_at_k
 from recforge.models.wide_deep import WideDeep, WideDeepConfig, bags
+from recforge.train.sharding import torchrec_available
 
 
 def test_map_at_12_by_hand():
@@ -312,3 +313,17 @@ def test_wide_deep_two_process_torchrun_evaluates_every_row_once(grouped, tmp_pa
     assert one["metrics"]["eval_rows"] == two["metrics"]["eval_rows"] == rows
     assert one["steps"] == two["steps"]
     assert abs(one["metrics"]["MAP@12"] - two["metrics"]["MAP@12"]) < 0.02
+
+
+@pytest.mark.skipif(not torchrec_available(), reason="TorchRec is not installed")
+def test_wide_deep_sharding_is_refused_for_its_one_weight_wide_table(grouped, tmp_path, capsys):
+    """FBGEMM's kernels take table widths that are multiples of 4; the wide part's is 1."""
+    prepared, _ = grouped
+    with pytest.raises(SystemExit):
+        main(
+            ["train", "--model", "wide-deep", "--prepared-dir", str(prepared), "--output-dir", str(tmp_path / "run")]
+            + ["--optimizer", "adagrad", "--embedding-sharding", "table-wise", "--epochs", "1"]
+        )
+    error = capsys.readouterr().err
+    assert "--embedding-sharding table-wise: table wide.table is 1 wide; FBGEMM's kernels take widths" in error
+    assert not (tmp_path / "run").exists()

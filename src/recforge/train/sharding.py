@@ -198,6 +198,14 @@ def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist,
             log(f"--embedding-sharding auto: the tables ({size_text(need)}) fit one process: not sharded")
         return None
     require_torchrec(f"--embedding-sharding {how}")
+    narrow = [name for name, m in model.named_modules() if isinstance(m, nn.EmbeddingBag) and m.embedding_dim % 4]
+    if narrow:
+        # FBGEMM's table-batched kernels take widths that are multiples of 4. A width-1 table (Wide &
+        # Deep's wide part) would need padding to 4 columns, and checkpoints that narrow it back.
+        raise RecforgeError(
+            f"--embedding-sharding {how}: table {narrow[0]} is {_width(model, narrow[0])} wide; FBGEMM's kernels "
+            "take widths that are multiples of 4 (Wide & Deep's one-weight wide part cannot be sharded yet)"
+        )
     if how == "auto" and dist.world * budget < need:
         raise RecforgeError(
             f"--embedding-sharding auto: the tables and their {cfg.optimizer} state need {size_text(need)}, more "
@@ -220,6 +228,10 @@ def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist,
             "backward pass; use --precision bf16 or fp32"
         )
     return how
+
+
+def _width(model: nn.Module, name: str) -> int:
+    return model.get_submodule(name).embedding_dim
 
 
 # ----------------------------------------------------------------------------- sharding
