@@ -219,3 +219,20 @@ def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_l
     for mine, theirs in zip(resumed, one_process["rowwise-adagrad"]):
         assert mine["AUC"] == pytest.approx(theirs["AUC"], abs=2e-5)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.json", "last.json", "step-3"]
+
+
+@needs_torchrec
+def test_tables_the_planner_cannot_place_are_refused_in_one_line(click_log, tmp_path):
+    """268 KiB of tables, 2 x 140 KiB: our count lets it through, TorchRec's planner (which keeps
+    room for the rest of the model) cannot place them; its error becomes one line."""
+    extra = {"embedding-sharding": "table-wise", "embedding-memory-per-rank": "140KiB"}
+    result = subprocess.run(
+        [*torchrun_command(29871, 2), "train", *flags(click_log, tmp_path / "run", **extra)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    line = next(x for x in result.stderr.splitlines() if x.startswith("recforge: error:"))
+    assert "TorchRec's planner cannot place the tables in 2 process(es) x 140.00 KiB" in line
+    assert "internal error" not in result.stderr

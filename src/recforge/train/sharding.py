@@ -287,7 +287,7 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
     import torch.distributed as torch_dist
     from torchrec.distributed import DistributedModelParallel, comm_ops
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
     from torchrec.distributed.types import ShardingEnv
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
@@ -315,7 +315,16 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
     # DDP's sparse all-reduce, which a sharded model does not run: its tables are TorchRec's).
     group = torch_dist.new_group(backend="gloo") if device.type == "cpu" else torch_dist.GroupMember.WORLD
     sharders = [_sharder()]
-    plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(model, sharders, group)
+    try:
+        plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
+            model, sharders, group
+        )
+    except PlannerError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise RecforgeError(
+            f"--embedding-sharding {how}: TorchRec's planner cannot place the tables in {dist.world} process(es) x "
+            f"{size_text(budget)} (--embedding-memory-per-rank): {reason}"
+        ) from None
     wrapped = DistributedModelParallel(
         model, env=ShardingEnv.from_process_group(group), device=device, plan=plan, sharders=sharders
     )
