@@ -190,6 +190,12 @@ class FieldEmbeddings(nn.Module):
                 if isinstance(table, nn.EmbeddingBag):
                     nn.init.normal_(table.weight, std=init_std)
 
+    def split_by_field(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """A fused table's tensor (its weight, or an optimizer's state with a row per table row)
+        as per-field views."""
+        rows = torch.diff(torch.cat([self.offsets, self.offsets.new_tensor([self.table.num_embeddings])]))
+        return list(tensor.split(rows.tolist()))
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows, fields = ids.shape
         if self.fused:

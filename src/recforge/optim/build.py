@@ -58,8 +58,12 @@ class Parameters:
 
 
 def make_optimizers(cfg: TrainConfig, model: nn.Module, parameters: Parameters = Parameters()) -> list:
-    optimizers = OPTIMIZERS[cfg.optimizer](cfg, model, parameters)
-    for optimizer in optimizers:  # schedules scale each group's own starting rate
+    return with_initial_rates(OPTIMIZERS[cfg.optimizer](cfg, model, parameters))
+
+
+def with_initial_rates(optimizers: list) -> list:
+    """`optimizers`, each group's starting rate noted (schedules scale it: `set_learning_rate`)."""
+    for optimizer in optimizers:
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
     return optimizers

@@ -63,9 +63,8 @@ def _table_names(module: nn.Module) -> tuple[dict[str, str], dict[str, tuple[Fie
 
 
 def _per_field(module: FieldEmbeddings, path: str, tensor: torch.Tensor, suffix: str = "") -> dict:
-    """A fused table's tensor (or its row-wise optimizer state) as per-field views."""
-    rows = torch.diff(torch.cat([module.offsets, module.offsets.new_tensor([module.table.num_embeddings])]))
-    return {f"{path}.tables.{f}.weight{suffix}": part for f, part in enumerate(tensor.split(rows.tolist()))}
+    """A fused table's tensor (or its row-wise optimizer state) as per-field views, by name."""
+    return {f"{path}.tables.{f}.weight{suffix}": part for f, part in enumerate(module.split_by_field(tensor))}
 
 
 def model_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
@@ -90,14 +89,19 @@ def _parameter_names(module: nn.Module) -> dict[int, str]:
     return {id(p): torchrec.get(_plain(name), _plain(name)) for name, p in module.named_parameters()}
 
 
+def _fused_tables(module: nn.Module) -> dict[int, tuple[FieldEmbeddings, str]]:
+    """id of a fused recforge table's weight -> (its module, its path)."""
+    return {id(sub.table.weight): (sub, path) for sub, path in _table_names(module)[1].values()}
+
+
 def _is_fused(optimizer) -> bool:
-    return hasattr(optimizer, "fused_optimizer") or type(optimizer).__module__.startswith("torchrec")
+    """TorchRec's optimizer of the tables fused into the backward (the others are torch's or recforge's)."""
+    return type(optimizer).__module__.startswith("torchrec")
 
 
 def optimizer_state(module: nn.Module, optimizers: list) -> dict[str, torch.Tensor]:
     """Every optimizer's state tensors by `<parameter>/<state>` (views where the state is a tensor)."""
-    names, (torchrec, fused) = _parameter_names(module), _table_names(module)
-    fused_modules = {id(sub.table.weight): (sub, path) for sub, path in fused.values()}
+    names, (torchrec, _), fused_modules = _parameter_names(module), _table_names(module), _fused_tables(module)
     out = {}
     for optimizer in optimizers:
         if _is_fused(optimizer):
@@ -217,8 +221,7 @@ def _find(module: nn.Module, plain_path: str) -> str:
 def _allocate_optimizer_state(module: nn.Module, optimizers: list, stored: dict, wanted: dict) -> dict:
     """Zero tensors for the stored state of parameters whose optimizer has not made it yet (torch's
     optimizers make it at their first step), added to `wanted`; returns them by (optimizer, parameter, state)."""
-    names, (_, fused) = _parameter_names(module), _table_names(module)
-    fused_modules = {id(sub.table.weight): (sub, path) for sub, path in fused.values()}
+    names, fused_modules = _parameter_names(module), _fused_tables(module)
     created = {}
     for optimizer in optimizers:
         if _is_fused(optimizer):

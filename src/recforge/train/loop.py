@@ -31,7 +31,7 @@ from recforge.core.checkpoint import (
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_text
 from recforge.core.progress import Progress, log_to
-from recforge.optim.build import make_optimizers, set_learning_rate
+from recforge.optim.build import make_optimizers, set_learning_rate, with_initial_rates
 from recforge.runtime.distributed import Dist, init_distributed, pick_device, shutdown
 from recforge.runtime.memory import keep_freed_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler
@@ -283,18 +283,18 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
     if source is None:  # before sharding: the tables' start values are the model's
         history = _start_fresh(cfg, run, model, task, log)
 
-    optimizers = make_optimizers(t, model)
     wrapped, equal_batches = model, False
     if sharding:
         wrapped, placement = shard(model, sharding, t, device, dist, log)
         equal_batches = placement.equal_batches
-        optimizers = make_optimizers(t, wrapped, placement.parameters(wrapped)) + [wrapped.fused_optimizer]
-        for group in wrapped.fused_optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-    elif dist.enabled:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        optimizers = make_optimizers(t, wrapped, placement.parameters(wrapped))
+        optimizers += with_initial_rates([wrapped.fused_optimizer])
+    else:
+        optimizers = make_optimizers(t, model)
+        if dist.enabled:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
     if source is not None:
         history = _resume(cfg, run, source, wrapped, model, optimizers, scaler, task, log)
 

@@ -12,6 +12,7 @@ from recforge.config import RunConfig
 from recforge.core.checkpoint import save_checkpoint
 from recforge.core.errors import RecforgeError
 from recforge.core.files import append_jsonl, atomic_link, read_jsonl, remove, write_json, write_text
+from recforge.train.distributed_checkpoint import prune
 from recforge.train.state import History
 
 
@@ -114,8 +115,6 @@ class RunDir:
         """A multi-process run's checkpoint: `save(folder, name)` writes it from every rank; then
         rank 0 points last.json (and best.json) at it and removes the folders neither names, but
         the newest `keep_steps` (with --save-steps)."""
-        from recforge.train.distributed_checkpoint import prune
-
         self.last_step = step
         name = f"step-{step}"
         save(self.checkpoints, name)
@@ -135,8 +134,6 @@ class RunDir:
     def _drop_pointers(self, best: bool) -> None:
         """After last.pt (best.pt): the pointers and folders of the multi-process checkpoints it
         replaces (a run resumed with fewer processes than wrote them)."""
-        from recforge.train.distributed_checkpoint import prune
-
         if not self.last_pointer.exists():
             return
         remove(self.last_pointer)

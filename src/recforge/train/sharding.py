@@ -51,8 +51,9 @@ def require_torchrec(flag: str) -> None:
 # ----------------------------------------------------------------------------- stand-ins
 
 
-def _collection(tables: list[tuple[str, int, int, str]], device: torch.device):
-    """An EmbeddingBagCollection of (name, rows, dim, pooling) tables, one feature each (the name)."""
+def _collection(tables: list[tuple[str, int, int, str]]):
+    """An EmbeddingBagCollection of (name, rows, dim, pooling) tables, one feature each (the name),
+    on the meta device: DistributedModelParallel allocates each rank's shards."""
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
     configs = [
@@ -61,7 +62,7 @@ def _collection(tables: list[tuple[str, int, int, str]], device: torch.device):
         )
         for name, rows, dim, pooling in tables
     ]
-    return EmbeddingBagCollection(tables=configs, device=torch.device("meta") if device is None else device)
+    return EmbeddingBagCollection(tables=configs, device=torch.device("meta"))
 
 
 def _jagged(keys: list[str], values: torch.Tensor, lengths: torch.Tensor):
@@ -77,7 +78,7 @@ class ShardedFields(nn.Module):
         super().__init__()
         weights = source_tables(source)
         self.keys = [f"{prefix}__{f}" for f in range(len(weights))]
-        self.collection = _collection([(k, w.shape[0], w.shape[1], "SUM") for k, w in zip(self.keys, weights)], None)
+        self.collection = _collection([(k, w.shape[0], w.shape[1], "SUM") for k, w in zip(self.keys, weights)])
         self.initial = dict(zip(self.keys, weights))
         self._order = None
 
@@ -104,7 +105,7 @@ class ShardedBag(nn.Module):
         if pooling is None:
             raise RecforgeError(f"{prefix}: a '{source.mode}'-pooled table cannot be sharded (sum or mean)")
         self.keys = [prefix]
-        self.collection = _collection([(prefix, *source.weight.shape, pooling)], None)
+        self.collection = _collection([(prefix, *source.weight.shape, pooling)])
         self.initial = {prefix: source.weight.detach()}
 
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -115,8 +116,7 @@ class ShardedBag(nn.Module):
 def source_tables(module: FieldEmbeddings) -> list[torch.Tensor]:
     """A `FieldEmbeddings`' per-field tables (views into the fused table when it is fused)."""
     if module.fused:
-        rows = torch.diff(torch.cat([module.offsets, module.offsets.new_tensor([module.table.num_embeddings])]))
-        return list(module.table.weight.detach().split(rows.tolist()))
+        return module.split_by_field(module.table.weight.detach())
     return [table.weight.detach() for table in module.tables]
 
 
@@ -198,12 +198,14 @@ def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist,
             log(f"--embedding-sharding auto: the tables ({size_text(need)}) fit one process: not sharded")
         return None
     require_torchrec(f"--embedding-sharding {how}")
-    narrow = [name for name, m in model.named_modules() if isinstance(m, nn.EmbeddingBag) and m.embedding_dim % 4]
+    narrow = [
+        (n, m.embedding_dim) for n, m in model.named_modules() if isinstance(m, nn.EmbeddingBag) and m.embedding_dim % 4
+    ]
     if narrow:
         # FBGEMM's table-batched kernels take widths that are multiples of 4. A width-1 table (Wide &
         # Deep's wide part) would need padding to 4 columns, and checkpoints that narrow it back.
         raise RecforgeError(
-            f"--embedding-sharding {how}: table {narrow[0]} is {_width(model, narrow[0])} wide; FBGEMM's kernels "
+            f"--embedding-sharding {how}: table {narrow[0][0]} is {narrow[0][1]} wide; FBGEMM's kernels "
             "take widths that are multiples of 4 (Wide & Deep's one-weight wide part cannot be sharded yet)"
         )
     if how == "auto" and dist.world * budget < need:
@@ -228,10 +230,6 @@ def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist,
             "backward pass; use --precision bf16 or fp32"
         )
     return how
-
-
-def _width(model: nn.Module, name: str) -> int:
-    return model.get_submodule(name).embedding_dim
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -275,11 +273,6 @@ def _sharder():
             return types + [t for t in ("row_wise", "table_row_wise") if t not in types]
 
     return Sharder()
-
-
-def _sum_gradients(state, bucket):
-    """DDP communication hook: all-reduce a gradient bucket as a sum (DDP's own hook averages)."""
-    return torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda done: done.value()[0])
 
 
 def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, dist: Dist, log):
