@@ -14,6 +14,7 @@ from recforge import config
 from recforge.config import RunConfig
 from recforge.core.errors import RecforgeError
 from recforge.models import dlrm, ncf, wide_deep
+from recforge.models.layers import to_device
 from recforge.tasks.base import Task
 from recforge.tasks.ctr import CTRTask
 from recforge.tasks.ranking import RankingTask
@@ -75,4 +76,4 @@ def build_task(cfg: RunConfig, device: torch.device, dist, log) -> Task:
 
 
 def build_model(cfg: RunConfig, dims: dict, device: torch.device) -> torch.nn.Module:
-    return model_entry(cfg.model).build(**dims, cfg=cfg.arch).to(device)
+    return to_device(model_entry(cfg.model).build(**dims, cfg=cfg.arch), device)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -163,32 +167,119 @@ def field_offsets(cardinalities: list[int]) -> torch.Tensor:
     return torch.tensor([0, *cardinalities[:-1]] if cardinalities else [], dtype=torch.long).cumsum(0)
 
 
+def _draw_seed() -> int:
+    # From torch's generator, on the CPU: a seeded run builds the same tables, on any device.
+    return int(torch.randint(2**62, (), device="cpu"))
+
+
+@dataclass(frozen=True)
+class TableInit:
+    """How an embedding table's rows start: U(-scale, scale), N(0, scale^2) or zeros.
+
+    Element (r, c) of a table D wide is draw r * D + c of a PCG64 stream of the table's own, so
+    any block of rows can be made alone (`advance` jumps to it): a process that holds rows a:b of
+    a sharded table makes exactly those rows of the one-process table, bit for bit, without the
+    rest (torch's generator cannot jump). Normal draws go through the inverse CDF, one draw each."""
+
+    kind: Literal["uniform", "normal", "zeros"]
+    scale: float = 0.0
+    seed: int = field(default_factory=_draw_seed)
+
+    CHUNK = 1 << 22  # values made at a time: bounded scratch memory for tables of any size
+
+    def rows(self, start: int, stop: int, dim: int) -> torch.Tensor:
+        out = torch.zeros(stop - start, dim)
+        if self.kind == "zeros":
+            return out
+        bits = np.random.PCG64(self.seed)
+        bits.advance(start * dim)
+        flat = out.view(-1)
+        for at in range(0, flat.numel(), self.CHUNK):
+            raw = bits.random_raw(min(self.CHUNK, flat.numel() - at))
+            # The top 23 bits, + 1/2: exact in float32 and strictly inside (0, 1).
+            unit = torch.from_numpy((raw >> np.uint64(41)).astype(np.float32)).add_(0.5).mul_(2.0**-23)
+            value = unit.mul_(2.0).sub_(1.0) if self.kind == "uniform" else torch.special.ndtri(unit)
+            flat[at : at + len(raw)] = value.mul_(self.scale)
+        return out
+
+
+@dataclass(frozen=True)
+class StackedInit:
+    """Tables end to end (a fused table of several fields): rows from each part's own `TableInit`."""
+
+    parts: tuple[tuple[int, TableInit], ...]  # (rows, how they start)
+
+    def rows(self, start: int, stop: int, dim: int) -> torch.Tensor:
+        blocks, first = [], 0
+        for count, init in self.parts:
+            lo, hi = max(start, first), min(stop, first + count)
+            if lo < hi:
+                blocks.append(init.rows(lo - first, hi - first, dim))
+            first += count
+        return torch.cat(blocks) if blocks else torch.zeros(0, dim)
+
+
+_TABLES_ON_META = [False]
+
+
+@contextlib.contextmanager
+def tables_on_meta():
+    """Models built inside leave their embedding tables on the meta device (no memory) until
+    `materialize_tables`, or until a sharded run makes only each process's own rows."""
+    _TABLES_ON_META.append(True)
+    try:
+        yield
+    finally:
+        _TABLES_ON_META.pop()
+
+
+def embedding_bag(rows: int, dim: int, init: TableInit | StackedInit, mode: str = "sum", sparse: bool = False):
+    """An `nn.EmbeddingBag` whose rows start as `init` says (kept as its `weight_init`)."""
+    bag = nn.EmbeddingBag(rows, dim, mode=mode, sparse=sparse, device="meta")
+    bag.weight_init = init
+    if not _TABLES_ON_META[-1]:
+        _materialize(bag, torch.device("cpu"))
+    return bag
+
+
+def _materialize(bag: nn.EmbeddingBag, device: torch.device) -> None:
+    bag.weight = nn.Parameter(bag.weight_init.rows(0, bag.num_embeddings, bag.embedding_dim).to(device))
+
+
+def materialize_tables(model: nn.Module, device: torch.device) -> None:
+    """Every table a model left on the meta device (`tables_on_meta`), made whole on `device`."""
+    for module in model.modules():
+        if isinstance(module, nn.EmbeddingBag) and module.weight.is_meta:
+            _materialize(module, device)
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model.to(device)`, leaving tables on the meta device where they are."""
+    return model._apply(lambda t: t if t.is_meta else t.to(device))
+
+
 class FieldEmbeddings(nn.Module):
     """One vector per (row, field): ids [B, F] -> [B, F, D], from sum-pooled `EmbeddingBag`s (a bag
     of one id per field here; multi-hot fields pool more) per field, or from one fused table whose
     rows are the fields' tables end to end, indexed with per-field offsets (one kernel, not F).
 
-    Rows start as DLRM starts them, or N(0, init_std^2) when `init_std` is given."""
+    Rows start as DLRM starts them, U(-1/sqrt(rows), 1/sqrt(rows)) for each field's rows, or
+    N(0, init_std^2) when `init_std` is given; `inits` says how, per field."""
 
     def __init__(self, cardinalities: list[int], dim: int, fused: bool, sparse: bool, init_std: float | None = None):
         super().__init__()
         self.fused = fused
-        # DLRM's initialisation: U(-1/sqrt(rows), 1/sqrt(rows)) for each field's rows.
-        bounds = [c**-0.5 for c in cardinalities]
+        self.inits = [
+            TableInit("uniform", c**-0.5) if init_std is None else TableInit("normal", init_std) for c in cardinalities
+        ]
         if fused:
-            self.table = nn.EmbeddingBag(sum(cardinalities), dim, mode="sum", sparse=sparse)
+            stacked = StackedInit(tuple(zip(cardinalities, self.inits)))
+            self.table = embedding_bag(sum(cardinalities), dim, stacked, sparse=sparse)
             self.register_buffer("offsets", field_offsets(cardinalities), persistent=False)
-            with torch.no_grad():
-                bound = torch.tensor(bounds).repeat_interleave(torch.tensor(cardinalities))[:, None]
-                self.table.weight.uniform_(-1.0, 1.0).mul_(bound)
         else:
-            self.tables = nn.ModuleList(nn.EmbeddingBag(c, dim, mode="sum", sparse=sparse) for c in cardinalities)
-            for table, bound in zip(self.tables, bounds):
-                nn.init.uniform_(table.weight, -bound, bound)
-        if init_std is not None:
-            for table in self.modules():
-                if isinstance(table, nn.EmbeddingBag):
-                    nn.init.normal_(table.weight, std=init_std)
+            self.tables = nn.ModuleList(
+                embedding_bag(c, dim, init, sparse=sparse) for c, init in zip(cardinalities, self.inits)
+            )
 
     def split_by_field(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """A fused table's tensor (its weight, or an optimizer's state with a row per table row)

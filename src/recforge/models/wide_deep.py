@@ -21,7 +21,7 @@ from torch import nn
 
 from recforge.config import FRACTION, POSITIVE, option
 from recforge.models.base import Model
-from recforge.models.layers import FieldEmbeddings, Linear, field_offsets, mlp
+from recforge.models.layers import FieldEmbeddings, Linear, TableInit, embedding_bag, field_offsets, mlp
 
 
 @dataclass
@@ -59,8 +59,7 @@ class Wide(nn.Module):
             per_column += [start] * f["max_length"]
             start += f["cardinality"]
         self.register_buffer("multi_hot_offsets", torch.tensor(per_column, dtype=torch.long), persistent=False)
-        self.table = nn.EmbeddingBag(start, 1, mode="sum", sparse=sparse)
-        nn.init.zeros_(self.table.weight)
+        self.table = embedding_bag(start, 1, TableInit("zeros"), sparse=sparse)
         self.numeric = Linear(num_dense, 1)
         nn.init.zeros_(self.numeric.weight)
         nn.init.zeros_(self.numeric.bias)
@@ -108,11 +107,15 @@ class WideDeep(Model):
                 f"fields_{i}", torch.tensor([f for f, d in enumerate(dims) if d == width]), persistent=False
             )
         self.multi_hot = nn.ModuleList(
-            nn.EmbeddingBag(f["cardinality"], dim, mode=f["pooling"], sparse=cfg.sparse_embeddings)
+            embedding_bag(
+                f["cardinality"],
+                dim,
+                TableInit("normal", cfg.embedding_init_std),
+                mode=f["pooling"],
+                sparse=cfg.sparse_embeddings,
+            )
             for f, dim in zip(multi_hot, multi_hot_dims)
         )
-        for bag in self.multi_hot:
-            nn.init.normal_(bag.weight, std=cfg.embedding_init_std)
         ends = torch.tensor([f["max_length"] for f in multi_hot], dtype=torch.long).cumsum(0).tolist()
         self.blocks = list(zip([0, *ends[:-1]], ends))
         deep_input = num_dense + sum(dims) + sum(multi_hot_dims)

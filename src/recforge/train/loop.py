@@ -31,6 +31,7 @@ from recforge.core.checkpoint import (
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_text
 from recforge.core.progress import Progress, log_to
+from recforge.models.layers import materialize_tables, tables_on_meta
 from recforge.optim.build import make_optimizers, set_learning_rate, with_initial_rates
 from recforge.runtime.distributed import Dist, init_distributed, pick_device, shutdown
 from recforge.runtime.memory import keep_freed_memory
@@ -275,8 +276,11 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
     t = cfg.train
     torch.manual_seed(t.seed)
     task = parts.build_task(cfg, device, dist, log)
-    model = parts.build_model(cfg, task.model_dims, device)
+    with tables_on_meta():  # made once it is known whether this process holds them whole
+        model = parts.build_model(cfg, task.model_dims, device)
     sharding = choose_sharding(t, model, device, dist, log)
+    if not sharding or t.restore_checkpoint:  # whole in this process, or whole to start the shards from
+        materialize_tables(model, device)
     scaler = grad_scaler(device, t.precision)
     run = RunDir(cfg.output_dir, dist.is_main)
     source = run.latest() if t.resume else None

@@ -71,6 +71,22 @@ def _jagged(keys: list[str], values: torch.Tensor, lengths: torch.Tensor):
     return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
 
 
+class Loaded:
+    """A table's start values that are already made (restored weights): `rows` as `TableInit`'s."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+    def rows(self, start: int, stop: int, dim: int) -> torch.Tensor:
+        return self.weight[start:stop]
+
+
+def _start(weight: torch.Tensor, init) -> Loaded | object:
+    """How a table's shards start: from its `TableInit` while the table is unmade (on the meta
+    device: each rank makes only its rows), else from its values."""
+    return init if weight.is_meta else Loaded(weight.detach())
+
+
 class ShardedFields(nn.Module):
     """`FieldEmbeddings` through TorchRec: ids [B, F] -> [B, F, D], a table per field."""
 
@@ -78,8 +94,9 @@ class ShardedFields(nn.Module):
         super().__init__()
         weights = source_tables(source)
         self.keys = [f"{prefix}__{f}" for f in range(len(weights))]
-        self.collection = _collection([(k, w.shape[0], w.shape[1], "SUM") for k, w in zip(self.keys, weights)])
-        self.initial = dict(zip(self.keys, weights))
+        self.shapes = {k: tuple(w.shape) for k, w in zip(self.keys, weights)}
+        self.collection = _collection([(k, *shape, "SUM") for k, shape in self.shapes.items()])
+        self.starts = {k: _start(w, init) for k, w, init in zip(self.keys, weights, source.inits)}
         self._order = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -105,8 +122,9 @@ class ShardedBag(nn.Module):
         if pooling is None:
             raise RecforgeError(f"{prefix}: a '{source.mode}'-pooled table cannot be sharded (sum or mean)")
         self.keys = [prefix]
-        self.collection = _collection([(prefix, *source.weight.shape, pooling)])
-        self.initial = {prefix: source.weight.detach()}
+        self.shapes = {prefix: tuple(source.weight.shape)}
+        self.collection = _collection([(prefix, *self.shapes[prefix], pooling)])
+        self.starts = {prefix: _start(source.weight, source.weight_init)}
 
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         ends = torch.cat([offsets[1:], offsets.new_tensor([values.numel()])])
@@ -321,11 +339,11 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
     wrapped = DistributedModelParallel(
         model, env=ShardingEnv.from_process_group(group), device=device, plan=plan, sharders=sharders
     )
-    initial = {key: weight for stand_in in stand_ins.values() for key, weight in stand_in.initial.items()}
-    _copy_into_shards(wrapped, initial)
+    starts = {key: start for stand_in in stand_ins.values() for key, start in stand_in.starts.items()}
+    shapes = {key: shape for stand_in in stand_ins.values() for key, shape in stand_in.shapes.items()}
+    _fill_shards(wrapped, starts, shapes)
     for stand_in in stand_ins.values():
-        stand_in.initial = None
-    shapes = {key: tuple(weight.shape) for key, weight in initial.items()}
+        stand_in.starts = None
     placed = Placement.of(plan, shapes, STATE_FLOATS[cfg.optimizer], dist.world, device)
     for line in placed.lines():
         log(line)
@@ -341,19 +359,22 @@ def _quiet_torchrec() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\.")
 
 
-def _copy_into_shards(wrapped: nn.Module, initial: dict[str, torch.Tensor]) -> None:
-    """Each rank's shards of the tables (state-dict views of FBGEMM's weights) from the full start values."""
+def _fill_shards(wrapped: nn.Module, starts: dict, shapes: dict[str, tuple[int, int]]) -> None:
+    """Each rank's shards of the tables (state-dict views of FBGEMM's weights), made from how each
+    table starts: only the rows this rank holds."""
     with torch.no_grad():
         for key, value in wrapped.state_dict().items():
             name = key.split(".")[-2] if ".embedding_bags." in key else None
-            if name not in initial:
+            if name not in starts:
                 continue
+            width = shapes[name][1]
             if hasattr(value, "local_shards"):
                 for shard in value.local_shards():
                     (row, column), (rows, columns) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    shard.tensor.copy_(initial[name][row : row + rows, column : column + columns])
+                    block = starts[name].rows(row, row + rows, width)
+                    shard.tensor.copy_(block[:, column : column + columns])
             else:  # data-parallel: every rank holds the whole table
-                value.copy_(initial[name])
+                value.copy_(starts[name].rows(0, shapes[name][0], width))
 
 
 # ----------------------------------------------------------------------------- the plan, for people
