@@ -316,14 +316,51 @@ def test_wide_deep_two_process_torchrun_evaluates_every_row_once(grouped, tmp_pa
 
 
 @pytest.mark.skipif(not torchrec_available(), reason="TorchRec is not installed")
-def test_wide_deep_sharding_is_refused_for_its_one_weight_wide_table(grouped, tmp_path, capsys):
-    """FBGEMM's kernels take table widths that are multiples of 4; the wide part's is 1."""
+@pytest.mark.parametrize(
+    "sharding, optimizer, resumed_as, port",
+    [("row-wise", "rowwise-adagrad", None, 29761), ("table-wise", "adagrad", "row-wise", 29762)],
+)
+def test_wide_deep_sharded_with_multi_hot_fields_follows_one_process(
+    grouped, tmp_path, sharding, optimizer, resumed_as, port
+):
+    """Every table sharded (two one-hot widths, the mean-pooled multi-hot field, the crossed
+    field's rows and the one-weight wide table, held as 4 equal columns): each step's loss, AUC
+    and MAP@12 as in one process (bounds as in test_sharding), also when stopped after 3 steps and
+    resumed with another sharding; one process evaluates the sharded checkpoint."""
     prepared, _ = grouped
-    with pytest.raises(SystemExit):
-        main(
-            ["train", "--model", "wide-deep", "--prepared-dir", str(prepared), "--output-dir", str(tmp_path / "run")]
-            + ["--optimizer", "adagrad", "--embedding-sharding", "table-wise", "--epochs", "1"]
+    args = ["--model", "wide-deep", "--prepared-dir", str(prepared), "--batch-size", "1000", "--max-steps", "5"]
+    args += ["--evals-per-epoch", "50", "--embedding-dim", "4", "--deep-hidden-units", "16", "--deep-dropout", "0"]
+    args += ["--optimizer", optimizer, "--learning-rate", "0.05", "--threads", "1"]
+    main(["train", *args, "--output-dir", str(tmp_path / "one")])
+    legs = [[]] if resumed_as is None else [["--max-steps", "3"], ["--resume", "--embedding-sharding", resumed_as]]
+    for leg, extra in enumerate(legs):
+        result = subprocess.run(
+            [*torchrun_command(port + 10 * leg), "train", *args, "--output-dir", str(tmp_path / "two")]
+            + ["--embedding-sharding", sharding, *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
-    error = capsys.readouterr().err
-    assert "--embedding-sharding table-wise: table wide.table is 1 wide; FBGEMM's kernels take widths" in error
-    assert not (tmp_path / "run").exists()
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "wide.table: " + (resumed_as or sharding).replace("-", "_") in result.stdout
+    one, two = (
+        [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("one", "two")
+    )
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4, 5]
+    for mine, theirs in zip(two, one):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-6)
+        assert mine["AUC"] == pytest.approx(theirs["AUC"], abs=2e-5)
+        assert mine["MAP@12"] == pytest.approx(theirs["MAP@12"], abs=2e-5)
+    assert one[-1]["train_loss"] < one[0]["train_loss"] - 0.01
+    main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "two" / "checkpoints" / "last.json"),
+            "--output",
+            str(tmp_path / "e.json"),
+        ]
+    )
+    scored = json.loads((tmp_path / "e.json").read_text())["metrics"]  # one process reads the shards
+    assert scored["MAP@12"] == pytest.approx(two[-1]["MAP@12"], abs=1e-9)

@@ -185,7 +185,7 @@ class TableInit:
     scale: float = 0.0
     seed: int = field(default_factory=_draw_seed)
 
-    CHUNK = 1 << 22  # values made at a time: bounded scratch memory for tables of any size
+    CHUNK = 1 << 20  # values made at a time: bounded scratch memory for tables of any size
 
     def rows(self, start: int, stop: int, dim: int) -> torch.Tensor:
         out = torch.zeros(stop - start, dim)

@@ -9,7 +9,10 @@ keeping memory; glibc does too once the mmap and trim thresholds are raised.
 from __future__ import annotations
 
 import ctypes
+import resource
 import sys
+
+import torch
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
@@ -23,3 +26,9 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, limit) and libc.mallopt(M_TRIM_THRESHOLD, 2 * limit))
     except (OSError, AttributeError):  # another C library
         return False
+
+
+def peak_memory(device: torch.device) -> tuple[int, int]:
+    """(this process's peak resident memory, its peak GPU memory allocated; 0 on CPUs), in bytes."""
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return host, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0

@@ -17,7 +17,9 @@ metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -46,6 +48,11 @@ def _plain(key: str) -> str:
         key = stripped
 
 
+def _weight_key(path: str, table: str) -> str:
+    """The state-dict key of TorchRec's table `table` in the stand-in at `path`."""
+    return f"{path}.collection.embedding_bags.{table}.weight"
+
+
 def _table_names(module: nn.Module) -> tuple[dict[str, str], dict[str, tuple[FieldEmbeddings, str]]]:
     """({state-dict key of a TorchRec table: its name}, {key of a fused recforge table: (its
     module, its path)}) of a model in any form."""
@@ -54,12 +61,80 @@ def _table_names(module: nn.Module) -> tuple[dict[str, str], dict[str, tuple[Fie
         path = _plain(path + ".")[:-1] if path else path
         if isinstance(sub, ShardedFields):
             for f, key in enumerate(sub.keys):
-                torchrec[f"{path}.collection.embedding_bags.{key}.weight"] = f"{path}.tables.{f}.weight"
+                torchrec[_weight_key(path, key)] = f"{path}.tables.{f}.weight"
         elif isinstance(sub, ShardedBag):
-            torchrec[f"{path}.collection.embedding_bags.{sub.keys[0]}.weight"] = f"{path}.weight"
+            torchrec[_weight_key(path, sub.keys[0])] = f"{path}.weight"
         elif isinstance(sub, FieldEmbeddings) and sub.fused:
             fused[f"{path}.table.weight"] = (sub, path)
     return torchrec, fused
+
+
+def _equal_columns(module: nn.Module) -> set[str]:
+    """State-dict keys of the one-weight tables that TorchRec holds as equal columns (`ShardedBag`)."""
+    return {
+        _weight_key(_plain(path + ".")[:-1], sub.keys[0])
+        for path, sub in module.named_modules()
+        if isinstance(sub, ShardedBag) and sub.copies > 1
+    }
+
+
+def _first_column(value):
+    """TorchRec's ShardedTensor of a table held as equal columns (whole-row shards), as its one
+    column: what a one-weight table would be. A copy (ShardedTensor shards must be contiguous);
+    a load into it goes back to every column through `_spread_first_column`."""
+
+    def first(meta):
+        return [(_metadata(meta, [meta.shard_offsets[0], 0], [meta.shard_sizes[0], 1]), (slice(None), slice(0, 1)))]
+
+    return _shard_views(value, [value.size(0), 1], first, copy=True)
+
+
+BLOCK_BYTES = 16 << 20
+
+
+def _in_blocks(value):
+    """A ShardedTensor as blocks of at most BLOCK_BYTES of rows (views of the same memory). DCP's
+    writer copies a tensor that views a larger storage before writing it, and FBGEMM keeps all of
+    a rank's tables in one buffer: in blocks, that copy stays small whatever a table's size."""
+    if not hasattr(value, "local_shards"):
+        return value
+    row_bytes = max(1, math.prod(value.size()[1:])) * value.metadata().tensor_properties.dtype.itemsize
+    step = max(1, BLOCK_BYTES // row_bytes)
+
+    def blocks(meta):
+        (row, *offsets), (rows, *sizes) = meta.shard_offsets, meta.shard_sizes
+        return [
+            (_metadata(meta, [row + at, *offsets], [min(step, rows - at), *sizes]), (slice(at, at + step),))
+            for at in range(0, rows, step)
+        ]
+
+    return _shard_views(value, value.size(), blocks)
+
+
+def _metadata(meta, offsets: list[int], sizes: list[int]):
+    from torch.distributed._shard.metadata import ShardMetadata
+
+    return ShardMetadata(offsets, sizes, meta.placement)
+
+
+def _shard_views(value, size, split, copy: bool = False):
+    """A ShardedTensor of global `size` over the memory of `value`'s shards (or a `copy`):
+    `split(shard's metadata)` gives the new shards' metadata, each with the region of the old
+    shard it holds."""
+    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+
+    whole = value.metadata()
+    metadata = dataclasses.replace(
+        whole, shards_metadata=[m for old in whole.shards_metadata for m, _ in split(old)], size=torch.Size(size)
+    )
+    shards = [
+        Shard(s.tensor[region].contiguous() if copy else s.tensor[region], m)
+        for s in value.local_shards()
+        for m, region in split(s.metadata)
+    ]
+    return ShardedTensor._init_from_local_shards_and_global_metadata(
+        shards, metadata, process_group=value._process_group
+    )
 
 
 def _per_field(module: FieldEmbeddings, path: str, tensor: torch.Tensor, suffix: str = "") -> dict:
@@ -69,14 +144,14 @@ def _per_field(module: FieldEmbeddings, path: str, tensor: torch.Tensor, suffix:
 
 def model_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     """(the model's tensors by name, views of what it holds; the extra states by name)."""
-    torchrec, fused = _table_names(module)
+    (torchrec, fused), copies = _table_names(module), _equal_columns(module)
     tensors, extra = {}, {}
     for key, value in module.state_dict().items():
         key = _plain(key)
         if key.endswith(EXTRA):
             extra[key[: -len(EXTRA)]] = value
         elif key in torchrec:
-            tensors[torchrec[key]] = value
+            tensors[torchrec[key]] = _first_column(value) if key in copies else value
         elif key in fused:
             tensors |= _per_field(*fused[key], value)
         else:
@@ -102,13 +177,15 @@ def _is_fused(optimizer) -> bool:
 def optimizer_state(module: nn.Module, optimizers: list) -> dict[str, torch.Tensor]:
     """Every optimizer's state tensors by `<parameter>/<state>` (views where the state is a tensor)."""
     names, (torchrec, _), fused_modules = _parameter_names(module), _table_names(module), _fused_tables(module)
-    out = {}
+    copies, out = _equal_columns(module), {}
     for optimizer in optimizers:
         if _is_fused(optimizer):
             for key, states in optimizer.state_dict()["state"].items():
                 name = torchrec.get(_plain(key), _plain(key))
                 for state_key, value in states.items():
                     state = state_key.rsplit(".", 1)[-1]
+                    if _plain(key) in copies and len(value.shape) == 2:  # per weight, not per row
+                        value = _first_column(value)
                     out[f"{name}/{FUSED_STATE.get(state, state)}"] = value
             continue
         for p, states in optimizer.state.items():
@@ -124,22 +201,38 @@ def optimizer_state(module: nn.Module, optimizers: list) -> dict[str, torch.Tens
 # ----------------------------------------------------------------------------- save and load
 
 
-def save(folder: Path, name: str, module: nn.Module, optimizers: list, meta: dict, is_main: bool) -> Path:
-    """Write checkpoint `folder/name/` from every rank (a collective); returns its path."""
+def save(
+    folder: Path, name: str, module: nn.Module, optimizers: list, meta: dict, is_main: bool, alone: bool = False
+) -> Path:
+    """Write checkpoint `folder/name/` from every rank (a collective), or from this process
+    `alone`; returns its path."""
     import torch.distributed.checkpoint as dcp
 
     target = folder / name
     tensors, extra = model_state(module)
-    state = {f"model/{k}": v for k, v in tensors.items()}
-    state |= {f"optim/{k}": v for k, v in optimizer_state(module, optimizers).items()}
+    state = {f"model/{k}": _in_blocks(v) for k, v in tensors.items()}
+    state |= {f"optim/{k}": _in_blocks(v) for k, v in optimizer_state(module, optimizers).items()}
     state["rng/torch"] = torch.get_rng_state()
     if is_main:
         target.mkdir(parents=True, exist_ok=True)
         write_json(target / "state.json", {**meta, "extra": extra})
     fault_point("distributed-checkpoint", target)
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(target)))
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(target)), no_dist=alone)
     fault_point("distributed-checkpoint-written", target)
     return target
+
+
+def from_one_process(path: Path, folder: Path, name: str, model: nn.Module, optimizers: list) -> Path:
+    """One process's checkpoint file (last.pt) rewritten as checkpoint `folder/name/` by this
+    process alone, through `model` and `optimizers` (one-process ones, of the run's config): a
+    sharded run resumes from it, each rank reading its shards. The file is left as it was."""
+    checkpoint = load_checkpoint(path)
+    model.load_state_dict(checkpoint["model"])
+    for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
+        optimizer.load_state_dict(state)
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    meta = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizers", "rng")}
+    return save(folder, name, model, optimizers, meta, is_main=True, alone=True)
 
 
 def is_complete(folder: Path) -> bool:
@@ -162,8 +255,8 @@ def load(folder: Path, module: nn.Module, optimizers: list, rng: bool = True) ->
     saved = read_state(folder)
     stored = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     tensors, _ = model_state(module)
-    wanted = {f"model/{k}": v for k, v in tensors.items()}
-    wanted |= {f"optim/{k}": v for k, v in optimizer_state(module, optimizers).items()}
+    wanted = {f"model/{k}": _in_blocks(v) for k, v in tensors.items()}
+    wanted |= {f"optim/{k}": _in_blocks(v) for k, v in optimizer_state(module, optimizers).items()}
     created = _allocate_optimizer_state(module, optimizers, stored, wanted)
     if rng:
         wanted["rng/torch"] = torch.get_rng_state()
@@ -178,11 +271,36 @@ def load(folder: Path, module: nn.Module, optimizers: list, rng: bool = True) ->
         dcp.load(wanted, storage_reader=dcp.FileSystemReader(str(folder)))
     for (optimizer, p, state), value in created.items():
         optimizer.state[p][state] = int(value) if state == "step" and value.dtype == torch.int64 else value
+    _spread_first_column(module, optimizers, wanted)
     if rng:
         torch.set_rng_state(wanted["rng/torch"])
     for path, value in saved.get("extra", {}).items():
         module.get_submodule(_find(module, path)).set_extra_state(value)
     return saved
+
+
+def _spread_first_column(module: nn.Module, optimizers: list, loaded: dict) -> None:
+    """The first columns of tables held as equal columns, as `loaded` holds them (blocks of
+    `_first_column`'s copies), written into every column of the tables and their optimizer state."""
+    copies = _equal_columns(module)
+    if not copies:
+        return
+    torchrec, _ = _table_names(module)
+    targets = [(f"model/{torchrec[k]}", v) for k, v in module.state_dict().items() if _plain(k) in copies]
+    for optimizer in filter(_is_fused, optimizers):
+        for key, states in optimizer.state_dict()["state"].items():
+            for state_key, value in states.items():
+                if _plain(key) in copies and len(value.shape) == 2:
+                    state = state_key.rsplit(".", 1)[-1]
+                    targets.append((f"optim/{torchrec[_plain(key)]}/{FUSED_STATE.get(state, state)}", value))
+    with torch.no_grad():
+        for name, target in targets:
+            for block in loaded[name].local_shards():
+                row, rows = block.metadata.shard_offsets[0], block.metadata.shard_sizes[0]
+                for shard in target.local_shards():
+                    first = row - shard.metadata.shard_offsets[0]
+                    if 0 <= first < shard.metadata.shard_sizes[0]:
+                        shard.tensor[first : first + rows] = block.tensor
 
 
 def open_checkpoint(path: str | Path) -> dict:

@@ -29,16 +29,16 @@ from recforge.core.checkpoint import (
     set_rng_state,
 )
 from recforge.core.errors import RecforgeError
-from recforge.core.files import write_text
+from recforge.core.files import remove, write_text
 from recforge.core.progress import Progress, log_to
 from recforge.models.layers import materialize_tables, tables_on_meta
 from recforge.optim.build import make_optimizers, set_learning_rate, with_initial_rates
 from recforge.runtime.distributed import Dist, init_distributed, pick_device, shutdown
-from recforge.runtime.memory import keep_freed_memory
+from recforge.runtime.memory import keep_freed_memory, peak_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler
 from recforge.tasks.base import Task
+from recforge.train.distributed_checkpoint import from_one_process, load_weights, open_checkpoint
 from recforge.train.distributed_checkpoint import load as load_distributed
-from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
 from recforge.train.distributed_checkpoint import read_state as read_distributed_state
 from recforge.train.distributed_checkpoint import save as save_distributed
 from recforge.train.run_dir import RunDir
@@ -220,11 +220,6 @@ def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizer
         )
     if distributed:
         load_distributed(source, wrapped, optimizers)
-    elif wrapped is not model and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
-        raise RecforgeError(
-            f"--resume: {source} was written by one process; resume it without --embedding-sharding, or "
-            f"with it from a checkpoint of a multi-process run"
-        )
     else:
         model.load_state_dict(checkpoint["model"])
         _load_optimizers(optimizers, checkpoint["optimizers"])
@@ -247,6 +242,22 @@ def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizer
     run.repair_best(history)
     run.start(cfg, resumed_step=history.step, changed=changed)
     return history
+
+
+CONVERTED = "converted"  # the folder a one-process checkpoint is rewritten into for a sharded run
+
+
+def _one_process_checkpoint_for_shards(cfg: RunConfig, parts: RunParts, task, run: RunDir, source: Path, device, dist):
+    """last.pt of a one-process run, for a sharded run to resume: rank 0 rewrites it as a
+    distributed checkpoint (its tables fit one process: one wrote them), the others wait; the
+    folder goes once loaded (the file stays until this run's first checkpoint replaces it)."""
+    folder = run.checkpoints / CONVERTED
+    if dist.is_main:
+        remove(folder)  # left by a kill during an earlier conversion
+        model = parts.build_model(cfg, task.model_dims, device)
+        from_one_process(source, run.checkpoints, CONVERTED, model, make_optimizers(cfg.train, model))
+    dist.barrier()
+    return folder
 
 
 def _profiler(cfg: RunConfig, run: RunDir, enabled: bool):
@@ -286,6 +297,8 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
     source = run.latest() if t.resume else None
     if source is None:  # before sharding: the tables' start values are the model's
         history = _start_fresh(cfg, run, model, task, log)
+    elif sharding and not source.is_dir():
+        source = _one_process_checkpoint_for_shards(cfg, parts, task, run, source, device, dist)
 
     wrapped, equal_batches = model, False
     if sharding:
@@ -301,6 +314,10 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
             )
     if source is not None:
         history = _resume(cfg, run, source, wrapped, model, optimizers, scaler, task, log)
+        if source.name == CONVERTED:
+            dist.barrier()  # every rank has read it
+            if dist.is_main:
+                remove(source)
 
     def save(best: bool = False, keep_steps: int = 0) -> None:
         if not (dist.enabled or sharding):
@@ -514,6 +531,7 @@ def _eval_line(record: dict, names: list[str], improved: bool) -> str:
 
 def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist: Dist) -> dict:
     times = [e["train_s"] for e in history.epochs]
+    peaks = dist.gather_cat(torch.tensor(peak_memory(device), dtype=torch.int64, device=device)).view(-1, 2)
     return {
         "model": cfg.model,
         "dataset": cfg.data.dataset,
@@ -533,6 +551,8 @@ def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist:
         "precision": cfg.train.precision,
         "device": str(device),
         "world_size": dist.world,
+        "peak_memory_bytes_per_rank": peaks[:, 0].tolist(),
+        **({"peak_gpu_memory_bytes_per_rank": peaks[:, 1].tolist()} if device.type == "cuda" else {}),
         "run_folder": str(Path(cfg.output_dir).expanduser().resolve()),
     }
 

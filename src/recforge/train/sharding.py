@@ -28,7 +28,7 @@ from torch import nn
 
 from recforge.config import TrainConfig
 from recforge.core.errors import RecforgeError
-from recforge.models.layers import FieldEmbeddings
+from recforge.models.layers import FieldEmbeddings, TableInit
 from recforge.optim.build import Parameters
 from recforge.runtime.distributed import Dist, one_process_group
 
@@ -114,21 +114,55 @@ class ShardedFields(nn.Module):
 
 
 class ShardedBag(nn.Module):
-    """An `nn.EmbeddingBag` (called with values and offsets) through TorchRec: one table."""
+    """An `nn.EmbeddingBag` (called with values and offsets) through TorchRec: one table.
+
+    FBGEMM's kernels take widths that are multiples of 4: a one-weight table (Wide & Deep's wide
+    part) is held as COPIES equal columns, read through `_FirstColumn`."""
+
+    COPIES = 4
 
     def __init__(self, source: nn.EmbeddingBag, prefix: str):
         super().__init__()
         pooling = {"sum": "SUM", "mean": "MEAN"}.get(source.mode)
         if pooling is None:
             raise RecforgeError(f"{prefix}: a '{source.mode}'-pooled table cannot be sharded (sum or mean)")
+        rows, width = source.weight.shape
+        self.copies = self.COPIES if width == 1 else 1
         self.keys = [prefix]
-        self.shapes = {prefix: tuple(source.weight.shape)}
+        self.shapes = {prefix: (rows, width * self.copies)}
         self.collection = _collection([(prefix, *self.shapes[prefix], pooling)])
-        self.starts = {prefix: _start(source.weight, source.weight_init)}
+        start = _start(source.weight, source.weight_init)
+        self.starts = {prefix: Copies(start) if self.copies > 1 else start}
 
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         ends = torch.cat([offsets[1:], offsets.new_tensor([values.numel()])])
-        return self.collection(_jagged(self.keys, values, ends - offsets)).values()
+        pooled = self.collection(_jagged(self.keys, values, ends - offsets)).values()
+        return _FirstColumn.apply(pooled) if self.copies > 1 else pooled
+
+
+class Copies:
+    """The start of a one-weight table held as equal columns: each row's value in every column."""
+
+    def __init__(self, start):
+        self.start = start
+
+    def rows(self, start: int, stop: int, dim: int) -> torch.Tensor:
+        return self.start.rows(start, stop, 1).expand(-1, dim)
+
+
+class _FirstColumn(torch.autograd.Function):
+    """The first of equal columns forward; its gradient to every column backward. Every column then
+    takes the update the one-weight table would (under any optimizer: row-wise Adagrad's mean of
+    squared gradients over the row is the one column's), so the columns stay equal."""
+
+    @staticmethod
+    def forward(ctx, pooled: torch.Tensor) -> torch.Tensor:
+        ctx.columns = pooled.shape[1]
+        return pooled[:, :1].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.expand(-1, ctx.columns).contiguous()
 
 
 def source_tables(module: FieldEmbeddings) -> list[torch.Tensor]:
@@ -217,14 +251,17 @@ def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist,
         return None
     require_torchrec(f"--embedding-sharding {how}")
     narrow = [
-        (n, m.embedding_dim) for n, m in model.named_modules() if isinstance(m, nn.EmbeddingBag) and m.embedding_dim % 4
+        (n, m.embedding_dim)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.EmbeddingBag) and m.embedding_dim % 4 and m.embedding_dim > 1
     ]
     if narrow:
-        # FBGEMM's table-batched kernels take widths that are multiples of 4. A width-1 table (Wide &
-        # Deep's wide part) would need padding to 4 columns, and checkpoints that narrow it back.
+        # FBGEMM's table-batched kernels take widths that are multiples of 4; one-weight tables are
+        # held as 4 equal columns (ShardedBag), which is exact; zero padding of wider ones is not
+        # (row-wise Adagrad averages its squared gradients over the padding).
         raise RecforgeError(
             f"--embedding-sharding {how}: table {narrow[0][0]} is {narrow[0][1]} wide; FBGEMM's kernels "
-            "take widths that are multiples of 4 (Wide & Deep's one-weight wide part cannot be sharded yet)"
+            "take widths that are multiples of 4 (or 1); choose such a width"
         )
     if how == "auto" and dist.world * budget < need:
         raise RecforgeError(
@@ -279,6 +316,9 @@ TORCHREC_TYPES = {
 }
 
 
+WHOLE_ROWS = ("table_wise", "row_wise", "table_row_wise")  # sharding types that keep each row on one rank
+
+
 def _sharder():
     """TorchRec's sharder of EmbeddingBagCollections, with row-wise and table-row-wise offered on
     CPUs too: TorchRec lists them for CUDA only, but on gloo they run and give the one-process
@@ -310,8 +350,15 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
     constraints = {}
     for stand_in in stand_ins.values():
         apply_optimizer_in_backward(optimizer, stand_in.collection.parameters(), arguments)
-        if how != "auto":
-            constraints |= {key: ParameterConstraints(sharding_types=[TORCHREC_TYPES[how]]) for key in stand_in.keys}
+        for key in stand_in.keys:
+            types = [TORCHREC_TYPES[how]] if how != "auto" else None  # None: the planner's choice
+            if getattr(stand_in, "copies", 1) > 1:
+                # A table of equal columns must take its one fused update whole: not split by
+                # column, not given recforge's own optimizer as a data-parallel table.
+                whole = [t for t in types or ("table_wise", "row_wise", "table_row_wise") if t in WHOLE_ROWS]
+                types = whole or ["table_wise"]
+            if types:
+                constraints[key] = ParameterConstraints(sharding_types=types)
     memory = {"hbm_cap": budget} if device.type == "cuda" else {"ddr_cap": budget}
     topology = Topology(
         world_size=dist.world,
@@ -357,24 +404,32 @@ def _quiet_torchrec() -> None:
     logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\.")
+    # TorchRec's state dicts hold ShardedTensors, which torch would have be DTensors.
+    warnings.filterwarnings("ignore", message="Please use DTensor instead", category=FutureWarning)
 
 
 def _fill_shards(wrapped: nn.Module, starts: dict, shapes: dict[str, tuple[int, int]]) -> None:
     """Each rank's shards of the tables (state-dict views of FBGEMM's weights), made from how each
-    table starts: only the rows this rank holds."""
+    table starts: only the rows this rank holds, a block of rows at a time (no second copy)."""
     with torch.no_grad():
         for key, value in wrapped.state_dict().items():
             name = key.split(".")[-2] if ".embedding_bags." in key else None
             if name not in starts:
                 continue
-            width = shapes[name][1]
             if hasattr(value, "local_shards"):
                 for shard in value.local_shards():
-                    (row, column), (rows, columns) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    block = starts[name].rows(row, row + rows, width)
-                    shard.tensor.copy_(block[:, column : column + columns])
+                    (row, column), _ = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    _fill_rows(shard.tensor, starts[name], row, column, shapes[name][1])
             else:  # data-parallel: every rank holds the whole table
-                value.copy_(starts[name].rows(0, shapes[name][0], width))
+                _fill_rows(value, starts[name], 0, 0, shapes[name][1])
+
+
+def _fill_rows(out: torch.Tensor, start, row: int, column: int, width: int) -> None:
+    """`out` = rows row.. and columns column.. of a table `width` wide that starts as `start` says."""
+    step = max(1, TableInit.CHUNK // width)
+    for at in range(0, out.shape[0], step):
+        block = start.rows(row + at, row + min(at + step, out.shape[0]), width)
+        out[at : at + step].copy_(block[:, column : column + out.shape[1]])
 
 
 # ----------------------------------------------------------------------------- the plan, for people
