@@ -128,6 +128,10 @@ def refused(capsys, args: list[str]) -> str:
         ),
         ({"embedding-memory-per-rank": "12 parsecs"}, "--embedding-memory-per-rank 12 parsecs: not a size"),
         (
+            {"embedding-sharding": "table-wise", "embedding-dim": 6, "bottom-mlp": "13-32-6"},
+            " is 6 wide; FBGEMM's kernels take widths that are multiples of 4 (or 1)",
+        ),
+        (
             {"embedding-sharding": "auto", "embedding-memory-per-rank": "100KiB"},
             "--embedding-sharding auto: the tables and their sgd state need 268.38 KiB, more than 1 process(es)",
         ),
@@ -267,3 +271,21 @@ def test_tables_larger_than_one_process_train_in_two_with_half_the_memory_each(t
         peaks[name] = summary["peak_memory_bytes_per_rank"]
     growth = [(b - t) / table_bytes for b, t in zip(peaks["big"], peaks["tiny"])]
     assert all(0.45 < g < 0.78 for g in growth), growth
+
+
+@needs_torchrec
+def test_a_one_process_checkpoint_of_another_architecture_is_refused_before_conversion(click_log, tmp_path):
+    """Resuming one process's last.pt sharded with another embedding width: one line naming the
+    setting; last.pt untouched and no converted folder left."""
+    run = tmp_path / "run"
+    main(["train", *flags(click_log, run, **{"max-steps": 2})])
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    other = flags(click_log, run, **{"embedding-dim": 12, "bottom-mlp": "13-32-12", "embedding-sharding": "table-wise"})
+    result = subprocess.run(
+        [*torchrun_command(29891, 2), "train", *other, "--resume"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    line = next(x for x in result.stderr.splitlines() if x.startswith("recforge: error:"))
+    assert "--resume: --embedding-dim" in line and "cannot change mid-run" in line
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert not (run / "checkpoints" / "converted").exists()

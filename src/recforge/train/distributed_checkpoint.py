@@ -222,11 +222,10 @@ def save(
     return target
 
 
-def from_one_process(path: Path, folder: Path, name: str, model: nn.Module, optimizers: list) -> Path:
-    """One process's checkpoint file (last.pt) rewritten as checkpoint `folder/name/` by this
+def from_one_process(checkpoint: dict, folder: Path, name: str, model: nn.Module, optimizers: list) -> Path:
+    """One process's checkpoint (last.pt's contents) written as checkpoint `folder/name/` by this
     process alone, through `model` and `optimizers` (one-process ones, of the run's config): a
-    sharded run resumes from it, each rank reading its shards. The file is left as it was."""
-    checkpoint = load_checkpoint(path)
+    sharded run resumes from it, each rank reading its shards."""
     model.load_state_dict(checkpoint["model"])
     for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
         optimizer.load_state_dict(state)

@@ -204,11 +204,9 @@ def _start_fresh(cfg: RunConfig, run: RunDir, model, task, log) -> History:
     return History()
 
 
-def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizers, scaler, task, log) -> History:
-    """The run history, and every tensor of the run, from its last checkpoint: last.pt (one
-    process wrote it) or a distributed checkpoint's folder (several did), into this run's layout."""
-    distributed = source.is_dir()
-    checkpoint = read_distributed_state(source) if distributed else load_checkpoint(source)
+def _resumable(cfg: RunConfig, run: RunDir, source: Path, checkpoint: dict, task) -> dict:
+    """The settings this run changes from the checkpoint's; refuses other data, and changes of
+    what shapes the state being resumed."""
     check_same_data(checkpoint, source, task.data_fingerprint, data_where(cfg))
     differences = _differences(checkpoint["config"], cfg.to_dict())
     refused = {key: v for key, v in differences.items() if key[1] not in CHANGEABLE_ON_RESUME.get(key[0], ())}
@@ -218,6 +216,15 @@ def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizer
             f"{run.path} and cannot change mid-run; "
             f"resume with the run's values, or train into a new --output-dir"
         )
+    return differences
+
+
+def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizers, scaler, task, log) -> History:
+    """The run history, and every tensor of the run, from its last checkpoint: last.pt (one
+    process wrote it) or a distributed checkpoint's folder (several did), into this run's layout."""
+    distributed = source.is_dir()
+    checkpoint = read_distributed_state(source) if distributed else load_checkpoint(source)
+    differences = _resumable(cfg, run, source, checkpoint, task)
     if distributed:
         load_distributed(source, wrapped, optimizers)
     else:
@@ -253,9 +260,11 @@ def _one_process_checkpoint_for_shards(cfg: RunConfig, parts: RunParts, task, ru
     folder goes once loaded (the file stays until this run's first checkpoint replaces it)."""
     folder = run.checkpoints / CONVERTED
     if dist.is_main:
+        checkpoint = load_checkpoint(source)
+        _resumable(cfg, run, source, checkpoint, task)  # before its tensors meet this run's model
         remove(folder)  # left by a kill during an earlier conversion
         model = parts.build_model(cfg, task.model_dims, device)
-        from_one_process(source, run.checkpoints, CONVERTED, model, make_optimizers(cfg.train, model))
+        from_one_process(checkpoint, run.checkpoints, CONVERTED, model, make_optimizers(cfg.train, model))
     dist.barrier()
     return folder
 
