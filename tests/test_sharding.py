@@ -196,14 +196,14 @@ def test_resume_at_another_size_continues_the_run(click_log, one_process, tmp_pa
 
 
 @needs_torchrec
-@pytest.mark.parametrize("point", ["during-save", "before-pointer"])
-def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_log, one_process, tmp_path, point):
+@pytest.mark.parametrize("point, port", [("during-save", 29851), ("before-pointer", 29861)])
+def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_log, one_process, tmp_path, point, port):
     """Rank 0 killed while the checkpoint of step 2 is written (its folder has no .metadata), or
     after it but before last.json moved: last.json still names step 1, which --resume continues."""
     run = tmp_path / "run"
     args = [*flags(click_log, run, optimizer="rowwise-adagrad"), "--max-steps", "3", "--embedding-sharding", "row-wise"]
     log = tmp_path / "points.log"
-    torchrun(args, 2, 29851, env={"RECFORGE_FAULT_LOG": str(log)})
+    torchrun(args, 2, port, env={"RECFORGE_FAULT_LOG": str(log)})  # each case its own ports: xdist runs both at once
     points = [
         (int(n), operation, path) for n, operation, path in (x.split(" ", 2) for x in log.read_text().splitlines())
     ]
@@ -214,7 +214,7 @@ def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_l
     at = saving if point == "during-save" else next(n for n, _, path in points if n > written and "last.json" in path)
     shutil.rmtree(run)
     killed = subprocess.run(
-        [*torchrun_command(29852, 2), "train", *args],
+        [*torchrun_command(port + 1, 2), "train", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -222,7 +222,7 @@ def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_l
     )
     assert killed.returncode != 0
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 1
-    torchrun([*args, "--resume"], 2, 29853)
+    torchrun([*args, "--resume"], 2, port + 2)
     resumed = records(run)
     assert [r["step"] for r in resumed] == [1, 2, 3]
     for mine, theirs in zip(resumed, one_process["rowwise-adagrad"]):

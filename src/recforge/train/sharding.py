@@ -90,10 +90,10 @@ def _start(weight: torch.Tensor, init) -> Loaded | object:
 class ShardedFields(nn.Module):
     """`FieldEmbeddings` through TorchRec: ids [B, F] -> [B, F, D], a table per field."""
 
-    def __init__(self, source: FieldEmbeddings, prefix: str):
+    def __init__(self, source: FieldEmbeddings, path: str):
         super().__init__()
         weights = source_tables(source)
-        self.keys = [f"{prefix}__{f}" for f in range(len(weights))]
+        self.keys = [table_key(f"{path}.{f}") for f in range(len(weights))]
         self.shapes = {k: tuple(w.shape) for k, w in zip(self.keys, weights)}
         self.collection = _collection([(k, *shape, "SUM") for k, shape in self.shapes.items()])
         self.starts = {k: _start(w, init) for k, w, init in zip(self.keys, weights, source.inits)}
@@ -121,18 +121,19 @@ class ShardedBag(nn.Module):
 
     COPIES = 4
 
-    def __init__(self, source: nn.EmbeddingBag, prefix: str):
+    def __init__(self, source: nn.EmbeddingBag, path: str):
         super().__init__()
         pooling = {"sum": "SUM", "mean": "MEAN"}.get(source.mode)
         if pooling is None:
-            raise RecforgeError(f"{prefix}: a '{source.mode}'-pooled table cannot be sharded (sum or mean)")
+            raise RecforgeError(f"{path}: a '{source.mode}'-pooled table cannot be sharded (sum or mean)")
         rows, width = source.weight.shape
         self.copies = self.COPIES if width == 1 else 1
-        self.keys = [prefix]
-        self.shapes = {prefix: (rows, width * self.copies)}
-        self.collection = _collection([(prefix, *self.shapes[prefix], pooling)])
+        key = table_key(path)
+        self.keys = [key]
+        self.shapes = {key: (rows, width * self.copies)}
+        self.collection = _collection([(key, *self.shapes[key], pooling)])
         start = _start(source.weight, source.weight_init)
-        self.starts = {prefix: Copies(start) if self.copies > 1 else start}
+        self.starts = {key: Copies(start) if self.copies > 1 else start}
 
     def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         ends = torch.cat([offsets[1:], offsets.new_tensor([values.numel()])])
@@ -172,14 +173,23 @@ def source_tables(module: FieldEmbeddings) -> list[torch.Tensor]:
     return [table.weight.detach() for table in module.tables]
 
 
+def table_key(path: str) -> str:
+    """A module path (embeddings.tables) as a TorchRec table name, which cannot hold dots."""
+    return path.replace(".", "__")
+
+
+def table_path(key: str) -> str:
+    return key.replace("__", ".")
+
+
 def swap_in(model: nn.Module) -> dict[str, nn.Module]:
     """Replace the model's embedding modules by TorchRec stand-ins, in place; returns them by path."""
     swapped = {}
     for path, module in list(model.named_modules()):
         if isinstance(module, FieldEmbeddings):
-            swapped[path] = ShardedFields(module, path.replace(".", "__"))
+            swapped[path] = ShardedFields(module, path)
         elif isinstance(module, nn.EmbeddingBag) and not any(path.startswith(p + ".") for p in swapped):
-            swapped[path] = ShardedBag(module, path.replace(".", "__"))
+            swapped[path] = ShardedBag(module, path)
     for path, stand_in in swapped.items():
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, name, stand_in)
@@ -450,7 +460,7 @@ class Placement:
         ones (TorchRec gives those no fused optimizer, only their averaged dense gradient)."""
         tables = {name: p for name, p in wrapped.named_parameters() if ".collection.embedding_bags." in name}
         replicated = {n for n, (how, _) in self.tables.items() if how == "data_parallel"}
-        data_parallel = {id(p) for name, p in tables.items() if name.split(".")[-2].replace("__", ".") in replicated}
+        data_parallel = {id(p) for name, p in tables.items() if table_path(name.split(".")[-2]) in replicated}
         return Parameters(
             fused=frozenset(id(p) for p in tables.values()) - data_parallel, tables=frozenset(data_parallel)
         )
@@ -472,7 +482,7 @@ class Placement:
                 for rank, (row, row_end), (column, column_end) in shards:
                     columns = column_end - column
                     per_rank[rank] += (row_end - row) * (columns + optimizer_floats(columns)) * 4
-                tables[name.replace("__", ".")] = (sharding.sharding_type, shards)
+                tables[table_path(name)] = (sharding.sharding_type, shards)
         row_wise = any(how in ("row_wise", "table_row_wise") for how, _ in tables.values())
         return cls(tables, per_rank, equal_batches=row_wise and device.type == "cpu")
 
