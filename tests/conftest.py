@@ -31,7 +31,7 @@ def python():
     return sys.executable
 
 
-def torchrun_command(master_port: int, processes: int = 2) -> list[str]:
+def torchrun_command(master_port: int, processes: int = 2, torchrun_flags: tuple[str, ...] = ()) -> list[str]:
     """`torchrun --nproc-per-node N -m recforge` on a fixed port (tests in one run must not share one)."""
     return [
         sys.executable,
@@ -41,6 +41,7 @@ def torchrun_command(master_port: int, processes: int = 2) -> list[str]:
         str(processes),
         "--master-port",
         str(master_port),
+        *torchrun_flags,
         "-m",
         "recforge",
     ]

@@ -251,6 +251,12 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model", group=_EXEC)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", group=_EXEC)
     threads: int | None = option(None, "torch intra-op threads (none: torch's default)", group=_EXEC, low=1)
+    collective_timeout_s: float = option(
+        600.0,
+        "seconds a multi-process run waits in a collective for a peer that stopped answering before it ends",
+        group=_EXEC,
+        low=1,
+    )
     embedding_sharding: Literal[
         "none", "auto", "data-parallel", "table-wise", "row-wise", "column-wise", "table-row-wise"
     ] = option(
@@ -267,7 +273,11 @@ class TrainConfig:
         scope=CTR,
         metavar="SIZE",
     )
-    resume: bool = option(False, "continue the run in --output-dir from its checkpoints/last.pt", group=_SAVE)
+    resume: bool = option(
+        False,
+        "continue the run in --output-dir from its last checkpoint (implied when torchrun restarts the workers)",
+        group=_SAVE,
+    )
     mode: Literal["train", "eval", "inference"] = option(
         "train", "train, or score --restore-checkpoint (eval: metrics; inference: throughput)", group=_SAVE
     )
@@ -275,6 +285,9 @@ class TrainConfig:
         None, "start from these weights (train), or score them (eval, inference)", group=_SAVE
     )
     save_steps: int = option(0, "also checkpoint every N steps (0: at evaluations only)", group=_SAVE, low=0)
+    save_every_minutes: float = option(
+        0.0, "also checkpoint when this many minutes passed since the last checkpoint (0: never)", group=_SAVE, low=0
+    )
     keep_checkpoint_max: int = option(3, "step checkpoints kept (best.pt and last.pt always are)", group=_SAVE, low=1)
     write_predictions: bool = option(
         False, "inference: write predictions.npy (grouped click logs: submission.csv too)", group=_SAVE

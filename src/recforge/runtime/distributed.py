@@ -7,6 +7,7 @@ one worker thread (`GLOO_BACKEND`, below).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import os
 from dataclasses import dataclass
@@ -85,18 +86,37 @@ def _gloo_one_thread(store, rank: int, world: int, timeout):
     return dist.ProcessGroupGloo(store, rank, world, options)
 
 
-def init_distributed(device_kind: str) -> Dist:
+def init_distributed(device_kind: str, timeout_s: float = 600.0) -> Dist:
+    """The process group torchrun's environment describes (none for one process). A collective
+    that waits `timeout_s` for a peer (its process or machine gone silent) raises instead of
+    hanging; a peer process that died closes its sockets, which the others see at once."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        if device_kind == "cuda":
-            dist.init_process_group(backend="nccl")
-        else:
-            if GLOO_BACKEND not in dist.Backend.backend_list:
-                dist.Backend.register_backend(GLOO_BACKEND, _gloo_one_thread, devices=["cpu"])
-            dist.init_process_group(backend=GLOO_BACKEND)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        backend = "nccl" if device_kind == "cuda" else GLOO_BACKEND
+        if backend == GLOO_BACKEND and GLOO_BACKEND not in dist.Backend.backend_list:
+            dist.Backend.register_backend(GLOO_BACKEND, _gloo_one_thread, devices=["cpu"])
+        dist.init_process_group(backend=backend, timeout=timeout, **_store_of_this_attempt(world, timeout))
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _store_of_this_attempt(world: int, timeout: datetime.timedelta) -> dict:
+    """init_process_group's store under torchrun: the agent's, with a prefix per restart. torch
+    (2.13) hands restarted workers the same agent store without one, and their gloo group then
+    read the dead workers' addresses ("Gloo connectFullMesh failed": 2 of 4 restarts here, none of
+    5 with the prefix). Elsewhere: torch's env:// rendezvous."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return {}
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    store = dist.PrefixStore(f"recforge/attempt_{restart_count()}", agent)
+    return {"store": store, "rank": int(os.environ["RANK"]), "world_size": world}
+
+
+def restart_count() -> int:
+    """How many times torchrun's elastic agent restarted this run's workers (--max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
 def one_process_group(device_kind: str) -> None:

@@ -10,8 +10,11 @@ terminal report. It never branches on a model's name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
+import re
+import signal
 import time
 from pathlib import Path
 from typing import Protocol
@@ -28,12 +31,12 @@ from recforge.core.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from recforge.core.errors import RecforgeError
+from recforge.core.errors import RecforgeError, one_line
 from recforge.core.files import remove, write_text
 from recforge.core.progress import Progress, log_to
 from recforge.models.layers import materialize_tables, tables_on_meta
 from recforge.optim.build import make_optimizers, set_learning_rate, with_initial_rates
-from recforge.runtime.distributed import Dist, init_distributed, pick_device, shutdown
+from recforge.runtime.distributed import Dist, init_distributed, pick_device, restart_count, shutdown
 from recforge.runtime.memory import keep_freed_memory, peak_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler
 from recforge.tasks.base import Task
@@ -74,12 +77,14 @@ CHANGEABLE_ON_RESUME = {
         "decay_power",
         "print_freq",
         "save_steps",
+        "save_every_minutes",
         "keep_checkpoint_max",
         "profile",
         "profile_start_step",
         "profile_steps",
         "device",
         "threads",
+        "collective_timeout_s",
         "compile",
         "embedding_sharding",
         "embedding_memory_per_rank",
@@ -120,7 +125,7 @@ def setup(cfg: RunConfig) -> tuple[torch.device, Dist]:
     device = pick_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cpu":
         keep_freed_memory()
-    dist = init_distributed(device.type)
+    dist = init_distributed(device.type, cfg.train.collective_timeout_s)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     configure_fp32_matmul(device)
@@ -136,16 +141,55 @@ class RunParts(Protocol):
 
 
 def train(cfg: RunConfig, parts: RunParts) -> dict:
-    """Train the configured model on its task; returns the summary."""
+    """Train the configured model on its task; returns the summary. Workers that torchrun
+    restarted (--max-restarts) resume from the run's last complete checkpoint by themselves."""
+    if restart_count() and not cfg.train.resume:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=True))
     device, dist = setup(cfg)
+
+    def stopped(signum, frame):  # torchrun stops the other workers with SIGTERM when one fails
+        raise RecforgeError(f"rank {dist.rank}: stopped by {signal.Signals(signum).name}; {_resumable_from(cfg)}")
+
+    previous = signal.signal(signal.SIGTERM, stopped)
     try:
         summary = _train(cfg, parts, device, dist)
         # Ranks end together: one that tears its process group down while rank 0 still writes
         # the summary can crash gloo's teardown.
         dist.barrier()
         return summary
+    except Exception as error:
+        if not _lost_peer(error):
+            raise
+        raise RecforgeError(
+            f"rank {dist.rank}: lost another process of the run ({one_line(str(error))[:160]}); {_resumable_from(cfg)}"
+        ) from None
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ending anyway: a SIGTERM now would cut the teardown
         shutdown(dist)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _without_source_place(message: str) -> str:
+    """gloo's message without its leading [file.cc:line], on one line, shortened."""
+    return re.sub(r"^\[[^\]]*\]\s*", "", one_line(message))[:160]
+
+
+def _lost_peer(error: Exception) -> bool:
+    """A collective that failed because a peer process died (its sockets closed) or went silent
+    past --collective-timeout-s: torch's DistError (NCCL, timeouts), gloo's transport errors."""
+    return isinstance(error, torch.distributed.DistError) or (
+        isinstance(error, RuntimeError) and "gloo" in str(error).lower()
+    )
+
+
+def _resumable_from(cfg: RunConfig) -> str:
+    """Where a stopped run can continue from, for its last words."""
+    latest = RunDir(cfg.output_dir, enabled=False).latest()
+    if latest is None:
+        return "it has no checkpoint yet"
+    return (
+        f"its last complete checkpoint is {latest}: continue with --resume (torchrun --max-restarts does it by itself)"
+    )
 
 
 def _flag(section: str, key: str) -> str:
@@ -304,6 +348,8 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
     scaler = grad_scaler(device, t.precision)
     run = RunDir(cfg.output_dir, dist.is_main)
     source = run.latest() if t.resume else None
+    if restart_count():
+        log(f"torchrun restarted the workers ({restart_count()}x): resuming from the last complete checkpoint")
     if source is None:  # before sharding: the tables' start values are the model's
         history = _start_fresh(cfg, run, model, task, log)
     elif sharding and not source.is_dir():
@@ -328,7 +374,10 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
             if dist.is_main:
                 remove(source)
 
+    saved_at = [time.monotonic()]  # for --save-every-minutes
+
     def save(best: bool = False, keep_steps: int = 0) -> None:
+        saved_at[0] = time.monotonic()
         if not (dist.enabled or sharding):
             run.save(_state(model, optimizers, scaler, history, cfg, task), best=best, keep_steps=keep_steps)
             return
@@ -442,7 +491,17 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                 scaler.update()
                 history.step += 1
                 history.epoch, history.step_in_epoch = epoch, step_in_epoch  # where a resume picks up
-                loss_value = dist.all_reduce_sum(loss.detach().double()).item()
+                # Rank 0's clock decides a timed checkpoint (a collective: every rank must save at the
+                # same step); the flag rides on the loss's all-reduce.
+                due = (
+                    dist.is_main
+                    and t.save_every_minutes
+                    and time.monotonic() - saved_at[0] >= t.save_every_minutes * 60
+                )
+                totals = dist.all_reduce_sum(
+                    torch.stack([loss.detach().double(), loss.new_tensor(float(due), dtype=torch.float64)])
+                )
+                loss_value, save_due = totals[0].item(), totals[1].item() > 0
                 _check_loss(history, loss_value / global_size, epoch, run, t, cfg.eval.no_eval, log)
                 window.loss += loss_value
                 window.samples += global_size
@@ -470,6 +529,8 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                     begin = time.perf_counter()
                 elif t.save_steps and history.step % t.save_steps == 0:
                     save(keep_steps=t.keep_checkpoint_max)
+                elif save_due:
+                    save()
                 if stop:
                     break
 
