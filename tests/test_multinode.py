@@ -1,0 +1,65 @@
+"""Several machines through torchrun's own c10d rendezvous, as two "nodes" on this machine (two
+torchrun invocations with --nnodes 2 on a loopback endpoint, one process each): the same
+training as one process, the run folder written once, the checkpoint by both."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_synthetic_args
+
+from recforge.cli import main
+from recforge.data.synthetic_ctr import generate_ctr
+
+
+def two_nodes(args: list[str], port: int) -> None:
+    """`recforge train ARGS` on 2 nodes of 1 process each, rendezvous at 127.0.0.1:port."""
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node)]
+            + ["--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+            + ["--rdzv-id", f"test-{port}", "-m", "recforge", "train", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    assert sum(out.count("summary:") for out, _ in outputs) == 1  # only rank 0 reports
+
+
+def records(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_neumf_on_two_nodes_trains_as_one_process(tmp_path):
+    main(["train", *tiny_synthetic_args(tmp_path / "one", synthetic_users=203)])
+    two_nodes(tiny_synthetic_args(tmp_path / "two", synthetic_users=203), 29991)
+    single, double = records(tmp_path / "one" / "run"), records(tmp_path / "two" / "run")
+    assert [m["eval_users"] for m in double] == [m["eval_users"] for m in single]
+    for a, b in zip(single, double):  # as test_cli's two local processes
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert abs(b["HR@10"] - a["HR@10"]) <= 0.02
+    summary = json.loads((tmp_path / "two" / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(summary["peak_memory_bytes_per_rank"]) == 2
+    assert (tmp_path / "two" / "run" / "checkpoints" / "last.json").is_file()  # both ranks' DCP folder
+
+
+def test_dlrm_on_two_nodes_trains_as_one_process(tmp_path):
+    data = tmp_path / "data"
+    generate_ctr(data, rows=8_000, seed=3, cardinalities=[50, 200, 1000, 30, 5000], log=lambda *_: None)
+    options = {"model": "dlrm", "dataset": "criteo-synthetic", "prepared-dir": data, "batch-size": 1000}
+    options |= {"optimizer": "sgd", "learning-rate": 0.5, "threads": 1, "epochs": 1, "evals-per-epoch": 8}
+    options |= {"embedding-dim": 8, "bottom-mlp": "13-32-8", "top-mlp": "32-1"}
+    args = [x for k, v in options.items() for x in (f"--{k}", str(v))]
+    main(["train", *args, "--output-dir", str(tmp_path / "one")])
+    two_nodes([*args, "--output-dir", str(tmp_path / "two")], 29992)
+    single, double = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [r["step"] for r in double] == [r["step"] for r in single] and len(single) >= 5
+    for mine, theirs in zip(double, single):  # bounds as in test_sharding
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-6)
+        assert mine["AUC"] == pytest.approx(theirs["AUC"], abs=2e-5)
