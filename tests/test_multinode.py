@@ -11,20 +11,31 @@ from conftest import tiny_synthetic_args
 
 from recforge.cli import main
 from recforge.data.synthetic_ctr import generate_ctr
+from recforge.runtime.tf_config import torchrun_flags
 
 
-def two_nodes(args: list[str], port: int) -> None:
-    """`recforge train ARGS` on 2 nodes of 1 process each, rendezvous at 127.0.0.1:port."""
+def two_nodes(args: list[str], port: int, via_tf_config: bool = False) -> None:
+    """`recforge train ARGS` on 2 nodes of 1 process each, rendezvous at 127.0.0.1:port; with
+    `via_tf_config`, each node's command line is `recforge tf-config`'s for a TensorFlow cluster
+    of a chief and a worker."""
+    commands = [
+        ["torchrun", "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+        + ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test-{port}", "-m", "recforge"]
+        for node in (0, 1)
+    ]
+    if via_tf_config:
+        cluster = {"chief": [f"127.0.0.1:{port}"], "worker": [f"127.0.0.1:{port + 1}"]}
+        tasks = [{"type": "chief", "index": 0}, {"type": "worker", "index": 0}]
+        specs = [json.dumps({"cluster": cluster, "task": task}) for task in tasks]
+        commands = [torchrun_flags(spec, "1", f"test-{port}") for spec in specs]
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node)]
-            + ["--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
-            + ["--rdzv-id", f"test-{port}", "-m", "recforge", "train", *args],
+            [sys.executable, "-m", "torch.distributed.run", *command[1:], "train", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for node in (0, 1)
+        for command in commands
     ]
     outputs = [node.communicate(timeout=300) for node in nodes]
     for node, (_, err) in zip(nodes, outputs):
@@ -49,7 +60,7 @@ def test_neumf_on_two_nodes_trains_as_one_process(tmp_path):
     assert (tmp_path / "two" / "run" / "checkpoints" / "last.json").is_file()  # both ranks' DCP folder
 
 
-def test_dlrm_on_two_nodes_trains_as_one_process(tmp_path):
+def test_dlrm_on_two_nodes_of_a_tensorflow_cluster_trains_as_one_process(tmp_path):
     data = tmp_path / "data"
     generate_ctr(data, rows=8_000, seed=3, cardinalities=[50, 200, 1000, 30, 5000], log=lambda *_: None)
     options = {"model": "dlrm", "dataset": "criteo-synthetic", "prepared-dir": data, "batch-size": 1000}
@@ -57,7 +68,7 @@ def test_dlrm_on_two_nodes_trains_as_one_process(tmp_path):
     options |= {"embedding-dim": 8, "bottom-mlp": "13-32-8", "top-mlp": "32-1"}
     args = [x for k, v in options.items() for x in (f"--{k}", str(v))]
     main(["train", *args, "--output-dir", str(tmp_path / "one")])
-    two_nodes([*args, "--output-dir", str(tmp_path / "two")], 29992)
+    two_nodes([*args, "--output-dir", str(tmp_path / "two")], 29992, via_tf_config=True)
     single, double = records(tmp_path / "one"), records(tmp_path / "two")
     assert [r["step"] for r in double] == [r["step"] for r in single] and len(single) >= 5
     for mine, theirs in zip(double, single):  # bounds as in test_sharding

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import traceback
 from importlib.metadata import version
@@ -27,6 +28,7 @@ commands:
   recommend --checkpoint FILE --user ID [--k 10]
                                      top items the user has not interacted with
   presets                            the shipped presets and what each reproduces
+  tf-config [--nproc-per-node N]     the torchrun command line of this machine's task in $TF_CONFIG
 
 `recforge <command> --help` lists a command's options; `recforge --version` prints the version."""
 
@@ -201,6 +203,25 @@ def cmd_presets(argv: list[str]) -> None:
         print(f"{name:<{width}}  {preset_summary(PRESETS / f'{name}.yaml')}")
 
 
+def cmd_tf_config(argv: list[str]) -> None:
+    from recforge.runtime.tf_config import torchrun_flags
+
+    parser = Parser(
+        prog="recforge tf-config",
+        allow_abbrev=False,
+        description="Print the torchrun command line for this machine's task of a TensorFlow cluster "
+        "($TF_CONFIG); run it followed by `train ...` on every chief and worker machine.",
+    )
+    parser.add_argument("--tf-config", help="the cluster spec (default: $TF_CONFIG)")
+    parser.add_argument("--nproc-per-node", default="auto", help="processes per machine (auto: a GPU each, else 1)")
+    parser.add_argument("--rdzv-id", default="recforge", help="the job's id, the same on every machine")
+    args = parser.parse_args(argv)
+    spec = args.tf_config if args.tf_config is not None else os.environ.get("TF_CONFIG")
+    if spec is None:
+        raise RecforgeError("TF_CONFIG is not set (or pass --tf-config JSON)")
+    print(shlex.join(torchrun_flags(spec, args.nproc_per_node, args.rdzv_id)))
+
+
 COMMANDS = {
     "train": cmd_train,
     "prepare": cmd_prepare,
@@ -208,6 +229,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "presets": cmd_presets,
+    "tf-config": cmd_tf_config,
 }
 
 
