@@ -193,6 +193,15 @@ class DataConfig:
     shuffle: Literal["rows", "blocks", "none"] = option(
         "rows", "order of training rows each epoch (blocks: batch-sized runs)", group=_SOURCE, scope=CTR
     )
+    memory_fraction: float = option(
+        0.25,
+        "largest share of RAM (GPU memory on GPUs) the training split is loaded into; larger splits are read "
+        "from disk, batches ahead (0: always from disk)",
+        group=_SOURCE,
+        scope=CTR,
+        low=0,
+        high=1,
+    )
 
 
 @dataclass

@@ -29,19 +29,18 @@ from recforge.config import RunConfig
 from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write, write_array
 from recforge.data.ctr_format import load_meta, load_split
+from recforge.data.read_ahead import copy_rows, read_ahead
 from recforge.metrics.classification import accuracy, auc, logloss
 from recforge.metrics.ranking import map_at_k
 from recforge.runtime.distributed import Dist
 from recforge.runtime.precision import autocast
 from recforge.tasks.base import Task
 
-MEMORY_FRACTION = 0.25
 
-
-def _fits(nbytes: int, device: torch.device) -> bool:
+def _fits(nbytes: int, device: torch.device, fraction: float) -> bool:
     if device.type == "cuda":
-        return nbytes < MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory
-    return nbytes < MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return nbytes < fraction * torch.cuda.get_device_properties(device).total_memory
+    return nbytes < fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 FEATURES = ("label", "dense", "sparse", "multi_hot", "crossed")  # the arrays a batch holds, when present
@@ -67,7 +66,9 @@ class CTRTask(Task):
         self.eval_arrays = load_split(folder, cfg.eval.eval_split) if self.meta.rows.get(cfg.eval.eval_split) else None
         if self.train is not None:
             self.train = {k: v for k, v in self.train.items() if k in FEATURES}
-        if self.train is not None and _fits(sum(a.nbytes for a in self.train.values()), device):
+        if self.train is not None and _fits(
+            sum(a.nbytes for a in self.train.values()), device, cfg.data.memory_fraction
+        ):
             self.train = {k: torch.from_numpy(np.array(v)).to(device) for k, v in self.train.items()}
             log(f"{folder}: {self.meta.rows['train']:,} training rows loaded onto {device}")
 
@@ -116,18 +117,22 @@ class CTRTask(Task):
         order = torch.randperm(rows, generator=generator).to(self.device) if shuffle == "rows" else None
         blocks = torch.randperm(self.steps_per_epoch(batch_size), generator=generator) if shuffle == "blocks" else None
         rank, world = self.dist.rank, self.dist.world
-        for step in range(start_step, self.steps_per_epoch(batch_size)):
-            block = int(blocks[step]) if blocks is not None else step
-            lo, hi = block * batch_size, min(rows, (block + 1) * batch_size)
-            size = hi - lo
-            mine = slice(lo + size * rank // world, lo + size * (rank + 1) // world)
-            if order is not None:
-                index = order[mine]
-                arrays = {k: self.train[k][index] for k in names}
-            elif in_memory:
-                arrays = {k: self.train[k][mine] for k in names}
-            else:
-                arrays = {k: torch.from_numpy(np.array(self.train[k][mine])) for k in names}
+
+        def parts():  # (this rank's rows, the global batch's size) per step
+            for step in range(start_step, self.steps_per_epoch(batch_size)):
+                block = int(blocks[step]) if blocks is not None else step
+                lo, hi = block * batch_size, min(rows, (block + 1) * batch_size)
+                size = hi - lo
+                yield slice(lo + size * rank // world, lo + size * (rank + 1) // world), size
+
+        if in_memory:
+            for mine, size in parts():
+                arrays = {k: self.train[k][order[mine] if order is not None else mine] for k in names}
+                yield _to_batch(arrays), size
+            return
+        pinned = self.device.type == "cuda"
+        read = lambda part: (copy_rows(self.train, part[0], pinned), part[1])  # noqa: E731
+        for arrays, size in read_ahead(parts(), read):
             yield _to_batch({k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}), size
 
     def _eval_shard(self):
@@ -148,14 +153,11 @@ class CTRTask(Task):
         batches = -(-largest // self.cfg.eval.valid_batch_size)
         bounds = [lo + (hi - lo) * i // batches for i in range(batches + 1)]
         probabilities, labels = [], []
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            batch = _to_batch(
-                {
-                    k: torch.from_numpy(np.array(v[start:stop])).to(self.device)
-                    for k, v in self.eval_arrays.items()
-                    if k in FEATURES
-                }
-            )
+        features = {k: v for k, v in self.eval_arrays.items() if k in FEATURES}
+        pinned = self.device.type == "cuda"
+        slices = (slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]))
+        for arrays in read_ahead(slices, lambda rows: copy_rows(features, rows, pinned)):
+            batch = _to_batch({k: a.to(self.device, non_blocking=True) for k, a in arrays.items()})
             with autocast(self.device, self.cfg.train.precision):
                 probabilities.append(torch.sigmoid(model(batch).float()))
             labels.append(batch["label"])
