@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Protocol
@@ -150,7 +151,8 @@ def train(cfg: RunConfig, parts: RunParts) -> dict:
     def stopped(signum, frame):  # torchrun stops the other workers with SIGTERM when one fails
         raise RecforgeError(f"rank {dist.rank}: stopped by {signal.Signals(signum).name}; {_resumable_from(cfg)}")
 
-    previous = signal.signal(signal.SIGTERM, stopped)
+    main_thread = threading.current_thread() is threading.main_thread()  # where Python takes signals
+    previous = signal.signal(signal.SIGTERM, stopped) if main_thread else None
     try:
         summary = _train(cfg, parts, device, dist)
         # Ranks end together: one that tears its process group down while rank 0 still writes
@@ -164,9 +166,11 @@ def train(cfg: RunConfig, parts: RunParts) -> dict:
             f"rank {dist.rank}: lost another process of the run ({one_line(str(error))[:160]}); {_resumable_from(cfg)}"
         ) from None
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ending anyway: a SIGTERM now would cut the teardown
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ending anyway: a SIGTERM now would cut the teardown
         shutdown(dist)
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _without_source_place(message: str) -> str:
