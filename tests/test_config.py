@@ -1,5 +1,6 @@
 import dataclasses
 import io
+from typing import Literal
 
 import pytest
 import yaml
@@ -37,6 +38,16 @@ def test_coerce_rejects_wrong_types():
     for tp, value in ((int, "x"), (int, 1.5), (int, True), (bool, "maybe"), (float, "fast"), (list[int], 3)):
         with pytest.raises(ValueError):
             coerce(tp, value)
+
+
+def test_a_number_or_a_named_choice_takes_either_and_names_both_when_neither():
+    assert coerce(int | Literal["auto"], "auto") == "auto" and coerce(int | Literal["auto"], "3") == 3
+    with pytest.raises(ValueError, match="must be an integer, got 'many' or one of auto, got 'many'"):
+        coerce(int | Literal["auto"], "many")
+    cfg, _ = _run_parser("t", ["--workers", "auto"])
+    assert cfg.data.workers == "auto"
+    with pytest.raises(RecforgeError, match="--workers: must be at least 1, got 0"):
+        _run_parser("t", ["--workers", "0"])
 
 
 def test_unknown_flag_for_the_model_is_an_error():

@@ -175,6 +175,11 @@ def test_max_ind_range_hashes_without_a_vocabulary(tmp_path):
     assert_matches(tmp_path / "out", rows, meta.rows["train"], modulus=1000)
     assert prepared(tmp_path / "out")[1]["sparse"][0, 0] == 0xFFFFFFFF % 1000
     assert not any("vocabulary" in line for line in logged)
+    assert any(
+        line.startswith("  write: 50 rows in") and "(" in line and "per process of 1)" in line for line in logged
+    )
+    assert any(line.startswith("  peak resident memory: main process ") for line in logged)
+    assert set(meta.info["peak_memory_bytes"]) == {"main process"}  # one process: no worker pool
     with pytest.raises(RecforgeError, match="min_frequency"):
         prepare_criteo("criteo-kaggle", tmp_path, tmp_path / "other", max_ind_range=1000, min_frequency=2, log=quiet)
 

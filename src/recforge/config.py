@@ -38,7 +38,7 @@ class Range:
     high_open: bool = False
 
     def problem(self, value) -> str | None:
-        if value is None:
+        if value is None or isinstance(value, str):  # a named choice ("auto"): not a number to bound
             return None
         if isinstance(value, list):
             if not value:
@@ -179,7 +179,9 @@ class DataConfig:
     max_ind_range: int | None = option(
         None, "hash ids modulo this instead of counting a vocabulary (MLPerf)", group=_PREPARE, scope=PREPARE, low=2
     )
-    workers: int = option(2, "preparation processes", group=_PREPARE, scope=PREPARE, low=1)
+    workers: int | Literal["auto"] = option(
+        2, "preparation processes (auto: one per core this process may use)", group=_PREPARE, scope=PREPARE, low=1
+    )
     valid_fraction: float = option(
         0.2,
         "outbrain: the share of displays held out for validation",
@@ -364,10 +366,16 @@ def coerce(tp: Any, value: Any) -> Any:
     """Convert a YAML value or a command-line string to the annotated type, or raise ValueError."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        members = typing.get_args(tp)
+        if type(None) in members and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return coerce(inner, value)
+        problems = []
+        for inner in [a for a in members if a is not type(None)]:  # the first that takes it
+            try:
+                return coerce(inner, value)
+            except ValueError as error:
+                problems.append(str(error).removeprefix("must be "))
+        raise ValueError("must be " + " or ".join(problems))
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

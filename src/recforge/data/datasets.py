@@ -4,6 +4,7 @@ and one line here."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -61,7 +62,7 @@ def _criteo(cfg, log):
         Path(cfg.out).expanduser(),
         cfg.min_frequency,
         cfg.max_ind_range,
-        cfg.workers,
+        len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers,
         log=log,
         overwrite=cfg.overwrite,
     )

@@ -43,6 +43,7 @@ tasks), `workers` (the process pool and progress).
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,11 @@ def prepare_criteo(
             plan = _Plan(kind, files, units, chunk_bytes, line_bytes, min_frequency, max_ind_range)
             meta = _prepare(plan, tmp, pool, log)
             pool.close()
+            meta.info["peak_memory_bytes"] = _peak_memory(processes)
+            log(
+                "  peak resident memory: "
+                + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in meta.info["peak_memory_bytes"].items())
+            )
             meta.info["seconds"] = round(time.perf_counter() - started, 1)
             finish(tmp, meta)
     except BaseException:
@@ -132,6 +138,14 @@ def prepare_criteo(
         f"{meta.info['seconds']:.1f} s -> {out}"
     )
     return meta
+
+
+def _peak_memory(processes: int) -> dict[str, int]:
+    """This process's peak resident memory and, with a pool, its largest worker's (they have ended)."""
+    peaks = {"main process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if processes > 1:
+        peaks["largest worker"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return peaks
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> None:

@@ -70,7 +70,11 @@ class _Workers:
         finally:
             progress.close()
         seconds = time.perf_counter() - started
-        log(f"  {name}: {rows:,} rows in {seconds:.1f} s, {rows / max(seconds, 1e-9):,.0f} rows/s")
+        rate = rows / max(seconds, 1e-9)
+        log(
+            f"  {name}: {rows:,} rows in {seconds:.1f} s, {rate:,.0f} rows/s "
+            f"({rate / self.processes:,.0f} per process of {self.processes})"
+        )
 
     def _next(self, window: deque, on_result, progress) -> int:
         i, pending = window.popleft()
