@@ -253,8 +253,8 @@ def test_tables_larger_than_one_process_train_in_two_with_half_the_memory_each(t
     process, trained sharded in two; each rank's peak resident memory grows by about half the
     table bytes over the same run with tiny tables: its shard (0.5) and ~100 MB that does not grow
     with the tables (blocks of rows being made, DCP's copies of 16 MB blocks, kept by the heap):
-    measured 0.66-0.69. A rank that built the whole model first, or made a second copy of its
-    rows, would grow by the whole of it (1.0 and more)."""
+    measured 0.66-0.80 (the most under CI's load). A rank that built the whole model first, or
+    made a second copy of its rows, grows by the whole of it (measured 1.08-1.18 before)."""
     big, tiny = [4_500_000, 4_500_000, 50, 30], [45, 45, 50, 30]
     table_bytes = sum(big) * 16 * 4
     budget = {"embedding-memory-per-rank": "366MiB", "embedding-dim": 16, "bottom-mlp": "13-32-16", "max-steps": 3}
@@ -270,7 +270,7 @@ def test_tables_larger_than_one_process_train_in_two_with_half_the_memory_each(t
         summary = json.loads((tmp_path / f"run-{name}" / "summary.json").read_text())
         peaks[name] = summary["peak_memory_bytes_per_rank"]
     growth = [(b - t) / table_bytes for b, t in zip(peaks["big"], peaks["tiny"])]
-    assert all(0.45 < g < 0.78 for g in growth), growth
+    assert all(0.45 < g < 0.9 for g in growth), growth
 
 
 @needs_torchrec

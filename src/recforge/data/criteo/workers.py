@@ -73,7 +73,7 @@ class _Workers:
         rate = rows / max(seconds, 1e-9)
         log(
             f"  {name}: {rows:,} rows in {seconds:.1f} s, {rate:,.0f} rows/s "
-            f"({rate / self.processes:,.0f} per process of {self.processes})"
+            f"({rate / max(1, self.processes):,.0f} per process of {self.processes})"
         )
 
     def _next(self, window: deque, on_result, progress) -> int:
