@@ -163,7 +163,8 @@ def train(cfg: RunConfig, parts: RunParts) -> dict:
         if not _lost_peer(error):
             raise
         raise RecforgeError(
-            f"rank {dist.rank}: lost another process of the run ({one_line(str(error))[:160]}); {_resumable_from(cfg)}"
+            f"rank {dist.rank}: lost another process of the run ({_without_source_place(str(error))}); "
+            f"{_resumable_from(cfg)}"
         ) from None
     finally:
         if main_thread:
