@@ -80,7 +80,7 @@ def test_epoch_holds_each_positive_once_and_the_negatives():
     users = np.array([0, 0, 1, 2, 2, 2], np.int32)
     items = np.array([1, 3, 0, 2, 4, 5], np.int32)
     epochs = ImplicitEpochs(users, items, num_items=8, negatives=4, device=torch.device("cpu"), seed=1)
-    batches = [b for b, _ in epochs.batches(epoch=1, batch_size=5)]
+    batches = [b for b, _, _ in epochs.batches(epoch=1, batch_size=5)]
     user = torch.cat([b["user"] for b in batches]).numpy()
     item = torch.cat([b["item"] for b in batches]).numpy()
     label = torch.cat([b["label"] for b in batches]).numpy()
@@ -88,17 +88,21 @@ def test_epoch_holds_each_positive_once_and_the_negatives():
     assert sorted(zip(user[label == 1], item[label == 1])) == sorted(zip(users, items))
     assert np.bincount(user[label == 0]).tolist() == [8, 4, 12]  # 4 negatives per positive
     # the next epoch draws a new order and new negatives
-    second = torch.cat([b["item"] for b, _ in epochs.batches(epoch=2, batch_size=5)]).numpy()
+    second = torch.cat([b["item"] for b, _, _ in epochs.batches(epoch=2, batch_size=5)]).numpy()
     assert not np.array_equal(item, second)
 
 
 def test_ranks_split_each_global_batch_without_overlap():
     users = np.repeat(np.arange(7, dtype=np.int32), 3)
     items = np.tile(np.arange(3, dtype=np.int32), 7)
-    epochs = ImplicitEpochs(users, items, num_items=10, negatives=2, device=torch.device("cpu"), seed=5)
-    whole = list(epochs.batches(1, batch_size=9))
-    parts = [list(epochs.batches(1, batch_size=9, rank=r, world=2)) for r in range(2)]
-    for step, (batch, size) in enumerate(whole):
+    cpu = torch.device("cpu")
+    whole = list(ImplicitEpochs(users, items, num_items=10, negatives=2, device=cpu, seed=5).batches(1, batch_size=9))
+    parts = [
+        list(ImplicitEpochs(users, items, 10, 2, cpu, seed=5, rank=r, world=2).batches(1, batch_size=9))
+        for r in range(2)
+    ]
+    for step, (batch, size, _) in enumerate(whole):
         assert parts[0][step][1] == parts[1][step][1] == size
+        assert parts[0][step][2] == parts[1][step][2] == -(-size // 2)
         joined = {k: torch.cat([parts[0][step][0][k], parts[1][step][0][k]]) for k in batch}
         assert all(torch.equal(joined[k], batch[k]) for k in batch)

@@ -351,7 +351,9 @@ def test_wide_deep_sharded_with_multi_hot_fields_follows_one_process(
     for mine, theirs in zip(two, one):
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-6)
         assert mine["AUC"] == pytest.approx(theirs["AUC"], abs=2e-5)
-        assert mine["MAP@12"] == pytest.approx(theirs["MAP@12"], abs=2e-5)
+        # Ranks add their gradients in another order than one process: probabilities differ by ~1e-9,
+        # which can swap two near-tied ads of a display and move MAP@12 by a display's share (~4e-4).
+        assert mine["MAP@12"] == pytest.approx(theirs["MAP@12"], abs=1e-3)
     assert one[-1]["train_loss"] < one[0]["train_loss"] - 0.01
     main(
         [

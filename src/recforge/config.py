@@ -197,10 +197,11 @@ class DataConfig:
     )
     memory_fraction: float = option(
         0.25,
-        "largest share of RAM (GPU memory on GPUs) the training split is loaded into; larger splits are read "
-        "from disk, batches ahead (0: always from disk)",
+        "largest share of a process's memory (its GPU's, or its share of RAM) its training rows are held in; "
+        "ctr: larger splits are read from disk, batches ahead (0: always from disk); ranking under torchrun: "
+        "larger epochs are split among the ranks, each drawing its own part",
         group=_SOURCE,
-        scope=CTR,
+        scope=RANKING + CTR,
         low=0,
         high=1,
     )

@@ -9,6 +9,7 @@ keeping memory; glibc does too once the mmap and trim thresholds are raised.
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import sys
 
@@ -32,3 +33,12 @@ def peak_memory(device: torch.device) -> tuple[int, int]:
     """(this process's peak resident memory, its peak GPU memory allocated; 0 on CPUs), in bytes."""
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return host, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
+def fits_in_memory(nbytes: int, device: torch.device, fraction: float) -> bool:
+    """Whether `nbytes` fit in `fraction` of this process's share of memory: its GPU's, or the
+    machine's RAM split among the processes torchrun started on it."""
+    if device.type == "cuda":
+        return nbytes < fraction * torch.cuda.get_device_properties(device).total_memory
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return nbytes < fraction * ram / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -48,9 +48,10 @@ class Task(abc.ABC):
         return -(-self.samples_per_epoch // batch_size)
 
     @abc.abstractmethod
-    def train_batches(self, epoch: int, batch_size: int, start_step: int = 0) -> Iterator[tuple[dict, int]]:
-        """(this rank's part of each global batch, the global batch size), from `start_step` on;
-        the same order for the same epoch and seed, so a resumed run sees the batches it missed."""
+    def train_batches(self, epoch: int, batch_size: int, start_step: int = 0) -> Iterator[tuple[dict, int, int]]:
+        """(this rank's part of each global batch, the global batch size, the largest rank's part),
+        from `start_step` on; the same order for the same epoch and seed, so a resumed run sees the
+        batches it missed. No rank holds more of the data than the batches it trains on need."""
 
     @abc.abstractmethod
     def evaluate(self, model: torch.nn.Module) -> tuple[dict, int]:

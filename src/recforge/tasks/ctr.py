@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +28,14 @@ from recforge.config import RunConfig
 from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write, write_array
 from recforge.data.ctr_format import load_meta, load_split
+from recforge.data.rank_rows import RankRows
 from recforge.data.read_ahead import copy_rows, read_ahead
 from recforge.metrics.classification import accuracy, auc, logloss
 from recforge.metrics.ranking import map_at_k
 from recforge.runtime.distributed import Dist
+from recforge.runtime.memory import fits_in_memory
 from recforge.runtime.precision import autocast
 from recforge.tasks.base import Task
-
-
-def _fits(nbytes: int, device: torch.device, fraction: float) -> bool:
-    if device.type == "cuda":
-        return nbytes < fraction * torch.cuda.get_device_properties(device).total_memory
-    return nbytes < fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
 
 FEATURES = ("label", "dense", "sparse", "multi_hot", "crossed")  # the arrays a batch holds, when present
 
@@ -64,13 +58,20 @@ class CTRTask(Task):
         self.meta = load_meta(folder)
         self.train = load_split(folder, "train") if cfg.train.mode == "train" else None
         self.eval_arrays = load_split(folder, cfg.eval.eval_split) if self.meta.rows.get(cfg.eval.eval_split) else None
+        self.rank_rows = RankRows(self.meta.rows.get("train", 0), cfg.train.batch_size, dist.world)
+        self.resident = None  # this rank's training rows on the device, when they fit
         if self.train is not None:
             self.train = {k: v for k, v in self.train.items() if k in FEATURES}
-        if self.train is not None and _fits(
-            sum(a.nbytes for a in self.train.values()), device, cfg.data.memory_fraction
-        ):
-            self.train = {k: torch.from_numpy(np.array(v)).to(device) for k, v in self.train.items()}
-            log(f"{folder}: {self.meta.rows['train']:,} training rows loaded onto {device}")
+            mine = self.rank_rows.count(dist.rank)
+            nbytes = sum(a.nbytes // max(1, len(a)) for a in self.train.values()) * mine
+            if cfg.data.shuffle == "rows":  # the epoch's permutation of all rows, on every rank
+                nbytes += 8 * self.rank_rows.rows
+            if fits_in_memory(nbytes, device, cfg.data.memory_fraction):
+                self.resident = {
+                    k: torch.from_numpy(self.rank_rows.owned(v, dist.rank)).to(device) for k, v in self.train.items()
+                }
+                part = f" (rank {dist.rank}'s part of {self.rank_rows.rows:,})" if dist.enabled else ""
+                log(f"{folder}: {mine:,} training rows loaded onto {device}{part}")
 
     @property
     def model_dims(self) -> dict:
@@ -107,33 +108,34 @@ class CTRTask(Task):
         return ["MAP@12", "AUC", "logloss", "accuracy"] if self.meta.group else ["AUC", "logloss", "accuracy"]
 
     def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
-        """(this rank's part of each global batch, global batch size); the same order on every rank."""
-        rows = self.samples_per_epoch
+        """(this rank's part of each global batch, global batch size, the largest rank's part); the
+        same global batches on every rank and for any number of ranks (`RankRows`)."""
+        assert batch_size == self.rank_rows.batch, "the rows each rank owns were chosen for another batch size"
+        parts, rank = self.rank_rows, self.dist.rank
+        steps = self.steps_per_epoch(batch_size)
         generator = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
-        in_memory = isinstance(self.train["label"], torch.Tensor)
-        names = list(self.train)
         # Out of core, a row permutation would read the disk at random: shuffle batch-sized blocks.
-        shuffle = "blocks" if self.cfg.data.shuffle == "rows" and not in_memory else self.cfg.data.shuffle
-        order = torch.randperm(rows, generator=generator).to(self.device) if shuffle == "rows" else None
-        blocks = torch.randperm(self.steps_per_epoch(batch_size), generator=generator) if shuffle == "blocks" else None
-        rank, world = self.dist.rank, self.dist.world
-
-        def parts():  # (this rank's rows, the global batch's size) per step
-            for step in range(start_step, self.steps_per_epoch(batch_size)):
-                block = int(blocks[step]) if blocks is not None else step
-                lo, hi = block * batch_size, min(rows, (block + 1) * batch_size)
-                size = hi - lo
-                yield slice(lo + size * rank // world, lo + size * (rank + 1) // world), size
-
-        if in_memory:
-            for mine, size in parts():
-                arrays = {k: self.train[k][order[mine] if order is not None else mine] for k in names}
-                yield _to_batch(arrays), size
+        shuffle = "blocks" if self.cfg.data.shuffle == "rows" and self.resident is None else self.cfg.data.shuffle
+        if shuffle == "rows":
+            order = torch.randperm(parts.rows, generator=generator).to(self.device)
+            for step in range(start_step, steps):
+                batch = order[step * batch_size : (step + 1) * batch_size]
+                owners = parts.owners(batch)
+                mine = parts.local(batch[owners == rank], rank)
+                largest = int(torch.bincount(owners, minlength=self.dist.world).max())
+                yield _to_batch({k: v[mine] for k, v in self.resident.items()}), len(batch), largest
+            return
+        blocks = torch.randperm(steps, generator=generator) if shuffle == "blocks" else torch.arange(steps)
+        chosen = (parts.block(int(block), rank) for block in blocks[start_step:])
+        if self.resident is not None:
+            for _, mine, size in chosen:
+                yield _to_batch({k: v[mine] for k, v in self.resident.items()}), size, -(-size // self.dist.world)
             return
         pinned = self.device.type == "cuda"
-        read = lambda part: (copy_rows(self.train, part[0], pinned), part[1])  # noqa: E731
-        for arrays, size in read_ahead(parts(), read):
-            yield _to_batch({k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}), size
+        read = lambda part: (copy_rows(self.train, part[0], pinned), part[2])  # noqa: E731
+        for arrays, size in read_ahead(chosen, read):
+            batch = {k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}
+            yield _to_batch(batch), size, -(-size // self.dist.world)
 
     def _eval_shard(self):
         if self.eval_arrays is None:

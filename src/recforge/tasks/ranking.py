@@ -26,6 +26,7 @@ from recforge.data.sampling import sample_eval_negatives
 from recforge.metrics.ranking import hit_and_ndcg, rank_among_all, rank_among_sampled
 from recforge.models.popularity import ItemPopularity
 from recforge.runtime.distributed import Dist
+from recforge.runtime.memory import fits_in_memory
 from recforge.runtime.precision import autocast
 from recforge.tasks.base import Task
 
@@ -63,6 +64,12 @@ class RankingTask(Task):
         most = int(np.diff(data.user_offsets).max(initial=0)) + 1
         if cfg.train.verify_negatives and most >= data.num_items:
             raise RecforgeError("--verify-negatives: a user has interacted with every item; no negatives exist")
+        # An epoch's tensors: users and items of the positives, the negatives, all items and their order.
+        positives, drawn = len(data.train_items), len(data.train_items) * cfg.train.negative_samples
+        epoch_bytes = 8 * (2 * positives + drawn + 2 * (positives + drawn))
+        sharded = dist.enabled and not fits_in_memory(epoch_bytes, device, cfg.data.memory_fraction)
+        if sharded:
+            log(f"an epoch's {epoch_bytes / 2**20:,.0f} MiB do not fit on {device}: each rank draws its part")
         self.epochs = ImplicitEpochs(
             data.train_users,
             data.train_items,
@@ -71,6 +78,9 @@ class RankingTask(Task):
             device,
             cfg.train.seed,
             data.interaction_keys() if cfg.train.verify_negatives else None,
+            dist.rank,
+            dist.world,
+            sharded,
         )
         candidates = (
             data.num_items
@@ -124,7 +134,7 @@ class RankingTask(Task):
         return "popularity", metrics
 
     def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
-        return self.epochs.batches(epoch, batch_size, self.dist.rank, self.dist.world, start_step)
+        return self.epochs.batches(epoch, batch_size, start_step)
 
     def _score(self, model, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores [len(users), items per user] for each user against its row of `items`."""

@@ -475,12 +475,12 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
             epoch_train_s = 0.0
             begin = time.perf_counter()
             first = start_step if epoch == start_epoch else 0
-            for step_in_epoch, (batch, global_size) in enumerate(
+            for step_in_epoch, (batch, global_size, largest_part) in enumerate(
                 task.train_batches(epoch, t.batch_size, first), start=first + 1
             ):
                 set_learning_rate(optimizers, t, history.step)
                 if equal_batches:
-                    batch = pad_rows(batch, -(-global_size // dist.world))
+                    batch = pad_rows(batch, largest_part)
                 with autocast(device, t.precision):
                     logits = wrapped(batch)
                 # Sum over the local slice, scaled so the ranks' averaged gradient (DDP's, and TorchRec's
