@@ -179,7 +179,9 @@ def test_max_ind_range_hashes_without_a_vocabulary(tmp_path):
         line.startswith("  write: 50 rows in") and "(" in line and "per process of 1)" in line for line in logged
     )
     assert any(line.startswith("  peak resident memory: main process ") for line in logged)
-    assert set(meta.info["peak_memory_bytes"]) == {"main process"}  # one process: no worker pool
+    report = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert set(report["peak_memory_bytes"]) == {"main process"}  # one process: no worker pool
+    assert report["passes"]["write"]["rows"] == 50 and report["passes"]["write"]["rows_per_s_per_process"] > 0
     with pytest.raises(RecforgeError, match="min_frequency"):
         prepare_criteo("criteo-kaggle", tmp_path, tmp_path / "other", max_ind_range=1000, min_frequency=2, log=quiet)
 

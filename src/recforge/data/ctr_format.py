@@ -101,7 +101,7 @@ def check_out(out: Path, overwrite: bool) -> None:
     if "meta.json" in entries:
         if not overwrite:
             raise RecforgeError(f"{out}: already holds a prepared dataset (meta.json); replace it with --overwrite")
-        others = entries - {"meta.json", "encoders.json", "encoders", *SPLITS}
+        others = entries - {"meta.json", "prepare.json", "encoders.json", "encoders", *SPLITS}
         if others:
             raise RecforgeError(f"{out}: holds other files too ({', '.join(sorted(others))}); not replacing it")
     elif entries:
@@ -120,18 +120,42 @@ def new_folder(out: str | Path, overwrite: bool = False):
     try:
         with naming(out, inside=tmp):
             yield tmp
-        if not out.exists():
-            replace(tmp, out)
-        elif exchange(tmp, out):  # the old dataset is now at tmp
-            remove(tmp)
-        else:
-            old = temp_folder(out)
-            replace(out, old)
-            replace(tmp, out)
-            remove(old)
+        _put_in_place(tmp, out)
     except BaseException:
         remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def resumable_folder(out: str | Path, fingerprint: str, overwrite: bool = False):
+    """`new_folder`'s, but named by the preparation's `fingerprint` (`.NAME.resumable-HASH`) and kept
+    when the process is interrupted (Ctrl-C, a kill), so that the same command continues in it
+    (`journal`). An error (bad input, a full disk) removes it as `new_folder` does."""
+    out = Path(out).expanduser()
+    check_out(out, overwrite)
+    tmp = out.parent / f".{out.name}.resumable-{fingerprint}"
+    with naming(out, inside=tmp):
+        tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        with naming(out, inside=tmp):
+            yield tmp
+        _put_in_place(tmp, out)
+    except Exception:
+        remove(tmp)
+        raise
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Move the complete folder `tmp` to `out`, replacing what is there in one step where it can."""
+    if not out.exists():
+        replace(tmp, out)
+    elif exchange(tmp, out):  # the old dataset is now at tmp
+        remove(tmp)
+    else:
+        old = temp_folder(out)
+        replace(out, old)
+        replace(tmp, out)
+        remove(old)
 
 
 def finish(folder: Path, meta: CTRMeta) -> None:

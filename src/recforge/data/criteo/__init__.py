@@ -33,8 +33,12 @@ Why it is shaped this way:
   failed, to name the first bad line and field.
 - Workers write their rows with plain file writes at byte offsets of the preallocated `.npy`
   files (disjoint ranges), so written pages never count in a worker's resident memory.
-- Output goes to a hidden temp folder beside `out`; meta.json is written last and the folder is
-  renamed into place, so an interruption never leaves something that looks complete.
+- Output goes to a hidden folder beside `out` named after the inputs and options
+  (`.NAME.resumable-HASH`); meta.json is written last and the folder is renamed into place, so
+  an interruption never leaves something that looks complete. Interrupted (Ctrl-C, a kill), the
+  folder stays with its journal (`data/journal.py`), and the same command continues after the
+  last finished chunk of the pass it was in, to byte-identical output. How the run went
+  (seconds, rows/s per process per pass, peak memory) is in prepare.json, not meta.json.
 
 The modules, by stage: `layout` (input files, units, block reading and line counting, the split),
 `parse` (bytes -> arrays), `passes` (the count, vocabulary and write passes and their worker
@@ -46,14 +50,17 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from recforge.core.errors import RecforgeError
+from recforge.core.files import write_json
 from recforge.data.criteo.layout import MAX_CHUNK_BYTES, _mean_line_bytes, _units, criteo_files
 from recforge.data.criteo.parse import DENSE, FIELDS, SPARSE
 from recforge.data.criteo.passes import _encoders_in, _Plan, _prepare
 from recforge.data.criteo.workers import _Workers
-from recforge.data.ctr_format import CTRMeta, finish, new_folder
+from recforge.data.ctr_format import CTRMeta, finish, load_meta, resumable_folder
+from recforge.data.journal import Journal, fingerprint
 
 __all__ = ["DENSE", "FIELDS", "KINDS", "SPARSE", "criteo_files", "prepare_criteo"]
 
@@ -109,22 +116,33 @@ def prepare_criteo(
         )
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in sorted(out.parent.glob(f".{out.name}.partial-*")):
-        log(f"  note: {stale} is left from an interrupted run; remove it to free its disk space")
+    options = {"kind": kind, "units": [asdict(u) for u in units], "chunk_bytes": chunk_bytes}
+    key = fingerprint(files, min_frequency=min_frequency, max_ind_range=max_ind_range, **options)
+    left = sorted(out.parent.glob(f".{out.name}.partial-*")) + sorted(out.parent.glob(f".{out.name}.resumable-*"))
+    for stale in left:  # not this preparation's (same inputs and options): that one is continued
+        if not stale.name.endswith(key):
+            log(f"  note: {stale} is left by a run of other inputs or options; remove it to free its space")
     pool = None
     try:
-        with new_folder(out, overwrite) as tmp:
+        with resumable_folder(out, key, overwrite) as tmp:
+            journal = Journal(tmp)
+            if (tmp / "meta.json").is_file():  # complete: interrupted as it was moved into place
+                journal.remove()
+                return load_meta(tmp)
+            if journal.resumed:
+                steps = {"count": len(units), "vocabulary": len(units), "write": len(units)}
+                log(f"  continuing the interrupted preparation in {tmp}: done {journal.describe(steps)} chunks")
             pool = _Workers(processes)
             plan = _Plan(kind, files, units, chunk_bytes, line_bytes, min_frequency, max_ind_range)
-            meta = _prepare(plan, tmp, pool, log)
+            meta = _prepare(plan, tmp, pool, log, journal)
             pool.close()
-            meta.info["peak_memory_bytes"] = _peak_memory(processes)
-            log(
-                "  peak resident memory: "
-                + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in meta.info["peak_memory_bytes"].items())
-            )
-            meta.info["seconds"] = round(time.perf_counter() - started, 1)
+            peaks = _peak_memory(processes)
+            log("  peak resident memory: " + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in peaks.items()))
+            seconds = round(time.perf_counter() - started, 1)
+            report = {"seconds": seconds, "processes": processes, "resumed": journal.resumed, "passes": pool.rates}
+            write_json(tmp / "prepare.json", report | {"peak_memory_bytes": peaks})
             finish(tmp, meta)
+            journal.remove()
     except BaseException:
         if pool is not None:
             pool.terminate()
@@ -135,7 +153,7 @@ def prepare_criteo(
         f"{kind}: "
         + ", ".join(f"{s} {n:,}" for s, n in meta.rows.items())
         + f" rows; {sum(meta.cardinalities):,} embedding rows over {len(SPARSE)} fields; "
-        f"{meta.info['seconds']:.1f} s -> {out}"
+        f"{seconds:.1f} s -> {out}"
     )
     return meta
 

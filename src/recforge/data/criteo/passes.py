@@ -1,6 +1,7 @@
 """The three passes over the units: `count` (newlines), `vocabulary` (value counts of train rows)
 and `write` (parse, encode, write each row at its offset); `_prepare` runs them in order, the
-`_task` functions run in the worker processes."""
+`_task` functions run in the worker processes. Each pass tells the journal which of its tasks
+have finished, so an interrupted preparation continues after the last of them."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from recforge.core.errors import DataError, RecforgeError
-from recforge.core.files import naming
+from recforge.core.files import atomic_write, naming
 from recforge.data.criteo.layout import KAGGLE_DAYS, _blocks, _count_lines, _estimated_rows, _split_rows, _Unit
 from recforge.data.criteo.parse import DENSE, SPARSE, _BadLine, _parse_located
 from recforge.data.ctr_format import SPLITS, CTRMeta, allocate
 from recforge.data.encoders import Categorical, Encoders, Numeric, load_encoders, merge_sorted_counts
+from recforge.data.journal import Journal
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,11 @@ class _Plan:
     max_ind_range: int | None
 
 
-def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None]) -> CTRMeta:
-    """The passes, in order, run by `pool` (a `_Workers`), writing into the folder `tmp`; the meta for meta.json."""
+def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None], journal: Journal) -> CTRMeta:
+    """The passes, in order, run by `pool` (a `_Workers`), writing into the folder `tmp`; the meta for
+    meta.json. Each pass starts after the tasks `journal` says an earlier attempt finished."""
     units = plan.units
-    rows: list[int | None] = [None] * len(units)
-    estimate = sum(_estimated_rows(u, plan.line_bytes) for u in units)
+    rows: list[int | None] = journal.get("rows") or [None] * len(units)
 
     def check(unit_index: int, result: tuple) -> tuple:
         if result[0] == "bad":
@@ -47,17 +49,23 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None]) -> CTRMet
             raise DataError(unit.path, None if line is None else first + line + 1, field, message)
         return result
 
-    if plan.kind == "criteo-kaggle" or plan.max_ind_range is not None:  # rows needed before the vocabulary pass
+    def expected(indices) -> int:  # rows the tasks will read, for progress
+        return sum(rows[i] if rows[i] is not None else _estimated_rows(units[i], plan.line_bytes) for i in indices)
 
-        def counted(i, result):
+    if plan.kind == "criteo-kaggle" or plan.max_ind_range is not None:  # rows needed before the vocabulary pass
+        done = journal.done("count")
+
+        def counted(k, result):
+            i = done + k
             rows[i] = check(i, result)[1]
+            journal.finished("count", i + 1, {"rows": rows})
             return rows[i]
 
-        pool.run("count", [("count", u, plan.chunk_bytes, None) for u in units], counted, estimate, log)
+        tasks = [("count", u, plan.chunk_bytes, None) for u in units[done:]]
+        pool.run("count", tasks, counted, expected(range(done, len(units))), log)
+        journal.finished("count", len(units), {"rows": rows}, final=True)
 
-    vocabulary, distinct = None, None
-    if plan.max_ind_range is None:
-        totals: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.uint32), np.zeros(0, np.int64))] * len(SPARSE)
+    if plan.max_ind_range is None and not journal.done("allocate"):
         if plan.kind == "criteo-kaggle":
             train_end = _split_rows(plan.kind, [sum(rows)])["train"]
             first_rows = np.concatenate([[0], np.cumsum(rows)]).tolist()
@@ -66,30 +74,30 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None]) -> CTRMet
         else:  # every day but the last is train; the last day is only counted
             limits = [0 if u.file == len(plan.files) - 1 else None for u in units]
         todo = [i for i, limit in enumerate(limits) if not (limit == 0 and rows[i] is not None)]
+        done = journal.done("vocabulary")
+        totals = _load_counts(tmp) if done else [(np.zeros(0, np.uint32), np.zeros(0, np.int64))] * len(SPARSE)
 
         def counted_values(k, result):
-            i = todo[k]
+            i = todo[done + k]
             _, seen, counts = check(i, result)
             if rows[i] is None:
                 rows[i] = seen
             if counts is not None:
                 for j, pair in enumerate(counts):
                     totals[j] = merge_sorted_counts(totals[j], pair)
+            journal.finished("vocabulary", done + k + 1, {"rows": rows}, durable=lambda: _save_counts(tmp, totals))
             return seen
 
-        total = sum(rows[i] if rows[i] is not None else _estimated_rows(units[i], plan.line_bytes) for i in todo)
-        pool.run(
-            "vocabulary",
-            [("vocab", units[i], plan.chunk_bytes, limits[i]) for i in todo],
-            counted_values,
-            total,
-            log,
-        )
+        tasks = [("vocab", units[i], plan.chunk_bytes, limits[i]) for i in todo[done:]]
+        pool.run("vocabulary", tasks, counted_values, expected(todo[done:]), log)
+        journal.finished("vocabulary", len(todo), {"rows": rows})  # written with the allocation below
         distinct = [len(values) for values, _ in totals]
         vocabulary = [values[counts >= plan.min_frequency] for values, counts in totals]
         del totals
         if max(len(v) for v in vocabulary) + 1 > np.iinfo(np.int32).max:
             raise RecforgeError("a vocabulary has more than 2^31 - 1 values; use max_ind_range")
+    else:
+        vocabulary, distinct = None, journal.get("distinct")
 
     file_rows = [sum(r for u, r in zip(units, rows) if u.file == f) for f in range(len(plan.files))]
     split_rows = _split_rows(plan.kind, file_rows)
@@ -99,34 +107,45 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None]) -> CTRMet
     for split in split_rows:  # in file order: train, test, valid
         ranges[split] = (start, start + split_rows[split])
         start += split_rows[split]
-    layout = {}
-    for split in SPLITS:
-        if split_rows[split]:
-            arrays = allocate(tmp, split, split_rows[split], len(DENSE), len(SPARSE))
-            layout[split] = {name: (str(a.filename), int(a.offset), int(a.strides[0])) for name, a in arrays.items()}
-            del arrays
-    # The encoders are saved in the folder first: the write pass's workers read them from there,
-    # and they stay for encoding raw rows later.
-    if vocabulary is not None:
-        sparse = [Categorical(name, "vocabulary", "uint32", plan.min_frequency) for name in SPARSE]
-        for encoder, keys in zip(sparse, vocabulary):
-            encoder.keys = keys.astype(np.uint32)
-        del vocabulary
-    else:
-        sparse = [Categorical(name, "modulo", "uint32", buckets=plan.max_ind_range) for name in SPARSE]
-    Encoders([Numeric(name, "log1p") for name in DENSE], sparse).save(tmp)
-    cardinalities = [encoder.cardinality for encoder in sparse]
-    del sparse
+    if not journal.done("allocate"):
+        for split in SPLITS:
+            if split_rows[split]:
+                allocate(tmp, split, split_rows[split], len(DENSE), len(SPARSE))  # preallocated files
+        # The encoders are saved in the folder first: the write pass's workers read them from there,
+        # and they stay for encoding raw rows later.
+        if vocabulary is not None:
+            sparse = [Categorical(name, "vocabulary", "uint32", plan.min_frequency) for name in SPARSE]
+            for encoder, keys in zip(sparse, vocabulary):
+                encoder.keys = keys.astype(np.uint32)
+            del vocabulary
+        else:
+            sparse = [Categorical(name, "modulo", "uint32", buckets=plan.max_ind_range) for name in SPARSE]
+        Encoders([Numeric(name, "log1p") for name in DENSE], sparse).save(tmp)
+        del sparse
+        journal.finished("allocate", 1, {"rows": rows, "distinct": distinct}, final=True)
+        (tmp / COUNTS).unlink(missing_ok=True)
+    layout = {split: _layout(tmp, split) for split in SPLITS if split_rows[split]}
+    cardinalities = [encoder.cardinality for encoder in _encoders_in(str(tmp)).sparse]
+    paths = [path for split in layout.values() for path, _, _ in split.values()]
+
+    def durable() -> None:
+        for path in paths:
+            _fsync(path)
+
+    done = journal.done("write")
+
+    def written(k, result):
+        check(done + k, result)
+        journal.finished("write", done + k + 1, durable=durable)
+        return result[1]
 
     starts = np.concatenate([[0], np.cumsum(rows)]).tolist()
     tasks = [
         ("write", u, plan.chunk_bytes, (starts[i], rows[i], ranges, layout, str(tmp))) for i, u in enumerate(units)
     ]
-    pool.run("write", tasks, lambda i, result: check(i, result)[1], sum(rows), log)
+    pool.run("write", tasks[done:], written, sum(rows[done:]), log)
     _encoders_in.cache_clear()
-    for split in layout:  # durable before meta.json marks the folder complete
-        for path, _, _ in layout[split].values():
-            _fsync(path)
+    journal.finished("write", len(units), durable=durable, final=True)  # durable before meta.json marks it complete
 
     info = {
         "source": plan.kind,
@@ -149,6 +168,29 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None]) -> CTRMet
     if distinct is not None:
         info["train_distinct_values"] = distinct
     return CTRMeta(DENSE, SPARSE, cardinalities, {s: n for s, n in split_rows.items() if n}, info)
+
+
+COUNTS = "vocabulary-counts.npz"  # the vocabulary pass's merged counts so far, for a resumed pass
+
+
+def _save_counts(folder: Path, totals: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    arrays = {f"{kind}_{j}": pair[k] for j, pair in enumerate(totals) for k, kind in enumerate(("values", "counts"))}
+    atomic_write(folder / COUNTS, lambda f: np.savez(f, **arrays), mode="wb")
+
+
+def _load_counts(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    with np.load(folder / COUNTS) as saved:
+        return [(saved[f"values_{j}"], saved[f"counts_{j}"]) for j in range(len(SPARSE))]
+
+
+def _layout(folder: Path, split: str) -> dict[str, tuple[str, int, int]]:
+    """Where each array of a split's preallocated .npy files keeps its rows: (path, data offset, row bytes)."""
+    layout = {}
+    for path in sorted((folder / split).glob("*.npy")):
+        array = np.load(path, mmap_mode="r")
+        layout[path.stem] = (str(path), int(array.offset), int(array.strides[0]))
+        del array
+    return layout
 
 
 @functools.lru_cache(maxsize=1)

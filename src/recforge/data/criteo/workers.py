@@ -42,6 +42,7 @@ class _Workers:
 
     def __init__(self, processes: int):
         self.processes = processes
+        self.rates: dict[str, dict] = {}  # per pass: rows, seconds, rows/s per process (prepare.json)
         self.pool = self.queue = None
         if processes > 1:
             context = mp.get_context("spawn")  # no forked pyarrow thread pools
@@ -71,9 +72,11 @@ class _Workers:
             progress.close()
         seconds = time.perf_counter() - started
         rate = rows / max(seconds, 1e-9)
+        per_process = rate / max(1, self.processes)  # an empty input has no process
+        self.rates[name] = {"rows": rows, "seconds": round(seconds, 3), "rows_per_s_per_process": round(per_process)}
         log(
             f"  {name}: {rows:,} rows in {seconds:.1f} s, {rate:,.0f} rows/s "
-            f"({rate / max(1, self.processes):,.0f} per process of {self.processes})"
+            f"({per_process:,.0f} per process of {self.processes})"
         )
 
     def _next(self, window: deque, on_result, progress) -> int:
