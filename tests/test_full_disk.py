@@ -26,12 +26,13 @@ from recforge.core.errors import user_message
 from recforge.core.files import append_jsonl, read_jsonl
 from recforge.data import cache, criteo
 from recforge.data.criteo.layout import _Unit
-from recforge.data.criteo.workers import _Workers
+from recforge.data.criteo.passes import _task
 from recforge.data.ctr_format import load_meta
 from recforge.data.download import download
 from recforge.data.encoders import Categorical, Encoders, Numeric
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.data.synthetic_outbrain import write_outbrain_csvs
+from recforge.data.workers import _Workers
 
 NO_SPACE, READ_ONLY = "no space left on device", "read-only file system"
 QUIET = {"log": lambda *_: None}
@@ -171,7 +172,7 @@ def test_a_workers_write_error_comes_back_naming_the_file(disk, tmp_path):
         size,
         (0, rows, {"train": (0, rows)}, layout, str(encoders)),
     )
-    pool = _Workers(2)
+    pool = _Workers(2, _task)
     try:
         with pytest.raises(OSError) as raised:
             pool.run("write", [task], lambda i, result: result[1], rows, lambda *_: None)

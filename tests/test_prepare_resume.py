@@ -10,8 +10,8 @@ import pytest
 from faults import run_cli, snapshot
 from test_criteo import random_rows, write_tsv
 
-from recforge.data import journal
-from recforge.data.criteo import prepare_criteo, workers
+from recforge.data import criteo, journal
+from recforge.data.criteo import prepare_criteo
 
 
 def days(folder: Path, sizes=(300, 250, 200)) -> Path:
@@ -43,7 +43,7 @@ def test_an_interrupted_preparation_continues_after_its_last_finished_chunk(
     raw = (days if kind == "criteo-terabyte" else kaggle)(tmp_path / "raw")
     options = {"min_frequency": 2, "workers": 1, "chunk_rows": 40, "log": lambda *_: None}
     calls: dict[str, int] = {}
-    interrupt, task = False, workers._task
+    interrupt, task = False, criteo._task
 
     def counted(op, *args):  # and interrupted at the chosen task, when `interrupt`
         calls[op] = calls.get(op, 0) + 1
@@ -51,7 +51,7 @@ def test_an_interrupted_preparation_continues_after_its_last_finished_chunk(
             raise KeyboardInterrupt
         return task(op, *args)
 
-    monkeypatch.setattr(workers, "_task", counted)
+    monkeypatch.setattr(criteo, "_task", counted)
     prepare_criteo(kind, raw, tmp_path / "reference", **options)
     tasks, calls = calls, {}
     monkeypatch.setattr(journal, "JOURNAL_SECONDS", 0.0)  # a journal entry after every chunk

@@ -42,7 +42,7 @@ Why it is shaped this way:
 
 The modules, by stage: `layout` (input files, units, block reading and line counting, the split),
 `parse` (bytes -> arrays), `passes` (the count, vocabulary and write passes and their worker
-tasks), `workers` (the process pool and progress).
+tasks); `data/workers.py` runs them (the process pool and progress).
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ from recforge.core.errors import RecforgeError
 from recforge.core.files import write_json
 from recforge.data.criteo.layout import MAX_CHUNK_BYTES, _mean_line_bytes, _units, criteo_files
 from recforge.data.criteo.parse import DENSE, FIELDS, SPARSE
-from recforge.data.criteo.passes import _encoders_in, _Plan, _prepare
-from recforge.data.criteo.workers import _Workers
+from recforge.data.criteo.passes import _encoders_in, _Plan, _prepare, _task
 from recforge.data.ctr_format import CTRMeta, finish, load_meta, resumable_folder
 from recforge.data.journal import Journal, fingerprint
+from recforge.data.workers import _Workers
 
 __all__ = ["DENSE", "FIELDS", "KINDS", "SPARSE", "criteo_files", "prepare_criteo"]
 
@@ -132,7 +132,7 @@ def prepare_criteo(
             if journal.resumed:
                 steps = {"count": len(units), "vocabulary": len(units), "write": len(units)}
                 log(f"  continuing the interrupted preparation in {tmp}: done {journal.describe(steps)} chunks")
-            pool = _Workers(processes)
+            pool = _Workers(processes, _task)
             plan = _Plan(kind, files, units, chunk_bytes, line_bytes, min_frequency, max_ind_range)
             meta = _prepare(plan, tmp, pool, log, journal)
             pool.close()

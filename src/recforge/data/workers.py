@@ -1,4 +1,7 @@
-"""The process pool the passes run in, and their progress."""
+"""The process pool a preparation's passes run in, and their progress (criteo, ctr).
+
+A pass is a list of tasks, each the arguments of one `function(*task, report)` call; `report(rows)`
+is told the rows read as they are. Results come back in task order."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from collections.abc import Callable
 
 from recforge.core.errors import RecforgeError
 from recforge.core.progress import Progress
-from recforge.data.criteo.passes import _task
 from recforge.runtime.memory import keep_freed_memory
 
 
@@ -30,9 +32,9 @@ def _start_worker(progress_queue) -> None:
     keep_freed_memory()  # each chunk allocates the same large temporaries; do not fault them in again
 
 
-def _worker_task(*task) -> tuple:
+def _worker_task(function: Callable, *task):
     """A task in a worker process, reporting its progress to the pool's queue."""
-    return _task(*task, _worker.report)
+    return function(*task, _worker.report)
 
 
 class _Workers:
@@ -40,8 +42,8 @@ class _Workers:
     in flight, and hands results back in task order: merges follow file order, line numbers can be
     completed from earlier chunks, and finished results never pile up in memory."""
 
-    def __init__(self, processes: int):
-        self.processes = processes
+    def __init__(self, processes: int, function: Callable):
+        self.processes, self.function = processes, function
         self.rates: dict[str, dict] = {}  # per pass: rows, seconds, rows/s per process (prepare.json)
         self.pool = self.queue = None
         if processes > 1:
@@ -52,18 +54,19 @@ class _Workers:
             # finishes; the original processes are kept to notice that instead of waiting forever.
             self.started = list(getattr(self.pool, "_pool", []))
 
-    def run(self, name: str, tasks: list[tuple], on_result: Callable[[int, tuple], int], total: int, log) -> None:
-        """Each task is `_task`'s arguments but the last, `report` (progress), which is added here."""
+    def run(self, name: str, tasks: list[tuple], on_result: Callable[[int, object], int], total: int, log) -> None:
+        """Each task is `function`'s arguments but the last, `report` (progress), which is added here;
+        `on_result(i, result)` gets each task's result in order and returns the rows it read."""
         progress = Progress(total, name)
         started, rows = time.perf_counter(), 0
         try:
             if self.pool is None:
                 for i, task in enumerate(tasks):
-                    rows += on_result(i, _task(*task, progress.update))
+                    rows += on_result(i, self.function(*task, progress.update))
             else:
                 window: deque = deque()
                 for i, task in enumerate(tasks):
-                    window.append((i, self.pool.apply_async(_worker_task, task)))
+                    window.append((i, self.pool.apply_async(_worker_task, (self.function, *task))))
                     if len(window) >= 2 * self.processes:
                         rows += self._next(window, on_result, progress)
                 while window:
