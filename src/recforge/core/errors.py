@@ -14,7 +14,10 @@ class DataError(RecforgeError):
         where = f"{path}:{line}" if line is not None else str(path)
         what = f" field '{field}':" if field else ""
         super().__init__(f"{where}:{what} {message}")
-        self.path, self.line, self.field = path, line, field
+        self.path, self.line, self.field, self.message = path, line, field, message
+
+    def __reduce__(self):  # raised in a preparation worker, it is pickled back to the main process
+        return type(self), (self.path, self.line, self.field, self.message)
 
 
 # Environment faults a user can fix, by errno; the CLI names the path with one of these.

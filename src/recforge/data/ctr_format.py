@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,34 @@ def allocate(
             arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shapes[name])
         preallocate(path)
     return arrays
+
+
+def array_layout(folder: Path, split: str) -> dict[str, tuple[str, int, int]]:
+    """Where each preallocated array of a split keeps its rows: (path, data offset, row bytes)."""
+    layout = {}
+    for path in sorted((folder / split).glob("*.npy")):
+        array = np.load(path, mmap_mode="r")
+        layout[path.stem] = (str(path), int(array.offset), int(array.strides[0]))
+        del array
+    return layout
+
+
+def write_rows_at(path: str, offset: int, array: np.ndarray) -> None:
+    """Preparation workers write disjoint byte ranges of the preallocated .npy files with plain
+    file writes: unlike a memmap, this never counts the written pages in the worker's resident
+    memory. A failure comes back to the main process as an OSError naming the file (one line)."""
+    with naming(path), open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+def sync_file(path: str) -> None:
+    """What was written to `path` is on disk (before a journal or meta.json says so)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_out(out: Path, overwrite: bool) -> None:

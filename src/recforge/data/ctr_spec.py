@@ -26,9 +26,12 @@ an empty list stays empty. A cross hashes the joined text of its columns. `embed
 
 from __future__ import annotations
 
+import functools
+import os
+import pickle
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +41,25 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from recforge.core.errors import DataError
+from recforge.core.files import atomic_write, write_json
 from recforge.core.shipped import FEATURE_SPECS, resolve
 from recforge.core.yaml_file import read_yaml
-from recforge.data.ctr_format import CTRMeta, allocate, finish, new_folder
-from recforge.data.encoders import Categorical, Cross, Encoders, MultiHot, Numeric
+from recforge.data.criteo.layout import next_line_start
+from recforge.data.ctr_format import (
+    COLUMNS,
+    FORMAT,
+    OPTIONAL,
+    CTRMeta,
+    allocate,
+    array_layout,
+    finish,
+    load_meta,
+    resumable_folder,
+    sync_file,
+    write_rows_at,
+)
+from recforge.data.encoders import Categorical, Cross, Encoders, MultiHot, Numeric, load_encoders
+from recforge.data.journal import Journal, fingerprint
 from recforge.data.tabular import (
     check_parquet,
     convert,
@@ -51,6 +69,7 @@ from recforge.data.tabular import (
     row_error,
     text_problem,
 )
+from recforge.data.workers import _Workers, peak_memory_of_pool
 
 BATCH_BYTES = 1 << 24
 
@@ -229,13 +248,16 @@ class _Source:
             **{name: pa.int64() for name in (spec.group, spec.item) if name and name not in categorical},
         }
 
-    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """Batches of `columns` (default: every spec column)."""
+    def batches(self, columns: list[str] | None = None, unit: _Unit | None = None) -> Iterator[pa.RecordBatch]:
+        """Batches of `columns` (default: every spec column) of the whole file or of one `unit`."""
         types = {c: self.types[c] for c in columns} if columns else self.types
         if self.path.suffix == ".parquet":
             check_parquet(self.path, types)
-            first = 0
-            for batch in pq.ParquetFile(self.path).iter_batches(columns=list(types), batch_size=1 << 16):
+            groups = list(unit.row_groups) if unit is not None else None
+            first = unit.first_row if unit is not None else 0
+            for batch in pq.ParquetFile(self.path).iter_batches(
+                columns=list(types), batch_size=1 << 16, row_groups=groups
+            ):
                 arrays = [convert(self.path, batch.column(c), t, c, first) for c, t in types.items()]
                 # An empty string is a missing category, as in CSV files.
                 arrays = [
@@ -246,9 +268,15 @@ class _Source:
                 first += batch.num_rows
             return
         try:
+            source, read = self.path, pcsv.ReadOptions(block_size=BATCH_BYTES)
+            if unit is not None and unit.end is not None:  # whole lines after the header: named by it
+                with open(self.path, "rb") as f:
+                    f.seek(unit.start)
+                    source = pa.BufferReader(f.read(unit.end - unit.start))
+                read = pcsv.ReadOptions(block_size=BATCH_BYTES, column_names=self.header())
             reader = pcsv.open_csv(
-                self.path,
-                read_options=pcsv.ReadOptions(block_size=BATCH_BYTES),
+                source,
+                read_options=read,
                 parse_options=pcsv.ParseOptions(delimiter=self.spec.separator),
                 convert_options=pcsv.ConvertOptions(
                     column_types=types, include_columns=list(types), strings_can_be_null=True
@@ -264,12 +292,47 @@ class _Source:
         except OSError as error:
             raise os_error(self.path, error) from None
 
-    def rows(self) -> int:
-        """The file's data rows, after a look at its first batch (every spec column is there)."""
-        next(self.batches(), None)
+    def header(self) -> list[str]:
+        """A CSV file's column names (its first line)."""
+        with open(self.path, "rb") as f:
+            line = f.readline()
+        parse = pcsv.ParseOptions(delimiter=self.spec.separator)
+        return pcsv.read_csv(pa.py_buffer(line), parse_options=parse).column_names
+
+    def units(self, name: str, unit_bytes: int) -> list[_Unit]:
+        """The file cut into units of work: ranges of ~`unit_bytes` of whole lines of a plain CSV
+        (after its header), each row group of a Parquet file, or a whole .gz (gzip cannot be split)."""
+        path = str(self.path)
+        next(self.batches(), None)  # every spec column is there (and the first block parses)
         if self.path.suffix == ".parquet":
-            return pq.ParquetFile(self.path).metadata.num_rows
-        return sum(batch.num_rows for batch in self.batches([self.spec.label]))
+            metadata = pq.ParquetFile(path).metadata
+            sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            firsts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+            return [_Unit(name, path, row_groups=(g,), first_row=firsts[g]) for g in range(len(sizes))]
+        if self.path.suffix == ".gz":
+            return [_Unit(name, path)]
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            cuts = [len(f.readline())]
+            while cuts[-1] + unit_bytes < size and (cut := next_line_start(f, cuts[-1] + unit_bytes)) < size:
+                cuts.append(cut)
+        return [_Unit(name, path, a, b) for a, b in zip(cuts, [*cuts[1:], size]) if b > a]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One task's rows: bytes [start, end) of whole lines of a CSV, row groups of a Parquet file, or
+    (end None, no row groups) the whole file; `name` is its file's key in the spec's `files`."""
+
+    name: str
+    path: str
+    start: int = 0
+    end: int | None = None
+    row_groups: tuple[int, ...] = ()
+    first_row: int = 0  # of the file, once the rows are counted (messages, write offsets)
+
+
+UNIT_BYTES = 1 << 26  # a CSV unit: 64 MiB of lines
 
 
 def prepare_ctr(
@@ -279,77 +342,184 @@ def prepare_ctr(
     log=print,
     overwrite: bool = False,
     info: dict | None = None,
+    workers: int = 1,
 ) -> CTRMeta:
     """Prepare the click log a feature spec describes into `out` (new, empty, or with `overwrite`
     a prepared folder to replace). `info`: a caller's provenance for meta.json's info (meta.json
-    is written once, last, so a failure never replaces `out`)."""
+    is written once, last, so a failure never replaces `out`).
+
+    Three passes over the files' units, each run by `workers` processes and resumable after an
+    interruption from the last finished unit (`journal`): `rows` (each unit's rows), `fit` (the
+    encoders' counts and moments on the train rows, merged in unit order) and `write` (each unit
+    encoded and written at its rows' offsets)."""
     start = time.perf_counter()
     spec = load_spec(spec_path)
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
-    splits = _Splits(spec, {split: _Source(require_file(data_dir / name), spec) for split, name in spec.files.items()})
-    encoders = _encoders(spec)
-    _fit(encoders, splits)
-    with new_folder(out, overwrite) as tmp:
-        for split, size in splits.sizes.items():
-            _write_split(tmp, split, size, spec, encoders, splits)
-        encoders.save(tmp)
-        meta = _meta(spec, encoders, splits.sizes, {"seconds": time.perf_counter() - start, **(info or {})})
-        finish(tmp, meta)
+    sources = {split: _Source(require_file(data_dir / name), spec) for split, name in spec.files.items()}
+    units = [unit for name, source in sources.items() for unit in source.units(name, UNIT_BYTES)]
+    processes = max(1, min(workers, len(units)))
+    options = {"spec": str(spec), "units": [asdict(u) for u in units], "format": FORMAT}
+    key = fingerprint([source.path for source in sources.values()], **options)
+    pool = _Workers(processes, _task)
+    try:
+        with resumable_folder(out, key, overwrite) as tmp:
+            journal = Journal(tmp)
+            if (tmp / "meta.json").is_file():  # complete: interrupted as it was moved into place
+                journal.remove()
+                return load_meta(tmp)
+            if journal.resumed:
+                steps = {"rows": len(units), "fit": len(units), "write": len(units)}
+                log(f"  continuing the interrupted preparation in {tmp}: done {journal.describe(steps)} units")
+            sizes = _passes(spec, sources, units, tmp, pool, journal, log)
+            pool.close()
+            encoders = load_encoders(tmp)
+            meta = _meta(spec, encoders, sizes, info or {})
+            seconds = round(time.perf_counter() - start, 1)
+            report = {"seconds": seconds, "processes": processes, "resumed": journal.resumed, "passes": pool.rates}
+            write_json(tmp / "prepare.json", report | {"peak_memory_bytes": peak_memory_of_pool(processes)})
+            finish(tmp, meta)
+            journal.remove()
+    except BaseException:
+        pool.terminate()
+        raise
     embedding_rows = sum(meta.cardinalities) + sum(f["cardinality"] for f in meta.multi_hot)
     log(
         f"ctr: {', '.join(f'{k} {v:,}' for k, v in meta.rows.items())} rows, {embedding_rows:,} embedding rows over "
-        f"{len(meta.cardinalities) + len(meta.multi_hot)} fields; {time.perf_counter() - start:.1f}s -> {out}"
+        f"{len(meta.cardinalities) + len(meta.multi_hot)} fields; {seconds:.1f}s -> {out}"
     )
     return meta
 
 
-class _Splits:
+def _passes(spec, sources, units, tmp: Path, pool, journal: Journal, log) -> dict[str, int]:
+    """The rows, fit and write passes, each after the tasks `journal` says were finished; the
+    rows per split."""
+    rows: list[int | None] = journal.get("rows") or [None] * len(units)
+    done = journal.done("rows")
+
+    def counted(k, result):
+        rows[done + k] = result
+        journal.finished("rows", done + k + 1, {"rows": rows})
+        return result
+
+    sizes_in_bytes = [(u.end or os.path.getsize(u.path)) - u.start for u in units]
+    estimate = sum(sizes_in_bytes[done:]) // 100  # progress only: ~100 bytes a row
+    pool.run("rows", [("rows", spec, u, None) for u in units[done:]], counted, estimate, log)
+    journal.finished("rows", len(units), {"rows": rows}, final=True)
+    firsts, seen = [], dict.fromkeys(sources, 0)  # rows per file, a header-only one's too
+    for unit, count in zip(units, rows):
+        firsts.append(seen[unit.name])
+        seen[unit.name] = firsts[-1] + count
+    units = [replace(u, first_row=first) for u, first in zip(units, firsts)]
+    ranges = _split_ranges(spec, sources, seen)  # split -> (file key, first row, end row)
+
+    if not journal.done("allocate"):
+        encoders = _encoders(spec)
+        train_name, _, train_end = ranges["train"]
+        limits = [min(max(train_end - u.first_row, 0), n) if u.name == train_name else 0 for u, n in zip(units, rows)]
+        fitted = [i for i, limit in enumerate(limits) if limit] if _fitted_columns(encoders) else []
+        done = journal.done("fit")
+        if done:
+            with open(tmp / FITTED, "rb") as f:
+                encoders = pickle.load(f)
+
+        def merged(k, result):
+            encoders.merge(result)
+            journal.finished("fit", done + k + 1, {"rows": rows}, durable=lambda: _save_fitted(tmp, encoders))
+            return limits[fitted[done + k]]
+
+        tasks = [("fit", spec, units[i], limits[i]) for i in fitted[done:]]
+        pool.run("fit", tasks, merged, sum(limits[i] for i in fitted[done:]), log)
+        for e in [*encoders.dense, *encoders.sparse, *encoders.multi_hot]:
+            e.finish()
+        for split, (_, lo, hi) in ranges.items():
+            if hi > lo:
+                allocate(tmp, split, hi - lo, len(spec.numeric), len(spec.categorical), _optional(spec, encoders))
+        encoders.save(tmp)
+        journal.finished("allocate", 1, {"rows": rows}, final=True)
+        (tmp / FITTED).unlink(missing_ok=True)
+    sizes = {split: hi - lo for split, (_, lo, hi) in ranges.items() if hi > lo}
+    layout = {split: array_layout(tmp, split) for split in sizes}
+    paths = [path for arrays in layout.values() for path, _, _ in arrays.values()]
+
+    def durable() -> None:
+        for path in paths:
+            sync_file(path)
+
+    done = journal.done("write")
+
+    def written(k, result):
+        journal.finished("write", done + k + 1, durable=durable)
+        return result
+
+    mine = {name: {s: (lo, hi) for s, (n, lo, hi) in ranges.items() if n == name and s in sizes} for name in seen}
+    tasks = [("write", spec, u, (n, mine[u.name], layout, str(tmp))) for u, n in zip(units, rows)]
+    pool.run("write", tasks[done:], written, sum(rows[done:]), log)
+    journal.finished("write", len(units), durable=durable, final=True)  # durable before meta.json
+    return sizes
+
+
+FITTED = "fitted-encoders.pickle"  # the fit pass's merged state so far, for a resumed pass (our own file)
+
+
+def _save_fitted(folder: Path, encoders: Encoders) -> None:
+    atomic_write(folder / FITTED, lambda f: pickle.dump(encoders, f), mode="wb")
+
+
+def _split_ranges(spec: FeatureSpec, sources: dict, file_rows: dict[str, int]) -> dict[str, tuple[str, int, int]]:
     """Which rows of which file form each split: the spec's files, or one file's head (train) and
     tail (`holdout` fractions for valid and test)."""
-
-    def __init__(self, spec: FeatureSpec, sources: dict[str, _Source]):
-        self.sources = sources
-        file_rows = {split: source.rows() for split, source in sources.items()}
-        for split in ("train", "all"):  # an empty valid or test file is a split without rows (Outbrain writes one)
-            if file_rows.get(split) == 0:
-                raise DataError(sources[split].path, None, None, "no data rows")
-        if "all" in sources:
-            total = file_rows["all"]
-            test = int(total * spec.holdout.get("test", 0.0))
-            valid = int(total * spec.holdout.get("valid", 0.0))
-            self.ranges = {
-                "train": ("all", 0, total - valid - test),
-                "valid": ("all", total - valid - test, total - test),
-                "test": ("all", total - test, total),
-            }
-        else:
-            self.ranges = {split: (split, 0, count) for split, count in file_rows.items()}
-        self.sizes = {split: hi - lo for split, (_, lo, hi) in self.ranges.items() if hi > lo}
-
-    def source(self, split: str) -> tuple[_Source, int]:
-        """The file a split's rows come from and the row where they start."""
-        name, lo, _ = self.ranges[split]
-        return self.sources[name], lo
-
-    def rows(self, split: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        name, lo, hi = self.ranges[split]
-        seen = 0
-        for batch in self.sources[name].batches(columns):
-            take = batch.slice(max(0, lo - seen), max(0, min(hi, seen + batch.num_rows) - max(lo, seen)))
-            seen += batch.num_rows
-            if take.num_rows:
-                yield take
-            if seen >= hi:
-                return
+    for name in ("train", "all"):  # an empty valid or test file is a split without rows (Outbrain writes one)
+        if file_rows.get(name, 1) == 0:
+            raise DataError(sources[name].path, None, None, "no data rows")
+    if "all" not in file_rows:
+        return {split: (split, 0, count) for split, count in file_rows.items()}
+    total = file_rows["all"]
+    test = int(total * spec.holdout.get("test", 0.0))
+    valid = int(total * spec.holdout.get("valid", 0.0))
+    return {
+        "train": ("all", 0, total - valid - test),
+        "valid": ("all", total - valid - test, total - test),
+        "test": ("all", total - test, total),
+    }
 
 
-def _fit(encoders: Encoders, splits: _Splits) -> None:
-    """Pass 1: fit the encoders on the train rows (vocabularies, the longest lists, standardize's
-    moments), reading only the columns that need it (none: all hashed, lengths given)."""
+def _fitted_columns(encoders: Encoders) -> list[str]:
+    """The columns the fit pass reads: vocabularies, lists of unknown length, standardized numbers."""
     fitted = {e.name for e in encoders.sparse if e.kind == "vocabulary"}
     fitted |= {m.name for m in encoders.multi_hot if m.values.kind == "vocabulary" or m.max_length is None}
     fitted |= {e.name for e in encoders.dense if e.kind == "standardize"}
-    for batch in splits.rows("train", sorted(fitted)) if fitted else ():
+    return sorted(fitted)
+
+
+def _optional(spec: FeatureSpec, encoders: Encoders) -> dict[str, int]:
+    """The optional arrays of the prepared splits, with their widths (0: one value per row)."""
+    optional = {"multi_hot": sum(m.max_length for m in encoders.multi_hot)} if spec.multi_hot else {}
+    optional |= {"crossed": len(spec.crossed)} if spec.crossed else {}
+    return optional | {name: 0 for name, column in (("group", spec.group), ("item", spec.item)) if column}
+
+
+def _task(op: str, spec: FeatureSpec, unit: _Unit, arg, report) -> object:
+    """One unit's task, in a worker process (or this one): its rows, its fitted encoders, or the
+    rows it encoded and wrote."""
+    source = _Source(Path(unit.path), spec)
+    if op == "rows":
+        rows = 0
+        for batch in source.batches([spec.label], unit):
+            rows += batch.num_rows
+            report(batch.num_rows)
+        return rows
+    if op == "fit":
+        return _fit(spec, source, unit, arg, report)
+    return _write(spec, source, unit, *arg, report)
+
+
+def _fit(spec: FeatureSpec, source: _Source, unit: _Unit, limit: int, report) -> Encoders:
+    """The unit's first `limit` rows (its train rows) fitted into new encoders, unfinished."""
+    encoders = _encoders(spec)
+    fitted, seen = _fitted_columns(encoders), 0
+    for batch in source.batches(fitted, unit):
+        batch = batch.slice(0, limit - seen)
+        seen += batch.num_rows
         for e in encoders.dense:
             if e.name in fitted:
                 e.fit(batch.column(e.name).to_numpy(zero_copy_only=False))
@@ -359,37 +529,60 @@ def _fit(encoders: Encoders, splits: _Splits) -> None:
         for e in encoders.sparse:
             if e.name in fitted:
                 e.count(batch.column(e.name))
-    for e in [*encoders.dense, *encoders.sparse, *encoders.multi_hot]:
-        e.finish()
+        report(batch.num_rows)
+        if seen >= limit:
+            break
+    return encoders
 
 
-def _write_split(folder: Path, split: str, size: int, spec: FeatureSpec, encoders: Encoders, splits: _Splits) -> None:
-    """Pass 2 for one split: encode its rows and write them in place into preallocated arrays."""
-    optional = {"multi_hot": sum(m.max_length for m in encoders.multi_hot)} if spec.multi_hot else {}
-    optional |= {"crossed": len(spec.crossed)} if spec.crossed else {}
-    optional |= {name: 0 for name, column in (("group", spec.group), ("item", spec.item)) if column}
-    arrays = allocate(folder, split, size, len(spec.numeric), len(spec.categorical), optional)
-    source, first = splits.source(split)
-    at = 0
-    for batch in splits.rows(split):
+@functools.lru_cache(maxsize=1)
+def _encoders_in(folder: str) -> Encoders:
+    """The encoders saved in `folder`, loaded once per worker process."""
+    return load_encoders(folder)
+
+
+def _write(spec: FeatureSpec, source: _Source, unit: _Unit, rows: int, ranges: dict, layout: dict, folder: str, report):
+    """Encode the unit's rows and write them at their offsets in the splits' arrays (`ranges`: the
+    rows of its file each split holds)."""
+    encoders, at = _encoders_in(folder), unit.first_row
+    for batch in source.batches(None, unit):
         n = batch.num_rows
-        arrays["label"][at : at + n] = _labels(batch.column(spec.label), source, at + first, spec.label)
-        for j, e in enumerate(encoders.dense):
-            arrays["dense"][at : at + n, j] = e.apply(batch.column(e.name).to_numpy(zero_copy_only=False))
-        for j, e in enumerate(encoders.sparse):
-            arrays["sparse"][at : at + n, j] = e.ids(batch.column(e.name))
-        column_start = 0
-        for m in encoders.multi_hot:
-            arrays["multi_hot"][at : at + n, column_start : column_start + m.max_length] = m.apply(batch.column(m.name))
-            column_start += m.max_length
-        for j, c in enumerate(encoders.crossed):
-            arrays["crossed"][at : at + n, j] = c.apply([batch.column(name) for name in c.columns])
-        for name, column in (("group", spec.group), ("item", spec.item)):
-            if column:
-                arrays[name][at : at + n] = _required_ints(batch.column(column), source, at + first, column)
+        encoded = _encoded(batch, spec, encoders, source, at)
+        for split, (lo, hi) in ranges.items():
+            a, b = max(at, lo), min(at + n, hi)
+            if a >= b:
+                continue
+            for name, array in encoded.items():
+                path, offset, row_bytes = layout[split][name]
+                write_rows_at(path, offset + (a - lo) * row_bytes, array[a - at : b - at])
         at += n
-    for array in arrays.values():
-        array.flush()
+        report(n)
+    if at - unit.first_row != rows:
+        raise DataError(source.path, None, None, "changed while being prepared (its rows differ from when counted)")
+    return rows
+
+
+def _encoded(batch: pa.RecordBatch, spec: FeatureSpec, encoders: Encoders, source: _Source, first: int) -> dict:
+    """A batch's rows as the prepared arrays hold them (`first`: its first row in the file, for messages)."""
+    n = batch.num_rows
+    out = {
+        "label": _labels(batch.column(spec.label), source, first, spec.label),
+        "dense": np.zeros((n, len(encoders.dense)), COLUMNS["dense"]),
+        "sparse": np.zeros((n, len(encoders.sparse)), COLUMNS["sparse"]),
+    }
+    for j, e in enumerate(encoders.dense):
+        out["dense"][:, j] = e.apply(batch.column(e.name).to_numpy(zero_copy_only=False))
+    for j, e in enumerate(encoders.sparse):
+        out["sparse"][:, j] = e.ids(batch.column(e.name))
+    if encoders.multi_hot:
+        out["multi_hot"] = np.concatenate([m.apply(batch.column(m.name)) for m in encoders.multi_hot], axis=1)
+    if encoders.crossed:
+        crossed = [c.apply([batch.column(name) for name in c.columns]) for c in encoders.crossed]
+        out["crossed"] = np.stack(crossed, axis=1).astype(OPTIONAL["crossed"])
+    for name, column in (("group", spec.group), ("item", spec.item)):
+        if column:
+            out[name] = _required_ints(batch.column(column), source, first, column)
+    return out
 
 
 def _meta(spec: FeatureSpec, encoders: Encoders, sizes: dict[str, int], info: dict) -> CTRMeta:

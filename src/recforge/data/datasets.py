@@ -54,6 +54,10 @@ def _required(value, flag: str):
     return value
 
 
+def _workers(cfg) -> int:
+    return len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers
+
+
 def _criteo(cfg, log):
     data_dir = _required(cfg.data_dir, "--data-dir (the raw train.txt or day_N files)")
     return criteo.prepare_criteo(
@@ -62,7 +66,7 @@ def _criteo(cfg, log):
         Path(cfg.out).expanduser(),
         cfg.min_frequency,
         cfg.max_ind_range,
-        len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers,
+        _workers(cfg),
         log=log,
         overwrite=cfg.overwrite,
     )
@@ -104,6 +108,7 @@ CLICK_LOGS = {
         cfg.out,
         log,
         cfg.overwrite,
+        workers=_workers(cfg),
     ),
     "criteo-synthetic": lambda cfg, log: synthetic_ctr.generate_ctr(
         cfg.out, rows=cfg.synthetic_rows, seed=cfg.synthetic_seed, log=log, overwrite=cfg.overwrite

@@ -58,6 +58,10 @@ class Numeric:
             x = np.nan_to_num(x, nan=0.0)
             self.moments = [self.moments[0] + len(x), self.moments[1] + x.sum(), self.moments[2] + np.square(x).sum()]
 
+    def merge(self, other: Numeric) -> None:
+        """Add what `other` (the same column, fitted on other rows) has seen."""
+        self.moments = [a + b for a, b in zip(self.moments, other.moments)]
+
     def finish(self) -> None:
         if self.kind == "standardize":
             count, total, squares = self.moments
@@ -126,7 +130,9 @@ class Categorical:
             self.merge_counts(np.unique(present_values, return_counts=True))
             return
         batch = pc.value_counts(values.drop_null())
-        table = pa.table({"value": batch.field("values"), "count": batch.field("counts")})
+        self._add_text_counts(pa.table({"value": batch.field("values"), "count": batch.field("counts")}))
+
+    def _add_text_counts(self, table: pa.Table) -> None:
         if self._counts is not None:
             merged = pa.concat_tables([self._counts, table]).group_by("value").aggregate([("count", "sum")])
             table = merged.rename_columns(["value", "count"])
@@ -135,6 +141,15 @@ class Categorical:
     def merge_counts(self, pair: tuple[np.ndarray, np.ndarray]) -> None:
         """uint32 vocabularies: add (sorted unique values, counts), e.g. a worker's."""
         self._counts = pair if self._counts is None else merge_sorted_counts(self._counts, pair)
+
+    def merge(self, other: Categorical) -> None:
+        """Add the counts of `other` (the same column, fitted on other rows)."""
+        if other._counts is None:
+            return
+        if self.values == "uint32":
+            self.merge_counts(other._counts)
+        else:
+            self._add_text_counts(other._counts)
 
     def finish(self) -> int:
         """Keep the values seen at least `min_frequency` times; returns how many distinct values were seen."""
@@ -316,6 +331,10 @@ class MultiHot:
             self._longest = max(self._longest, int(np.bincount(rows).max(initial=0)))
         self.values.count(values)
 
+    def merge(self, other: MultiHot) -> None:
+        self._longest = max(self._longest, other._longest)
+        self.values.merge(other.values)
+
     def finish(self) -> None:
         self.values.finish()
         self.max_length = self.max_length or self._longest
@@ -366,6 +385,13 @@ class Encoders:
     sparse: list[Categorical] = field(default_factory=list)
     multi_hot: list[MultiHot] = field(default_factory=list)
     crossed: list[Cross] = field(default_factory=list)
+
+    def merge(self, other: Encoders) -> None:
+        """Add what `other` (the same encoders, fitted on other rows) has seen, before `finish`."""
+        for mine, theirs in zip(
+            [*self.dense, *self.sparse, *self.multi_hot], [*other.dense, *other.sparse, *other.multi_hot]
+        ):
+            mine.merge(theirs)
 
     def save(self, folder: Path) -> None:
         """`encoders.json` and one file per vocabulary (`encoders/sparse-J.npy` for uint32 values,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import resource
 import time
 from collections import deque
 from collections.abc import Callable
@@ -112,3 +113,11 @@ class _Workers:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
+
+
+def peak_memory_of_pool(processes: int) -> dict[str, int]:
+    """This process's peak resident memory and, with a pool, its largest worker's (they have ended)."""
+    peaks = {"main process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if processes > 1:
+        peaks["largest worker"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return peaks

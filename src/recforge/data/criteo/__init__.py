@@ -47,7 +47,6 @@ tasks); `data/workers.py` runs them (the process pool and progress).
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -60,7 +59,7 @@ from recforge.data.criteo.parse import DENSE, FIELDS, SPARSE
 from recforge.data.criteo.passes import _encoders_in, _Plan, _prepare, _task
 from recforge.data.ctr_format import CTRMeta, finish, load_meta, resumable_folder
 from recforge.data.journal import Journal, fingerprint
-from recforge.data.workers import _Workers
+from recforge.data.workers import _Workers, peak_memory_of_pool
 
 __all__ = ["DENSE", "FIELDS", "KINDS", "SPARSE", "criteo_files", "prepare_criteo"]
 
@@ -136,7 +135,7 @@ def prepare_criteo(
             plan = _Plan(kind, files, units, chunk_bytes, line_bytes, min_frequency, max_ind_range)
             meta = _prepare(plan, tmp, pool, log, journal)
             pool.close()
-            peaks = _peak_memory(processes)
+            peaks = peak_memory_of_pool(processes)
             log("  peak resident memory: " + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in peaks.items()))
             seconds = round(time.perf_counter() - started, 1)
             report = {"seconds": seconds, "processes": processes, "resumed": journal.resumed, "passes": pool.rates}
@@ -156,14 +155,6 @@ def prepare_criteo(
         f"{seconds:.1f} s -> {out}"
     )
     return meta
-
-
-def _peak_memory(processes: int) -> dict[str, int]:
-    """This process's peak resident memory and, with a pool, its largest worker's (they have ended)."""
-    peaks = {"main process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if processes > 1:
-        peaks["largest worker"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return peaks
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> None:

@@ -84,7 +84,7 @@ def _units(files: list[Path], chunk_bytes: int) -> list[_Unit]:
         cuts = [0]
         with open(path, "rb") as f:
             while cuts[-1] + chunk_bytes < size:
-                cut = _next_line_start(f, cuts[-1] + chunk_bytes)
+                cut = next_line_start(f, cuts[-1] + chunk_bytes)
                 if cut >= size:
                     break
                 cuts.append(cut)
@@ -93,7 +93,7 @@ def _units(files: list[Path], chunk_bytes: int) -> list[_Unit]:
     return units
 
 
-def _next_line_start(f, position: int) -> int:
+def next_line_start(f, position: int) -> int:
     """The offset just after the first newline at or after `position - 1`."""
     f.seek(position - 1)
     while True:

@@ -6,7 +6,6 @@ have finished, so an interrupted preparation continues after the last of them.""
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from recforge.core.errors import DataError, RecforgeError
-from recforge.core.files import atomic_write, naming
+from recforge.core.files import atomic_write
 from recforge.data.criteo.layout import KAGGLE_DAYS, _blocks, _count_lines, _estimated_rows, _split_rows, _Unit
 from recforge.data.criteo.parse import DENSE, SPARSE, _BadLine, _parse_located
-from recforge.data.ctr_format import SPLITS, CTRMeta, allocate
+from recforge.data.ctr_format import SPLITS, CTRMeta, allocate, array_layout, sync_file, write_rows_at
 from recforge.data.encoders import Categorical, Encoders, Numeric, load_encoders, merge_sorted_counts
 from recforge.data.journal import Journal
 
@@ -124,13 +123,13 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None], journal: 
         del sparse
         journal.finished("allocate", 1, {"rows": rows, "distinct": distinct}, final=True)
         (tmp / COUNTS).unlink(missing_ok=True)
-    layout = {split: _layout(tmp, split) for split in SPLITS if split_rows[split]}
+    layout = {split: array_layout(tmp, split) for split in SPLITS if split_rows[split]}
     cardinalities = [encoder.cardinality for encoder in _encoders_in(str(tmp)).sparse]
     paths = [path for split in layout.values() for path, _, _ in split.values()]
 
     def durable() -> None:
         for path in paths:
-            _fsync(path)
+            sync_file(path)
 
     done = journal.done("write")
 
@@ -181,16 +180,6 @@ def _save_counts(folder: Path, totals: list[tuple[np.ndarray, np.ndarray]]) -> N
 def _load_counts(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     with np.load(folder / COUNTS) as saved:
         return [(saved[f"values_{j}"], saved[f"counts_{j}"]) for j in range(len(SPARSE))]
-
-
-def _layout(folder: Path, split: str) -> dict[str, tuple[str, int, int]]:
-    """Where each array of a split's preallocated .npy files keeps its rows: (path, data offset, row bytes)."""
-    layout = {}
-    for path in sorted((folder / split).glob("*.npy")):
-        array = np.load(path, mmap_mode="r")
-        layout[path.stem] = (str(path), int(array.offset), int(array.strides[0]))
-        del array
-    return layout
 
 
 @functools.lru_cache(maxsize=1)
@@ -255,7 +244,7 @@ def _write_task(
                 local = slice(a - begin, b - begin)
                 for name, array in (("label", chunk.label), ("dense", chunk.dense), ("sparse", ids)):
                     path, offset, row_bytes = layout[split][name]
-                    _write_at(path, offset + (a - lo) * row_bytes, array[local])
+                    write_rows_at(path, offset + (a - lo) * row_bytes, array[local])
         seen += chunk.rows
         report(chunk.rows)
     if seen != rows:
@@ -263,20 +252,3 @@ def _write_task(
             None, None, f"has {seen:,} lines now, {rows:,} when counted: did it change while being prepared?"
         )
     return "ok", seen, None
-
-
-def _write_at(path: str, offset: int, array: np.ndarray) -> None:
-    """Workers write disjoint byte ranges of the preallocated .npy files with plain file writes:
-    unlike a memmap, this never counts the written pages in the worker's resident memory. A
-    failure comes back to the main process as an OSError naming the file, printed as one line."""
-    with naming(path), open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

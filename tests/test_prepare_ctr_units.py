@@ -1,0 +1,108 @@
+"""`prepare ctr` in units of work: any number of worker processes gives byte-identical output, units
+give the rows one pass over the file gives, and an interrupted preparation continues after its
+last finished unit to byte-identical output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from faults import snapshot
+
+from recforge.data import ctr_spec, journal
+from recforge.data.ctr_format import load_meta, load_split
+
+SPEC = """label: click
+numeric: [price, {name: age, transform: standardize}]
+categorical: [user, {name: item, min_frequency: 2}]
+multi_hot: [{name: topics, delimiter: "|"}]
+crossed: [{name: user_x_item, columns: [user, item], hash_buckets: 50}]
+group: display
+files: {all: log.FORMAT}
+holdout: {valid: 0.2, test: 0.1}
+"""
+
+
+def click_log(folder, rows: int = 3000, form: str = "csv", seed: int = 0):
+    """A random click log (CSV, or Parquet in row groups of 500) and its spec, in `folder`."""
+    rng = np.random.default_rng(seed)
+    topics = ["|".join(f"t{t}" for t in rng.integers(0, 30, rng.integers(0, 4))) for _ in range(rows)]
+    table = pa.table(
+        {
+            "click": rng.integers(0, 2, rows),
+            "price": rng.integers(-5, 500, rows).astype(float),
+            "age": rng.normal(40, 12, rows).round(1),
+            "user": [f"u{u}" for u in rng.integers(0, 200, rows)],
+            "item": [f"i{i}" for i in rng.zipf(1.5, rows) % 400],
+            "topics": topics,
+            "display": np.arange(rows) // 4,
+        }
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    if form == "csv":
+        pcsv.write_csv(table, folder / "log.csv")
+    else:
+        pq.write_table(table, folder / "log.parquet", row_group_size=500)
+    (folder / "spec.yaml").write_text(SPEC.replace("FORMAT", form))
+    return folder
+
+
+def dataset(out) -> dict[str, str]:
+    """sha256 of every file of a prepared folder but prepare.json, by path inside it."""
+    return {k.split(f"{out.name}/", 1)[1]: v for k, v in snapshot(out).items() if not k.endswith("prepare.json")}
+
+
+def arrays(out) -> dict[str, np.ndarray]:
+    meta = load_meta(out)
+    return {f"{split}/{k}": np.asarray(v) for split in meta.rows for k, v in load_split(out, split).items()}
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet"])
+def test_workers_and_units_give_the_rows_of_one_pass(tmp_path, monkeypatch, form):
+    raw = click_log(tmp_path / "raw", form=form)
+    quiet = {"log": lambda *_: None}
+    ctr_spec.prepare_ctr(raw / "spec.yaml", raw, tmp_path / "whole", **quiet)  # one CSV unit: the file
+    monkeypatch.setattr(ctr_spec, "UNIT_BYTES", 20_000)  # CSV: ~8 units; Parquet: its 6 row groups
+    for workers in (1, 2):
+        ctr_spec.prepare_ctr(raw / "spec.yaml", raw, tmp_path / f"workers-{workers}", workers=workers, **quiet)
+    assert dataset(tmp_path / "workers-2") == dataset(tmp_path / "workers-1")
+    report = (tmp_path / "workers-2" / "prepare.json").read_text()
+    assert '"processes": 2' in report and '"rows_per_s_per_process"' in report
+    whole, units = arrays(tmp_path / "whole"), arrays(tmp_path / "workers-1")
+    assert whole.keys() == units.keys() and len(whole["train/label"]) == 2100
+    for name in whole:  # standardized values are summed unit by unit: equal to float rounding
+        np.testing.assert_allclose(units[name], whole[name], rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("step, finished", [("rows", 3), ("fit", 2), ("write", 5)])
+def test_an_interrupted_prepare_ctr_continues_after_its_last_unit(tmp_path, monkeypatch, step, finished):
+    raw = click_log(tmp_path / "raw")
+    monkeypatch.setattr(ctr_spec, "UNIT_BYTES", 20_000)
+    calls: dict[str, int] = {}
+    interrupt, task = False, ctr_spec._task
+
+    def counted(op, *args):  # and interrupted at the chosen task, when `interrupt`
+        calls[op] = calls.get(op, 0) + 1
+        if interrupt and op == step and calls[op] == finished + 1:
+            raise KeyboardInterrupt
+        return task(op, *args)
+
+    monkeypatch.setattr(ctr_spec, "_task", counted)
+    ctr_spec.prepare_ctr(raw / "spec.yaml", raw, tmp_path / "reference", log=lambda *_: None)
+    tasks, calls = calls, {}
+    monkeypatch.setattr(journal, "JOURNAL_SECONDS", 0.0)  # a journal entry after every unit
+    interrupt, out = True, tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        ctr_spec.prepare_ctr(raw / "spec.yaml", raw, out, log=lambda *_: None)
+    assert not out.exists() and len(list(tmp_path.glob(".out.resumable-*"))) == 1
+    interrupt, calls, logged = False, {}, []
+    ctr_spec.prepare_ctr(raw / "spec.yaml", raw, out, log=logged.append)
+    assert any("continuing the interrupted preparation" in line for line in logged), logged
+    passes = ["rows", "fit", "write"]
+    for op in passes:  # the passes before: nothing again; the interrupted one: its other units
+        before, after = passes.index(op) < passes.index(step), passes.index(op) > passes.index(step)
+        assert calls.get(op, 0) == (0 if before else tasks[op] if after else tasks[op] - finished), (op, calls, tasks)
+    assert dataset(out) == dataset(tmp_path / "reference")
+    assert not list(tmp_path.glob(".out.*"))
