@@ -105,6 +105,8 @@ def write_rows_at(path: str, offset: int, array: np.ndarray) -> None:
     """Preparation workers write disjoint byte ranges of the preallocated .npy files with plain
     file writes: unlike a memmap, this never counts the written pages in the worker's resident
     memory. A failure comes back to the main process as an OSError naming the file (one line)."""
+    if not array.size:  # no rows, or no columns (a spec without numeric features)
+        return
     with naming(path), open(path, "r+b") as f:
         f.seek(offset)
         f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
