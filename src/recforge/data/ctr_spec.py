@@ -27,9 +27,11 @@ an empty list stays empty. A cross hashes the joined text of its columns. `embed
 from __future__ import annotations
 
 import functools
+import gzip
 import os
 import pickle
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -292,9 +294,23 @@ class _Source:
         except OSError as error:
             raise os_error(self.path, error) from None
 
+    def _check_columns(self) -> None:
+        """Every spec column is in the file: from its header (or schema) alone where it can be; a
+        streaming reader abandoned after its first batch would go on parsing the file ahead."""
+        if self.path.suffix == ".parquet":
+            return check_parquet(self.path, self.types)
+        try:
+            header = self.header()
+        except (pa.ArrowInvalid, OSError, EOFError, zlib.error):
+            header = []  # an empty or binary file
+        if any(name not in header for name in self.types):
+            next(self.batches(), None)  # error path: the reader says what is wrong (binary data, ...)
+            missing = next(name for name in self.types if name not in header)
+            raise DataError(self.path, 1, missing, "column not found in the header")
+
     def header(self) -> list[str]:
         """A CSV file's column names (its first line)."""
-        with open(self.path, "rb") as f:
+        with gzip.open(self.path, "rb") if self.path.suffix == ".gz" else open(self.path, "rb") as f:
             line = f.readline()
         parse = pcsv.ParseOptions(delimiter=self.spec.separator)
         return pcsv.read_csv(pa.py_buffer(line), parse_options=parse).column_names
@@ -303,7 +319,7 @@ class _Source:
         """The file cut into units of work: ranges of ~`unit_bytes` of whole lines of a plain CSV
         (after its header), each row group of a Parquet file, or a whole .gz (gzip cannot be split)."""
         path = str(self.path)
-        next(self.batches(), None)  # every spec column is there (and the first block parses)
+        self._check_columns()
         if self.path.suffix == ".parquet":
             metadata = pq.ParquetFile(path).metadata
             sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
