@@ -24,7 +24,7 @@ import yaml
 from recforge.core.errors import DataError, RecforgeError
 from recforge.core.yaml_file import read_yaml
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,12 @@ class TrainConfig:
     decay_start_step: int = option(0, "step where the polynomial decay to 0 starts", group=_SCHEDULE, low=0)
     decay_steps: int = option(0, "steps of the decay (0: no decay)", group=_SCHEDULE, low=0)
     decay_power: float = option(2.0, "power of the decay", group=_SCHEDULE, **POSITIVE)
-    precision: Precision = option("fp32", "arithmetic of the forward and backward passes", group=_EXEC)
+    precision: Precision = option(
+        "fp32",
+        "arithmetic of the forward and backward passes (auto: bf16 where the CPU or GPU computes it natively, "
+        "else fp32)",
+        group=_EXEC,
+    )
     compile: bool = option(False, "torch.compile the model", group=_EXEC)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", group=_EXEC)
     threads: int | None = option(None, "torch intra-op threads (none: torch's default)", group=_EXEC, low=1)

@@ -39,7 +39,7 @@ from recforge.models.layers import materialize_tables, tables_on_meta
 from recforge.optim.build import make_optimizers, set_learning_rate, with_initial_rates
 from recforge.runtime.distributed import Dist, init_distributed, pick_device, restart_count, shutdown
 from recforge.runtime.memory import keep_freed_memory, peak_memory
-from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler
+from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler, resolve, warning
 from recforge.tasks.base import Task
 from recforge.train.distributed_checkpoint import from_one_process, load_weights, open_checkpoint
 from recforge.train.distributed_checkpoint import load as load_distributed
@@ -398,13 +398,16 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
         wrapped = torch.compile(wrapped)
 
     steps_per_epoch = task.steps_per_epoch(t.batch_size)
+    precision, precision_reason = resolve(device, t.precision)
     eval_every = math.ceil(steps_per_epoch / max(1, cfg.eval.evals_per_epoch))
     metric, threshold = task.primary_metric, cfg.eval.quality_target
     log(
         f"{cfg.model} on {cfg.data.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{task.samples_per_epoch:,} samples/epoch in {steps_per_epoch:,} steps of {t.batch_size:,}, {t.optimizer}, "
-        f"{t.precision}, {device}" + (f", {dist.world} processes" if dist.enabled else "")
+        f"{precision} ({precision_reason}), {device}" + (f", {dist.world} processes" if dist.enabled else "")
     )
+    if warning(device, t.precision):
+        log(warning(device, t.precision))
     if not cfg.eval.no_eval and not history.baseline_measured:  # once per run, kept through --resume
         found = task.baseline()
         history.baseline, history.baseline_measured = found and {"model": found[0], "metrics": found[1]}, True
@@ -623,7 +626,8 @@ def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist:
         "baseline": history.baseline,
         "quality_target": cfg.eval.quality_target,
         "first_epoch_at_target": history.first_epoch_at_target,
-        "precision": cfg.train.precision,
+        "precision": resolve(device, cfg.train.precision)[0],
+        "precision_reason": resolve(device, cfg.train.precision)[1],
         "device": str(device),
         "world_size": dist.world,
         "peak_memory_bytes_per_rank": peaks[:, 0].tolist(),
