@@ -93,6 +93,7 @@ WORKLOADS = {
         "ours": [
             ("recforge-fp32", "dlrm-criteo-kaggle", [*W2_FLAGS, "--precision", "fp32"]),
             ("recforge-bf16", "dlrm-criteo-kaggle", [*W2_FLAGS, "--precision", "bf16"]),
+            ("recforge-auto", "dlrm-criteo-kaggle", [*W2_FLAGS, "--precision", "auto"]),
         ],
         "metric": "AUC",
     },
@@ -111,6 +112,7 @@ WORKLOADS = {
         "ours": [
             ("recforge-fp32", "deepctr-wdl", ["--data-dir", str(W3_PREPARED), "--precision", "fp32"]),
             ("recforge-bf16", "deepctr-wdl", ["--data-dir", str(W3_PREPARED), "--precision", "bf16"]),
+            ("recforge-auto", "deepctr-wdl", ["--data-dir", str(W3_PREPARED), "--precision", "auto"]),
         ],
         "metric": "AUC",
     },
@@ -127,6 +129,11 @@ WORKLOADS = {
                 "recbole-neumf",
                 ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "bf16"],
             ),
+            (
+                "recforge-auto",
+                "recbole-neumf",
+                ["--data-file", str(DATA / "w1_ncf" / "ratings.csv"), "--precision", "auto"],
+            ),
         ],
         "metric": "HR@10",
     },
@@ -138,6 +145,7 @@ def main() -> None:
     parser.add_argument("workload", choices=list(WORKLOADS))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", help="JSON file for the raw rows")
+    parser.add_argument("--without-peers", action="store_true", help="ours only (ratios to our first row)")
     args = parser.parse_args()
     spec = WORKLOADS[args.workload]
     prepared = spec.get("prepare")
@@ -147,7 +155,7 @@ def main() -> None:
     # Alternate peer, ours, ours, ... every round. The peer's seed is fixed by its driver; ours is
     # the round number, so the quality column shows a median over seeds, not one draw.
     for rep in range(1, args.reps + 1):
-        for _name, script in spec["peers"]:
+        for _name, script in [] if args.without_peers else spec["peers"]:
             rows.append({"round": rep, **peer(script)})
             print(json.dumps(rows[-1]), flush=True)
         for label, config, flags in spec["ours"]:
