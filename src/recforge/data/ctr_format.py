@@ -147,14 +147,8 @@ def new_folder(out: str | Path, overwrite: bool = False):
     is reported as one about `out`."""
     out = Path(out).expanduser()
     check_out(out, overwrite)
-    tmp = temp_folder(out)
-    try:
-        with naming(out, inside=tmp):
-            yield tmp
-        _put_in_place(tmp, out)
-    except BaseException:
-        remove(tmp)
-        raise
+    with _built_in(temp_folder(out), out, removed_on=BaseException) as tmp:
+        yield tmp
 
 
 @contextlib.contextmanager
@@ -167,11 +161,19 @@ def resumable_folder(out: str | Path, fingerprint: str, overwrite: bool = False)
     tmp = out.parent / f".{out.name}.resumable-{fingerprint}"
     with naming(out, inside=tmp):
         tmp.mkdir(parents=True, exist_ok=True)
+    with _built_in(tmp, out, removed_on=Exception) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _built_in(tmp: Path, out: Path, removed_on: type[BaseException]):
+    """The block writes into `tmp`, which then replaces `out`; `tmp` is removed when the block
+    raises `removed_on` (a failed write in it is reported as one about `out`)."""
     try:
         with naming(out, inside=tmp):
             yield tmp
         _put_in_place(tmp, out)
-    except Exception:
+    except removed_on:
         remove(tmp)
         raise
 
