@@ -406,8 +406,8 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
         f"{task.samples_per_epoch:,} samples/epoch in {steps_per_epoch:,} steps of {t.batch_size:,}, {t.optimizer}, "
         f"{precision} ({precision_reason}), {device}" + (f", {dist.world} processes" if dist.enabled else "")
     )
-    if warning(device, t.precision):
-        log(warning(device, t.precision))
+    if emulated := warning(device, t.precision):
+        log(emulated)
     if not cfg.eval.no_eval and not history.baseline_measured:  # once per run, kept through --resume
         found = task.baseline()
         history.baseline, history.baseline_measured = found and {"model": found[0], "metrics": found[1]}, True
@@ -610,6 +610,7 @@ def _eval_line(record: dict, names: list[str], improved: bool) -> str:
 def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist: Dist) -> dict:
     times = [e["train_s"] for e in history.epochs]
     peaks = dist.gather_cat(torch.tensor(peak_memory(device), dtype=torch.int64, device=device)).view(-1, 2)
+    precision, precision_reason = resolve(device, cfg.train.precision)
     return {
         "model": cfg.model,
         "dataset": cfg.data.dataset,
@@ -626,8 +627,8 @@ def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist:
         "baseline": history.baseline,
         "quality_target": cfg.eval.quality_target,
         "first_epoch_at_target": history.first_epoch_at_target,
-        "precision": resolve(device, cfg.train.precision)[0],
-        "precision_reason": resolve(device, cfg.train.precision)[1],
+        "precision": precision,
+        "precision_reason": precision_reason,
         "device": str(device),
         "world_size": dist.world,
         "peak_memory_bytes_per_rank": peaks[:, 0].tolist(),
