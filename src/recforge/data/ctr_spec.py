@@ -43,7 +43,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from recforge.core.errors import DataError
-from recforge.core.files import atomic_write, write_json
+from recforge.core.files import atomic_write
 from recforge.core.shipped import FEATURE_SPECS, resolve
 from recforge.core.yaml_file import read_yaml
 from recforge.data.criteo.layout import next_line_start
@@ -54,14 +54,11 @@ from recforge.data.ctr_format import (
     CTRMeta,
     allocate,
     array_layout,
-    finish,
-    load_meta,
-    resumable_folder,
     sync_file,
     write_rows_at,
 )
 from recforge.data.encoders import Categorical, Cross, Encoders, MultiHot, Numeric, load_encoders
-from recforge.data.journal import Journal, fingerprint
+from recforge.data.journal import Journal, fingerprint, prepare_resumably
 from recforge.data.tabular import (
     check_parquet,
     convert,
@@ -71,7 +68,7 @@ from recforge.data.tabular import (
     row_error,
     text_problem,
 )
-from recforge.data.workers import _Workers, peak_memory_of_pool
+from recforge.data.workers import _Workers
 
 BATCH_BYTES = 1 << 24
 
@@ -376,28 +373,16 @@ def prepare_ctr(
     processes = max(1, min(workers, len(units)))
     options = {"spec": str(spec), "units": [asdict(u) for u in units], "format": FORMAT}
     key = fingerprint([source.path for source in sources.values()], **options)
-    pool = _Workers(processes, _task)
-    try:
-        with resumable_folder(out, key, overwrite) as tmp:
-            journal = Journal(tmp)
-            if (tmp / "meta.json").is_file():  # complete: interrupted as it was moved into place
-                journal.remove()
-                return load_meta(tmp)
-            if journal.resumed:
-                steps = {"rows": len(units), "fit": len(units), "write": len(units)}
-                log(f"  continuing the interrupted preparation in {tmp}: done {journal.describe(steps)} units")
-            sizes = _passes(spec, sources, units, tmp, pool, journal, log)
-            pool.close()
-            encoders = load_encoders(tmp)
-            meta = _meta(spec, encoders, sizes, info or {})
-            seconds = round(time.perf_counter() - start, 1)
-            report = {"seconds": seconds, "processes": processes, "resumed": journal.resumed, "passes": pool.rates}
-            write_json(tmp / "prepare.json", report | {"peak_memory_bytes": peak_memory_of_pool(processes)})
-            finish(tmp, meta)
-            journal.remove()
-    except BaseException:
-        pool.terminate()
-        raise
+    steps = {"rows": len(units), "fit": len(units), "write": len(units)}
+
+    def build(tmp: Path, journal: Journal, pool: _Workers) -> CTRMeta:
+        sizes = _passes(spec, sources, units, tmp, pool, journal, log)
+        return _meta(spec, load_encoders(tmp), sizes, info or {})
+
+    meta, report = prepare_resumably(out, key, overwrite, (processes, _task), steps, build, start, log)
+    if report is None:  # finished by an earlier attempt
+        return meta
+    seconds = report["seconds"]
     embedding_rows = sum(meta.cardinalities) + sum(f["cardinality"] for f in meta.multi_hot)
     log(
         f"ctr: {', '.join(f'{k} {v:,}' for k, v in meta.rows.items())} rows, {embedding_rows:,} embedding rows over "

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from recforge.core.files import write_json
+from recforge.data.ctr_format import CTRMeta, finish, load_meta, resumable_folder
+from recforge.data.workers import _Workers, peak_memory_of_pool
 
 JOURNAL_SECONDS = 30.0  # the most work a kill loses, beyond the task in progress
 NAME = "journal.json"
@@ -74,3 +76,53 @@ class Journal:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def prepare_resumably(
+    out: Path,
+    key: str,
+    overwrite: bool,
+    workers: tuple[int, Callable],
+    steps: dict[str, int],
+    build: Callable[[Path, Journal, _Workers], CTRMeta],
+    started: float,
+    log: Callable[[str], None],
+) -> tuple[CTRMeta, dict | None]:
+    """A preparation in the resumable folder of fingerprint `key` beside `out`: `build(folder,
+    journal, pool)` runs the passes (`workers`: the pool's processes and task function) and returns
+    the meta; then prepare.json (how the run went: seconds since `started`, each pass's rates, peak
+    memory), meta.json last, and the folder moves to `out`. An interrupted one is continued
+    (`steps`: each step's task count, for the log); folders other preparations left beside `out`
+    are named. Returns (meta, prepare.json's content), the latter None when an earlier attempt had
+    finished and was interrupted only as its folder moved into place."""
+    left = sorted(out.parent.glob(f".{out.name}.partial-*")) + sorted(out.parent.glob(f".{out.name}.resumable-*"))
+    for stale in left:  # not this preparation's (same inputs and options): that one is continued
+        if not stale.name.endswith(key):
+            log(f"  note: {stale} is left by a run of other inputs or options; remove it to free its space")
+    pool = None
+    try:
+        with resumable_folder(out, key, overwrite) as folder:
+            journal = Journal(folder)
+            if (folder / "meta.json").is_file():
+                journal.remove()
+                return load_meta(folder), None
+            if journal.resumed:
+                log(f"  continuing the interrupted preparation in {folder}: done {journal.describe(steps)}")
+            pool = _Workers(*workers)
+            meta = build(folder, journal, pool)
+            pool.close()
+            report = {
+                "seconds": round(time.perf_counter() - started, 1),
+                "processes": pool.processes,
+                "resumed": journal.resumed,
+                "passes": pool.rates,
+                "peak_memory_bytes": peak_memory_of_pool(pool.processes),
+            }
+            write_json(folder / "prepare.json", report)
+            finish(folder, meta)
+            journal.remove()
+        return meta, report
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise

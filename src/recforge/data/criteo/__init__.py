@@ -53,13 +53,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from recforge.core.errors import RecforgeError
-from recforge.core.files import write_json
 from recforge.data.criteo.layout import MAX_CHUNK_BYTES, _mean_line_bytes, _units, criteo_files
 from recforge.data.criteo.parse import DENSE, FIELDS, SPARSE
 from recforge.data.criteo.passes import _encoders_in, _Plan, _prepare, _task
-from recforge.data.ctr_format import CTRMeta, finish, load_meta, resumable_folder
-from recforge.data.journal import Journal, fingerprint
-from recforge.data.workers import _Workers, peak_memory_of_pool
+from recforge.data.ctr_format import CTRMeta
+from recforge.data.journal import fingerprint, prepare_resumably
 
 __all__ = ["DENSE", "FIELDS", "KINDS", "SPARSE", "criteo_files", "prepare_criteo"]
 
@@ -117,37 +115,26 @@ def prepare_criteo(
     out.parent.mkdir(parents=True, exist_ok=True)
     options = {"kind": kind, "units": [asdict(u) for u in units], "chunk_bytes": chunk_bytes}
     key = fingerprint(files, min_frequency=min_frequency, max_ind_range=max_ind_range, **options)
-    left = sorted(out.parent.glob(f".{out.name}.partial-*")) + sorted(out.parent.glob(f".{out.name}.resumable-*"))
-    for stale in left:  # not this preparation's (same inputs and options): that one is continued
-        if not stale.name.endswith(key):
-            log(f"  note: {stale} is left by a run of other inputs or options; remove it to free its space")
-    pool = None
+    plan = _Plan(kind, files, units, chunk_bytes, line_bytes, min_frequency, max_ind_range)
+    steps = {"count": len(units), "vocabulary": len(units), "write": len(units)}
     try:
-        with resumable_folder(out, key, overwrite) as tmp:
-            journal = Journal(tmp)
-            if (tmp / "meta.json").is_file():  # complete: interrupted as it was moved into place
-                journal.remove()
-                return load_meta(tmp)
-            if journal.resumed:
-                steps = {"count": len(units), "vocabulary": len(units), "write": len(units)}
-                log(f"  continuing the interrupted preparation in {tmp}: done {journal.describe(steps)} chunks")
-            pool = _Workers(processes, _task)
-            plan = _Plan(kind, files, units, chunk_bytes, line_bytes, min_frequency, max_ind_range)
-            meta = _prepare(plan, tmp, pool, log, journal)
-            pool.close()
-            peaks = peak_memory_of_pool(processes)
-            log("  peak resident memory: " + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in peaks.items()))
-            seconds = round(time.perf_counter() - started, 1)
-            report = {"seconds": seconds, "processes": processes, "resumed": journal.resumed, "passes": pool.rates}
-            write_json(tmp / "prepare.json", report | {"peak_memory_bytes": peaks})
-            finish(tmp, meta)
-            journal.remove()
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-        raise
+        meta, report = prepare_resumably(
+            out,
+            key,
+            overwrite,
+            (processes, _task),
+            steps,
+            lambda tmp, journal, pool: _prepare(plan, tmp, pool, log, journal),
+            started,
+            log,
+        )
     finally:
         _encoders_in.cache_clear()
+    if report is None:  # finished by an earlier attempt
+        return meta
+    peaks = report["peak_memory_bytes"]
+    log("  peak resident memory: " + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in peaks.items()))
+    seconds = report["seconds"]
     log(
         f"{kind}: "
         + ", ".join(f"{s} {n:,}" for s, n in meta.rows.items())
