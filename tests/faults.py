@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,3 +64,47 @@ def snapshot(*roots: Path) -> dict[str, str]:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
+
+
+def prepared_files(out: Path) -> dict[str, str]:
+    """sha256 of every file of a prepared folder but prepare.json (how the run went), by path inside it."""
+    return {k.split(f"{out.name}/", 1)[1]: v for k, v in snapshot(out).items() if not k.endswith("prepare.json")}
+
+
+def assert_interrupted_preparation_continues(tmp_path: Path, monkeypatch, module, prepare, step: str, finished: int):
+    """`prepare(out, log)` (its worker tasks `module._task(op, ...)`, run in this process) is
+    interrupted (Ctrl-C) as task `finished + 1` of pass `step` starts, then run again: its folder
+    and journal are kept in between; the second run redoes none of the earlier passes' tasks, only
+    the interrupted pass's others and every later one, to a folder byte-identical to an
+    uninterrupted run's (prepare.json aside), nothing left beside it."""
+    from recforge.data import journal
+
+    calls: dict[str, int] = {}
+    interrupt, task = False, module._task
+
+    def counted(op, *args):  # and interrupted at the chosen task, when `interrupt`
+        calls[op] = calls.get(op, 0) + 1
+        if interrupt and op == step and calls[op] == finished + 1:
+            raise KeyboardInterrupt
+        return task(op, *args)
+
+    monkeypatch.setattr(module, "_task", counted)
+    prepare(tmp_path / "reference", lambda *_: None)
+    tasks, calls = calls, {}
+    passes = list(tasks)  # in the order they ran
+    assert step in passes, (step, passes)
+    monkeypatch.setattr(journal, "JOURNAL_SECONDS", 0.0)  # a journal entry after every task
+    interrupt, out = True, tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(out, lambda *_: None)
+    assert not out.exists()
+    [kept] = tmp_path.glob(".out.resumable-*")
+    assert (kept / "journal.json").is_file()
+    interrupt, calls, logged = False, {}, []
+    prepare(out, logged.append)
+    assert any("continuing the interrupted preparation" in line for line in logged), logged
+    for op in passes:  # the passes before: nothing again; the interrupted one: its other tasks
+        before, after = passes.index(op) < passes.index(step), passes.index(op) > passes.index(step)
+        assert calls.get(op, 0) == (0 if before else tasks[op] if after else tasks[op] - finished), (op, calls, tasks)
+    assert prepared_files(out) == prepared_files(tmp_path / "reference")
+    assert not list(tmp_path.glob(".out.*"))

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-from faults import snapshot
+from faults import assert_interrupted_preparation_continues, prepared_files
 
-from recforge.data import ctr_spec, journal
+from recforge.data import ctr_spec
 from recforge.data.ctr_format import load_meta, load_split
 
 SPEC = """label: click
@@ -49,11 +49,6 @@ def click_log(folder, rows: int = 3000, form: str = "csv", seed: int = 0):
     return folder
 
 
-def dataset(out) -> dict[str, str]:
-    """sha256 of every file of a prepared folder but prepare.json, by path inside it."""
-    return {k.split(f"{out.name}/", 1)[1]: v for k, v in snapshot(out).items() if not k.endswith("prepare.json")}
-
-
 def arrays(out) -> dict[str, np.ndarray]:
     meta = load_meta(out)
     return {f"{split}/{k}": np.asarray(v) for split in meta.rows for k, v in load_split(out, split).items()}
@@ -67,7 +62,7 @@ def test_workers_and_units_give_the_rows_of_one_pass(tmp_path, monkeypatch, form
     monkeypatch.setattr(ctr_spec, "UNIT_BYTES", 20_000)  # CSV: ~8 units; Parquet: its 6 row groups
     for workers in (1, 2):
         ctr_spec.prepare_ctr(raw / "spec.yaml", raw, tmp_path / f"workers-{workers}", workers=workers, **quiet)
-    assert dataset(tmp_path / "workers-2") == dataset(tmp_path / "workers-1")
+    assert prepared_files(tmp_path / "workers-2") == prepared_files(tmp_path / "workers-1")
     report = (tmp_path / "workers-2" / "prepare.json").read_text()
     assert '"processes": 2' in report and '"rows_per_s_per_process"' in report
     whole, units = arrays(tmp_path / "whole"), arrays(tmp_path / "workers-1")
@@ -80,29 +75,8 @@ def test_workers_and_units_give_the_rows_of_one_pass(tmp_path, monkeypatch, form
 def test_an_interrupted_prepare_ctr_continues_after_its_last_unit(tmp_path, monkeypatch, step, finished):
     raw = click_log(tmp_path / "raw")
     monkeypatch.setattr(ctr_spec, "UNIT_BYTES", 20_000)
-    calls: dict[str, int] = {}
-    interrupt, task = False, ctr_spec._task
 
-    def counted(op, *args):  # and interrupted at the chosen task, when `interrupt`
-        calls[op] = calls.get(op, 0) + 1
-        if interrupt and op == step and calls[op] == finished + 1:
-            raise KeyboardInterrupt
-        return task(op, *args)
+    def prepare(out, log):
+        ctr_spec.prepare_ctr(raw / "spec.yaml", raw, out, log=log)
 
-    monkeypatch.setattr(ctr_spec, "_task", counted)
-    ctr_spec.prepare_ctr(raw / "spec.yaml", raw, tmp_path / "reference", log=lambda *_: None)
-    tasks, calls = calls, {}
-    monkeypatch.setattr(journal, "JOURNAL_SECONDS", 0.0)  # a journal entry after every unit
-    interrupt, out = True, tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        ctr_spec.prepare_ctr(raw / "spec.yaml", raw, out, log=lambda *_: None)
-    assert not out.exists() and len(list(tmp_path.glob(".out.resumable-*"))) == 1
-    interrupt, calls, logged = False, {}, []
-    ctr_spec.prepare_ctr(raw / "spec.yaml", raw, out, log=logged.append)
-    assert any("continuing the interrupted preparation" in line for line in logged), logged
-    passes = ["rows", "fit", "write"]
-    for op in passes:  # the passes before: nothing again; the interrupted one: its other units
-        before, after = passes.index(op) < passes.index(step), passes.index(op) > passes.index(step)
-        assert calls.get(op, 0) == (0 if before else tasks[op] if after else tasks[op] - finished), (op, calls, tasks)
-    assert dataset(out) == dataset(tmp_path / "reference")
-    assert not list(tmp_path.glob(".out.*"))
+    assert_interrupted_preparation_continues(tmp_path, monkeypatch, ctr_spec, prepare, step, finished)
