@@ -4,6 +4,11 @@
     python benchmarks/versus_peers.py w1 --reps 3      # RecBole NeuMF vs recforge fp32 / bf16 on W1
     python benchmarks/versus_peers.py w2 --reps 3      # TorchRec DLRM vs recforge fp32 / bf16 on W2
     python benchmarks/versus_peers.py w3 --reps 3      # DeepCTR-Torch WDL vs recforge Wide & Deep on W3
+    python benchmarks/versus_peers.py w2 --isa avx2    # both sides limited to AVX2 code paths
+
+`--isa avx2` caps every library's instruction set through its own switch (torch's ATen kernels,
+oneDNN, MKL, FBGEMM), for a preview of an AVX2-only CPU on a newer one. It is not one: clocks,
+caches and memory stay this machine's, so figures from a real AVX2 machine take precedence.
 
 Needs the peers installed and W1 generated (../shared/peers/README.md: setup.sh, make_data.py).
 """
@@ -29,8 +34,21 @@ RESULT = re.compile(
 )
 
 
+# Each library's own cap on the instruction set it dispatches to.
+ISA_CAPS = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    },
+    "native": {},
+}
+ENV = dict(os.environ)
+
+
 def peer(script: str) -> dict:
-    out = subprocess.run([str(PEERS / script)], capture_output=True, text=True).stdout
+    out = subprocess.run([str(PEERS / script)], capture_output=True, text=True, env=ENV).stdout
     match = RESULT.findall(out)
     if not match:
         raise SystemExit(f"{script} printed no RESULT line:\n{out[-2000:]}")
@@ -59,7 +77,7 @@ def recforge(config: str, flags: list[str], label: str) -> dict:
             "2",
             *flags,
         ]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, env=ENV)
         if result.returncode:
             raise SystemExit(result.stderr[-2000:])
         summary = json.loads(Path(f"{tmp}/run/summary.json").read_text())
@@ -72,17 +90,9 @@ def recforge(config: str, flags: list[str], label: str) -> dict:
 
 
 W2_PREPARED = DATA / "recforge-w2"
-W2_FLAGS = [
-    "--data-dir",
-    str(W2_PREPARED),
-    "--batch-size",
-    "2048",
-    "--optimizer",
-    "adam",
-    "--learning-rate",
-    "0.001",
-    "--emb-fusion",
-]
+W2_FLAGS = ["--data-dir", str(W2_PREPARED), "--batch-size", "2048", "--emb-fusion"]
+W2_ADAM = [*W2_FLAGS, "--optimizer", "adam", "--learning-rate", "0.001"]
+W2_SGD = [*W2_FLAGS, "--optimizer", "sgd", "--learning-rate", "0.1"]  # the peer's optimizer
 
 W3_PREPARED = DATA / "recforge-w3"
 
@@ -91,9 +101,11 @@ WORKLOADS = {
         "prepare": ["prepare", "criteo-kaggle", "--data-dir", str(DATA / "w2_dlrm"), "--out", str(W2_PREPARED)],
         "peers": [("torchrec", "run_torchrec_w2.sh")],
         "ours": [
-            ("recforge-fp32", "dlrm-criteo-kaggle", [*W2_FLAGS, "--precision", "fp32"]),
-            ("recforge-bf16", "dlrm-criteo-kaggle", [*W2_FLAGS, "--precision", "bf16"]),
-            ("recforge-auto", "dlrm-criteo-kaggle", [*W2_FLAGS, "--precision", "auto"]),
+            ("recforge-fp32-sgd", "dlrm-criteo-kaggle", [*W2_SGD, "--precision", "fp32"]),
+            ("recforge-fp32-sgd-onednn", "dlrm-criteo-kaggle", [*W2_SGD, "--precision", "fp32", "--gemm", "onednn"]),
+            ("recforge-fp32", "dlrm-criteo-kaggle", [*W2_ADAM, "--precision", "fp32"]),
+            ("recforge-bf16", "dlrm-criteo-kaggle", [*W2_ADAM, "--precision", "bf16"]),
+            ("recforge-auto", "dlrm-criteo-kaggle", [*W2_ADAM, "--precision", "auto"]),
         ],
         "metric": "AUC",
     },
@@ -146,8 +158,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", help="JSON file for the raw rows")
     parser.add_argument("--without-peers", action="store_true", help="ours only (ratios to our first row)")
+    parser.add_argument("--only", help="comma-separated labels of our rows to run (default: all)")
+    parser.add_argument("--isa", choices=list(ISA_CAPS), default="native", help="instruction sets allowed")
     args = parser.parse_args()
+    ENV.update(ISA_CAPS[args.isa])
     spec = WORKLOADS[args.workload]
+    ours = [row for row in spec["ours"] if not args.only or row[0] in args.only.split(",")]
     prepared = spec.get("prepare")
     if prepared and not Path(prepared[prepared.index("--out") + 1], "meta.json").exists():
         subprocess.run([sys.executable, "-m", "recforge", *prepared], check=True)
@@ -158,14 +174,17 @@ def main() -> None:
         for _name, script in [] if args.without_peers else spec["peers"]:
             rows.append({"round": rep, **peer(script)})
             print(json.dumps(rows[-1]), flush=True)
-        for label, config, flags in spec["ours"]:
+        for label, config, flags in ours:
             rows.append({"round": rep, **recforge(config, [*flags, "--seed", str(rep)], label)})
             print(json.dumps(rows[-1]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     metric = spec["metric"]
     baseline = rows[0]["system"]  # the peer's own name for itself (e.g. torchrec-dmp)
-    print(f"\n{args.workload}, {args.reps} rounds, {time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"\n{args.workload}, {args.reps} rounds, {time.strftime('%Y-%m-%d')}, --isa {args.isa}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     print(f"| system | samples/s (median) | min..max | ratio to {baseline} (median of rounds) | {metric} |")
     print("|---|---|---|---|---|")
     for system in dict.fromkeys(r["system"] for r in rows):

@@ -1,9 +1,17 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_configure(config):
+    # Measured GEMM choices (recforge.runtime.gemm) go to one folder per test session, shared by
+    # xdist's workers and the processes tests start, not the user's ~/.cache.
+    os.environ.setdefault("RECFORGE_CACHE_DIR", tempfile.mkdtemp(prefix="recforge-tests-cache-"))
 
 
 def tiny_synthetic_args(tmp_path: Path, **overrides) -> list[str]:

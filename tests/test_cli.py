@@ -173,10 +173,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_two_process_torchrun_matches_one_process(tmp_path):
     one = tmp_path / "one"
-    args = tiny_synthetic_args(one, synthetic_users=203)  # 203 users: uneven evaluation shards
+    args = tiny_synthetic_args(one, synthetic_users=203, precision="fp32")  # 203 users: uneven shards
     assert run_cli("train", *args).returncode == 0
     two = tmp_path / "two"
-    args = tiny_synthetic_args(two, synthetic_users=203)
+    args = tiny_synthetic_args(two, synthetic_users=203, precision="fp32")
     torchrun = torchrun_command(master_port=29731)
     result = subprocess.run([*torchrun, "train", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -208,7 +208,9 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flags", [["--precision", "bf16"], ["--precision", "fp16"], ["--compile"]], ids=["bf16", "fp16", "compile"]
+    "flags",
+    [["--precision", "fp32"], ["--precision", "bf16"], ["--precision", "fp16"], ["--compile"]],
+    ids=["fp32", "bf16", "fp16", "compile"],
 )
 def test_precisions_and_compile_train_and_learn(tmp_path, flags):
     result = run_cli("train", *tiny_synthetic_args(tmp_path, epochs=4), *flags)
@@ -218,5 +220,5 @@ def test_precisions_and_compile_train_and_learn(tmp_path, flags):
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert max(m["HR@10"] for m in metrics) > 0.2  # a random ranking of 100 candidates gets 0.1
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["precision"] == (
-        flags[1] if len(flags) > 1 else "fp32"
+        flags[1] if len(flags) > 1 else "auto"
     )

@@ -34,6 +34,7 @@ def flags(click_log, run) -> list[str]:
         "optimizer": "sgd",
         "learning-rate": 0.5,
         "threads": 1,
+        "precision": "fp32",  # compared with one process at 1e-6: bf16 rounds each sum's order apart
         "epochs": 3,
         "evals-per-epoch": 12,
         "embedding-dim": 8,

@@ -4,11 +4,11 @@ import torch
 
 from recforge import registry
 from recforge.data.synthetic import generate
-from recforge.models import layers
 from recforge.models.layers import Linear, ReLUDropout, keep_mask
 from recforge.models.ncf import NCFConfig, gmf, mlp_model, neumf
 from recforge.models.popularity import ItemPopularity
 from recforge.registry import build_config, build_task
+from recforge.runtime import gemm
 from recforge.runtime.distributed import Dist
 from recforge.train.loop import train
 
@@ -73,17 +73,19 @@ def test_projected_first_layer_matches_the_plain_layer():
             assert torch.allclose(grads[name], param.grad, atol=1e-5), name
 
 
+@pytest.mark.parametrize("backend", gemm.BACKENDS)
 @pytest.mark.parametrize("input_grad", [True, False])
 @pytest.mark.parametrize("fan_in,fan_out", [(37, 24), (13, 40)])  # both ways of taking the weight gradient
-def test_linear_on_onednn_equals_torch_linear(input_grad, fan_in, fan_out):
-    # fp32 on the CPU runs through oneDNN with a hand-written backward; results and every
-    # gradient must be nn.Linear's (up to float rounding).
+def test_linear_on_either_backend_equals_torch_linear(backend, input_grad, fan_in, fan_out):
+    # fp32 on the CPU runs through oneDNN with a hand-written backward, or torch's matmul; results
+    # and every gradient must be nn.Linear's (up to float rounding).
     torch.manual_seed(0)
     ours = Linear(fan_in, fan_out)
+    ours.backend = backend
     reference = torch.nn.Linear(fan_in, fan_out)
     reference.load_state_dict(ours.state_dict())
     x = torch.randn(65, fan_in, requires_grad=input_grad)
-    assert layers._onednn_fp32(x, ours.weight) or not torch.backends.mkldnn.is_available()
+    assert gemm.onednn_applies(x, ours.weight) or not torch.backends.mkldnn.is_available()
     upstream = torch.randn(65, fan_out)
     outputs = []
     for layer in (ours, reference):

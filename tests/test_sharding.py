@@ -38,6 +38,7 @@ def flags(click_log, run, **extra) -> list[str]:
         "optimizer": extra.get("optimizer", "sgd"),
         "learning-rate": RATES.get(extra.get("optimizer", "sgd"), 0.1),
         "threads": 1,
+        "precision": "fp32",  # compared with one process at 1e-6: bf16 rounds each sum's order apart
         "epochs": 1,
         "max-steps": STEPS,
         "evals-per-epoch": 12,

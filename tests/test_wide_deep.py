@@ -330,7 +330,7 @@ def test_wide_deep_sharded_with_multi_hot_fields_follows_one_process(
     prepared, _ = grouped
     args = ["--model", "wide-deep", "--prepared-dir", str(prepared), "--batch-size", "1000", "--max-steps", "5"]
     args += ["--evals-per-epoch", "50", "--embedding-dim", "4", "--deep-hidden-units", "16", "--deep-dropout", "0"]
-    args += ["--optimizer", optimizer, "--learning-rate", "0.05", "--threads", "1"]
+    args += ["--optimizer", optimizer, "--learning-rate", "0.05", "--threads", "1", "--precision", "fp32"]
     main(["train", *args, "--output-dir", str(tmp_path / "one")])
     legs = [[]] if resumed_as is None else [["--max-steps", "3"], ["--resume", "--embedding-sharding", resumed_as]]
     for leg, extra in enumerate(legs):

@@ -260,9 +260,15 @@ class TrainConfig:
     decay_steps: int = option(0, "steps of the decay (0: no decay)", group=_SCHEDULE, low=0)
     decay_power: float = option(2.0, "power of the decay", group=_SCHEDULE, **POSITIVE)
     precision: Precision = option(
-        "fp32",
+        "auto",
         "arithmetic of the forward and backward passes (auto: bf16 where the CPU or GPU computes it natively, "
         "else fp32)",
+        group=_EXEC,
+    )
+    gemm: Literal["auto", "onednn", "torch"] = option(
+        "auto",
+        "library of the fp32 CPU matrix products (auto: per layer shape the faster of oneDNN and torch's own, "
+        "MKL in x86 builds, measured once per machine and cached)",
         group=_EXEC,
     )
     compile: bool = option(False, "torch.compile the model", group=_EXEC)

@@ -8,8 +8,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from recforge.runtime import gemm
 
 
 def keep_mask(
@@ -83,62 +84,15 @@ class ReLUDropout(nn.Module):
         return f"p={self.p}"
 
 
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """x @ weight.T + bias in fp32 on the CPU through oneDNN, forward and backward.
-
-    torch's fp32 matmul on CPUs is MKL's, which runs its AVX2 code on AMD processors; oneDNN
-    uses AVX-512 on any x86 that has it: 2.2x the GEMM rate on this project's AMD EPYC machine,
-    at fp32 accuracy.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = _onednn_linear(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
-        grad_weight = None
-        if ctx.needs_input_grad[1]:  # oneDNN copies a transposed input: transpose the narrower one
-            if x.shape[1] < grad.shape[1]:
-                grad_weight = _onednn_linear(x.t(), grad.t(), None).t()
-            else:
-                grad_weight = _onednn_linear(grad.t(), x.t(), None)
-        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
-
-
-def _onednn_fp32(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    # Multi-process CPU runs use it too: their heap corruption came from torch's gloo worker
-    # threads (see recforge.runtime.distributed), with or without oneDNN.
-    return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and x.dim() == 2
-        and x.shape[0] > 0
-        and weight.numel() > 0  # oneDNN has no empty products
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and torch.backends.mkldnn.is_available()
-    )
-
-
 class Linear(nn.Linear):
-    """`nn.Linear` whose fp32 CPU products run on oneDNN (see `_OneDNNLinear`); elsewhere (GPU,
-    autocast, torch.compile) it is `nn.Linear`."""
+    """`nn.Linear` whose fp32 CPU products run on the GEMM library `backend` names (oneDNN until a
+    run's calibration chooses per shape, see recforge.runtime.gemm); elsewhere (GPU, autocast,
+    torch.compile) it is `nn.Linear`."""
+
+    backend = "onednn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _onednn_fp32(x, self.weight):
-            return _OneDNNLinear.apply(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return gemm.linear(x, self.weight, self.bias, self.backend)
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:

@@ -45,6 +45,7 @@ from recforge.train.distributed_checkpoint import from_one_process, load_weights
 from recforge.train.distributed_checkpoint import load as load_distributed
 from recforge.train.distributed_checkpoint import read_state as read_distributed_state
 from recforge.train.distributed_checkpoint import save as save_distributed
+from recforge.train.gemms import choose_gemms
 from recforge.train.run_dir import RunDir
 from recforge.train.sharding import choose as choose_sharding
 from recforge.train.sharding import pad_rows, shard
@@ -87,6 +88,7 @@ CHANGEABLE_ON_RESUME = {
         "threads",
         "collective_timeout_s",
         "compile",
+        "gemm",
         "embedding_sharding",
         "embedding_memory_per_rank",
         "resume",
@@ -408,6 +410,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
     )
     if emulated := warning(device, t.precision):
         log(emulated)
+    gemms = choose_gemms(model, t, precision, device, dist, log)
     if not cfg.eval.no_eval and not history.baseline_measured:  # once per run, kept through --resume
         found = task.baseline()
         history.baseline, history.baseline_measured = found and {"model": found[0], "metrics": found[1]}, True
@@ -542,7 +545,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                 if stop:
                     break
 
-    summary = _summary(cfg, task, history, device, dist)
+    summary = _summary(cfg, task, history, device, dist) | {"gemm": gemms}
     run.summary(summary)
     log(_summary_lines(summary, task.metric_names, metric))
     return summary

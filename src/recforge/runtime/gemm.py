@@ -1,0 +1,215 @@
+"""fp32 GEMM kernels on the CPU, chosen per layer shape by a short measurement on this machine.
+
+Two libraries can run a linear layer's fp32 products: torch's own matmul (MKL's sgemm in x86
+builds) and oneDNN. Which is faster depends on the CPU and the shape, and not in a way a vendor
+name predicts: MKL runs its AVX2 code on AMD processors even where they have AVX-512, where oneDNN
+was 2.2x faster on the DLRM shapes (AMD EPYC, 2026-11-22); on Intel CPUs both use AVX-512 and
+differ by shape. So a run times both on each of its layer shapes (forward and both backward
+products, at its batch's rows) and takes the faster. A result is cached per CPU model, CPU flags,
+torch version and thread count (one small JSON file per shape), so a machine measures a shape once
+and every later run, rank and resume there uses the same kernels. `--gemm onednn|torch` skips
+the measurement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from recforge.runtime.precision import cpu_flags
+
+BACKENDS = ("onednn", "torch")
+CALIBRATION_ROWS = 4096  # larger batches run the same kernels; timing them would cost seconds
+REPEATS = 7  # each backend, alternating, after one warm-up; the median counts
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """x @ weight.T + bias in fp32 through oneDNN, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = _onednn_linear(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:  # oneDNN copies a transposed input: transpose the narrower one
+            if x.shape[1] < grad.shape[1]:
+                grad_weight = _onednn_linear(x.t(), grad.t(), None).t()
+            else:
+                grad_weight = _onednn_linear(grad.t(), x.t(), None)
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the product is an fp32 CPU one oneDNN can run (elsewhere: GPU, autocast, compile)."""
+    # Multi-process CPU runs use it too: their heap corruption came from torch's gloo worker
+    # threads (see recforge.runtime.distributed), with or without oneDNN.
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and x.dim() == 2
+        and x.shape[0] > 0
+        and weight.numel() > 0  # oneDNN has no empty products
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
+    """x @ weight.T + bias on `backend` where oneDNN applies, else torch's."""
+    if backend == "onednn" and onednn_applies(x, weight):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A linear layer's products: rows x inputs times inputs x outputs, and their two gradients."""
+
+    rows: int
+    inputs: int
+    outputs: int
+
+    def __str__(self) -> str:
+        return f"{self.rows}x{self.inputs}x{self.outputs}"
+
+    @property
+    def flops(self) -> int:  # forward and both backward products
+        return 3 * 2 * self.rows * self.inputs * self.outputs
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    seconds: dict[str, float]  # each backend's median forward + backward; empty when not measured
+    source: str  # "measured", "cached" or "--gemm"
+
+    @property
+    def speedup(self) -> float:
+        """The chosen backend's speed over the other's (1.0 when not measured)."""
+        if not self.seconds:
+            return 1.0
+        return max(self.seconds.values()) / self.seconds[self.backend]
+
+
+def time_shape(shape: Shape, repeats: int = REPEATS) -> dict[str, float]:
+    """Median seconds of one forward + backward of each backend on random fp32 data of `shape`."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape.rows, shape.inputs, generator=generator).requires_grad_()
+    weight = torch.randn(shape.outputs, shape.inputs, generator=generator).requires_grad_()
+    bias = torch.zeros(shape.outputs, requires_grad=True)
+    grad = torch.randn(shape.rows, shape.outputs, generator=generator)
+    times: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
+    for attempt in range(repeats + 1):
+        for backend in BACKENDS:  # alternating, so a slow moment of the machine hits both
+            start = time.perf_counter()
+            linear(x, weight, bias, backend).backward(grad)
+            if attempt:  # the first is warm-up (oneDNN builds its kernel then)
+                times[backend].append(time.perf_counter() - start)
+            x.grad = weight.grad = bias.grad = None
+    return {backend: statistics.median(seconds) for backend, seconds in times.items()}
+
+
+# The libraries' own caps on the instruction sets they use: a capped run is another machine.
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def machine_key() -> str:
+    """What decides the kernels' speed: CPU model and flags, the instruction sets the libraries
+    may use, torch version, threads per process."""
+    flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:8]
+    caps = "".join(f"|{name}-{os.environ[name]}" for name in ISA_CAPS if os.environ.get(name))
+    return (
+        f"{_cpu_model()}|flags-{flags}|aten-{torch.backends.cpu.get_cpu_capability()}{caps}"
+        f"|torch-{torch.__version__}|threads-{torch.get_num_threads()}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_folder() -> Path:
+    """$RECFORGE_CACHE_DIR, else $XDG_CACHE_HOME/recforge, else ~/.cache/recforge; then gemm/<machine>."""
+    root = os.environ.get("RECFORGE_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "recforge"
+    )
+    key = machine_key()
+    readable = "".join(c if c.isalnum() or c in ".-" else "-" for c in key.split("|")[0])[:40].strip("-")
+    return Path(root, "gemm", f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+
+
+def _read(path: Path) -> dict[str, float] | None:
+    try:
+        seconds = json.loads(path.read_text())["seconds"]
+        return seconds if set(seconds) == set(BACKENDS) and all(v > 0 for v in seconds.values()) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_first(path: Path, shape: Shape, seconds: dict[str, float]) -> dict[str, float]:
+    """Store `seconds` unless another process stored this shape first; return what is stored.
+
+    Not through recforge.core.files: a cache is not the run's state, its writes are no kill-test
+    fault points, and a cache that cannot be written only means measuring again next time.
+    """
+    record = {"machine": machine_key(), "shape": str(shape), "seconds": seconds}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".tmp-", delete=False) as f:
+            json.dump(record, f)
+        try:
+            os.link(f.name, path)  # fails if the file exists: the first measurement stays
+        except FileExistsError:
+            if _read(path) is None:  # unreadable: replace it
+                os.replace(f.name, path)
+        finally:
+            if os.path.exists(f.name):
+                os.unlink(f.name)
+    except OSError:
+        return seconds
+    return _read(path) or seconds
+
+
+def choose(shapes: list[Shape], requested: str = "auto") -> dict[Shape, Choice]:
+    """The backend of each shape: `requested` if it names one, else the faster measured here."""
+    if requested != "auto":
+        return {shape: Choice(requested, {}, "--gemm") for shape in shapes}
+    folder = cache_folder()
+    chosen = {}
+    for shape in shapes:
+        path = folder / f"{shape}.json"
+        seconds, source = _read(path), "cached"
+        if seconds is None:
+            seconds, source = _write_first(path, shape, time_shape(shape)), "measured"
+        chosen[shape] = Choice(min(BACKENDS, key=seconds.__getitem__), seconds, source)
+    return chosen
