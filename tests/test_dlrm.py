@@ -1,5 +1,6 @@
 """DLRM, the click-log task and the step-based loop features it brought."""
 
+import copy
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from recforge.data.encoders import load_encoders
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.models.dlrm import DLRM, DLRMConfig, DotInteraction
 from recforge.optim.build import lr_factor, make_optimizers
-from recforge.optim.row_wise import RowWiseAdagrad, SparseRowAdam
+from recforge.optim.row_wise import SGD, RowWiseAdagrad, SparseRowAdam
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +252,34 @@ def test_sparse_row_adam_matches_torch_sparse_adam():
             optimizer.step()
         assert torch.allclose(ours.weight, reference.weight, atol=1e-6), step
     assert torch.equal(ours.weight[20:], reference.weight[20:])  # untouched rows stay
+
+
+def test_sgd_on_sparse_tables_equals_torch_sgd():
+    """recforge's SGD applies a table's sparse gradient itself (faster on CPUs): torch's update up
+    to rounding (each lookup's row times -lr, not their sum), repeated rows included; dense
+    parameters and their weight decay bit for bit as torch's; gradients stay readable after the
+    step, and a torch SGD's saved state loads."""
+    torch.manual_seed(0)
+    ours = torch.nn.ModuleList([torch.nn.EmbeddingBag(50, 4, mode="sum", sparse=True), torch.nn.Linear(4, 1)])
+    reference = copy.deepcopy(ours)
+
+    def optimizer(kind, model):
+        groups = [{"params": model[1].parameters(), "weight_decay": 0.01}, {"params": model[0].parameters()}]
+        return kind(groups, lr=0.01)
+
+    optimizers = [optimizer(SGD, ours), optimizer(torch.optim.SGD, reference)]
+    optimizers[0].load_state_dict(optimizers[1].state_dict())
+    start = ours[0].weight.detach().clone()
+    for step in range(5):
+        ids = torch.randint(0, 20, (32, 1))  # repeated ids: gradients of one row add up
+        for model, opt in zip((ours, reference), optimizers):
+            opt.zero_grad()
+            model[1](model[0](ids)).square().sum().backward()
+            opt.step()
+        assert torch.allclose(ours[0].weight, reference[0].weight, rtol=1e-6, atol=1e-7), step
+        assert torch.equal(ours[1].weight, reference[1].weight), step
+        assert ours[0].weight.grad.is_sparse and ours[0].weight.grad._nnz() == 32
+    assert not torch.equal(ours[0].weight[:20], start[:20]) and torch.equal(ours[0].weight[20:], start[20:])
 
 
 def test_prepare_replaces_a_prepared_folder_only_with_overwrite(tmp_path, capsys):

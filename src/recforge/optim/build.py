@@ -26,7 +26,7 @@ from torch import nn
 from recforge.config import TrainConfig
 from recforge.core.errors import RecforgeError
 from recforge.optim.proximal import Ftrl, ProximalAdagrad
-from recforge.optim.row_wise import RowWiseAdagrad, SparseRowAdam
+from recforge.optim.row_wise import SGD, RowWiseAdagrad, SparseRowAdam
 
 
 def sparse_parameters(model: nn.Module) -> set[int]:
@@ -84,7 +84,7 @@ def _adam(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list[to
 def _sgd(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list[torch.optim.Optimizer]:
     dense, sparse = parameters.split(model)  # sparse updates take no weight decay
     groups = [{"params": dense, "weight_decay": cfg.weight_decay}, {"params": sparse, "weight_decay": 0.0}]
-    return [torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.learning_rate)]
+    return [SGD([g for g in groups if g["params"]], lr=cfg.learning_rate)]
 
 
 def _adagrad(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list[torch.optim.Optimizer]:

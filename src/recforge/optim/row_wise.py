@@ -7,6 +7,29 @@ import torch
 from recforge.optim.sparse_grad import nonzero_rows, touched_rows
 
 
+class SGD(torch.optim.SGD):
+    """torch's SGD, with a sparse table gradient applied as one `index_add_` of its rows times
+    -lr. torch's `add_(sparse, alpha=-lr)` took 4.6 ms a step for W2's 53k lookups into its
+    728k x 16 table on 2 cores, this 2.0 ms (`index_add_` with its own alpha: 11.7 ms), 2026-12-02.
+    The update differs by rounding only: each lookup's row times -lr is added, where torch adds
+    their sum times -lr. Tables take no momentum or weight decay (their group has none, see
+    recforge.optim.build)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        applied = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    p.index_add_(0, p.grad._indices()[0], p.grad._values() * -group["lr"])
+                    applied[p], p.grad = p.grad, None  # hidden from torch's step, given back after it
+        try:
+            return super().step(closure)
+        finally:
+            for p, grad in applied.items():
+                p.grad = grad
+
+
 class SparseRowAdam(torch.optim.Optimizer):
     """Adam on the rows a step touches ("lazy" Adam), the same update as `torch.optim.SparseAdam`
     (bias corrections from the global step, eps outside the corrected square root), computed on
