@@ -20,6 +20,7 @@ from recforge.data.synthetic_ctr import generate_ctr
 from recforge.models.dlrm import DLRM, DLRMConfig, DotInteraction
 from recforge.optim.build import lr_factor, make_optimizers
 from recforge.optim.row_wise import SGD, RowWiseAdagrad, SparseRowAdam
+from recforge.optim.sparse_grad import unique_rows
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +281,15 @@ def test_sgd_on_sparse_tables_equals_torch_sgd():
         assert torch.equal(ours[1].weight, reference[1].weight), step
         assert ours[0].weight.grad.is_sparse and ours[0].weight.grad._nnz() == 32
     assert not torch.equal(ours[0].weight[:20], start[:20]) and torch.equal(ours[0].weight[20:], start[20:])
+
+
+@pytest.mark.parametrize("table_rows", [7, 20, 10_000])  # rows marked one by one, or sorted
+def test_unique_rows_are_torch_unique(table_rows):
+    indices = torch.tensor([5, 0, 5, 6, 3, 0, 5]) * (table_rows // 7)
+    rows, inverse = unique_rows(indices, table_rows)
+    expected_rows, expected_inverse = torch.unique(indices, return_inverse=True)
+    assert rows.tolist() == expected_rows.tolist() and inverse.tolist() == expected_inverse.tolist()
+    assert unique_rows(indices[:0], table_rows)[0].numel() == 0
 
 
 def test_prepare_replaces_a_prepared_folder_only_with_overwrite(tmp_path, capsys):
