@@ -95,10 +95,6 @@ class Shape:
     def __str__(self) -> str:
         return f"{self.rows}x{self.inputs}x{self.outputs}"
 
-    @property
-    def flops(self) -> int:  # forward and both backward products
-        return 3 * 2 * self.rows * self.inputs * self.outputs
-
 
 @dataclass(frozen=True)
 class Choice:
