@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recforge.runtime.precision import cpu_flags
+from recforge.runtime.precision import cpu_flags, cpu_info
 
 BACKENDS = ("onednn", "torch")
 CALIBRATION_ROWS = 4096  # larger batches run the same kernels; timing them would cost seconds
@@ -144,14 +144,7 @@ def machine_key() -> str:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_info("model name") or platform.processor() or platform.machine()
 
 
 def cache_folder() -> Path:

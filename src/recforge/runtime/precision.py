@@ -19,17 +19,22 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names
 EMULATED_BF16_COST = "W1 trained 15x slower in bf16 than in fp32 on such a CPU (AVX2, 2026-12-01)"
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags (Linux's /proc/cpuinfo; empty where it cannot be read)."""
+@functools.cache
+def cpu_info(field: str) -> str:
+    """The first value of `field` in Linux's /proc/cpuinfo ("" where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    return frozenset(cpu_info("flags").split())
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
