@@ -39,7 +39,7 @@ def test_auto_chooses_bf16_where_the_cpu_has_it(cpu_with, flag):
     assert precision.resolve(CPU, "fp32") == ("fp32", "--precision fp32")  # asked for: kept
 
 
-@pytest.mark.parametrize("major, chosen", [(7, "fp32"), (8, "bf16"), (9, "bf16")])
+@pytest.mark.parametrize("major, chosen", [(6, "fp32"), (7, "fp16"), (8, "bf16"), (9, "bf16")])
 def test_auto_on_gpus_by_compute_capability(monkeypatch, major, chosen):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
     assert precision.resolve(torch.device("cuda", 0), "auto")[0] == chosen

@@ -262,7 +262,7 @@ class TrainConfig:
     precision: Precision = option(
         "auto",
         "arithmetic of the forward and backward passes (auto: bf16 where the CPU or GPU computes it natively, "
-        "else fp32)",
+        "fp16 on GPUs of compute capability 7.x, else fp32)",
         group=_EXEC,
     )
     gemm: Literal["auto", "onednn", "torch"] = option(

@@ -4,7 +4,8 @@ hardware computes natively.
 bf16 pays off only where the hardware has bf16 arithmetic: on a CPU without it (AVX2, or
 AVX-512 without avx512_bf16), autocast's bf16 GEMMs are emulated, and W1 trained 15x slower than
 in fp32 (2026-12-01). `auto` is bf16 on CPUs with avx512_bf16 or AMX and on GPUs of compute
-capability 8.0 or later (Ampere on), else fp32.
+capability 8.0 or later (Ampere on); fp16 with loss scaling on GPUs of capability 7.x (Volta,
+Turing), whose tensor cores compute fp16 but not bf16; else fp32.
 """
 
 from __future__ import annotations
@@ -47,11 +48,15 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 
 
 def resolve(device: torch.device, precision: str) -> tuple[str, str]:
-    """(the precision a run computes in, why): `auto` by native bf16 support, others as given."""
+    """(the precision a run computes in, why): `auto` by native support, others as given."""
     if precision != "auto":
         return precision, "--precision " + precision
     native, evidence = native_bf16(device)
-    return ("bf16" if native else "fp32"), f"auto: {evidence}"
+    if native:
+        return "bf16", f"auto: {evidence}"
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 7:
+        return "fp16", f"auto: {evidence}, fp16 tensor cores (>= 7.0)"
+    return "fp32", f"auto: {evidence}"
 
 
 def warning(device: torch.device, precision: str) -> str | None:
