@@ -27,6 +27,11 @@ commands:
   evaluate --checkpoint FILE         evaluate a checkpoint, print and write the metrics as JSON
   recommend --checkpoint FILE --user ID [--k 10]
                                      top items the user has not interacted with
+  export --checkpoint FILE --out DIR [--format onnx|torch-export|both]
+                                     a self-contained bundle: model, exports, the fitted encoders, manifest
+  serve BUNDLE_OR_CHECKPOINT         an HTTP service scoring raw rows (FastAPI + uvicorn; localhost)
+  predict --bundle DIR --input FILE --output scores.parquet
+                                     score a CSV / Parquet file of raw rows through the bundle's encoders
   presets                            the shipped presets and what each reproduces
   tf-config [--nproc-per-node N]     the torchrun command line of this machine's task in $TF_CONFIG
 
@@ -185,6 +190,30 @@ def cmd_recommend(argv: list[str]) -> None:
         print(f"{row['rank']:>3}  {row['item']!s:>10}  {row['score']:8.4f}  {row.get('title', '')}")
 
 
+def cmd_export(argv: list[str]) -> None:
+    from recforge.serving.bundle import FORMATS, export
+
+    parser = Parser(prog="recforge export", allow_abbrev=False, description="Write a checkpoint's bundle.")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run's checkpoints/best.pt or last.pt (or a multi-process run's best.json)",
+    )
+    parser.add_argument("--out", required=True, help="the bundle folder to write")
+    parser.add_argument(
+        "--format",
+        choices=[*FORMATS, "both", "none"],
+        default="both",
+        help="exports beside the eager weights (default: both)",
+    )
+    parser.add_argument("--data-dir", help="where the checkpoint's prepared data is now, if it moved")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    args = parser.parse_args(argv)
+    formats = {"both": FORMATS, "none": ()}.get(args.format, (args.format,))
+    export(args.checkpoint, args.out, formats, data_dir=args.data_dir, overwrite=args.overwrite)
+    print(f"bundle: {args.out}")
+
+
 def preset_summary(path) -> str:
     """A preset's first line: the comment that says what it reproduces."""
     return path.read_text().splitlines()[0].lstrip("#").strip()
@@ -228,6 +257,7 @@ COMMANDS = {
     "download": cmd_download,
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
+    "export": cmd_export,
     "presets": cmd_presets,
     "tf-config": cmd_tf_config,
 }

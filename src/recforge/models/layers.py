@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recforge.runtime import gemm
@@ -212,6 +213,32 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
     return model._apply(lambda t: t if t.is_meta else t.to(device))
 
 
+def exporting() -> bool:
+    """Whether torch.export is tracing (torch >= 2.5 says; older versions never take export's paths)."""
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
+
+
+def bags(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ids padded with -1 -> (values, offsets) of B bags for `EmbeddingBag`."""
+    present = ids >= 0
+    counts = present.sum(dim=1)
+    return ids[present], counts.cumsum(0) - counts
+
+
+def pool(bag: nn.EmbeddingBag, ids: torch.Tensor) -> torch.Tensor:
+    """`bag` pooled over each row's ids ([B, L], padded with -1; an empty row pools to zeros).
+
+    Exported, it is a gather and a masked sum over the padded ids: the same values, in ops that
+    ONNX runs as one kernel each (its EmbeddingBag is a loop over the bags, ~10^4x slower)."""
+    if not exporting():
+        return bag(*bags(ids))
+    present = (ids >= 0).unsqueeze(-1)
+    pooled = (F.embedding(ids.clamp(min=0), bag.weight) * present).sum(1)
+    if bag.mode == "mean":
+        pooled = pooled / present.sum(1).clamp(min=1)
+    return pooled
+
+
 class FieldEmbeddings(nn.Module):
     """One vector per (row, field): ids [B, F] -> [B, F, D], from sum-pooled `EmbeddingBag`s (a bag
     of one id per field here; multi-hot fields pool more) per field, or from one fused table whose
@@ -243,6 +270,10 @@ class FieldEmbeddings(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows, fields = ids.shape
+        if exporting():  # a bag of one id is its row: a gather, where ONNX's EmbeddingBag loops over bags
+            if self.fused:
+                return F.embedding(ids + self.offsets, self.table.weight)
+            return torch.stack([F.embedding(ids[:, f], table.weight) for f, table in enumerate(self.tables)], dim=1)
         if self.fused:
             return self.table((ids + self.offsets).reshape(-1, 1)).view(rows, fields, -1)
         return torch.stack([table(ids[:, f : f + 1]) for f, table in enumerate(self.tables)], dim=1)

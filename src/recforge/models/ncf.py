@@ -18,7 +18,7 @@ from recforge.config import FRACTION, option
 from recforge.core.checkpoint import load_checkpoint
 from recforge.core.errors import RecforgeError
 from recforge.models.base import Model
-from recforge.models.layers import lecun_uniform_, mlp
+from recforge.models.layers import exporting, lecun_uniform_, mlp
 
 
 @dataclass
@@ -72,7 +72,8 @@ class NCF(Model):
         row of the batch: the same function and gradients with fewer FLOPs.
         """
         first = self.mlp[0]
-        if user.numel() < self.mlp_user.num_embeddings + self.mlp_item.num_embeddings:
+        # An exported program takes one path for every batch size (a branch on it is a guard).
+        if exporting() or user.numel() < self.mlp_user.num_embeddings + self.mlp_item.num_embeddings:
             return first(torch.cat([self.mlp_user(user), self.mlp_item(item)], dim=1))
         width = self.mlp_user.embedding_dim
         user_part = F.linear(self.mlp_user.weight, first.weight[:, :width], first.bias)

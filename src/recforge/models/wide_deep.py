@@ -21,7 +21,7 @@ from torch import nn
 
 from recforge.config import FRACTION, POSITIVE, option
 from recforge.models.base import Model
-from recforge.models.layers import FieldEmbeddings, Linear, TableInit, embedding_bag, field_offsets, mlp
+from recforge.models.layers import FieldEmbeddings, Linear, TableInit, embedding_bag, field_offsets, mlp, pool
 
 
 @dataclass
@@ -33,13 +33,6 @@ class WideDeepConfig:
     # Deep embeddings start small (N(0, 0.01^2)): on W3, DLRM's U(+-1/sqrt(rows)) start, large for
     # small fields, gave AUC 0.886 after one epoch; 1e-4..1e-2 all gave 0.891.
     embedding_init_std: float = option(0.01, "standard deviation of the deep embeddings' normal start", **POSITIVE)
-
-
-def bags(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, L] ids padded with -1 -> (values, offsets) of B bags for `EmbeddingBag`."""
-    present = ids >= 0
-    counts = present.sum(dim=1)
-    return ids[present], counts.cumsum(0) - counts
 
 
 class Wide(nn.Module):
@@ -71,7 +64,7 @@ class Wide(nn.Module):
         ids = [fields + self.field_offsets]
         if multi_hot is not None:
             ids.append(torch.where(multi_hot >= 0, multi_hot + self.multi_hot_offsets, -1))
-        return self.table(*bags(torch.cat(ids, dim=1))).squeeze(1) + self.numeric(dense).squeeze(1)
+        return pool(self.table, torch.cat(ids, dim=1)).squeeze(1) + self.numeric(dense).squeeze(1)
 
 
 class WideDeep(Model):
@@ -128,7 +121,7 @@ class WideDeep(Model):
         for i, tables in enumerate(self.one_hot):
             parts.append(tables(one_hot[:, getattr(self, f"fields_{i}")]).flatten(1))
         for bag, (lo, hi) in zip(self.multi_hot, self.blocks):
-            parts.append(bag(*bags(multi_hot[:, lo:hi])))
+            parts.append(pool(bag, multi_hot[:, lo:hi]))
         deep = self.deep(torch.cat(parts, dim=1)).squeeze(1)
         return deep.float() + self.wide(dense, one_hot, multi_hot, crossed)
 

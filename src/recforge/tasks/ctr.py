@@ -27,7 +27,7 @@ import torch
 from recforge.config import RunConfig
 from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write, write_array
-from recforge.data.ctr_format import load_meta, load_split
+from recforge.data.ctr_format import CTRMeta, load_meta, load_split
 from recforge.data.rank_rows import RankRows
 from recforge.data.read_ahead import copy_rows, read_ahead
 from recforge.metrics.classification import accuracy, auc, logloss
@@ -42,6 +42,20 @@ FEATURES = ("label", "dense", "sparse", "multi_hot", "crossed")  # the arrays a 
 
 def _to_batch(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**arrays, "label": arrays["label"].to(torch.float32)}
+
+
+def data_fingerprint(meta: CTRMeta) -> dict:
+    """The prepared layout a checkpoint's tables index: features, their cardinalities, rows."""
+    saved = meta.to_json()
+    layout = json.dumps(
+        {k: saved[k] for k in ("dense", "sparse", "cardinalities", "multi_hot", "crossed", "rows")}, sort_keys=True
+    )
+    return {
+        "train rows": meta.rows.get("train", 0),
+        "fields": len(meta.cardinalities) + len(meta.multi_hot),
+        "embedding rows": sum(meta.cardinalities) + sum(f["cardinality"] for f in meta.multi_hot),
+        "layout hash": hashlib.sha256(layout.encode()).hexdigest()[:16],
+    }
 
 
 class CTRTask(Task):
@@ -83,17 +97,7 @@ class CTRTask(Task):
 
     @functools.cached_property
     def data_fingerprint(self) -> dict:
-        """The prepared layout a checkpoint's tables index: features, their cardinalities, rows."""
-        meta = self.meta.to_json()
-        layout = json.dumps(
-            {k: meta[k] for k in ("dense", "sparse", "cardinalities", "multi_hot", "crossed", "rows")}, sort_keys=True
-        )
-        return {
-            "train rows": self.meta.rows.get("train", 0),
-            "fields": len(self.meta.cardinalities) + len(self.meta.multi_hot),
-            "embedding rows": sum(self.meta.cardinalities) + sum(f["cardinality"] for f in self.meta.multi_hot),
-            "layout hash": hashlib.sha256(layout.encode()).hexdigest()[:16],
-        }
+        return data_fingerprint(self.meta)
 
     @property
     def samples_per_epoch(self) -> int:

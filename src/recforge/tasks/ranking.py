@@ -43,6 +43,21 @@ def eval_negatives(data: LeaveOneOutData, cache_path: Path, per_user: int, seed:
     return np.load(path, mmap_mode="c")
 
 
+def data_fingerprint(data: LeaveOneOutData, dataset: str) -> dict:
+    """What a checkpoint was trained on: sizes and a hash of the raw id maps and the interactions
+    (ml-20m: ~0.1 s, once per run)."""
+    digest = hashlib.sha256()
+    for array in (data.user_ids, data.item_ids, data.user_offsets, data.train_items, data.test_items):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return {
+        "dataset": dataset,
+        "users": data.num_users,
+        "items": data.num_items,
+        "training interactions": len(data.train_items),
+        "data hash": digest.hexdigest()[:16],
+    }
+
+
 class RankingTask(Task):
     name = "ranking"
     can_recommend = True
@@ -102,19 +117,7 @@ class RankingTask(Task):
 
     @functools.cached_property
     def data_fingerprint(self) -> dict:
-        """What a checkpoint was trained on: sizes and a hash of the raw id maps and the
-        interactions (ml-20m: ~0.1 s, once per run)."""
-        digest = hashlib.sha256()
-        data = self.data
-        for array in (data.user_ids, data.item_ids, data.user_offsets, data.train_items, data.test_items):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return {
-            "dataset": self.cfg.data.dataset,
-            "users": data.num_users,
-            "items": data.num_items,
-            "training interactions": len(data.train_items),
-            "data hash": digest.hexdigest()[:16],
-        }
+        return data_fingerprint(self.data, self.cfg.data.dataset)
 
     @property
     def samples_per_epoch(self) -> int:

@@ -1,0 +1,315 @@
+"""A bundle: one self-contained folder from which a trained model scores raw rows anywhere.
+
+    manifest.json      model, task, input schema, versions, the checkpoint's metrics and data
+                       fingerprint, the files and their SHA-256, the exports' measured equivalence
+    weights.npz        the eager model's tensors (numpy, no pickle)
+    model.pt2          torch.export program (dynamic batch 1..65,536), `--format torch-export`
+    model.onnx         ONNX (opset 18; EmbeddingBag and offsets as ONNX ops), `--format onnx`
+    encoders.json, encoders/, meta.json    click logs: the encoding preparation fitted
+    user_ids.npy, item_ids.npy, seen_*.npy, item_titles.npy    ranking: id maps, training items
+
+Loading runs no pickle: JSON, `np.load(allow_pickle=False)`, torch.export's archive of raw
+tensors and ONNX's protobuf. The model is rebuilt from the manifest's architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from recforge.core.checkpoint import check_same_data, check_same_model
+from recforge.core.errors import RecforgeError
+from recforge.core.files import atomic_write
+from recforge.data.cache import prepare
+from recforge.data.ctr_format import load_meta, load_split, new_folder
+from recforge.registry import build_model, config_from_dict, model_entry
+from recforge.serving.assets import ASSETS, ClickLogAssets, RankingAssets, read_manifest, write_manifest
+from recforge.tasks import ctr, ranking
+from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
+
+FORMAT = "recforge-bundle-1"
+FORMATS = ("onnx", "torch-export")
+MAX_BATCH = 65_536  # the exported programs' largest batch
+EQUIVALENCE_ROWS = 10_000
+ONNX_OPSET = 18
+
+
+class Scoring(nn.Module):
+    """A model as the exported programs see it: positional int64 / float32 tensors [B, ...] in
+    `inputs` order -> click probabilities [B] in fp32."""
+
+    def __init__(self, model: nn.Module, inputs: list[str]):
+        super().__init__()
+        self.model, self.inputs = model, inputs
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        batch = {k: t if t.is_floating_point() else t.long() for k, t in zip(self.inputs, tensors)}
+        return torch.sigmoid(self.model(batch).float())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export(
+    checkpoint_path: str | Path,
+    out: str | Path,
+    formats=FORMATS,
+    data_dir: str | None = None,
+    overwrite=False,
+    log=print,
+) -> dict:
+    """Write the bundle of a checkpoint into `out` (built beside it, moved in when complete);
+    returns its manifest."""
+    checkpoint = open_checkpoint(checkpoint_path)
+    cfg = config_from_dict(checkpoint["config"])
+    check_same_model(checkpoint, checkpoint_path, cfg.model)
+    if data_dir:
+        cfg.data.data_dir, cfg.data.prepared_dir = data_dir, None
+    kind = model_entry(cfg.model).task.name
+    model = build_model(cfg, checkpoint["model_dims"], torch.device("cpu"))
+    load_weights(checkpoint, model)
+    model.eval()
+    with new_folder(out, overwrite) as folder:
+        if kind == "ctr":
+            prepared = Path(cfg.data.prepared_dir or cfg.data.data_dir).expanduser()
+            meta = load_meta(prepared)
+            check_same_data(
+                checkpoint, checkpoint_path, ctr.data_fingerprint(meta), f"{cfg.data.dataset} in {prepared}"
+            )
+            ClickLogAssets.write(prepared, folder)
+            split = next((s for s in ("valid", "test", "train") if meta.rows.get(s)), None)
+            arrays = load_split(prepared, split)
+            assets = ClickLogAssets(folder)
+            sample = {k: np.array(arrays[k][:EQUIVALENCE_ROWS]) for k in assets.model_inputs}
+            sample_of = f"the first {len(sample['dense']):,} rows of the {split} split"
+        else:
+            cfg.data.clean = False
+            data, _ = prepare(cfg.data, log=lambda *_: None)
+            check_same_data(
+                checkpoint, checkpoint_path, ranking.data_fingerprint(data, cfg.data.dataset), cfg.data.dataset
+            )
+            RankingAssets.write(data, folder)
+            assets = RankingAssets(folder)
+            # Each user's held-out item and random (user, item) pairs, up to 10,000 rows.
+            rng = np.random.default_rng(0)
+            users = np.arange(data.num_users)
+            extra = max(0, EQUIVALENCE_ROWS - len(users))
+            sample = {
+                "user": np.concatenate([users, rng.integers(0, data.num_users, extra)])[:EQUIVALENCE_ROWS],
+                "item": np.concatenate([np.asarray(data.test_items), rng.integers(0, data.num_items, extra)])[
+                    :EQUIVALENCE_ROWS
+                ],
+            }
+            sample_of = f"{len(sample['user']):,} (user, item) pairs: each user's held-out item, then random pairs"
+        state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        atomic_write(folder / "weights.npz", lambda f: np.savez(f, **state), mode="wb")
+        scoring = Scoring(model, assets.model_inputs).eval()
+        tensors = tuple(torch.from_numpy(sample[k]) for k in assets.model_inputs)
+        with torch.inference_mode():
+            expected = scoring(*tensors).numpy()
+        equivalence = {}
+        for name in formats:
+            begin = time.perf_counter()
+            path = _EXPORTERS[name](scoring, tensors, folder)
+            runtime = RUNTIMES[name](folder, assets.model_inputs)
+            worst = max(
+                float(np.abs(runtime(sample) - expected).max()),
+                # the extremes of the dynamic batch: one row, and 65,536 (the sample repeated)
+                float(np.abs(runtime({k: v[:1] for k, v in sample.items()}) - expected[:1]).max()),
+                float(np.abs(runtime(_repeat(sample, MAX_BATCH)) - np.resize(expected, MAX_BATCH)).max()),
+            )
+            equivalence[name] = {
+                "file": path.name,
+                "max_abs_difference": worst,
+                "export_s": time.perf_counter() - begin,
+            }
+            log(f"{name}: {path.name}, largest difference from the eager model {worst:.2e} ({sample_of})")
+        history = checkpoint.get("history") or {}
+        manifest = {
+            "format": FORMAT,
+            "model": cfg.model,
+            "task": kind,
+            "config": checkpoint["config"],
+            "model_dims": checkpoint["model_dims"],
+            "inputs": assets.inputs,
+            "model_inputs": assets.model_inputs,
+            "versions": {"recforge": version("recforge"), "torch": torch.__version__.split("+")[0]},
+            "checkpoint": {
+                "path": str(Path(checkpoint_path).expanduser().resolve()),
+                "epoch": checkpoint.get("epoch"),
+                "step": checkpoint.get("step"),
+                # the run's best evaluation up to this checkpoint, and where it was
+                "best_metrics": history.get("best_metrics"),
+                "best_step": history.get("best_step"),
+            },
+            "data": checkpoint.get("data"),
+            "equivalence": {"rows": sample_of, "batch sizes": [1, len(next(iter(sample.values()))), MAX_BATCH]}
+            | equivalence,
+            "files": {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()},
+        }
+        write_manifest(folder, manifest)  # last: a folder without it is not a bundle
+    return manifest
+
+
+def _repeat(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    return {k: np.resize(v, (rows, *v.shape[1:])) for k, v in arrays.items()}
+
+
+def _dynamic(tensors) -> tuple:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return (tuple({0: batch} for _ in tensors),)
+
+
+def _export_program(scoring: Scoring, tensors, folder: Path) -> Path:
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.export.export(scoring, tensors, dynamic_shapes=_dynamic(tensors))
+    path = folder / "model.pt2"
+    torch.export.save(program, path)
+    return path
+
+
+def _export_onnx(scoring: Scoring, tensors, folder: Path) -> Path:
+    path = folder / "model.onnx"
+    big = sum(p.numel() * p.element_size() for p in scoring.parameters()) > 1 << 30  # protobuf's 2 GB limit
+    # The exporter reports each step on stdout and warns about its own optimizer's choices.
+    with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            scoring,
+            tensors,
+            str(path),
+            input_names=scoring.inputs,
+            output_names=["probability"],
+            dynamic_shapes=_dynamic(tensors),
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            external_data=big,
+            verbose=False,
+        )
+    return path
+
+
+class _quiet_loggers:
+    def __init__(self, *names: str):
+        self.loggers = [logging.getLogger(n) for n in names]
+
+    def __enter__(self):
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+
+
+_EXPORTERS = {"onnx": _export_onnx, "torch-export": _export_program}
+
+
+# ----------------------------------------------------------------------------- runtimes
+
+
+class EagerRuntime:
+    """The model rebuilt from the manifest's architecture with weights.npz."""
+
+    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
+        manifest = manifest or read_manifest(folder)
+        cfg = config_from_dict(manifest["config"])
+        model = build_model(cfg, manifest["model_dims"], torch.device("cpu"))
+        with np.load(folder / "weights.npz", allow_pickle=False) as saved:
+            state = {k: torch.from_numpy(saved[k]) for k in saved.files}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("_extra_state")]  # dropout's random stream
+        if missing or unexpected:
+            raise RecforgeError(
+                f"{folder / 'weights.npz'}: does not fit the manifest's model ({(missing or unexpected)[0]})"
+            )
+        self.scoring = Scoring(model, inputs).eval()
+        self.inputs = inputs
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.scoring(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
+
+
+class ProgramRuntime:
+    """model.pt2, torch.export's program."""
+
+    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
+        self.module = torch.export.load(folder / "model.pt2").module()
+        self.inputs = inputs
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
+
+
+class OnnxRuntime:
+    """model.onnx on ONNX Runtime's CPU provider."""
+
+    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None, threads: int | None = None):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise RecforgeError("--runtime onnx needs onnxruntime (pip install 'recforge[serve]')") from None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(
+            str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self.inputs = inputs
+        types = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+        self.dtypes = {i.name: types[i.type] for i in self.session.get_inputs()}
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {k: np.ascontiguousarray(arrays[k], self.dtypes[k]) for k in self.inputs}
+        return self.session.run(None, feed)[0]
+
+
+RUNTIMES = {"eager": EagerRuntime, "torch-export": ProgramRuntime, "onnx": OnnxRuntime}
+
+
+class Bundle:
+    """An exported folder, opened: its manifest, the assets that encode requests, one runtime."""
+
+    def __init__(self, folder: str | Path, runtime: str = "eager", verify: bool = True):
+        self.folder = Path(folder).expanduser()
+        self.manifest = read_manifest(self.folder)
+        if self.manifest.get("format") != FORMAT:
+            raise RecforgeError(
+                f"{self.folder}: bundle format {self.manifest.get('format')!r}, this recforge reads {FORMAT}"
+            )
+        if verify:
+            for name, digest in self.manifest["files"].items():
+                path = self.folder / name
+                if not path.is_file():
+                    raise RecforgeError(f"{path}: missing (the manifest lists it)")
+                if _sha256(path) != digest:
+                    raise RecforgeError(f"{path}: damaged (its SHA-256 differs from the manifest's)")
+        self.assets = ASSETS[self.manifest["task"]](self.folder)
+        if runtime != "eager" and runtime not in {k for k in self.manifest["equivalence"] if k in RUNTIMES}:
+            raise RecforgeError(
+                f"{self.folder}: no {runtime} export in this bundle (`recforge export --format {runtime}`)"
+            )
+        self.runtime_name = runtime
+        self.runtime = RUNTIMES[runtime](self.folder, self.manifest["model_inputs"], self.manifest)
+
+    def probabilities(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        return self.runtime(arrays)
