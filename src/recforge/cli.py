@@ -214,6 +214,119 @@ def cmd_export(argv: list[str]) -> None:
     print(f"bundle: {args.out}")
 
 
+def _open_bundle(path: str, runtime: str):
+    """A bundle folder as it is; a checkpoint exported first (eager weights only) into a
+    temporary folder, removed when the command ends."""
+    import contextlib
+    import tempfile
+    from pathlib import Path
+
+    from recforge.serving.bundle import Bundle, export
+
+    stack = contextlib.ExitStack()
+    if Path(path, "manifest.json").is_file():
+        return Bundle(path, runtime), stack
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recforge-bundle-"))) / "bundle"
+    export(path, folder, formats=() if runtime == "eager" else (runtime,), log=lambda *_: None)
+    return Bundle(folder, runtime), stack
+
+
+def _runtime_flags(parser) -> None:
+    parser.add_argument(
+        "--runtime",
+        choices=["eager", "torch-export", "onnx"],
+        default="eager",
+        help="what runs the model: the rebuilt PyTorch model, the torch.export program or ONNX Runtime",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's)")
+
+
+def cmd_serve(argv: list[str]) -> None:
+    try:
+        from recforge.serving.server import ServeConfig, serve
+    except ImportError as e:
+        raise RecforgeError(f"recforge serve needs {e.name} (pip install 'recforge[serve]')") from None
+
+    defaults = ServeConfig()
+    parser = Parser(
+        prog="recforge serve", allow_abbrev=False, description="Serve a bundle (or a checkpoint) over HTTP."
+    )
+    parser.add_argument("bundle", metavar="BUNDLE_OR_CHECKPOINT", help="a folder from recforge export, or a checkpoint")
+    parser.add_argument("--host", default=defaults.host, help="address to listen on (default: localhost only)")
+    parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument(
+        "--max-batch-rows", type=int, default=defaults.max_batch_rows, help="rows per forward pass at most"
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help="how long the first request of a batch waits for others",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=defaults.max_queue, help="requests waiting at most; more get 503"
+    )
+    parser.add_argument("--max-request-rows", type=int, default=defaults.max_request_rows)
+    parser.add_argument("--max-request-bytes", type=int, default=defaults.max_request_bytes)
+    parser.add_argument("--api-key-env", metavar="VAR", help="require the API key held by this environment variable")
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=defaults.drain_timeout_s,
+        help="on shutdown, how long requests in flight may take",
+    )
+    _runtime_flags(parser)
+    args = parser.parse_args(argv)
+    for flag in ("max_batch_rows", "max_queue", "max_request_rows", "max_request_bytes"):
+        if getattr(args, flag) < 1:
+            raise RecforgeError(f"--{flag.replace('_', '-')} must be at least 1")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise RecforgeError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    _set_threads(args.threads)
+    bundle, cleanup = _open_bundle(args.bundle, args.runtime)
+    with cleanup:
+        serve(
+            bundle,
+            ServeConfig(
+                args.host,
+                args.port,
+                args.max_batch_rows,
+                args.max_wait_ms,
+                args.max_queue,
+                args.max_request_rows,
+                args.max_request_bytes,
+                api_key,
+                args.drain_timeout_s,
+            ),
+        )
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def cmd_predict(argv: list[str]) -> None:
+    from recforge.serving.predict import predict
+
+    parser = Parser(prog="recforge predict", allow_abbrev=False, description="Score a file of raw click-log rows.")
+    parser.add_argument("--bundle", required=True, help="a folder from recforge export, or a checkpoint")
+    parser.add_argument("--input", required=True, help="CSV with a header, or Parquet: the raw columns the model takes")
+    parser.add_argument("--output", required=True, help="Parquet file of one probability per input row")
+    parser.add_argument("--batch-rows", type=int, default=65_536, help="rows read and scored at a time")
+    _runtime_flags(parser)
+    args = parser.parse_args(argv)
+    _set_threads(args.threads)
+    bundle, cleanup = _open_bundle(args.bundle, args.runtime)
+    with cleanup:
+        predict(bundle, args.input, args.output, args.batch_rows)
+
+
 def preset_summary(path) -> str:
     """A preset's first line: the comment that says what it reproduces."""
     return path.read_text().splitlines()[0].lstrip("#").strip()
@@ -258,6 +371,8 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "export": cmd_export,
+    "serve": cmd_serve,
+    "predict": cmd_predict,
     "presets": cmd_presets,
     "tf-config": cmd_tf_config,
 }

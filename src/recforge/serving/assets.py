@@ -107,7 +107,7 @@ class ClickLogAssets:
             columns = payload["columns"]
             if not isinstance(columns, dict):
                 raise RequestError("columns", "must be an object of column name -> list of values")
-            lengths = {len(v) if isinstance(v, list) else -1 for v in columns.values()}
+            lengths = {len(v) if isinstance(v, (list, pa.Array, pa.ChunkedArray)) else -1 for v in columns.values()}
             if -1 in lengths or len(lengths) > 1:
                 raise RequestError("columns", "every column must be a list, all of the same length")
             missing = [c["name"] for c in self.inputs if c["name"] not in columns]
@@ -133,12 +133,16 @@ class ClickLogAssets:
             return RequestError(f"rows[{index}].{name}" if where == "rows" else f"columns.{name}[{index}]", message)
 
         expected = {"number": (int, float), "list": (list, str), "hex32": (str,), "string": (str, int)}[kind]
-        try:
-            array = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            array = None
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):  # from a file (recforge predict)
+            array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        else:
+            try:
+                array = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                array = None
         if array is None or not _arrow_fits(array.type, kind):
             # The slow pass, for the error only: the first value of another type.
+            values = values.to_pylist() if array is not None and not isinstance(values, list) else values
             i = next(
                 (
                     i

@@ -1,0 +1,342 @@
+"""`recforge serve`: a bundle behind HTTP (FastAPI on uvicorn).
+
+    POST /v1/score       raw rows -> click probabilities            (click logs)
+    POST /v1/recommend   a raw user id -> top k unseen items        (ranking)
+                         a context + candidate rows -> candidates ranked   (click logs)
+    GET  /health  /ready  /v1/metadata (the manifest)  /metrics (Prometheus)
+
+Requests are validated and turned into Arrow columns on the event loop; the model runs on one
+thread of its own (`Batcher`), which merges the requests waiting into one forward pass of at most
+`max_batch_rows` rows, waiting at most `max_wait_ms` for more after the first. Waiting requests
+are bounded (`max_queue`, each at most `max_request_bytes`): a full queue answers 503 with
+Retry-After instead of growing. SIGTERM or Ctrl-C stops accepting, answers the requests in
+flight, then stops the batcher (uvicorn's graceful shutdown, then the app's lifespan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from recforge.serving.assets import RequestError
+from recforge.serving.bundle import Bundle
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_rows: int = 8192
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    max_request_rows: int = 65_536
+    max_request_bytes: int = 16 << 20
+    api_key: str | None = None
+    drain_timeout_s: float = 30.0
+    log_level: str = "warning"
+
+
+@dataclass
+class _Job:
+    """One request's rows: a click log's raw table, or a ranking user (scored on every item)."""
+
+    rows: int
+    table: pa.Table | None = None
+    user: int | None = None
+    future: asyncio.Future | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Metrics:
+    """Prometheus series of one server (its own registry, so several apps in a process never clash)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "recforge_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "recforge_request_seconds",
+            "request latency by endpoint",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "recforge_batch_rows",
+            "rows per forward pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge("recforge_queue_depth", "requests waiting for the model", registry=self.registry)
+        self.errors = Counter("recforge_errors", "failed requests by kind", ["kind"], registry=self.registry)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Overloaded(Exception):
+    pass
+
+
+class Batcher:
+    """The model's thread: takes the waiting jobs, runs them as one batch, answers each."""
+
+    def __init__(self, bundle: Bundle, cfg: ServeConfig, metrics: Metrics):
+        self.bundle, self.cfg, self.metrics = bundle, cfg, metrics
+        self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=cfg.max_queue)
+        self.thread = threading.Thread(target=self._run, name="recforge-batcher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+
+    def submit(self, job: _Job) -> asyncio.Future:
+        job.loop = asyncio.get_running_loop()
+        job.future = job.loop.create_future()
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise Overloaded from None
+        self.metrics.queue_depth.set(self.jobs.qsize())
+        return job.future
+
+    def _run(self) -> None:
+        pending: _Job | None = None
+        while True:
+            first = pending or self.jobs.get()
+            pending = None
+            if first is None:
+                return
+            batch, rows = [first], first.rows
+            deadline = time.perf_counter() + self.cfg.max_wait_ms / 1000
+            while rows < self.cfg.max_batch_rows:
+                try:
+                    job = self.jobs.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if job is None or rows + job.rows > self.cfg.max_batch_rows:
+                    pending = job
+                    if job is None:  # stop after this batch
+                        self.jobs.put(None)
+                        pending = None
+                    break
+                batch.append(job)
+                rows += job.rows
+            self.metrics.queue_depth.set(self.jobs.qsize())
+            self._answer(batch, rows)
+
+    def _answer(self, batch: list[_Job], rows: int) -> None:
+        try:
+            assets = self.bundle.assets
+            if assets.kind == "ctr":
+                table = pa.concat_tables([job.table for job in batch])
+                arrays = assets.encode(table)
+            else:
+                users = np.repeat(np.array([job.user for job in batch], np.int64), assets.num_items)
+                items = np.tile(np.arange(assets.num_items, dtype=np.int64), len(batch))
+                arrays = {"user": users, "item": items}
+            probabilities = self.bundle.probabilities(arrays)
+            self.metrics.batch_rows.observe(rows)
+            bounds = np.cumsum([0] + [job.rows for job in batch])
+            results = [probabilities[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        except Exception as e:  # a bug or a broken bundle: every request of the batch fails
+            results = [e] * len(batch)
+        for job, result in zip(batch, results):
+            job.loop.call_soon_threadsafe(_settle, job.future, result)
+
+
+def _settle(future: asyncio.Future, result) -> None:
+    if future.done():  # the client went away
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
+    metrics = Metrics()
+    batcher = Batcher(bundle, cfg, metrics)
+    state = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        batcher.stop()  # after uvicorn answered the requests in flight
+
+    app = FastAPI(title="recforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.serving = state
+
+    def error(status: int, kind: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
+        metrics.errors.labels(kind).inc()
+        body = {"error": message} | ({"field": field} if field else {})
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        begin = time.perf_counter()
+        endpoint = request.url.path
+        protected = endpoint.startswith("/v1/") or endpoint == "/metrics"
+        if protected and cfg.api_key and not _authorized(request.headers, cfg.api_key):
+            response = error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+        elif request.method == "POST" and int(request.headers.get("content-length") or 0) > cfg.max_request_bytes:
+            response = error(413, "too_large", f"request body over {cfg.max_request_bytes:,} bytes", "body")
+        else:
+            response = await call_next(request)
+        if endpoint in KNOWN:
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - begin)
+        return response
+
+    async def body(request: Request) -> dict:
+        raw = await request.body()
+        if len(raw) > cfg.max_request_bytes:
+            raise RequestError("body", f"request body over {cfg.max_request_bytes:,} bytes", 413)
+        try:
+            payload = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RequestError("body", f"not JSON ({e})", 400) from None
+        if not isinstance(payload, dict):
+            raise RequestError("body", "must be a JSON object", 400)
+        return payload
+
+    async def run(job: _Job):
+        if job.rows > cfg.max_request_rows:
+            raise RequestError("rows", f"{job.rows:,} rows, more than --max-request-rows {cfg.max_request_rows:,}", 413)
+        try:
+            return await batcher.submit(job)
+        except Overloaded:
+            return None
+
+    def overloaded() -> JSONResponse:
+        return error(503, "overloaded", "the queue is full; retry shortly", headers={"Retry-After": "1"})
+
+    async def answer(handler, request: Request):
+        try:
+            return await handler(await body(request))
+        except RequestError as e:
+            kind = {400: "bad_request", 413: "too_large", 404: "not_found"}.get(e.status, "invalid")
+            return error(e.status, kind, e.message, e.field)
+        except Exception as e:  # noqa: BLE001  the server stays up; the client learns it failed
+            return error(500, "internal", f"{type(e).__name__}: {e}")
+
+    def click_log_only(what: str):
+        if bundle.assets.kind != "ctr":
+            raise RequestError("body", f"{what} scores click-log rows; this bundle's model ranks items for users", 404)
+
+    async def score(payload: dict):
+        click_log_only("/v1/score")
+        table = bundle.assets.table(payload)
+        probabilities = await run(_Job(rows=table.num_rows, table=table))
+        if probabilities is None:
+            return overloaded()
+        return {"probabilities": probabilities.tolist()}
+
+    async def recommend(payload: dict):
+        k = payload.get("k", 10)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise RequestError("k", "must be a positive integer")
+        assets = bundle.assets
+        if assets.kind == "ranking":
+            if "user" not in payload:
+                raise RequestError("user", "missing (the raw user id to recommend for)")
+            user = assets.user(payload["user"])
+            scores = await run(_Job(rows=assets.num_items, user=user))
+            if scores is None:
+                return overloaded()
+            return {"user": payload["user"], "items": assets.top_items(scores, user, k)}
+        context, candidates = payload.get("context", {}), payload.get("candidates")
+        if not isinstance(context, dict):
+            raise RequestError("context", "must be an object of the request's columns")
+        if not isinstance(candidates, list) or not candidates or not all(isinstance(c, dict) for c in candidates):
+            raise RequestError("candidates", "must be a non-empty list of objects (each candidate item's columns)")
+        table = assets.table({"rows": [context | c for c in candidates]})
+        probabilities = await run(_Job(rows=table.num_rows, table=table))
+        if probabilities is None:
+            return overloaded()
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return {
+            "ranked": [
+                {"rank": r + 1, "candidate": int(i), "probability": float(probabilities[i])}
+                for r, i in enumerate(order.tolist())
+            ]
+        }
+
+    @app.post("/v1/score")
+    async def score_endpoint(request: Request):
+        return await answer(score, request)
+
+    @app.post("/v1/recommend")
+    async def recommend_endpoint(request: Request):
+        return await answer(recommend, request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        if not state["ready"]:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return {"status": "ready", "runtime": bundle.runtime_name}
+
+    @app.get("/v1/metadata")
+    async def metadata():
+        return {k: v for k, v in bundle.manifest.items() if k != "files"} | {"runtime": bundle.runtime_name}
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.queue_depth.set(batcher.jobs.qsize())
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+KNOWN = {"/v1/score", "/v1/recommend", "/health", "/ready", "/v1/metadata", "/metrics"}
+
+
+def _authorized(headers, key: str) -> bool:
+    given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
+def serve(bundle: Bundle, cfg: ServeConfig, log=print) -> None:
+    """Run until SIGTERM / Ctrl-C; the requests in flight are answered first."""
+    app = create_app(bundle, cfg)
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level,
+        timeout_graceful_shutdown=cfg.drain_timeout_s,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    manifest = bundle.manifest
+    log(
+        f"serving {manifest['model']} ({manifest['task']}, {bundle.runtime_name}) on http://{cfg.host}:{cfg.port} "
+        f"(batches of up to {cfg.max_batch_rows:,} rows, {cfg.max_wait_ms:g} ms wait, queue {cfg.max_queue:,})"
+    )
+    server.run()
