@@ -179,6 +179,9 @@ def _dynamic(tensors) -> tuple:
 def _export_program(scoring: Scoring, tensors, folder: Path) -> Path:
     with torch.inference_mode(False), torch.no_grad():
         program = torch.export.export(scoring, tensors, dynamic_shapes=_dynamic(tensors))
+    # Without example inputs the archive holds JSON and raw tensors only: torch.export would
+    # save them with torch.save and load them with torch.load, falling back to full unpickling.
+    program._example_inputs = None
     path = folder / "model.pt2"
     torch.export.save(program, path)
     return path

@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import json
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -334,6 +335,9 @@ def serve(bundle: Bundle, cfg: ServeConfig, log=print) -> None:
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    # uvicorn raises the signal again once its graceful shutdown is done; with this handler that
+    # ends nothing, a drained server's `recforge serve` exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     manifest = bundle.manifest
     log(
         f"serving {manifest['model']} ({manifest['task']}, {bundle.runtime_name}) on http://{cfg.host}:{cfg.port} "
