@@ -85,6 +85,22 @@ def test_the_wheel_runs_outside_the_checkout(installed):
     )
     summary = json.loads((work / "run" / "summary.json").read_text())
     assert summary["metrics"]["HR@10"] > 0 and summary["baseline"]["model"] == "popularity"
+    # Its bundle, from the installed package (the serving layer and torch.export).
+    checkpoint = work / "run" / "checkpoints" / "best.pt"
+    run(
+        recforge,
+        "export",
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        work / "bundle",
+        "--format",
+        "torch-export",
+        cwd=work,
+        env=env,
+    )
+    manifest = json.loads((work / "bundle" / "manifest.json").read_text())
+    assert manifest["model"] == "neumf" and manifest["equivalence"]["torch-export"]["max_abs_difference"] <= 1e-5
     # The Outbrain preparer reads its feature spec from the package.
     run(
         recforge,
