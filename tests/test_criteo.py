@@ -260,6 +260,23 @@ def test_lower_bound_equals_searchsorted():
         np.testing.assert_array_equal(found, np.searchsorted(keys, values))
 
 
+@pytest.mark.parametrize("hashed", [True, False])
+def test_sorted_keys_give_the_same_ids_to_a_few_values_and_to_many(monkeypatch, hashed):
+    """A server's few values take binary search; a batch takes index_in or the directory."""
+    if not hashed:
+        monkeypatch.setattr(encoders.SortedKeys, "HASHED", 0)
+    rng = np.random.default_rng(1)
+    keys = np.unique(rng.integers(0, 1 << 32, 4000, dtype=np.uint64).astype(np.uint32))
+    lookup = encoders.SortedKeys(keys)
+    values = np.concatenate([keys[::7], rng.integers(0, 1 << 32, 3000, dtype=np.uint64).astype(np.uint32)])
+    expected = np.where(np.isin(values, keys), np.searchsorted(keys, values) + 1, 0)
+    np.testing.assert_array_equal(lookup.ids(values), expected)  # many: the batch path
+    few = values[:: len(values) // 9][:9]
+    assert len(few) * lookup.FEW < len(keys)
+    np.testing.assert_array_equal(lookup.ids(few), expected[:: len(values) // 9][:9])
+    assert lookup.ids(keys[5:6]).tolist() == [6] and lookup.ids(np.array([keys[5] + 1], np.uint32)).tolist() == [0]
+
+
 def test_crlf_line_ends_are_accepted(tmp_path):
     rows = random_rows(20, seed=5)
     (tmp_path / "train.txt").write_bytes("".join("\t".join(row) + "\r\n" for row in rows).encode())

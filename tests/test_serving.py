@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -205,12 +206,20 @@ def test_served_scores_of_raw_rows_equal_inference_on_the_prepared_split(dlrm, t
         np.testing.assert_allclose(
             server.post("/v1/score", {"columns": columns}).json()["probabilities"], expected, atol=1e-6
         )
+        # And an Arrow IPC stream of the columns (Criteo's counts as integers with nulls).
+        sink = pa.BufferOutputStream()
+        table = pa.table(columns)
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        headers = {"content-type": "application/vnd.apache.arrow.stream"}
+        arrow = httpx.post(server.url + "/v1/score", content=sink.getvalue().to_pybytes(), headers=headers)
+        np.testing.assert_allclose(arrow.json()["probabilities"], expected, atol=1e-6)
         metrics = httpx.get(server.url + "/metrics").text
         assert 'recforge_requests_total{endpoint="/v1/score",status="200"}' in metrics
         batches = float(
             next(line.split()[-1] for line in metrics.splitlines() if line.startswith("recforge_batch_rows_count"))
         )
-        assert batches < len(chunks)  # of len(chunks) + 1 requests: some shared a forward pass
+        assert batches < len(chunks)  # of len(chunks) + 2 requests: some shared a forward pass
         assert httpx.get(server.url + "/v1/metadata").json()["model"] == "dlrm"
         assert server.stop() == 0
 

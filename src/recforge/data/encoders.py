@@ -196,6 +196,7 @@ class SortedKeys:
     table per call would cost more than the lookups. Both are several times faster than searchsorted."""
 
     HASHED = 1 << 17  # above this, index_in's per-call hash table costs more than the directory lookup
+    FEW = 16  # values below keys / FEW are looked up by binary search
 
     def __init__(self, keys: np.ndarray):
         self.keys = keys
@@ -203,9 +204,12 @@ class SortedKeys:
         self.directory = None if self.arrow is not None else directory(keys)
 
     def ids(self, values: np.ndarray) -> np.ndarray:
-        if self.arrow is not None:
+        few = len(values) * self.FEW < len(self.keys)
+        if self.arrow is not None and not few:
             return pc.index_in(pa.array(values), value_set=self.arrow).fill_null(-1).to_numpy() + 1
-        position = lower_bound(self.keys, values, self.directory)
+        # A server's request of a few rows: a binary search each beats building the hash table
+        # (26 Criteo columns of 100k keys: 21 ms -> 0.3 ms per request).
+        position = np.searchsorted(self.keys, values) if few else lower_bound(self.keys, values, self.directory)
         found = position < len(self.keys)
         found[found] = self.keys[position[found]] == values[found]
         return np.where(found, position + 1, 0)
@@ -288,16 +292,34 @@ def hex_words(w: np.ndarray) -> np.ndarray:
     return w.astype(np.uint32)
 
 
+_HEX_DIGIT = np.zeros(256, bool)
+_HEX_DIGIT[np.frombuffer(b"0123456789abcdefABCDEF", np.uint8)] = True
+
+
+def _hex32_parts(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the 8 bytes of each value, "00000000" where missing; present; well-formed) of Criteo's text."""
+    text = pc.fill_null(column.cast(pa.string()), "")
+    lengths = pc.binary_length(text).to_numpy(zero_copy_only=False)
+    present = lengths == 8
+    filled = pc.if_else(pa.array(present), text, "00000000")
+    offsets = np.frombuffer(filled.buffers()[1], np.int32)[filled.offset : filled.offset + len(filled) + 1]
+    data = np.frombuffer(filled.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 8)
+    # Table lookups, not a regex per value: ~20x faster on a request's columns.
+    return data, present, _HEX_DIGIT[data].all(axis=1) & (present | (lengths == 0))
+
+
+def hex32_problem(column: pa.Array) -> int | None:
+    """The first value that is neither 8 hex digits nor empty / null, or None."""
+    bad = ~_hex32_parts(column)[2]
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None
+
+
 def hex32(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Criteo's categorical text (8 hex digits; empty or null: missing) -> (uint32 values, present)."""
-    text = pc.fill_null(column.cast(pa.string()), "")
-    present = pc.match_substring_regex(text, r"^[0-9a-fA-F]{8}$")
-    if not pc.all(pc.or_(present, pc.equal(text, ""))).as_py():
+    data, present, good = _hex32_parts(column)
+    if not good.all():
         raise RecforgeError("a Criteo categorical value is not 8 hex digits (nor empty)")
-    filled = pc.if_else(present, text, "00000000")
-    offsets = np.frombuffer(filled.buffers()[1], np.int32)[filled.offset : filled.offset + len(filled) + 1]
-    data = np.frombuffer(filled.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-    return hex_words(data.view("<u8").copy()), present.to_numpy(zero_copy_only=False)
+    return hex_words(np.ascontiguousarray(data).view("<u8").reshape(-1).copy()), present
 
 
 # ----------------------------------------------------------------------------- lists and crosses
@@ -436,9 +458,17 @@ class Encoders:
         }
         for j, e in enumerate(self.dense):
             out["dense"][:, j] = e.apply(pc.cast(table.column(e.name), pa.float64()).to_numpy(zero_copy_only=False))
+        hexed = [j for j, e in enumerate(self.sparse) if e.values == "uint32"]
+        if hexed:  # Criteo's hex columns parsed in one pass: a request's fixed costs once, not per column
+            text = pa.concat_arrays(
+                [table.column(self.sparse[j].name).combine_chunks().cast(pa.string()) for j in hexed]
+            )
+            values, present = (a.reshape(len(hexed), rows) for a in hex32(text))
+            for k, j in enumerate(hexed):
+                out["sparse"][:, j] = self.sparse[j].ids(values[k], present[k])
         for j, e in enumerate(self.sparse):
-            column = table.column(e.name).combine_chunks()
-            out["sparse"][:, j] = e.ids(*hex32(column)) if e.values == "uint32" else e.ids(column.cast(pa.string()))
+            if e.values != "uint32":
+                out["sparse"][:, j] = e.ids(table.column(e.name).combine_chunks().cast(pa.string()))
         if self.multi_hot:
             out["multi_hot"] = np.concatenate(
                 [m.apply(table.column(m.name).combine_chunks().cast(pa.string())) for m in self.multi_hot], axis=1

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_array, write_json
 from recforge.data.ctr_format import CTRMeta, load_meta
-from recforge.data.encoders import load_encoders
+from recforge.data.encoders import hex32_problem, load_encoders
 
 
 class RequestError(Exception):
@@ -108,12 +108,16 @@ class ClickLogAssets:
             if not isinstance(columns, dict):
                 raise RequestError("columns", "must be an object of column name -> list of values")
             lengths = {len(v) if isinstance(v, (list, pa.Array, pa.ChunkedArray)) else -1 for v in columns.values()}
+            if lengths == {0}:
+                raise RequestError("columns", "no rows")
             if -1 in lengths or len(lengths) > 1:
                 raise RequestError("columns", "every column must be a list, all of the same length")
             missing = [c["name"] for c in self.inputs if c["name"] not in columns]
             if missing:
                 raise RequestError(f"columns.{missing[0]}", "missing column")
-            return pa.table({c["name"]: self._column(columns[c["name"]], c, "columns") for c in self.inputs})
+            return self._checked(
+                {c["name"]: self._column(columns[c["name"]], c, "columns") for c in self.inputs}, "columns"
+            )
         rows = payload.get("rows")
         if not isinstance(rows, list) or not rows:
             raise RequestError("rows", "must be a non-empty list of objects (or give `columns`)")
@@ -123,7 +127,32 @@ class ClickLogAssets:
             if not isinstance(row, dict) or not needed <= row.keys():
                 absent = sorted(needed - row.keys(), key=names.index) if isinstance(row, dict) else ["(an object)"]
                 raise RequestError(f"rows[{i}].{absent[0]}", "missing column")
-        return pa.table({c["name"]: self._column([r[c["name"]] for r in rows], c, "rows") for c in self.inputs})
+        try:  # every column's type inferred in one C pass; a column of mixed types: per column below
+            inferred = pa.Table.from_pylist(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            inferred = None
+        return self._checked(
+            {
+                c["name"]: self._column(
+                    inferred.column(c["name"]) if inferred is not None else [r[c["name"]] for r in rows], c, "rows"
+                )
+                for c in self.inputs
+            },
+            "rows",
+        )
+
+    def _checked(self, columns: dict[str, pa.Array], where: str) -> pa.Table:
+        """The table, once Criteo's hex columns are checked: all in one pass (per column, the fixed
+        costs of the check were a quarter of a served one-row request)."""
+        hexed = [c["name"] for c in self.inputs if c["type"] == "hex32"]
+        if hexed:
+            at = hex32_problem(pa.concat_arrays([columns[n] for n in hexed]))
+            if at is not None:
+                column, row = divmod(at, len(columns[hexed[0]]))
+                name = hexed[column]
+                field = f"rows[{row}].{name}" if where == "rows" else f"columns.{name}[{row}]"
+                raise RequestError(field, "must be 8 hex digits (a Criteo categorical value) or empty")
+        return pa.table(columns)
 
     @staticmethod
     def _column(values: list, column: dict, where: str) -> pa.Array:
@@ -164,14 +193,7 @@ class ClickLogAssets:
                 raise bad(f"a list of {lengths[i]} values, longer than training's {column['max_length']}", i)
             text = pa.ListArray.from_arrays(array.offsets, array.values.cast(pa.string()), mask=array.is_null())
             return pc.binary_join(text, column["delimiter"])
-        array = array.cast(pa.string())
-        if kind == "hex32":
-            text = pc.fill_null(array, "")
-            good = pc.or_(pc.match_substring_regex(text, r"^[0-9a-fA-F]{8}$"), pc.equal(text, ""))
-            good = good.to_numpy(zero_copy_only=False)
-            if not good.all():
-                raise bad("must be 8 hex digits (a Criteo categorical value) or empty", int(np.flatnonzero(~good)[0]))
-        return array
+        return array.cast(pa.string())  # hex32: checked with the others (`_checked`)
 
     def encode(self, table: pa.Table) -> dict[str, np.ndarray]:
         return self.encoders.encode(table)

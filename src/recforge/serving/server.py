@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import queue
 import signal
 import threading
@@ -26,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import uvicorn
 from fastapi import FastAPI, Request
@@ -194,29 +194,33 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
         body = {"error": message} | ({"field": field} if field else {})
         return JSONResponse(body, status_code=status, headers=headers)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        begin = time.perf_counter()
-        endpoint = request.url.path
-        protected = endpoint.startswith("/v1/") or endpoint == "/metrics"
-        if protected and cfg.api_key and not _authorized(request.headers, cfg.api_key):
-            response = error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
-        elif request.method == "POST" and int(request.headers.get("content-length") or 0) > cfg.max_request_bytes:
-            response = error(413, "too_large", f"request body over {cfg.max_request_bytes:,} bytes", "body")
-        else:
-            response = await call_next(request)
-        if endpoint in KNOWN:
-            metrics.requests.labels(endpoint, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - begin)
+    def record(endpoint: str, response: Response, begin: float) -> Response:
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - begin)
         return response
 
+    def refused(request: Request) -> Response | None:
+        """The API key check (for /v1/* and /metrics), when one is set."""
+        if cfg.api_key and not _authorized(request.headers, cfg.api_key):
+            return error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+        return None
+
     async def body(request: Request) -> dict:
+        if int(request.headers.get("content-length") or 0) > cfg.max_request_bytes:
+            raise RequestError("body", f"request body over {cfg.max_request_bytes:,} bytes", 413)
         raw = await request.body()
         if len(raw) > cfg.max_request_bytes:
             raise RequestError("body", f"request body over {cfg.max_request_bytes:,} bytes", 413)
+        if request.headers.get("content-type", "").startswith(ARROW_STREAM):
+            # Columns as an Arrow IPC stream: no text to parse (JSON rows cost ~8 us a row).
+            try:
+                table = pa.ipc.open_stream(raw).read_all()
+            except (pa.ArrowInvalid, OSError) as e:
+                raise RequestError("body", f"not an Arrow IPC stream ({e})", 400) from None
+            return {"columns": {name: table.column(name) for name in table.column_names}}
         try:
-            payload = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            payload = orjson.loads(raw)  # ~2.6x json's speed on a request of rows
+        except orjson.JSONDecodeError as e:
             raise RequestError("body", f"not JSON ({e})", 400) from None
         if not isinstance(payload, dict):
             raise RequestError("body", "must be a JSON object", 400)
@@ -233,14 +237,20 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
     def overloaded() -> JSONResponse:
         return error(503, "overloaded", "the queue is full; retry shortly", headers={"Retry-After": "1"})
 
-    async def answer(handler, request: Request):
-        try:
-            return await handler(await body(request))
-        except RequestError as e:
-            kind = {400: "bad_request", 413: "too_large", 404: "not_found"}.get(e.status, "invalid")
-            return error(e.status, kind, e.message, e.field)
-        except Exception as e:  # noqa: BLE001  the server stays up; the client learns it failed
-            return error(500, "internal", f"{type(e).__name__}: {e}")
+    async def answer(handler, request: Request) -> Response:
+        # Checks and metrics here, not in an HTTP middleware: Starlette's costs ~1 ms a request.
+        begin = time.perf_counter()
+        response = refused(request)
+        if response is None:
+            try:
+                result = await handler(await body(request))
+                response = result if isinstance(result, Response) else Response(orjson.dumps(result), media_type=JSON)
+            except RequestError as e:
+                kind = {400: "bad_request", 413: "too_large", 404: "not_found"}.get(e.status, "invalid")
+                response = error(e.status, kind, e.message, e.field)
+            except Exception as e:  # noqa: BLE001  the server stays up; the client learns it failed
+                response = error(500, "internal", f"{type(e).__name__}: {e}")
+        return record(request.url.path, response, begin)
 
     def click_log_only(what: str):
         if bundle.assets.kind != "ctr":
@@ -294,27 +304,30 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        return record("/health", JSONResponse({"status": "ok"}), time.perf_counter())
 
     @app.get("/ready")
     async def ready():
         if not state["ready"]:
-            return JSONResponse({"status": "not ready"}, status_code=503)
-        return {"status": "ready", "runtime": bundle.runtime_name}
+            return record("/ready", JSONResponse({"status": "not ready"}, status_code=503), time.perf_counter())
+        return record("/ready", JSONResponse({"status": "ready", "runtime": bundle.runtime_name}), time.perf_counter())
 
     @app.get("/v1/metadata")
-    async def metadata():
-        return {k: v for k, v in bundle.manifest.items() if k != "files"} | {"runtime": bundle.runtime_name}
+    async def metadata(request: Request):
+        manifest = {k: v for k, v in bundle.manifest.items() if k != "files"} | {"runtime": bundle.runtime_name}
+        return record("/v1/metadata", refused(request) or JSONResponse(manifest), time.perf_counter())
 
     @app.get("/metrics")
-    async def prometheus():
+    async def prometheus(request: Request):
         metrics.queue_depth.set(batcher.jobs.qsize())
-        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+        answer = refused(request) or Response(metrics.text(), media_type="text/plain; version=0.0.4")
+        return record("/metrics", answer, time.perf_counter())
 
     return app
 
 
-KNOWN = {"/v1/score", "/v1/recommend", "/health", "/ready", "/v1/metadata", "/metrics"}
+JSON = "application/json"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 def _authorized(headers, key: str) -> bool:
