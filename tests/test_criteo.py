@@ -261,8 +261,8 @@ def test_lower_bound_equals_searchsorted():
 
 
 @pytest.mark.parametrize("hashed", [True, False])
-def test_sorted_keys_give_the_same_ids_to_a_few_values_and_to_many(monkeypatch, hashed):
-    """A server's few values take binary search; a batch takes index_in or the directory."""
+def test_sorted_keys_give_the_same_ids_by_every_lookup(monkeypatch, hashed):
+    """A server's few values take binary search, a batch the directory, a chunk index_in."""
     if not hashed:
         monkeypatch.setattr(encoders.SortedKeys, "HASHED", 0)
     rng = np.random.default_rng(1)
@@ -270,10 +270,8 @@ def test_sorted_keys_give_the_same_ids_to_a_few_values_and_to_many(monkeypatch, 
     lookup = encoders.SortedKeys(keys)
     values = np.concatenate([keys[::7], rng.integers(0, 1 << 32, 3000, dtype=np.uint64).astype(np.uint32)])
     expected = np.where(np.isin(values, keys), np.searchsorted(keys, values) + 1, 0)
-    np.testing.assert_array_equal(lookup.ids(values), expected)  # many: the batch path
-    few = values[:: len(values) // 9][:9]
-    assert len(few) * lookup.FEW < len(keys)
-    np.testing.assert_array_equal(lookup.ids(few), expected[:: len(values) // 9][:9])
+    for n in (9, len(values), 3 * len(values)):  # < K/64, between, >= 2K
+        np.testing.assert_array_equal(lookup.ids(np.resize(values, n)), np.resize(expected, n))
     assert lookup.ids(keys[5:6]).tolist() == [6] and lookup.ids(np.array([keys[5] + 1], np.uint32)).tolist() == [0]
 
 
