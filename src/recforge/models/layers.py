@@ -229,7 +229,8 @@ def pool(bag: nn.EmbeddingBag, ids: torch.Tensor) -> torch.Tensor:
     """`bag` pooled over each row's ids ([B, L], padded with -1; an empty row pools to zeros).
 
     Exported, it is a gather and a masked sum over the padded ids: the same values, in ops that
-    ONNX runs as one kernel each (its EmbeddingBag is a loop over the bags, ~10^4x slower)."""
+    ONNX runs as one kernel each. Its EmbeddingBag is a loop over the bags: scoring 65,536 rows
+    of a small DLRM took over 10 minutes, against 0.1 s this way."""
     if not exporting():
         return bag(*bags(ids))
     present = (ids >= 0).unsqueeze(-1)
