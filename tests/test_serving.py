@@ -324,6 +324,8 @@ def test_neumf_recommends_as_the_command_line_does(neumf, capsys):
     assert [i["item"] for i in answer["items"]] == [i["item"] for i in expected]
     for served, cli in zip(answer["items"], expected):
         assert served["score"] == pytest.approx(1 / (1 + math.exp(-cli["score"])), abs=1e-6)  # the probability
+    with Server(checkpoint) as server:  # a checkpoint is served as its bundle, made at start
+        assert server.post("/v1/recommend", {"user": "3", "k": 5}).json() == answer | {"user": "3"}
 
 
 def test_overload_answers_503_and_the_server_stays_healthy(tmp_path):
@@ -381,3 +383,20 @@ def test_predict_scores_a_csv_through_the_encoders_and_names_a_bad_line(wide_dee
     error = capsys.readouterr().err
     assert f"{tmp_path / 'bad.csv'}:3: field 'x'" in error and error.count("\n") == 1
     assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_export_refuses_to_replace_a_bundle_and_names_a_missing_checkpoint(neumf, tmp_path, capsys):
+    root, checkpoint = neumf
+    before = (root / "bundle" / "manifest.json").read_bytes()
+    for argv, message in [
+        (["export", "--checkpoint", str(checkpoint), "--out", str(root / "bundle")], "--overwrite"),
+        (["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "b")], "none.pt"),
+        (["serve", str(tmp_path)], "not a bundle (no manifest.json"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("recforge: error: ") and message in error and error.count("\n") == 1, error
+    assert (root / "bundle" / "manifest.json").read_bytes() == before
+    assert not (tmp_path / "b").exists()

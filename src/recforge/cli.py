@@ -226,6 +226,8 @@ def _open_bundle(path: str, runtime: str):
     stack = contextlib.ExitStack()
     if Path(path, "manifest.json").is_file():
         return Bundle(path, runtime), stack
+    if Path(path).is_dir() and not any(Path(path, name).exists() for name in (".metadata", "state.json")):
+        raise RecforgeError(f"{path}: not a bundle (no manifest.json; `recforge export` makes one) nor a checkpoint")
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recforge-bundle-"))) / "bundle"
     export(path, folder, formats=() if runtime == "eager" else (runtime,), log=lambda *_: None)
     return Bundle(folder, runtime), stack

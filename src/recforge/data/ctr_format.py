@@ -140,13 +140,14 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def new_folder(out: str | Path, overwrite: bool = False):
+def new_folder(out: str | Path, overwrite: bool = False, check=None):
     """A folder beside `out` to write into (`.NAME.partial-XXXX`); it replaces `out` when the block
     succeeds and is removed when it fails, so `out` never holds half a dataset and a dataset being
     replaced stays as it was until the new one is complete. A failed write in it (a full disk)
-    is reported as one about `out`."""
+    is reported as one about `out`. `check(out, overwrite)` refuses an `out` it must not replace
+    (default: `check_out`, for prepared datasets)."""
     out = Path(out).expanduser()
-    check_out(out, overwrite)
+    (check or check_out)(out, overwrite)
     with _built_in(temp_folder(out), out, removed_on=BaseException) as tmp:
         yield tmp
 

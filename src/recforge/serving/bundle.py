@@ -85,7 +85,7 @@ def export(
     model = build_model(cfg, checkpoint["model_dims"], torch.device("cpu"))
     load_weights(checkpoint, model)
     model.eval()
-    with new_folder(out, overwrite) as folder:
+    with new_folder(out, overwrite, check=_check_out) as folder:
         if kind == "ctr":
             prepared = Path(cfg.data.prepared_dir or cfg.data.data_dir).expanduser()
             meta = load_meta(prepared)
@@ -165,6 +165,24 @@ def export(
         }
         write_manifest(folder, manifest)  # last: a folder without it is not a bundle
     return manifest
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """`out` may be new or empty; a bundle is replaced only with --overwrite, and a folder with
+    anything else in it never is."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RecforgeError(f"{out}: exists and is not a folder")
+    entries = {p.name for p in out.iterdir()}
+    if "manifest.json" in entries:
+        if not overwrite:
+            raise RecforgeError(f"{out}: already holds a bundle; replace it with --overwrite")
+        ours = {name.split("/")[0] for name in read_manifest(out).get("files", {})} | {"manifest.json"}
+        if entries - ours:
+            raise RecforgeError(f"{out}: holds other files too ({', '.join(sorted(entries - ours))}); not replacing it")
+    elif entries:
+        raise RecforgeError(f"{out}: exists, is not empty and is not a bundle; choose a new or empty folder")
 
 
 def _repeat(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
