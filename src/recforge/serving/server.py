@@ -120,7 +120,8 @@ class Batcher:
         return job.future
 
     def _run(self) -> None:
-        pending: _Job | None = None
+        pending: _Job | None = None  # a job that did not fit in the last batch
+        stopping = False  # `stop`'s None came; answer what was taken, then end
         while True:
             first = pending or self.jobs.get()
             pending = None
@@ -133,16 +134,18 @@ class Batcher:
                     job = self.jobs.get(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
                     break
-                if job is None or rows + job.rows > self.cfg.max_batch_rows:
+                if job is None:
+                    stopping = True
+                    break
+                if rows + job.rows > self.cfg.max_batch_rows:
                     pending = job
-                    if job is None:  # stop after this batch
-                        self.jobs.put(None)
-                        pending = None
                     break
                 batch.append(job)
                 rows += job.rows
             self.metrics.queue_depth.set(self.jobs.qsize())
             self._answer(batch, rows)
+            if stopping and pending is None:
+                return
 
     def _answer(self, batch: list[_Job], rows: int) -> None:
         try:
