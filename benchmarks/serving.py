@@ -85,7 +85,7 @@ def measure_runtime(bundle: Bundle, batch: int, reps: int, raw: list[dict] | Non
 
 def in_process(bundle_dir: Path, batch: int, reps: int, raw: list[dict] | None) -> list[dict]:
     results = []
-    for runtime in ["eager", "torch-export", "onnx"]:
+    for runtime in ["eager", "torch-export", "onnx", "aoti"]:
         try:
             bundle = Bundle(bundle_dir, runtime)
         except Exception as e:  # noqa: BLE001  a bundle without that export

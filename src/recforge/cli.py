@@ -202,14 +202,15 @@ def cmd_export(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="the bundle folder to write")
     parser.add_argument(
         "--format",
-        choices=[*FORMATS, "both", "none"],
+        choices=[*FORMATS, "aoti", "both", "all", "none"],
         default="both",
-        help="exports beside the eager weights (default: both)",
+        help="exports beside the eager weights: both = onnx and torch-export (the default); aoti "
+        "(AOTInductor, compiled with the machine's C++ compiler); all",
     )
     parser.add_argument("--data-dir", help="where the checkpoint's prepared data is now, if it moved")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     args = parser.parse_args(argv)
-    formats = {"both": FORMATS, "none": ()}.get(args.format, (args.format,))
+    formats = {"both": FORMATS, "all": (*FORMATS, "aoti"), "none": ()}.get(args.format, (args.format,))
     export(args.checkpoint, args.out, formats, data_dir=args.data_dir, overwrite=args.overwrite)
     print(f"bundle: {args.out}")
 
@@ -236,9 +237,10 @@ def _open_bundle(path: str, runtime: str):
 def _runtime_flags(parser) -> None:
     parser.add_argument(
         "--runtime",
-        choices=["eager", "torch-export", "onnx"],
+        choices=["eager", "torch-export", "onnx", "aoti"],
         default="eager",
-        help="what runs the model: the rebuilt PyTorch model, the torch.export program or ONNX Runtime",
+        help="what runs the model: the rebuilt PyTorch model, the torch.export program, ONNX Runtime or "
+        "the AOTInductor library",
     )
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's)")
 

@@ -4,6 +4,7 @@
                        fingerprint, the files and their SHA-256, the exports' measured equivalence
     weights.npz        the eager model's tensors (numpy, no pickle)
     model.pt2          torch.export program (dynamic batch 1..65,536), `--format torch-export`
+    model.aoti.pt2     the program compiled by AOTInductor for this machine, `--format aoti`
     model.onnx         ONNX (opset 18; EmbeddingBag and offsets as ONNX ops), `--format onnx`
     encoders.json, encoders/, meta.json    click logs: the encoding preparation fitted
     user_ids.npy, item_ids.npy, seen_*.npy, item_titles.npy    ranking: id maps, training items
@@ -36,7 +37,7 @@ from recforge.tasks import ctr, ranking
 from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
 
 FORMAT = "recforge-bundle-1"
-FORMATS = ("onnx", "torch-export")
+FORMATS = ("onnx", "torch-export")  # the default exports; "aoti" is asked for by name (it compiles C++)
 MAX_BATCH = 65_536  # the exported programs' largest batch
 EQUIVALENCE_ROWS = 10_000
 ONNX_OPSET = 18
@@ -194,14 +195,31 @@ def _dynamic(tensors) -> tuple:
     return (tuple({0: batch} for _ in tensors),)
 
 
-def _export_program(scoring: Scoring, tensors, folder: Path) -> Path:
+def _program(scoring: Scoring, tensors):
     with torch.inference_mode(False), torch.no_grad():
-        program = torch.export.export(scoring, tensors, dynamic_shapes=_dynamic(tensors))
+        return torch.export.export(scoring, tensors, dynamic_shapes=_dynamic(tensors))
+
+
+def _export_program(scoring: Scoring, tensors, folder: Path) -> Path:
+    program = _program(scoring, tensors)
     # Without example inputs the archive holds JSON and raw tensors only: torch.export would
     # save them with torch.save and load them with torch.load, falling back to full unpickling.
     program._example_inputs = None
     path = folder / "model.pt2"
     torch.export.save(program, path)
+    return path
+
+
+def _export_aoti(scoring: Scoring, tensors, folder: Path) -> Path:
+    """AOTInductor: the program compiled to a shared library for this CPU (or GPU) and torch
+    version, packaged with its weights; it needs a C++ compiler at export time, not at load."""
+    path = folder / "model.aoti.pt2"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch._inductor.aoti_compile_and_package(_program(scoring, tensors), package_path=str(path))
+    except Exception as e:  # noqa: BLE001  no compiler, an unsupported op: the export cannot be made here
+        raise RecforgeError(f"--format aoti: AOTInductor did not build here ({type(e).__name__}: {e})") from None
     return path
 
 
@@ -240,7 +258,7 @@ class _quiet_loggers:
             lg.setLevel(level)
 
 
-_EXPORTERS = {"onnx": _export_onnx, "torch-export": _export_program}
+_EXPORTERS = {"onnx": _export_onnx, "torch-export": _export_program, "aoti": _export_aoti}
 
 
 # ----------------------------------------------------------------------------- runtimes
@@ -281,6 +299,18 @@ class ProgramRuntime:
             return self.module(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
 
 
+class AotiRuntime:
+    """model.aoti.pt2, AOTInductor's compiled program."""
+
+    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
+        self.module = torch._inductor.aoti_load_package(str(folder / "model.aoti.pt2"))
+        self.inputs = inputs
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
+
+
 class OnnxRuntime:
     """model.onnx on ONNX Runtime's CPU provider."""
 
@@ -304,7 +334,7 @@ class OnnxRuntime:
         return self.session.run(None, feed)[0]
 
 
-RUNTIMES = {"eager": EagerRuntime, "torch-export": ProgramRuntime, "onnx": OnnxRuntime}
+RUNTIMES = {"eager": EagerRuntime, "torch-export": ProgramRuntime, "onnx": OnnxRuntime, "aoti": AotiRuntime}
 
 
 class Bundle:
