@@ -5,11 +5,16 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
+import torch
 from conftest import torchrun_command
 
 from recforge.cli import main
+from recforge.data.ctr_format import load_split
 from recforge.data.synthetic_ctr import generate_ctr
+from recforge.metrics.classification import auc
+from recforge.serving.bundle import Bundle
 from recforge.train import sharding
 from recforge.train.sharding import torchrec_available
 
@@ -229,6 +234,15 @@ def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_l
     for mine, theirs in zip(resumed, one_process["rowwise-adagrad"]):
         assert mine["AUC"] == pytest.approx(theirs["AUC"], abs=2e-5)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.json", "last.json", "step-3"]
+    if point == "before-pointer":  # the resharded DCP checkpoint exports (one process) as it scored
+        main(["export", "--checkpoint", str(run / "checkpoints" / "last.json"), "--out", str(tmp_path / "b")]
+             + ["--format", "none"])  # fmt: skip
+        bundle = Bundle(tmp_path / "b")
+        valid = load_split(click_log, "valid")
+        scores = bundle.probabilities({k: np.array(valid[k]) for k in bundle.manifest["model_inputs"]})
+        assert auc(torch.tensor(scores), torch.tensor(np.array(valid["label"]))) == pytest.approx(
+            resumed[-1]["AUC"], abs=1e-5
+        )
 
 
 @needs_torchrec
