@@ -121,22 +121,28 @@ def sync_file(path: str) -> None:
         os.close(fd)
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """`out` may be new or empty; a prepared folder is replaced only with `overwrite`, and a folder
-    with anything else in it never is."""
+def _dataset_files(out: Path) -> set[str]:
+    return {"meta.json", "prepare.json", "encoders.json", "encoders", *SPLITS}
+
+
+def check_out(
+    out: Path, overwrite: bool, marker: str = "meta.json", kind: str = "prepared dataset", owned=_dataset_files
+) -> None:
+    """`out` may be new or empty; a folder of this `kind` (it has `marker`) is replaced only with
+    `overwrite` and only if everything in it is `owned(out)`'s; any other folder never is."""
     if not out.exists():
         return
     if not out.is_dir():
         raise RecforgeError(f"{out}: exists and is not a folder")
     entries = {p.name for p in out.iterdir()}
-    if "meta.json" in entries:
+    if marker in entries:
         if not overwrite:
-            raise RecforgeError(f"{out}: already holds a prepared dataset (meta.json); replace it with --overwrite")
-        others = entries - {"meta.json", "prepare.json", "encoders.json", "encoders", *SPLITS}
+            raise RecforgeError(f"{out}: already holds a {kind} ({marker}); replace it with --overwrite")
+        others = entries - owned(out)
         if others:
             raise RecforgeError(f"{out}: holds other files too ({', '.join(sorted(others))}); not replacing it")
     elif entries:
-        raise RecforgeError(f"{out}: exists, is not empty and is not a prepared dataset; choose a new or empty folder")
+        raise RecforgeError(f"{out}: exists, is not empty and is not a {kind}; choose a new or empty folder")
 
 
 @contextlib.contextmanager
