@@ -15,6 +15,7 @@ tensors and ONNX's protobuf. The model is rebuilt from the manifest's architectu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -30,7 +31,7 @@ from recforge.core.checkpoint import check_same_data, check_same_model
 from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write
 from recforge.data.cache import prepare
-from recforge.data.ctr_format import load_meta, load_split, new_folder
+from recforge.data.ctr_format import check_out, load_meta, load_split, new_folder
 from recforge.registry import build_model, config_from_dict, model_entry
 from recforge.serving.assets import ASSETS, ClickLogAssets, RankingAssets, read_manifest, write_manifest
 from recforge.tasks import ctr, ranking
@@ -86,7 +87,8 @@ def export(
     model = build_model(cfg, checkpoint["model_dims"], torch.device("cpu"))
     load_weights(checkpoint, model)
     model.eval()
-    with new_folder(out, overwrite, check=_check_out) as folder:
+    check = functools.partial(check_out, marker="manifest.json", kind="bundle", owned=_bundle_files)
+    with new_folder(out, overwrite, check=check) as folder:
         if kind == "ctr":
             prepared = Path(cfg.data.prepared_dir or cfg.data.data_dir).expanduser()
             meta = load_meta(prepared)
@@ -168,22 +170,8 @@ def export(
     return manifest
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """`out` may be new or empty; a bundle is replaced only with --overwrite, and a folder with
-    anything else in it never is."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise RecforgeError(f"{out}: exists and is not a folder")
-    entries = {p.name for p in out.iterdir()}
-    if "manifest.json" in entries:
-        if not overwrite:
-            raise RecforgeError(f"{out}: already holds a bundle; replace it with --overwrite")
-        ours = {name.split("/")[0] for name in read_manifest(out).get("files", {})} | {"manifest.json"}
-        if entries - ours:
-            raise RecforgeError(f"{out}: holds other files too ({', '.join(sorted(entries - ours))}); not replacing it")
-    elif entries:
-        raise RecforgeError(f"{out}: exists, is not empty and is not a bundle; choose a new or empty folder")
+def _bundle_files(out: Path) -> set[str]:
+    return {name.split("/")[0] for name in read_manifest(out).get("files", {})} | {"manifest.json"}
 
 
 def _repeat(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
@@ -264,11 +252,21 @@ _EXPORTERS = {"onnx": _export_onnx, "torch-export": _export_program, "aoti": _ex
 # ----------------------------------------------------------------------------- runtimes
 
 
-class EagerRuntime:
+class _TorchRuntime:
+    """A torch module of positional input tensors (`self.module`, in `self.inputs` order)."""
+
+    module: nn.Module
+    inputs: list[str]
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
+
+
+class EagerRuntime(_TorchRuntime):
     """The model rebuilt from the manifest's architecture with weights.npz."""
 
-    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        manifest = manifest or read_manifest(folder)
+    def __init__(self, folder: Path, inputs: list[str], manifest: dict):
         cfg = config_from_dict(manifest["config"])
         model = build_model(cfg, manifest["model_dims"], torch.device("cpu"))
         with np.load(folder / "weights.npz", allow_pickle=False) as saved:
@@ -279,48 +277,33 @@ class EagerRuntime:
             raise RecforgeError(
                 f"{folder / 'weights.npz'}: does not fit the manifest's model ({(missing or unexpected)[0]})"
             )
-        self.scoring = Scoring(model, inputs).eval()
-        self.inputs = inputs
-
-    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return self.scoring(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
+        self.module, self.inputs = Scoring(model, inputs).eval(), inputs
 
 
-class ProgramRuntime:
+class ProgramRuntime(_TorchRuntime):
     """model.pt2, torch.export's program."""
 
     def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        self.module = torch.export.load(folder / "model.pt2").module()
-        self.inputs = inputs
-
-    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return self.module(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
+        self.module, self.inputs = torch.export.load(folder / "model.pt2").module(), inputs
 
 
-class AotiRuntime:
+class AotiRuntime(_TorchRuntime):
     """model.aoti.pt2, AOTInductor's compiled program."""
 
     def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        self.module = torch._inductor.aoti_load_package(str(folder / "model.aoti.pt2"))
-        self.inputs = inputs
-
-    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return self.module(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
+        self.module, self.inputs = torch._inductor.aoti_load_package(str(folder / "model.aoti.pt2")), inputs
 
 
 class OnnxRuntime:
     """model.onnx on ONNX Runtime's CPU provider."""
 
-    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None, threads: int | None = None):
+    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
         try:
             import onnxruntime
         except ImportError:
             raise RecforgeError("--runtime onnx needs onnxruntime (pip install 'recforge[serve]')") from None
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()  # as `--threads` set it
         options.log_severity_level = 3
         self.session = onnxruntime.InferenceSession(
             str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]

@@ -22,7 +22,7 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -59,7 +59,6 @@ class _Job:
     user: int | None = None
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class Metrics:
@@ -190,7 +189,6 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
         batcher.stop()  # after uvicorn answered the requests in flight
 
     app = FastAPI(title="recforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.serving = state
 
     def error(status: int, kind: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
         metrics.errors.labels(kind).inc()
@@ -232,13 +230,7 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
     async def run(job: _Job):
         if job.rows > cfg.max_request_rows:
             raise RequestError("rows", f"{job.rows:,} rows, more than --max-request-rows {cfg.max_request_rows:,}", 413)
-        try:
-            return await batcher.submit(job)
-        except Overloaded:
-            return None
-
-    def overloaded() -> JSONResponse:
-        return error(503, "overloaded", "the queue is full; retry shortly", headers={"Retry-After": "1"})
+        return await batcher.submit(job)  # a full queue raises Overloaded: 503 (`answer`)
 
     async def answer(handler, request: Request) -> Response:
         # Checks and metrics here, not in an HTTP middleware: Starlette's costs ~1 ms a request.
@@ -247,10 +239,12 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
         if response is None:
             try:
                 result = await handler(await body(request))
-                response = result if isinstance(result, Response) else Response(orjson.dumps(result), media_type=JSON)
+                response = Response(orjson.dumps(result), media_type=JSON)
             except RequestError as e:
                 kind = {400: "bad_request", 413: "too_large", 404: "not_found"}.get(e.status, "invalid")
                 response = error(e.status, kind, e.message, e.field)
+            except Overloaded:
+                response = error(503, "overloaded", "the queue is full; retry shortly", headers={"Retry-After": "1"})
             except Exception as e:  # noqa: BLE001  the server stays up; the client learns it failed
                 response = error(500, "internal", f"{type(e).__name__}: {e}")
         return record(request.url.path, response, begin)
@@ -263,8 +257,6 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
         click_log_only("/v1/score")
         table = bundle.assets.table(payload)
         probabilities = await run(_Job(rows=table.num_rows, table=table))
-        if probabilities is None:
-            return overloaded()
         return {"probabilities": probabilities.tolist()}
 
     async def recommend(payload: dict):
@@ -277,8 +269,6 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
                 raise RequestError("user", "missing (the raw user id to recommend for)")
             user = assets.user(payload["user"])
             scores = await run(_Job(rows=assets.num_items, user=user))
-            if scores is None:
-                return overloaded()
             return {"user": payload["user"], "items": assets.top_items(scores, user, k)}
         context, candidates = payload.get("context", {}), payload.get("candidates")
         if not isinstance(context, dict):
@@ -287,8 +277,6 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
             raise RequestError("candidates", "must be a non-empty list of objects (each candidate item's columns)")
         table = assets.table({"rows": [context | c for c in candidates]})
         probabilities = await run(_Job(rows=table.num_rows, table=table))
-        if probabilities is None:
-            return overloaded()
         order = np.argsort(-probabilities, kind="stable")[:k]
         return {
             "ranked": [
@@ -311,20 +299,23 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/ready")
     async def ready():
+        begin = time.perf_counter()
         if not state["ready"]:
-            return record("/ready", JSONResponse({"status": "not ready"}, status_code=503), time.perf_counter())
-        return record("/ready", JSONResponse({"status": "ready", "runtime": bundle.runtime_name}), time.perf_counter())
+            return record("/ready", JSONResponse({"status": "not ready"}, status_code=503), begin)
+        return record("/ready", JSONResponse({"status": "ready", "runtime": bundle.runtime_name}), begin)
 
     @app.get("/v1/metadata")
     async def metadata(request: Request):
+        begin = time.perf_counter()
         manifest = {k: v for k, v in bundle.manifest.items() if k != "files"} | {"runtime": bundle.runtime_name}
-        return record("/v1/metadata", refused(request) or JSONResponse(manifest), time.perf_counter())
+        return record("/v1/metadata", refused(request) or JSONResponse(manifest), begin)
 
     @app.get("/metrics")
     async def prometheus(request: Request):
+        begin = time.perf_counter()
         metrics.queue_depth.set(batcher.jobs.qsize())
         answer = refused(request) or Response(metrics.text(), media_type="text/plain; version=0.0.4")
-        return record("/metrics", answer, time.perf_counter())
+        return record("/metrics", answer, begin)
 
     return app
 
