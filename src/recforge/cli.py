@@ -216,28 +216,30 @@ def cmd_export(argv: list[str]) -> None:
 
 
 def _open_bundle(path: str, runtime: str):
-    """A bundle folder as it is; a checkpoint exported first (eager weights only) into a
-    temporary folder, removed when the command ends."""
+    """A bundle folder as it is; a checkpoint exported first (the weights, and the runtime's
+    export) into a temporary folder, removed when the command ends (or at once if it fails)."""
     import contextlib
     import tempfile
     from pathlib import Path
 
     from recforge.serving.bundle import Bundle, export
 
-    stack = contextlib.ExitStack()
     if Path(path, "manifest.json").is_file():
-        return Bundle(path, runtime), stack
+        return Bundle(path, runtime), contextlib.nullcontext()
     if Path(path).is_dir() and not any(Path(path, name).exists() for name in (".metadata", "state.json")):
         raise RecforgeError(f"{path}: not a bundle (no manifest.json; `recforge export` makes one) nor a checkpoint")
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recforge-bundle-"))) / "bundle"
-    export(path, folder, formats=() if runtime == "eager" else (runtime,), log=lambda *_: None)
-    return Bundle(folder, runtime), stack
+    with contextlib.ExitStack() as stack:  # the temporary folder goes at once if the export fails
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recforge-bundle-"))) / "bundle"
+        export(path, folder, formats=() if runtime == "eager" else (runtime,), log=lambda *_: None)
+        return Bundle(folder, runtime), stack.pop_all()
 
 
 def _runtime_flags(parser) -> None:
+    from recforge.serving.bundle import RUNTIMES
+
     parser.add_argument(
         "--runtime",
-        choices=["eager", "torch-export", "onnx", "aoti"],
+        choices=list(RUNTIMES),
         default="eager",
         help="what runs the model: the rebuilt PyTorch model, the torch.export program, ONNX Runtime or "
         "the AOTInductor library",
