@@ -54,7 +54,8 @@ def model_arrays(bundle: Bundle, rows: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(0)
         users = len(bundle.assets.user_ids)
         return {"user": rng.integers(0, users, rows), "item": rng.integers(0, bundle.assets.num_items, rows)}
-    prepared = Path(bundle.manifest["config"]["data"]["data_dir"])
+    data = bundle.manifest["config"]["data"]
+    prepared = Path(data["prepared_dir"] or data["data_dir"])
     split = load_split(prepared, "valid")
     return {
         k: np.resize(np.array(split[k][:rows]), (rows, *split[k].shape[1:])) for k in bundle.manifest["model_inputs"]

@@ -387,6 +387,24 @@ def test_predict_scores_a_csv_through_the_encoders_and_names_a_bad_line(wide_dee
     assert not (tmp_path / "bad.parquet").exists()
 
 
+def test_predict_reads_empty_criteo_counts_as_missing_in_csv_and_parquet(dlrm, tmp_path):
+    root, lines = dlrm[0], dlrm[2]
+    bundle = Bundle(root / "bundle")
+    split = load_split(root / "prepared", "valid")
+    expected = bundle.probabilities({k: np.array(split[k]) for k in bundle.manifest["model_inputs"]})
+    valid = lines[-len(expected) :]
+    assert any(v == "" for line in valid for v in line[1:14])  # the sample has missing counts
+    with open(tmp_path / "valid.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["label", *DENSE, *SPARSE], *valid])
+    rows = [criteo_row(line) for line in valid]
+    pq.write_table(pa.table({n: [r[n] for r in rows] for n in DENSE + SPARSE}), tmp_path / "valid.parquet")
+    for suffix in ("csv", "parquet"):
+        main(["predict", "--bundle", str(root / "bundle"), "--input", str(tmp_path / f"valid.{suffix}")]
+             + ["--output", str(tmp_path / f"{suffix}.parquet")])  # fmt: skip
+        scores = pq.read_table(tmp_path / f"{suffix}.parquet").column("probability").to_numpy()
+        np.testing.assert_allclose(scores, expected, atol=1e-6)
+
+
 def test_export_refuses_to_replace_a_bundle_and_names_a_missing_checkpoint(neumf, tmp_path, capsys):
     root, checkpoint = neumf
     before = (root / "bundle" / "manifest.json").read_bytes()

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_array, write_json
 from recforge.data.ctr_format import CTRMeta, load_meta
-from recforge.data.encoders import hex32_problem, load_encoders
+from recforge.data.encoders import load_encoders, parse_hex32
 
 
 class RequestError(Exception):
@@ -101,8 +101,8 @@ class ClickLogAssets:
 
     def table(self, payload: dict) -> pa.Table:
         """A request's `rows` (objects named by column) or `columns` (name -> values) as an Arrow
-        table of the raw inputs; a missing column, a value of the wrong type or a list longer than
-        training's is a RequestError naming it."""
+        table of the raw inputs (Criteo's hex columns parsed); a missing column, a value of the wrong
+        type or a list longer than training's is a RequestError naming it."""
         if "columns" in payload:
             columns = payload["columns"]
             if not isinstance(columns, dict):
@@ -142,16 +142,21 @@ class ClickLogAssets:
         )
 
     def _checked(self, columns: dict[str, pa.Array], where: str) -> pa.Table:
-        """The table, once Criteo's hex columns are checked: all in one pass (per column, the fixed
-        costs of the check were a quarter of a served one-row request)."""
+        """The table, once Criteo's hex columns are checked and parsed (uint32, null where missing),
+        all in one pass: per column, the fixed costs of the check were a quarter of a served one-row
+        request, and the model's thread need not parse them again."""
         hexed = [c["name"] for c in self.inputs if c["type"] == "hex32"]
         if hexed:
-            at = hex32_problem(pa.concat_arrays([columns[n] for n in hexed]))
-            if at is not None:
-                column, row = divmod(at, len(columns[hexed[0]]))
+            values, present, good = parse_hex32(pa.concat_arrays([columns[n] for n in hexed]))
+            rows = len(columns[hexed[0]])
+            if not good.all():
+                column, row = divmod(int(np.flatnonzero(~good)[0]), rows)
                 name = hexed[column]
                 field = f"rows[{row}].{name}" if where == "rows" else f"columns.{name}[{row}]"
                 raise RequestError(field, "must be 8 hex digits (a Criteo categorical value) or empty")
+            for k, name in enumerate(hexed):
+                part = slice(k * rows, (k + 1) * rows)
+                columns[name] = pa.array(values[part], mask=~present[part])
         return pa.table(columns)
 
     @staticmethod
@@ -162,8 +167,10 @@ class ClickLogAssets:
             return RequestError(f"rows[{index}].{name}" if where == "rows" else f"columns.{name}[{index}]", message)
 
         expected = {"number": (int, float), "list": (list, str), "hex32": (str,), "string": (str, int)}[kind]
-        if isinstance(values, (pa.Array, pa.ChunkedArray)):  # from a file (recforge predict)
-            array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        if isinstance(values, pa.ChunkedArray):  # a file's (recforge predict) or an Arrow body's
+            values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()  # (a copy)
+        if isinstance(values, pa.Array):
+            array = values
         else:
             try:
                 array = pa.array(values)
@@ -183,7 +190,7 @@ class ClickLogAssets:
             what = {"number": "a number", "list": "a list", "hex32": "a string", "string": "a string or an integer"}
             raise bad(f"must be {what[kind]} or null, got {json.dumps(values[i])[:40]}", i)
         if kind == "number":
-            return array.cast(pa.float64())
+            return array if array.type == pa.float64() else array.cast(pa.float64())
         if kind == "list":
             if not pa.types.is_list(array.type):
                 return array.cast(pa.string())  # already delimited text
@@ -193,7 +200,8 @@ class ClickLogAssets:
                 raise bad(f"a list of {lengths[i]} values, longer than training's {column['max_length']}", i)
             text = pa.ListArray.from_arrays(array.offsets, array.values.cast(pa.string()), mask=array.is_null())
             return pc.binary_join(text, column["delimiter"])
-        return array.cast(pa.string())  # hex32: checked with the others (`_checked`)
+        # hex32: checked and parsed with the others (`_checked`)
+        return array if array.type == pa.string() else array.cast(pa.string())
 
     def encode(self, table: pa.Table) -> dict[str, np.ndarray]:
         return self.encoders.encode(table)

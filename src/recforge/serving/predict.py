@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
@@ -50,6 +51,14 @@ def _batches(path: Path, names: list[str], rows: int):
         start += batch.num_rows
 
 
+def _missing_as_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A CSV number column read as text: an empty field is a missing value, as when preparation
+    read the file."""
+    if not pa.types.is_string(column.type):
+        return column
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+
+
 def _rows(path: Path) -> int:
     if path.suffix == ".parquet":
         return pq.ParquetFile(path).metadata.num_rows
@@ -73,7 +82,7 @@ def predict(bundle: Bundle, path: str | Path, output: str | Path, batch_rows: in
         with pq.ParquetWriter(f, pa.schema([("probability", pa.float32())])) as writer:
             for first, table in _batches(path, names, batch_rows):
                 columns = {
-                    c["name"]: convert(path, table.column(c["name"]), pa.float64(), c["name"], first)
+                    c["name"]: convert(path, _missing_as_null(table.column(c["name"])), pa.float64(), c["name"], first)
                     if c["type"] == "number"
                     else table.column(c["name"])
                     for c in inputs
