@@ -360,6 +360,43 @@ def test_sigterm_drains_the_requests_in_flight(dlrm):
     assert answers[0].status_code == 200 and len(answers[0].json()["probabilities"]) == 1
 
 
+def _children(pid: int) -> dict[int, str]:
+    """A process's children (Linux /proc): pid -> command line."""
+    found = {}
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(status.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(status.parent.name)] = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            pass  # a process that ended while read
+    return found
+
+
+def test_workers_share_the_port_score_alike_and_sum_their_metrics(dlrm):
+    root, _, lines, _ = dlrm
+    rows = [criteo_row(line) for line in lines[:300]]
+    bundle = Bundle(root / "bundle")
+    expected = bundle.probabilities(bundle.assets.encode(bundle.assets.table({"rows": rows})))
+    chunks = [rows[lo:hi] for lo, hi in _cuts(len(rows))]
+    with Server(root / "bundle", "--workers", "2", "--max-wait-ms", "5") as server:
+        workers = [p for p, c in _children(server.process.pid).items() if "spawn_main" in c]
+        assert len(workers) == 2, workers
+        # A new connection per request: the two processes take turns accepting them.
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda part: server.post("/v1/score", {"rows": part}), chunks))
+        assert all(a.status_code == 200 for a in answers)
+        np.testing.assert_allclose(np.concatenate([a.json()["probabilities"] for a in answers]), expected, atol=1e-6)
+        # /metrics, whichever process answers it, counts the requests of both.
+        for _ in range(3):
+            metrics = httpx.get(server.url + "/metrics").text
+            served = next(
+                line for line in metrics.splitlines() if line.startswith('recforge_requests_total{endpoint="/v1/score"')
+            )
+            assert float(served.split()[-1]) == len(chunks)
+        assert server.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # the supervisor stopped them
+
+
 # ----------------------------------------------------------------------------- files
 
 

@@ -281,9 +281,16 @@ def cmd_serve(argv: list[str]) -> None:
         default=defaults.drain_timeout_s,
         help="on shutdown, how long requests in flight may take",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="server processes on the port, each with the model (memory x N) and --threads / N threads: "
+        "more requests/s where one process's event loop is the limit",
+    )
     _runtime_flags(parser)
     args = parser.parse_args(argv)
-    for flag in ("max_batch_rows", "max_queue", "max_request_rows", "max_request_bytes"):
+    for flag in ("max_batch_rows", "max_queue", "max_request_rows", "max_request_bytes", "workers"):
         if getattr(args, flag) < 1:
             raise RecforgeError(f"--{flag.replace('_', '-')} must be at least 1")
     api_key = None
@@ -306,6 +313,7 @@ def cmd_serve(argv: list[str]) -> None:
                 args.max_request_bytes,
                 api_key,
                 args.drain_timeout_s,
+                workers=args.workers,
             ),
         )
 

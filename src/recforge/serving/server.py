@@ -11,6 +11,12 @@ thread of its own (`Batcher`), which merges the requests waiting into one forwar
 are bounded (`max_queue`, each at most `max_request_bytes`): a full queue answers 503 with
 Retry-After instead of growing. SIGTERM or Ctrl-C stops accepting, answers the requests in
 flight, then stops the batcher (uvicorn's graceful shutdown, then the app's lifespan).
+
+`workers` > 1 runs that many such processes on one socket (uvicorn's supervisor): the event
+loop's Python work (HTTP, a request's checks) is the limit of one process on a CPU, as the model
+runs in torch off the GIL, so a second process on a second core serves more rows/s
+(docs/benchmarks.md, Serving).
+Their Prometheus series are summed across the processes (prometheus_client's multiprocess mode).
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
+import os
 import queue
 import signal
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import orjson
@@ -30,7 +39,8 @@ import pyarrow as pa
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from uvicorn.supervisors import Multiprocess
 
 from recforge.serving.assets import RequestError
 from recforge.serving.bundle import Bundle
@@ -48,6 +58,7 @@ class ServeConfig:
     api_key: str | None = None
     drain_timeout_s: float = 30.0
     log_level: str = "warning"
+    workers: int = 1  # server processes sharing the socket, each with the model
 
 
 @dataclass
@@ -62,7 +73,8 @@ class _Job:
 
 
 class Metrics:
-    """Prometheus series of one server (its own registry, so several apps in a process never clash)."""
+    """Prometheus series of one server (its own registry, so several apps in a process never clash);
+    with several worker processes (PROMETHEUS_MULTIPROC_DIR set), those of all of them, summed."""
 
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -82,10 +94,19 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536),
             registry=self.registry,
         )
-        self.queue_depth = Gauge("recforge_queue_depth", "requests waiting for the model", registry=self.registry)
+        self.queue_depth = Gauge(
+            "recforge_queue_depth",
+            "requests waiting for the model",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.errors = Counter("recforge_errors", "failed requests by kind", ["kind"], registry=self.registry)
 
     def text(self) -> bytes:
+        if os.environ.get(_PROMETHEUS_DIR):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 
@@ -329,25 +350,58 @@ def _authorized(headers, key: str) -> bool:
     return hmac.compare_digest(given.encode(), key.encode())
 
 
+_PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_WORKER_SETTINGS = "RECFORGE_SERVE_WORKER"  # a worker process's bundle and settings, from `serve`
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several worker processes (uvicorn starts each and calls this): the bundle,
+    runtime and settings that `serve` put in the environment."""
+    import torch
+
+    settings = json.loads(os.environ[_WORKER_SETTINGS])
+    torch.set_num_threads(settings["threads"])
+    bundle = Bundle(settings["folder"], settings["runtime"], verify=False)  # `serve` verified it
+    return create_app(bundle, ServeConfig(**settings["config"]))
+
+
 def serve(bundle: Bundle, cfg: ServeConfig, log=print) -> None:
     """Run until SIGTERM / Ctrl-C; the requests in flight are answered first."""
-    app = create_app(bundle, cfg)
-    config = uvicorn.Config(
-        app,
-        host=cfg.host,
-        port=cfg.port,
-        log_level=cfg.log_level,
-        timeout_graceful_shutdown=cfg.drain_timeout_s,
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    # uvicorn raises the signal again once its graceful shutdown is done; with this handler that
-    # ends nothing, a drained server's `recforge serve` exits 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
+    options = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "log_level": cfg.log_level,
+        "timeout_graceful_shutdown": cfg.drain_timeout_s,
+        "access_log": False,
+        "lifespan": "on",
+    }
     manifest = bundle.manifest
     log(
         f"serving {manifest['model']} ({manifest['task']}, {bundle.runtime_name}) on http://{cfg.host}:{cfg.port} "
-        f"(batches of up to {cfg.max_batch_rows:,} rows, {cfg.max_wait_ms:g} ms wait, queue {cfg.max_queue:,})"
+        f"(batches of up to {cfg.max_batch_rows:,} rows, {cfg.max_wait_ms:g} ms wait, queue {cfg.max_queue:,}"
+        + (f", {cfg.workers} worker processes)" if cfg.workers > 1 else ")")
     )
-    server.run()
+    if cfg.workers == 1:
+        # uvicorn raises the signal again once its graceful shutdown is done; with this handler that
+        # ends nothing, a drained server's `recforge serve` exits 0.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        uvicorn.Server(uvicorn.Config(create_app(bundle, cfg), **options)).run()
+        return
+    import torch
+
+    settings = {
+        "folder": str(bundle.folder),
+        "runtime": bundle.runtime_name,
+        "config": asdict(cfg),
+        "threads": max(1, torch.get_num_threads() // cfg.workers),  # the cores, shared
+    }
+    with tempfile.TemporaryDirectory(prefix="recforge-metrics-") as metrics_dir:
+        # Set before the workers start (and import prometheus_client): their series go to files there.
+        os.environ |= {_WORKER_SETTINGS: json.dumps(settings), _PROMETHEUS_DIR: metrics_dir}
+        try:
+            config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=cfg.workers, **options)
+            # On SIGTERM the supervisor stops each worker, which drains its requests, then returns.
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        finally:
+            for name in (_WORKER_SETTINGS, _PROMETHEUS_DIR):
+                os.environ.pop(name, None)
