@@ -275,6 +275,44 @@ def test_sorted_keys_give_the_same_ids_by_every_lookup(monkeypatch, hashed):
     assert lookup.ids(keys[5:6]).tolist() == [6] and lookup.ids(np.array([keys[5] + 1], np.uint32)).tolist() == [0]
 
 
+def test_encoding_the_columns_together_equals_encoding_them_one_by_one():
+    """Encoders.encode takes the numeric columns as one matrix and the uint32 vocabularies' values
+    in one search (few rows) or column by column (many): each column's ids and values as alone."""
+    rng = np.random.default_rng(2)
+    dense = [
+        encoders.Numeric("a", "log1p"),
+        encoders.Numeric("b", "standardize", mean=2.0, std=3.0),
+        encoders.Numeric("c", "none"),
+    ]
+    sparse = [
+        encoders.Categorical(
+            "h1", values="uint32", keys=np.unique(rng.integers(0, 1 << 32, 4000, dtype=np.uint64)).astype(np.uint32)
+        ),
+        encoders.Categorical("h2", kind="modulo", values="uint32", buckets=97),
+        encoders.Categorical("h3", values="uint32", keys=np.unique(rng.integers(0, 1 << 12, 900)).astype(np.uint32)),
+    ]
+    together = encoders.Encoders(dense=dense, sparse=sparse)
+    for rows in (1, 5, 5000):  # 1 and 5: one search over both vocabularies; 5000: one per column
+        numbers = {e.name: pa.array(rng.integers(-5, 50, rows), mask=rng.random(rows) < 0.2) for e in dense}
+        keyed = [np.resize(e.keys, rows) if e.keys is not None else rng.integers(0, 1 << 32, rows) for e in sparse]
+        values = {
+            e.name: pa.array(
+                np.where(rng.random(rows) < 0.5, k, rng.integers(0, 1 << 32, rows)).astype(np.uint32),
+                mask=rng.random(rows) < 0.2,
+            )
+            for e, k in zip(sparse, keyed)
+        }
+        encoded = together.encode(pa.table(numbers | values))
+        for j, e in enumerate(dense):
+            alone = e.apply(numbers[e.name].to_numpy(zero_copy_only=False).astype(np.float64))
+            np.testing.assert_array_equal(encoded["dense"][:, j], alone.astype(np.float32))
+        for j, e in enumerate(sparse):
+            column = values[e.name]
+            alone = e.ids(column.fill_null(0).to_numpy(), column.is_valid().to_numpy(zero_copy_only=False))
+            np.testing.assert_array_equal(encoded["sparse"][:, j], alone)
+    assert (encoded["sparse"][:, 0] > 0).any() and (encoded["sparse"][:, 0] == 0).any()  # found and not
+
+
 def test_crlf_line_ends_are_accepted(tmp_path):
     rows = random_rows(20, seed=5)
     (tmp_path / "train.txt").write_bytes("".join("\t".join(row) + "\r\n" for row in rows).encode())

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_synthetic_args
 
 from recforge.cli import main
+from recforge.models.layers import Linear
 from recforge.runtime import gemm
 
 NARROW, WIDE = gemm.Shape(64, 13, 32), gemm.Shape(64, 32, 256)
@@ -92,8 +93,9 @@ def test_a_named_library_is_used_without_measuring(cache, timings):
 
 
 def test_timing_runs_both_libraries_forward_and_backward():
-    seconds = gemm.time_shape(gemm.Shape(256, 64, 32), repeats=2)
-    assert set(seconds) == set(gemm.BACKENDS) and all(0 < s < 1 for s in seconds.values())
+    for forward_only in (False, True):
+        seconds = gemm.time_shape(gemm.Shape(256, 64, 32, forward_only), repeats=2)
+        assert set(seconds) == set(gemm.BACKENDS) and all(0 < s < 1 for s in seconds.values())
 
 
 def test_an_fp32_cpu_run_prints_and_records_its_choices(tmp_path, cache, capsys):
@@ -112,3 +114,24 @@ def test_an_fp32_cpu_run_prints_and_records_its_choices(tmp_path, cache, capsys)
     main(["train", *tiny_synthetic_args(tmp_path / "bf16", epochs=1, precision="bf16")])
     assert "fp32 GEMMs" not in capsys.readouterr().out
     assert json.loads((tmp_path / "bf16" / "run" / "summary.json").read_text())["gemm"] is None
+
+
+def test_a_served_layer_runs_each_batch_size_on_the_library_measured_fastest_near_it(cache, timings, monkeypatch):
+    """inference_backends: forward-only measurements at 1, 16, 256 and 4,096 rows; a batch takes
+    the choice of the nearest of them (log scale)."""
+    fast = {1: "torch", 16: "torch", 256: "onednn", gemm.CALIBRATION_ROWS: "onednn"}
+    asked = timings(
+        {
+            gemm.Shape(rows, 13, 32, forward_only=True): {"onednn": 1.0, "torch": 2.0} | {backend: 0.5}
+            for rows, backend in fast.items()
+        }
+    )
+    layer = Linear(13, 32)
+    layer.by_rows = gemm.inference_backends(13, 32)
+    assert all(shape.forward_only for shape in asked) and len(asked) == 4
+    used = []
+    monkeypatch.setattr(gemm, "linear", lambda x, w, b, backend: used.append(backend) or x @ w.T)
+    for rows in (1, 3, 60, 70, 100_000):
+        layer(torch.zeros(rows, 13))
+    assert used == ["torch", "torch", "torch", "onednn", "onednn"]
+    assert gemm.choose([gemm.Shape(16, 13, 32, forward_only=True)])[gemm.Shape(16, 13, 32, True)].source == "cached"

@@ -458,28 +458,27 @@ class Encoders:
         )
 
     def encode(self, table: pa.Table) -> dict[str, np.ndarray]:
-        """New raw rows (columns named as in the log) -> the arrays a prepared split holds."""
+        """New raw rows (columns named as in the log) -> the arrays a prepared split holds.
+
+        The numeric columns and Criteo's hex columns go through numpy together, as one matrix each:
+        column by column, the fixed cost of each call (not the work) was most of a served one-row
+        request's encoding (3.6 ms for 39 columns on an AVX2 EPYC, 0.4 ms together)."""
         rows = table.num_rows
-        out = {
-            "dense": np.zeros((rows, len(self.dense)), np.float32),
-            "sparse": np.zeros((rows, len(self.sparse)), np.int32),
-        }
-        for j, e in enumerate(self.dense):
-            out["dense"][:, j] = e.apply(pc.cast(table.column(e.name), pa.float64()).to_numpy(zero_copy_only=False))
+        out = {"dense": self._dense(table, rows), "sparse": np.zeros((rows, len(self.sparse)), np.int32)}
         hexed = [j for j, e in enumerate(self.sparse) if e.values == "uint32"]
         if hexed:
-            columns = [table.column(self.sparse[j].name).combine_chunks() for j in hexed]
+            columns = [_single(table.column(self.sparse[j].name)) for j in hexed]
             if all(c.type == pa.uint32() for c in columns):  # parsed already (null: missing), by a server's check
-                values = np.stack([c.fill_null(0).to_numpy() for c in columns])
-                present = np.stack([c.is_valid().to_numpy(zero_copy_only=False) for c in columns])
+                joined = pa.concat_arrays(columns)
+                values = joined.fill_null(0).to_numpy()
+                present = joined.is_valid().to_numpy(zero_copy_only=False)
             else:  # parsed in one pass: a request's fixed costs once, not per column
-                text = pa.concat_arrays([c.cast(pa.string()) for c in columns])
-                values, present = (a.reshape(len(hexed), rows) for a in hex32(text))
-            for k, j in enumerate(hexed):
-                out["sparse"][:, j] = self.sparse[j].ids(values[k], present[k])
+                values, present = hex32(pa.concat_arrays([c.cast(pa.string()) for c in columns]))
+            shape = (len(hexed), rows)
+            out["sparse"][:, hexed] = self._uint32_ids(values.reshape(shape), present.reshape(shape)).T
         for j, e in enumerate(self.sparse):
             if e.values != "uint32":
-                out["sparse"][:, j] = e.ids(table.column(e.name).combine_chunks().cast(pa.string()))
+                out["sparse"][:, j] = e.ids(_single(table.column(e.name)).cast(pa.string()))
         if self.multi_hot:
             out["multi_hot"] = np.concatenate(
                 [m.apply(table.column(m.name).combine_chunks().cast(pa.string())) for m in self.multi_hot], axis=1
@@ -493,6 +492,70 @@ class Encoders:
                 axis=1,
             ).astype(np.int32)
         return out
+
+    def _dense(self, table: pa.Table, rows: int) -> np.ndarray:
+        if not self.dense:
+            return np.zeros((rows, 0), np.float32)
+        columns = [_single(table.column(e.name)) for e in self.dense]
+        x = pa.concat_arrays([c if c.type == pa.float64() else c.cast(pa.float64()) for c in columns])
+        x = np.nan_to_num(x.to_numpy(zero_copy_only=False).reshape(len(columns), rows).T, nan=0.0)
+        kinds = np.array([e.kind for e in self.dense])
+        log = kinds == "log1p"
+        x[:, log] = np.log1p(np.maximum(x[:, log], 0.0))
+        standardized = np.flatnonzero(kinds == "standardize")
+        if len(standardized):
+            mean = np.array([self.dense[j].mean for j in standardized])
+            std = np.array([self.dense[j].std for j in standardized])
+            x[:, standardized] = (x[:, standardized] - mean) / std
+        return x.astype(np.float32)
+
+    def _uint32_ids(self, values: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """Ids of the uint32 columns' (columns, rows) values: the vocabularies' all at once."""
+        hexed = [e for e in self.sparse if e.values == "uint32"]
+        ids = np.zeros(values.shape, np.int64)
+        vocabularies = [k for k, e in enumerate(hexed) if e.kind == "vocabulary"]
+        if vocabularies:
+            ids[vocabularies] = self._vocabularies.ids(values[vocabularies], present[vocabularies])
+        for k, e in enumerate(hexed):
+            if e.kind != "vocabulary":
+                ids[k] = e.ids(values[k], present[k])
+        return ids
+
+    @functools.cached_property
+    def _vocabularies(self) -> ColumnsKeys:
+        return ColumnsKeys([e for e in self.sparse if e.values == "uint32" and e.kind == "vocabulary"])
+
+
+def _single(column: pa.ChunkedArray) -> pa.Array:
+    """A table column as one array (without a copy when it is one chunk already)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+class ColumnsKeys:
+    """Ids of the values of several uint32 vocabulary columns at once. Few values (a served
+    request's) cost one binary search over every column's keys, each column's keys shifted into a
+    uint64 range of its own, instead of a search per column: 26 searches of one value each cost
+    26 calls' fixed cost. More values go column by column, to each one's fastest lookup."""
+
+    def __init__(self, encoders: list[Categorical]):
+        self.encoders = encoders
+        self.starts = np.cumsum([0] + [len(e.keys) for e in encoders[:-1]])[:, None]
+
+    @functools.cached_property
+    def keys(self) -> np.ndarray:  # built at the first small request: a copy of every vocabulary
+        return np.concatenate(
+            [(np.uint64(k) << np.uint64(32)) | np.asarray(e.keys, np.uint64) for k, e in enumerate(self.encoders)]
+        )
+
+    def ids(self, values: np.ndarray, present: np.ndarray) -> np.ndarray:
+        total = int(self.starts[-1, 0]) + len(self.encoders[-1].keys)
+        if values.size * SortedKeys.FEW >= total:
+            return np.stack([e.ids(v, p) for e, v, p in zip(self.encoders, values, present)])
+        wanted = (np.arange(len(self.encoders), dtype=np.uint64)[:, None] << np.uint64(32)) | values
+        position = np.searchsorted(self.keys, wanted)
+        found = position < len(self.keys)
+        found[found] = self.keys[position[found]] == wanted[found]
+        return np.where(found & present, position - self.starts + 1, 0)
 
 
 def load_encoders(folder: str | Path) -> Encoders:

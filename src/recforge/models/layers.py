@@ -91,9 +91,15 @@ class Linear(nn.Linear):
     torch.compile) it is `nn.Linear`."""
 
     backend = "onednn"
+    by_rows: tuple[tuple[float, str], ...] = ()  # inference on any batch size: gemm.inference_backends
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gemm.linear(x, self.weight, self.bias, self.backend)
+        backend = self.backend
+        for most_rows, name in self.by_rows:
+            if x.shape[0] <= most_rows:
+                backend = name
+                break
+        return gemm.linear(x, self.weight, self.bias, backend)
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:

@@ -154,9 +154,9 @@ class ClickLogAssets:
                 name = hexed[column]
                 field = f"rows[{row}].{name}" if where == "rows" else f"columns.{name}[{row}]"
                 raise RequestError(field, "must be 8 hex digits (a Criteo categorical value) or empty")
+            parsed = pa.array(values, mask=~present)  # one array, sliced per column without a copy
             for k, name in enumerate(hexed):
-                part = slice(k * rows, (k + 1) * rows)
-                columns[name] = pa.array(values[part], mask=~present[part])
+                columns[name] = parsed.slice(k * rows, rows)
         return pa.table(columns)
 
     @staticmethod

@@ -32,7 +32,9 @@ from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write
 from recforge.data.cache import prepare
 from recforge.data.ctr_format import check_out, load_meta, load_split, new_folder
+from recforge.models.layers import Linear
 from recforge.registry import build_model, config_from_dict, model_entry
+from recforge.runtime import gemm
 from recforge.serving.assets import ASSETS, ClickLogAssets, RankingAssets, read_manifest, write_manifest
 from recforge.tasks import ctr, ranking
 from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
@@ -277,6 +279,9 @@ class EagerRuntime(_TorchRuntime):
             raise RecforgeError(
                 f"{folder / 'weights.npz'}: does not fit the manifest's model ({(missing or unexpected)[0]})"
             )
+        for layer in model.modules():  # a server's batches have any size: kernels by size
+            if isinstance(layer, Linear) and layer.in_features and layer.out_features:
+                layer.by_rows = gemm.inference_backends(layer.in_features, layer.out_features)
         self.module, self.inputs = Scoring(model, inputs).eval(), inputs
 
 
