@@ -14,7 +14,7 @@ PY
 then
   "$VENV/bin/python" -m pip install -q torch==2.13.0
 fi
-"$VENV/bin/python" -m pip install -q -e '.[test,serve]'
+"$VENV/bin/python" -m pip install -q -e '.[test,serve,experiments]'
 
 # TorchRec, for embedding tables sharded across processes (--embedding-sharding), with FBGEMM's CPU
 # kernels: the release pair built against the installed torch (FBGEMM's compiled ops must match its

@@ -316,6 +316,9 @@ class TrainConfig:
         False, "inference: write predictions.npy (grouped click logs: submission.csv too)", group=_SAVE
     )
     print_freq: int = option(0, "a progress line every N steps (0: per evaluation)", group=_LOG, low=0)
+    tensorboard: bool = option(
+        True, "TensorBoard event files in the run folder (with the tensorboard package installed)", group=_LOG
+    )
     profile: bool = option(False, "a torch.profiler trace into the run folder", group=_LOG)
     profile_start_step: int = option(10, "first profiled step", group=_LOG, low=1)
     profile_steps: int = option(5, "steps profiled", group=_LOG, low=1)

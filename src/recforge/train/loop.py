@@ -41,6 +41,7 @@ from recforge.runtime.distributed import Dist, init_distributed, pick_device, re
 from recforge.runtime.memory import keep_freed_memory, peak_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler, resolve, warning
 from recforge.tasks.base import Task
+from recforge.train.curves import Curves
 from recforge.train.distributed_checkpoint import from_one_process, load_weights, open_checkpoint
 from recforge.train.distributed_checkpoint import load as load_distributed
 from recforge.train.distributed_checkpoint import read_state as read_distributed_state
@@ -78,6 +79,7 @@ CHANGEABLE_ON_RESUME = {
         "decay_steps",
         "decay_power",
         "print_freq",
+        "tensorboard",
         "save_steps",
         "save_every_minutes",
         "keep_checkpoint_max",
@@ -459,6 +461,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
         # The record first: a kill before the checkpoint leaves a record that --resume drops and redoes;
         # the other order would leave a checkpoint whose evaluation is never recorded.
         run.log_metrics(record)
+        curves.evaluation(history.step, record)
         save(best=improved)
         log(_eval_line(record, task.metric_names, improved))
         window.reset(from_step=history.step + 1)
@@ -472,7 +475,9 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
     start_epoch, start_step = history.epoch, history.step_in_epoch
     if start_step >= steps_per_epoch:  # the checkpoint ended an epoch
         start_epoch, start_step = start_epoch + 1, 0
-    with _profiler(cfg, run, dist.is_main) as profiler:
+    resumed_step = None if source is None else history.step
+    curves = Curves(run.path, dist.is_main and t.tensorboard, resumed_step, log)
+    with _profiler(cfg, run, dist.is_main) as profiler, curves:
         for epoch in range(start_epoch, t.epochs + 1):
             if stop:
                 break
@@ -484,6 +489,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
             for step_in_epoch, (batch, global_size, largest_part) in enumerate(
                 task.train_batches(epoch, t.batch_size, first), start=first + 1
             ):
+                step_begin = time.perf_counter()
                 set_learning_rate(optimizers, t, history.step)
                 if equal_batches:
                     batch = pad_rows(batch, largest_part)
@@ -514,6 +520,9 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                 )
                 loss_value, save_due = totals[0].item(), totals[1].item() > 0
                 _check_loss(history, loss_value / global_size, epoch, run, t, cfg.eval.no_eval, log)
+                curves.step(
+                    history.step, loss_value / global_size, global_size / (time.perf_counter() - step_begin), optimizers
+                )
                 window.loss += loss_value
                 window.samples += global_size
                 history.samples += global_size
@@ -544,6 +553,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                     save()
                 if stop:
                     break
+        curves.hyperparameters(cfg, history.best_metrics or {}, history.step)
 
     summary = _summary(cfg, task, history, device, dist) | {"gemm": gemms}
     run.summary(summary)

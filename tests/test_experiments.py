@@ -1,0 +1,68 @@
+"""Experiments people can see: TensorBoard event files, read back with TensorBoard's own reader."""
+
+import json
+import sys
+
+import pytest
+from conftest import tiny_synthetic_args
+
+from recforge.cli import main
+from recforge.train.curves import Curves
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+plugin_data_pb2 = pytest.importorskip("tensorboard.plugins.hparams.plugin_data_pb2")
+
+
+def events(folder):
+    reader = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
+    reader.Reload()
+    return reader
+
+
+def test_event_files_hold_every_step_evaluation_and_the_hyperparameters(tmp_path):
+    main(["train", *tiny_synthetic_args(tmp_path, epochs=2, evals_per_epoch=2)])
+    run = tmp_path / "run"
+    reader = events(run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = records[-1]["step"]
+    loss = reader.Scalars("step/loss")
+    assert [e.step for e in loss] == list(range(1, steps + 1)) and all(0 < e.value < 2 for e in loss)
+    assert [e.step for e in reader.Scalars("step/learning_rate/Adam")] == list(range(1, steps + 1))
+    assert all(e.value > 0 for e in reader.Scalars("step/samples_per_s"))
+    for tag, name in (("eval/HR@10", "HR@10"), ("eval/NDCG@10", "NDCG@10"), ("train/loss", "train_loss")):
+        logged = reader.Scalars(tag)
+        assert [e.step for e in logged] == [r["step"] for r in records]
+        assert [e.value for e in logged] == pytest.approx([r[name] for r in records], rel=1e-6)
+    summary = json.loads((run / "summary.json").read_text())
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        reader.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start.hparams["model"].string_value == "neumf"
+    assert start.hparams["train.learning_rate"].number_value == pytest.approx(0.01)
+    best = reader.Scalars("best/HR@10")
+    assert best[-1].value == pytest.approx(summary["metrics"]["HR@10"], rel=1e-6)
+
+
+def test_a_resumed_run_replaces_the_curves_after_its_checkpoint(tmp_path):
+    """Steps a killed run logged after its last checkpoint are purged by the resumed run's file."""
+    with Curves(tmp_path, True, None, print) as first:
+        for step in range(1, 11):
+            first.step(step, 1.0, 100.0, [])
+    with Curves(tmp_path, True, 5, print) as resumed:  # resumed from the checkpoint of step 5
+        for step in range(6, 9):
+            resumed.step(step, 2.0, 100.0, [])
+    logged = events(tmp_path).Scalars("step/loss")
+    assert [(e.step, e.value) for e in logged] == [(s, 1.0) for s in range(1, 6)] + [(s, 2.0) for s in range(6, 9)]
+
+
+def test_a_run_without_tensorboard_trains_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    main(["train", *tiny_synthetic_args(tmp_path, epochs=1)])
+    assert "no TensorBoard event files: the tensorboard package is not installed" in capsys.readouterr().out
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_no_tensorboard_writes_no_event_files(tmp_path):
+    main(["train", *tiny_synthetic_args(tmp_path, epochs=1), "--no-tensorboard"])
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
