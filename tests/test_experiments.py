@@ -66,3 +66,37 @@ def test_a_run_without_tensorboard_trains_and_says_so(tmp_path, monkeypatch, cap
 def test_no_tensorboard_writes_no_event_files(tmp_path):
     main(["train", *tiny_synthetic_args(tmp_path, epochs=1), "--no-tensorboard"])
     assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_a_report_of_two_runs_shows_their_metrics_differences_and_valid_images(tmp_path, capsys):
+    summaries = {}
+    for name, rate in (("slow", "0.001"), ("fast", "0.01")):
+        folder = tmp_path / name
+        main(["train", *tiny_synthetic_args(folder, epochs=2, learning_rate=rate), "--output-dir", str(folder / "r")])
+        summaries[name] = json.loads((folder / "r" / "summary.json").read_text())
+    out = tmp_path / "pages" / "report.html"
+    main(["report", str(tmp_path / "slow" / "r"), str(tmp_path / "fast" / "r"), "--out", str(out)])
+    page = out.read_text()
+    assert "slow/r" in page and "fast/r" in page  # two folders named r: named by their paths
+    for summary in summaries.values():
+        assert f"{summary['metrics']['HR@10']:,.4f}" in page
+    difference = page[page.index("<td>train.learning_rate</td>") :].split("</tr>")[0]
+    assert "<td>0.001</td>" in difference and "<td>0.01</td>" in difference
+    assert "train.epochs" not in page  # the same in both: not a difference
+    pngs = sorted(out.parent.glob("report-*.png"))
+    assert {p.name for p in pngs} >= {"report-train_loss.png", "report-HR@10.png", "report-NDCG@10.png"}
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert width > 100 and height > 100
+    assert page.count("data:image/png;base64,") == len(pngs) and "http" not in page.replace("http-equiv", "")
+
+
+def test_a_report_names_a_folder_that_is_no_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "report.html")])
+    assert exit_.value.code == 2
+    assert f"recforge: error: {tmp_path / 'empty'}: no metrics.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()

@@ -32,6 +32,8 @@ commands:
   serve BUNDLE_OR_CHECKPOINT         an HTTP service scoring raw rows (FastAPI + uvicorn; localhost)
   predict --bundle DIR --input FILE --output scores.parquet
                                      score a CSV / Parquet file of raw rows through the bundle's encoders
+  report RUN [RUN ...] --out report.html
+                                     one HTML page of runs: curves overlaid, metrics, differing settings
   presets                            the shipped presets and what each reproduces
   tf-config [--nproc-per-node N]     the torchrun command line of this machine's task in $TF_CONFIG
 
@@ -346,6 +348,20 @@ def preset_summary(path) -> str:
     return path.read_text().splitlines()[0].lstrip("#").strip()
 
 
+def cmd_report(argv: list[str]) -> None:
+    parser = Parser(
+        prog="recforge report",
+        allow_abbrev=False,
+        description="One self-contained HTML page of run folders (plots embedded, a PNG of each beside it).",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders of `recforge train`")
+    parser.add_argument("--out", required=True, help="the page, e.g. report.html (PNGs: report-NAME.png)")
+    args = parser.parse_args(argv)
+    from recforge.report import report
+
+    report(args.runs, args.out)
+
+
 def cmd_presets(argv: list[str]) -> None:
     parser = Parser(
         prog="recforge presets",
@@ -387,6 +403,7 @@ COMMANDS = {
     "export": cmd_export,
     "serve": cmd_serve,
     "predict": cmd_predict,
+    "report": cmd_report,
     "presets": cmd_presets,
     "tf-config": cmd_tf_config,
 }
