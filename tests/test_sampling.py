@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,29 @@ def test_ranks_split_each_global_batch_without_overlap():
         assert parts[0][step][2] == parts[1][step][2] == -(-size // 2)
         joined = {k: torch.cat([parts[0][step][0][k], parts[1][step][0][k]]) for k in batch}
         assert all(torch.equal(joined[k], batch[k]) for k in batch)
+
+
+@pytest.mark.parametrize("users,items,verified", [(151, 300, True), (300, 20000, False)])
+def test_auto_verifies_negatives_where_unchecked_draws_often_hit_known_items(tmp_path, capsys, users, items, verified):
+    from conftest import tiny_synthetic_args
+
+    from recforge.cli import main
+    from recforge.config import DataConfig
+    from recforge.data.cache import prepare
+
+    args = tiny_synthetic_args(tmp_path, epochs=1, synthetic_users=users, synthetic_items=items)
+    main(["train", *args])
+    resolved = json.loads((tmp_path / "run" / "summary.json").read_text())["resolved"]["verify_negatives"]
+    assert resolved["value"] is verified
+    flags = dict(zip(args[::2], args[1::2]))
+    data, _ = prepare(
+        DataConfig(dataset="synthetic", cache_dir=flags["--cache-dir"], synthetic_users=users,
+                   synthetic_items=items, synthetic_interactions=6000),
+        log=lambda *a: None,
+    )  # fmt: skip
+    known = np.diff(data.user_offsets) + 1.0
+    share = (known**2).sum() / (data.num_items * known.sum())  # by hand: sum d^2 / (items * sum d)
+    assert resolved["why"].startswith(f"{share:.1%} of unchecked draws would be known positives")
+    assert bool(share >= 0.03) is verified
+    line = "negatives: verified" if verified else "negatives: unchecked"
+    assert line in capsys.readouterr().out

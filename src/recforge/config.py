@@ -225,7 +225,13 @@ class TrainConfig:
     negative_samples: int = option(
         4, "negatives per positive, drawn afresh every epoch", group=_RUN, scope=RANKING, low=1
     )
-    verify_negatives: bool = option(False, "resample negatives that are known positives", group=_RUN, scope=RANKING)
+    verify_negatives: bool | Literal["auto"] = option(
+        "auto",
+        "resample negatives that are known positives (auto: when at least 3% of unchecked draws would be)",
+        group=_RUN,
+        scope=RANKING,
+        metavar="auto|true|false",
+    )
     optimizer: Literal["adam", "sgd", "adagrad", "rowwise-adagrad", "ftrl+proximal-adagrad"] = option(
         "adam",
         "optimizer (ftrl+proximal-adagrad: FTRL on the wide part, Proximal Adagrad on the deep part)",

@@ -20,6 +20,8 @@ class Task(abc.ABC):
     name: str  # the kind of data: the `scope` of the config options that apply to it
     # Capabilities: `recommend` ranks unseen items for a raw user id (ranking data only).
     can_recommend: bool = False
+    # Settings an `auto` left to the data, as decided (in summary.json): name -> {"value", "why"}.
+    resolved: dict = {}
 
     @property
     @abc.abstractmethod

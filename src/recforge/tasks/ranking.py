@@ -58,6 +58,9 @@ def data_fingerprint(data: LeaveOneOutData, dataset: str) -> dict:
     }
 
 
+AUTO_VERIFY_SHARE = 0.03  # --verify-negatives auto: see RankingTask._verify_negatives
+
+
 class RankingTask(Task):
     name = "ranking"
     can_recommend = True
@@ -76,8 +79,9 @@ class RankingTask(Task):
                 f"note: {cfg.data.dataset} brings {data.eval_negatives.shape[1]} negatives per user; "
                 "--valid-negative is ignored"
             )
+        verify = self._verify_negatives(cfg.train.verify_negatives, log)
         most = int(np.diff(data.user_offsets).max(initial=0)) + 1
-        if cfg.train.verify_negatives and most >= data.num_items:
+        if verify and most >= data.num_items:
             raise RecforgeError("--verify-negatives: a user has interacted with every item; no negatives exist")
         # An epoch's tensors: users and items of the positives, the negatives, all items and their order.
         positives, drawn = len(data.train_items), len(data.train_items) * cfg.train.negative_samples
@@ -92,7 +96,7 @@ class RankingTask(Task):
             cfg.train.negative_samples,
             device,
             cfg.train.seed,
-            data.interaction_keys() if cfg.train.verify_negatives else None,
+            data.interaction_keys() if verify else None,
             dist.rank,
             dist.world,
             sharded,
@@ -110,6 +114,26 @@ class RankingTask(Task):
         self.test_items = torch.as_tensor(np.asarray(data.test_items), device=device)
         self.negatives = None if negatives is None else torch.as_tensor(np.asarray(negatives), device=device)
         self.topk = cfg.eval.topk
+
+    def _verify_negatives(self, setting, log) -> bool:
+        """--verify-negatives auto: verify where unchecked draws often hit a user's known items.
+
+        A draw for user u hits one of u's d_u known items with probability d_u / items, and u's
+        positives draw d_u * k negatives: the share of hits is sum(d_u^2) / (items * sum(d_u)).
+        It is 12% on ml-100k (unchecked: HR@10 0.594, verified 0.637, RecBole's NeuMF setup),
+        6.2% on ml-latest-small, ~10% on ml-1m, ~1.9% on ml-20m, where NVIDIA's and MLPerf's
+        references differ and verification costs one search per draw in 20M keys (~50 s of an
+        epoch's 80M draws on 2 AVX2 cores). From 3% on, the hits would be a noticeable share of
+        the negatives (label noise): verify. Below, the shortcut."""
+        if setting != "auto":
+            return bool(setting)
+        known = np.diff(self.data.user_offsets).astype(np.float64) + 1  # train items and the held-out one
+        share = float((known * known).sum() / (self.data.num_items * max(known.sum(), 1.0)))
+        verify = share >= AUTO_VERIFY_SHARE
+        why = f"{share:.1%} of unchecked draws would be known positives; verified from {AUTO_VERIFY_SHARE:.0%}"
+        self.resolved = {"verify_negatives": {"value": verify, "why": why}}
+        log(f"negatives: {'verified' if verify else 'unchecked'} (--verify-negatives auto: {why})")
+        return verify
 
     @property
     def model_dims(self) -> dict:

@@ -647,6 +647,7 @@ def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist:
         "peak_memory_bytes_per_rank": peaks[:, 0].tolist(),
         **({"peak_gpu_memory_bytes_per_rank": peaks[:, 1].tolist()} if device.type == "cuda" else {}),
         "run_folder": str(Path(cfg.output_dir).expanduser().resolve()),
+        "resolved": task.resolved,
     }
 
 
