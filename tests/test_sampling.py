@@ -132,5 +132,4 @@ def test_auto_verifies_negatives_where_unchecked_draws_often_hit_known_items(tmp
     share = (known**2).sum() / (data.num_items * known.sum())  # by hand: sum d^2 / (items * sum d)
     assert resolved["why"].startswith(f"{share:.1%} of unchecked draws would be known positives")
     assert bool(share >= 0.03) is verified
-    line = "negatives: verified" if verified else "negatives: unchecked"
-    assert line in capsys.readouterr().out
+    assert f"--verify-negatives auto: {str(verified).lower()} ({resolved['why']})" in capsys.readouterr().out

@@ -79,7 +79,7 @@ class RankingTask(Task):
                 f"note: {cfg.data.dataset} brings {data.eval_negatives.shape[1]} negatives per user; "
                 "--valid-negative is ignored"
             )
-        verify = self._verify_negatives(cfg.train.verify_negatives, log)
+        verify = self._verify_negatives(cfg.train.verify_negatives)
         most = int(np.diff(data.user_offsets).max(initial=0)) + 1
         if verify and most >= data.num_items:
             raise RecforgeError("--verify-negatives: a user has interacted with every item; no negatives exist")
@@ -115,7 +115,7 @@ class RankingTask(Task):
         self.negatives = None if negatives is None else torch.as_tensor(np.asarray(negatives), device=device)
         self.topk = cfg.eval.topk
 
-    def _verify_negatives(self, setting, log) -> bool:
+    def _verify_negatives(self, setting) -> bool:
         """--verify-negatives auto: verify where unchecked draws often hit a user's known items.
 
         A draw for user u hits one of u's d_u known items with probability d_u / items, and u's
@@ -131,8 +131,7 @@ class RankingTask(Task):
         share = float((known * known).sum() / (self.data.num_items * max(known.sum(), 1.0)))
         verify = share >= AUTO_VERIFY_SHARE
         why = f"{share:.1%} of unchecked draws would be known positives; verified from {AUTO_VERIFY_SHARE:.0%}"
-        self.resolved = {"verify_negatives": {"value": verify, "why": why}}
-        log(f"negatives: {'verified' if verify else 'unchecked'} (--verify-negatives auto: {why})")
+        self.resolved = {"verify_negatives": {"value": verify, "why": why}}  # printed by a training run
         return verify
 
     @property

@@ -410,6 +410,8 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
         f"{task.samples_per_epoch:,} samples/epoch in {steps_per_epoch:,} steps of {t.batch_size:,}, {t.optimizer}, "
         f"{precision} ({precision_reason}), {device}" + (f", {dist.world} processes" if dist.enabled else "")
     )
+    for name, decided in task.resolved.items():  # what an `auto` setting became on this data
+        log(f"--{name.replace('_', '-')} auto: {str(decided['value']).lower()} ({decided['why']})")
     if emulated := warning(device, t.precision):
         log(emulated)
     gemms = choose_gemms(model, t, precision, device, dist, log)
