@@ -1,12 +1,16 @@
-"""Experiments people can see: TensorBoard event files, read back with TensorBoard's own reader."""
+"""Experiments people can see and tune: TensorBoard event files (read back with TensorBoard's own
+reader), reports, a validation split that leaves the test items for the end."""
 
 import json
 import sys
+
+import numpy as np
 
 import pytest
 from conftest import tiny_synthetic_args
 
 from recforge.cli import main
+from recforge.tasks.ranking import RankingTask
 from recforge.train.curves import Curves
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -100,3 +104,42 @@ def test_a_report_names_a_folder_that_is_no_run(tmp_path, capsys):
     assert exit_.value.code == 2
     assert f"recforge: error: {tmp_path / 'empty'}: no metrics.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_a_validation_split_chooses_the_checkpoint_and_the_test_items_are_scored_once_at_the_end(
+    tmp_path, monkeypatch, protocol
+):
+    scored, tasks = [], []
+    evaluate = RankingTask.evaluate
+
+    def spy(self, model, split=None):
+        tasks.append(self)
+        scored.append(split or self.eval_split)
+        return evaluate(self, model, split)
+
+    monkeypatch.setattr(RankingTask, "evaluate", spy)
+    args = tiny_synthetic_args(tmp_path, epochs=3, eval_protocol=protocol, valid_protocol="leave-one-out")
+    main(["train", *args])
+    assert scored == ["valid"] * 4 + ["test"]  # the baseline, 3 epochs, then test once
+    task = tasks[0]
+    data, positives = task.data, task.positives
+    users = np.flatnonzero(data.valid_items >= 0)
+    assert len(users) > 100 and (data.valid_items[users] != data.test_items[users]).all()
+    train_keys, valid_keys = set(positives.train_keys().tolist()), users * data.num_items + data.valid_items[users]
+    test_keys = np.arange(data.num_users) * data.num_items + data.test_items
+    assert not train_keys & set(valid_keys.tolist()) and not train_keys & set(test_keys.tolist())
+    assert sorted(train_keys | set(valid_keys.tolist())) == data.train_keys().tolist()  # nothing else held out
+
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["eval_users"] == len(users) for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    best = max(records, key=lambda r: r["HR@10"])
+    assert summary["eval_split"] == "valid" and summary["metrics"]["HR@10"] == best["HR@10"]
+    assert summary["best_step"] == best["step"] and summary["test_split"] == "test"
+    assert summary["test_metrics"]["eval_users"] == data.num_users
+    # The test metrics are the best checkpoint's: scoring it again on test gives them.
+    main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--split", "test"])
+    again = json.loads((run / f"evaluation-{protocol}-test.json").read_text())
+    assert again["metrics"] == pytest.approx(summary["test_metrics"])

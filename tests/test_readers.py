@@ -507,11 +507,28 @@ def test_leave_one_out_without_filters():
     assert data.item_ids.tolist() == [100, 150, 200, 300, 400, 500]
     assert held_out_by_user(data) == {3: 100, 5: 150, 7: 300, 9: 200, 11: 100, 13: 400}
     assert train_by_user(data) == {3: [200, 300], 7: [100, 200], 9: [100, 300, 500], 13: [100]}
+    # The second-latest interaction, one of the training rows; none where training would be left empty.
+    valid = np.asarray(data.item_ids)[data.valid_items]
+    assert dict(zip(as_list(data.user_ids), np.where(data.valid_items >= 0, valid, -1).tolist())) == {
+        3: 300,
+        5: -1,
+        7: 200,
+        9: 500,
+        11: -1,
+        13: -1,
+    }
+    held = data.without_validation()
+    assert train_by_user(held) == {3: [200], 7: [100], 9: [100, 300], 13: [100]}
+    assert held.test_items.tolist() == data.test_items.tolist()
 
 
 def test_leave_one_out_tie_uses_item_order_not_file_order():
     rows = [(1, 9, 1, 5), (1, 30, 1, 5), (1, 10, 1, 5), (2, 30, 1, 7), (2, 9, 1, 7)]
     assert held_out_by_user(leave_one_out(raw_from_rows(rows))) == {1: 30, 2: 30}
+    # The validation item breaks ties the same way.
+    rows = [(1, 9, 1, 5), (1, 30, 1, 5), (1, 10, 1, 5), (1, 40, 1, 6)]
+    data = leave_one_out(raw_from_rows(rows))
+    assert data.item_ids[data.test_items].tolist() == [40] and data.item_ids[data.valid_items].tolist() == [30]
 
 
 def test_leave_one_out_without_timestamps_file_order_and_duplicates():

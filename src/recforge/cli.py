@@ -89,7 +89,7 @@ def _run_parser(
         titles={"arch": f"model: {model}"},
     )
     args = parser.parse_args(argv)
-    own = ("config", "checkpoint", "user", "k", "output", "json", "evaluate", "predict", "benchmark")
+    own = ("config", "checkpoint", "user", "k", "output", "json", "evaluate", "predict", "benchmark", "split")
     overrides = {k: v for k, v in vars(args).items() if k not in own and v is not None}
     if getattr(args, "evaluate", False):
         overrides["mode"] = "eval"
@@ -170,9 +170,14 @@ def cmd_evaluate(argv: list[str]) -> None:
 
     def extra(parser):
         parser.add_argument("--output", help="JSON file (default: evaluation-PROTOCOL.json in the run directory)")
+        parser.add_argument(
+            "--split",
+            choices=["valid", "test"],
+            help="the split to score (default: the one the run's evaluations scored; test after a validation split)",
+        )
 
     cfg, args, checkpoint = _checkpoint_parser("recforge evaluate", argv, extra)
-    evaluate(checkpoint, args.checkpoint, cfg, args.output)
+    evaluate(checkpoint, args.checkpoint, cfg, args.output, args.split)
 
 
 def cmd_recommend(argv: list[str]) -> None:

@@ -341,7 +341,21 @@ class EvalConfig:
     eval_protocol: Literal["sampled", "full"] = option(
         "sampled", "rank among sampled negatives, or among all items", group=_EVAL, scope=RANKING
     )
+    valid_protocol: Literal["none", "leave-one-out"] = option(
+        "none",
+        "none: evaluations score the test items (the NCF papers' protocol); leave-one-out: each user's "
+        "second-latest interaction is held out as validation (RecBole's LS split), which evaluations, "
+        "early stopping and the best checkpoint use, and the test items are scored once at the end",
+        group=_EVAL,
+        scope=RANKING,
+    )
     eval_split: Literal["valid", "test"] = option("valid", "the split evaluations score", group=_EVAL, scope=CTR)
+    final_test: bool = option(
+        True,
+        "when evaluations score a validation split, score the test split once at the end with the best "
+        "checkpoint (summary.json's test_metrics)",
+        group=_EVAL,
+    )
     valid_batch_size: int = option(1 << 18, "examples scored per forward pass", group=_EVAL, low=1)
     eval_after: int = option(0, "evaluate only after this many epochs (and after the last)", group=_EVAL, low=0)
     evals_per_epoch: int = option(1, "evaluations (and checkpoints) per epoch", group=_EVAL, low=1)

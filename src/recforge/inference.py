@@ -48,9 +48,12 @@ def load_run(checkpoint: dict, path: str | Path, cfg: RunConfig | None = None):
     return cfg, dist, task, model
 
 
-def score(checkpoint: dict, path: str | Path, cfg: RunConfig | None, mode: str, write) -> dict:
-    """The checkpoint's metrics (`mode` "eval") or its scoring throughput ("inference"), as one
-    record, which `write(result, task, probabilities, dist)` stores; returns the record."""
+def score(
+    checkpoint: dict, path: str | Path, cfg: RunConfig | None, mode: str, write, split: str | None = None
+) -> dict:
+    """The checkpoint's metrics (`mode` "eval") on `split` (by default the one its evaluations
+    scored) or its scoring throughput ("inference"), as one record, which
+    `write(result, task, probabilities, dist)` stores; returns the record."""
     cfg, dist, task, model = load_run(checkpoint, path, cfg)
     log = log_to(dist.is_main)
     try:
@@ -65,11 +68,11 @@ def score(checkpoint: dict, path: str | Path, cfg: RunConfig | None, mode: str, 
         begin = time.perf_counter()
         probabilities = None
         if mode == "eval":
-            metrics, examples = task.evaluate(model)
+            metrics, examples = task.evaluate(model, split)
             seconds = time.perf_counter() - begin
             result |= {
                 "eval_protocol": cfg.eval.eval_protocol,
-                "eval_split": cfg.eval.eval_split,
+                "eval_split": split or task.eval_split,
                 "metrics": metrics,
                 "eval_s": seconds,
                 "eval_samples_per_s": examples / seconds,
@@ -96,10 +99,15 @@ def score(checkpoint: dict, path: str | Path, cfg: RunConfig | None, mode: str, 
 
 
 def evaluate(
-    checkpoint: dict, path: str | Path, cfg: RunConfig | None = None, output: str | Path | None = None
+    checkpoint: dict,
+    path: str | Path,
+    cfg: RunConfig | None = None,
+    output: str | Path | None = None,
+    split: str | None = None,
 ) -> dict:
     """`recforge evaluate`: the metrics printed, and written as JSON beside the run (RUN/checkpoints/X.pt
-    -> RUN/evaluation-PROTOCOL.json), beside a loose checkpoint, or at `output`."""
+    -> RUN/evaluation-PROTOCOL.json, or evaluation-PROTOCOL-SPLIT.json for another `split` than its
+    evaluations'), beside a loose checkpoint, or at `output`."""
 
     def write(result, task, probabilities, cfg):
         target = output
@@ -107,10 +115,10 @@ def evaluate(
             folder = Path(path).resolve().parent
             target = (
                 folder.parent if folder.name == "checkpoints" else folder
-            ) / f"evaluation-{cfg.eval.eval_protocol}.json"
+            ) / f"evaluation-{cfg.eval.eval_protocol}{'' if split in (None, task.eval_split) else '-' + split}.json"
         write_json(target, result)
 
-    return score(checkpoint, path, cfg, "eval", write)
+    return score(checkpoint, path, cfg, "eval", write, split)
 
 
 def score_into_run(cfg: RunConfig) -> dict:

@@ -24,8 +24,17 @@ from recforge.core.files import naming, remove, replace, temp_folder, write_arra
 from recforge.data.datasets import dataset_entry
 from recforge.data.implicit import LeaveOneOutData, leave_one_out
 
-FORMAT_VERSION = 1
-ARRAYS = ("train_users", "train_items", "test_items", "user_ids", "item_ids", "item_titles", "eval_negatives")
+FORMAT_VERSION = 2  # 2: valid_items
+ARRAYS = (
+    "train_users",
+    "train_items",
+    "test_items",
+    "user_ids",
+    "item_ids",
+    "item_titles",
+    "eval_negatives",
+    "valid_items",
+)
 NOT_IN_KEY = (
     "cache_dir",
     "clean",

@@ -1,8 +1,10 @@
 """Implicit-feedback data: raw interactions -> contiguous ids -> leave-one-out split.
 
 Everything is columnar numpy: one sort for duplicates, one pass of bincount/reduceat for the
-per-user filters and the held-out item. The result keeps training interactions sorted by
+per-user filters and the held-out items. The result keeps training interactions sorted by
 (user, item), i.e. CSR rows per user, which the samplers and the full-ranking evaluation use.
+Each user's latest interaction is the test item; the second-latest, still among the training
+rows, is marked as the validation item, which `--valid-protocol leave-one-out` holds out too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class LeaveOneOutData:
     item_ids: np.ndarray  # raw id of each item index
     item_titles: np.ndarray | None = None  # str per item index, where the source has titles
     eval_negatives: np.ndarray | None = None  # int32 [num_users, k], when the source brings them
+    # int32 [num_users]: each user's second-latest interaction, one of its training rows (-1 for a
+    # user with fewer than 3 interactions: training keeps at least one), for a validation split
+    valid_items: np.ndarray | None = None
     user_offsets: np.ndarray = field(init=False)  # int64 [num_users + 1]: CSR rows of train_*
 
     def __post_init__(self):
@@ -52,16 +57,34 @@ class LeaveOneOutData:
     def num_items(self) -> int:
         return len(self.item_ids)
 
+    def train_keys(self) -> np.ndarray:
+        """Sorted int64 keys user * num_items + item of the training interactions."""
+        return self.train_users.astype(np.int64) * self.num_items + self.train_items  # sorted by (user, item)
+
     def interaction_keys(self) -> np.ndarray:
         """Sorted int64 keys user * num_items + item of every known interaction, train and test."""
         keys = np.concatenate(
-            [
-                self.train_users.astype(np.int64) * self.num_items + self.train_items,
-                np.arange(self.num_users, dtype=np.int64) * self.num_items + self.test_items,
-            ]
+            [self.train_keys(), np.arange(self.num_users, dtype=np.int64) * self.num_items + self.test_items]
         )
         keys.sort()
         return keys
+
+    def without_validation(self) -> LeaveOneOutData:
+        """The training rows less each user's validation item (`--valid-protocol leave-one-out`)."""
+        if self.valid_items is None:
+            raise RecforgeError(
+                "this prepared data has no validation items (a source with its own split and no timestamps)"
+            )
+        held = self.valid_items[self.train_users] == self.train_items
+        return LeaveOneOutData(
+            train_users=self.train_users[~held],
+            train_items=self.train_items[~held],
+            test_items=self.test_items,
+            user_ids=self.user_ids,
+            item_ids=self.item_ids,
+            item_titles=self.item_titles,
+            eval_negatives=self.eval_negatives,
+        )
 
     def describe(self) -> str:
         density = (len(self.train_items) + self.num_users) / max(1, self.num_users * self.num_items)
@@ -145,27 +168,47 @@ def leave_one_out(
     items, kept = _compact(items, np.flatnonzero(np.bincount(items, minlength=len(item_ids))), len(item_ids))
     item_ids = item_ids[kept]
 
-    # Held-out item: the latest interaction; among equal times, the largest item (the last row of
-    # the user's candidates, since rows are sorted by item within a user).
     num_users = len(user_ids)
-    starts = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=num_users))[:-1]])
-    latest = np.maximum.reduceat(times, starts)
-    position = np.where(times == latest[users], np.arange(len(users)), -1)
-    test_rows = np.maximum.reduceat(position, starts)
+    test_rows = latest_rows(users, times, num_users)
     train = np.ones(len(users), dtype=bool)
     train[test_rows] = False
 
     titles = None
     if raw.item_titles is not None:
         titles = _align_titles(item_ids, raw.item_titles)
+    test_items = items[test_rows]
+    users, items, times = users[train], items[train], times[train]
     return LeaveOneOutData(
-        train_users=users[train],
-        train_items=items[train],
-        test_items=items[test_rows],
+        train_users=users,
+        train_items=items,
+        test_items=test_items,
+        valid_items=validation_items(users, items, times, num_users),
         user_ids=user_ids,
         item_ids=item_ids,
         item_titles=titles,
     )
+
+
+def latest_rows(users: np.ndarray, times: np.ndarray, num_users: int) -> np.ndarray:
+    """Per user, the row of its latest interaction, among equal times the largest item (the last of
+    them, as rows are sorted by (user, item)); every user must have a row."""
+    starts = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=num_users))[:-1]])
+    latest = np.maximum.reduceat(times, starts)
+    position = np.where(times == latest[users], np.arange(len(users)), -1)
+    return np.maximum.reduceat(position, starts)
+
+
+def validation_items(users: np.ndarray, items: np.ndarray, times: np.ndarray, num_users: int) -> np.ndarray:
+    """Per user, the latest of its training rows (sorted by (user, item)) as its validation item;
+    -1 for a user with fewer than two, whose training would otherwise be empty (as RecBole's LS)."""
+    counts = np.bincount(users, minlength=num_users)
+    valid = np.full(num_users, -1, dtype=np.int32)
+    rows = counts[users] >= 2
+    kept = np.flatnonzero(counts >= 2)
+    if kept.size:
+        compact, _ = _compact(users[rows], kept, num_users)
+        valid[kept] = items[rows][latest_rows(compact, times[rows], len(kept))]
+    return valid
 
 
 def _take(values, mask: np.ndarray):

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from recforge.config import DataConfig
 from recforge.core.errors import DataError, RecforgeError
-from recforge.data.implicit import LeaveOneOutData
+from recforge.data.implicit import LeaveOneOutData, validation_items
 from recforge.data.tabular import read_delimited, require_file, row_error
 
 RATING_COLUMNS = ["user", "item", "rating", "timestamp"]
@@ -47,11 +47,17 @@ def fields_in_first_line(path: Path) -> int:
         return len(f.readline().rstrip(b"\r\n").split(b"\t"))
 
 
-def read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_ratings(path: Path, with_times: bool = False) -> tuple[np.ndarray, ...]:
+    """Users and items (and, asked for, timestamps: the rows' order where the file has none)."""
     width = fields_in_first_line(path)
     names = RATING_COLUMNS[:width] + [f"_{i}" for i in range(width - len(RATING_COLUMNS))]
-    table = read_delimited(path, delimiter="\t", columns={"user": pa.int64(), "item": pa.int64()}, column_names=names)
-    return table.column("user").to_numpy(), table.column("item").to_numpy()
+    columns = {"user": pa.int64(), "item": pa.int64()} | ({"timestamp": pa.int64()} if with_times and width > 3 else {})
+    table = read_delimited(path, delimiter="\t", columns=columns, column_names=names)
+    ids = table.column("user").to_numpy(), table.column("item").to_numpy()
+    if not with_times:
+        return ids
+    times = table.column("timestamp").to_numpy() if "timestamp" in columns else np.arange(table.num_rows)
+    return (*ids, times)
 
 
 def read_test(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +88,7 @@ def read_test(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
 def read(cfg: DataConfig) -> LeaveOneOutData:
     prefix = ncf_prefix(cfg)
     train_path, test_path, negative_path = sources(cfg)
-    train_users, train_items = read_ratings(train_path)
+    train_users, train_items, train_times = read_ratings(train_path, with_times=True)
     test_items, negatives = read_test(prefix)
     num_users = len(test_items)
     _check_ids(train_path, train_users, ["user"], num_users, f"has no row in {test_path.name}")
@@ -103,13 +109,15 @@ def read(cfg: DataConfig) -> LeaveOneOutData:
         _check_ids(path, ids, fields, held + (1 << 20), beyond)
     num_items = int(max(train_items.max(initial=0), test_items.max(), negatives.max(initial=0))) + 1
     order = np.lexsort((train_items, train_users))
+    users, items = train_users[order].astype(np.int32), train_items[order].astype(np.int32)
     return LeaveOneOutData(
-        train_users=train_users[order].astype(np.int32),
-        train_items=train_items[order].astype(np.int32),
+        train_users=users,
+        train_items=items,
         test_items=test_items.astype(np.int32),
         user_ids=np.arange(num_users, dtype=np.int64),
         item_ids=np.arange(num_items, dtype=np.int64),
         eval_negatives=negatives.astype(np.int32),
+        valid_items=validation_items(users, items, train_times[order], num_users),
     )
 
 

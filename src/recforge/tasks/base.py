@@ -22,6 +22,10 @@ class Task(abc.ABC):
     can_recommend: bool = False
     # Settings an `auto` left to the data, as decided (in summary.json): name -> {"value", "why"}.
     resolved: dict = {}
+    # The split scored once at the end with the best checkpoint when evaluations score another (a
+    # validation split); None when evaluations score the test split themselves.
+    final_split: str | None = None
+    eval_split: str = "test"  # the split evaluations during training score
 
     @property
     @abc.abstractmethod
@@ -56,8 +60,8 @@ class Task(abc.ABC):
         batches it missed. No rank holds more of the data than the batches it trains on need."""
 
     @abc.abstractmethod
-    def evaluate(self, model: torch.nn.Module) -> tuple[dict, int]:
-        """(metrics by name, examples scored)."""
+    def evaluate(self, model: torch.nn.Module, split: str | None = None) -> tuple[dict, int]:
+        """(metrics by name, examples scored) on `split`, by default the split evaluations score."""
 
     @abc.abstractmethod
     def predict(self, model: torch.nn.Module) -> torch.Tensor:

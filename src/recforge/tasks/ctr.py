@@ -71,7 +71,10 @@ class CTRTask(Task):
         self.cfg, self.device, self.dist, self.folder = cfg, device, dist, Path(folder).expanduser()
         self.meta = load_meta(folder)
         self.train = load_split(folder, "train") if cfg.train.mode == "train" else None
-        self.eval_arrays = load_split(folder, cfg.eval.eval_split) if self.meta.rows.get(cfg.eval.eval_split) else None
+        self.eval_split = cfg.eval.eval_split
+        self.eval_arrays = self._split(self.eval_split)
+        # Validation during training, the test rows once at the end (with the best checkpoint).
+        self.final_split = "test" if self.eval_split == "valid" and self.meta.rows.get("test") else None
         self.rank_rows = RankRows(self.meta.rows.get("train", 0), cfg.train.batch_size, dist.world)
         self.resident = None  # this rank's training rows on the device, when they fit
         if self.train is not None:
@@ -141,25 +144,25 @@ class CTRTask(Task):
             batch = {k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}
             yield _to_batch(batch), size, -(-size // self.dist.world)
 
-    def _eval_shard(self):
-        if self.eval_arrays is None:
-            raise RecforgeError(f"{self.folder}: no '{self.cfg.eval.eval_split}' split to evaluate")
-        rows = len(self.eval_arrays["label"])
-        return rows * self.dist.rank // self.dist.world, rows * (self.dist.rank + 1) // self.dist.world
+    def _split(self, split: str) -> dict[str, np.ndarray] | None:
+        return load_split(self.folder, split) if self.meta.rows.get(split) else None
 
     @torch.no_grad()
-    def _probabilities(self, model) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities and labels of this rank's shard of the evaluation split."""
+    def _probabilities(self, model, arrays: dict | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and labels of this rank's shard of a split's `arrays`."""
+        if arrays is None:
+            raise RecforgeError(f"{self.folder}: no '{split}' split to evaluate")
         was_training = model.training
         model.eval()
-        lo, hi = self._eval_shard()
+        rows = len(arrays["label"])
+        lo, hi = rows * self.dist.rank // self.dist.world, rows * (self.dist.rank + 1) // self.dist.world
         # Every rank runs as many batches as the largest shard needs (a sharded model's forward
         # is a collective that all ranks join), its own shard cut into that many equal parts.
-        largest = -(-len(self.eval_arrays["label"]) // self.dist.world)
+        largest = -(-rows // self.dist.world)
         batches = -(-largest // self.cfg.eval.valid_batch_size)
         bounds = [lo + (hi - lo) * i // batches for i in range(batches + 1)]
         probabilities, labels = [], []
-        features = {k: v for k, v in self.eval_arrays.items() if k in FEATURES}
+        features = {k: v for k, v in arrays.items() if k in FEATURES}
         pinned = self.device.type == "cuda"
         slices = (slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]))
         for arrays in read_ahead(slices, lambda rows: copy_rows(features, rows, pinned)):
@@ -171,8 +174,10 @@ class CTRTask(Task):
         empty = torch.zeros(0, device=self.device)
         return torch.cat(probabilities) if probabilities else empty, torch.cat(labels) if labels else empty
 
-    def evaluate(self, model) -> tuple[dict, int]:
-        probabilities, labels = self._probabilities(model)
+    def evaluate(self, model, split: str | None = None) -> tuple[dict, int]:
+        split = split or self.eval_split
+        arrays = self.eval_arrays if split == self.eval_split else self._split(split)
+        probabilities, labels = self._probabilities(model, arrays, split)
         probabilities, labels = self.dist.gather_cat(probabilities), self.dist.gather_cat(labels)
         metrics = {
             "AUC": auc(probabilities, labels),
@@ -181,13 +186,13 @@ class CTRTask(Task):
             "eval_rows": int(labels.numel()),
         }
         if self.meta.group:
-            groups = torch.from_numpy(np.array(self.eval_arrays["group"])).to(probabilities.device)
+            groups = torch.from_numpy(np.array(arrays["group"])).to(probabilities.device)
             metrics = {"MAP@12": map_at_k(probabilities, labels, groups, k=12), **metrics}
         return metrics, int(labels.numel())
 
     def predict(self, model) -> torch.Tensor:
         """Probabilities of the evaluation split, in row order (for --mode inference)."""
-        return self.dist.gather_cat(self._probabilities(model)[0])
+        return self.dist.gather_cat(self._probabilities(model, self.eval_arrays, self.eval_split)[0])
 
     def write_predictions(self, folder: Path, probabilities: torch.Tensor) -> list[Path]:
         """predictions.npy (row order) and, for grouped data with an item column, submission.csv in

@@ -1,16 +1,21 @@
 """Ranking from implicit feedback (the NCF family).
 
 Training: every epoch, the positives plus `negative_samples` uniform negatives per positive,
-scored pointwise with binary cross-entropy. Evaluation: each user's held-out item is ranked
-against `valid_negative` sampled true negatives (the NCF protocol) or against every item the
-user has not interacted with in training (`--eval-protocol full`). Under torchrun every user is
-evaluated by exactly one rank and the per-rank sums are added up.
+scored pointwise with binary cross-entropy; verified negatives avoid the user's training items
+only (what is held out is unknown to training, as in NCF's and RecBole's code). Evaluation: each
+user's held-out item is ranked against `valid_negative` sampled true negatives (the NCF
+protocol) or against every item the user has not interacted with in training
+(`--eval-protocol full`). Evaluations score the test items (the NCF papers' protocol) or, with
+`--valid-protocol leave-one-out`, each user's second-latest interaction, held out of training
+too; the test items are then scored once, at the end (`final_split`). Under torchrun every user
+is evaluated by exactly one rank and the per-rank sums are added up.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +36,29 @@ from recforge.runtime.precision import autocast
 from recforge.tasks.base import Task
 
 
-def eval_negatives(data: LeaveOneOutData, cache_path: Path, per_user: int, seed: int) -> np.ndarray:
-    """The source's own evaluation negatives, else sampled once per (count, seed) and cached."""
-    if data.eval_negatives is not None:
+def eval_negatives(data: LeaveOneOutData, cache_path: Path, per_user: int, seed: int, split: str) -> np.ndarray:
+    """Per user, items it never interacted with: for the test items the source's own where it has
+    them; else sampled once per (split, count, seed) and cached, validation's from another stream."""
+    if data.eval_negatives is not None and split == "test":
         return data.eval_negatives
-    path = cache_path / f"eval_negatives_n{per_user}_seed{seed}.npy"
+    name = "eval_negatives" if split == "test" else "valid_negatives"
+    path = cache_path / f"{name}_n{per_user}_seed{seed}.npy"
     if not path.exists():
+        stream = seed if split == "test" else int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
         counts = np.diff(data.user_offsets) + 1
-        negatives = sample_eval_negatives(data.interaction_keys(), counts, data.num_items, per_user, seed)
+        negatives = sample_eval_negatives(data.interaction_keys(), counts, data.num_items, per_user, stream)
         write_array(path, negatives)
     return np.load(path, mmap_mode="c")
+
+
+@dataclass
+class _Split:
+    """What one split's evaluation ranks: its users, their held-out items, their candidates."""
+
+    users: torch.Tensor  # int64: the users with an item held out in this split
+    items: torch.Tensor  # the held-out item of each
+    negatives: torch.Tensor | None  # [users, k]: sampled protocol; None: every item (full protocol)
+    also_seen: torch.Tensor | None  # full protocol: an item per user masked besides training's (or -1)
 
 
 def data_fingerprint(data: LeaveOneOutData, dataset: str) -> dict:
@@ -67,53 +85,73 @@ class RankingTask(Task):
 
     def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
         self.cfg, self.device, self.dist = cfg, device, dist
+        validating = cfg.eval.valid_protocol == "leave-one-out"
+        sampled = cfg.eval.eval_protocol == "sampled"
+        splits = ("valid", "test") if validating else ("test",)
         with dist.main_first():  # rank 0 prepares and caches; the others then read the cache
             self.data, self.cache_path = prepare(cfg.data, log=log)
-            sampled = cfg.eval.eval_protocol == "sampled"
-            negatives = (
-                eval_negatives(self.data, self.cache_path, cfg.eval.valid_negative, cfg.train.seed) if sampled else None
-            )
+            negatives = {
+                split: eval_negatives(self.data, self.cache_path, cfg.eval.valid_negative, cfg.train.seed, split)
+                for split in splits
+                if sampled
+            }
         data = self.data
+        # Training's positives (the data's fingerprint stays the whole data's: the same ids).
+        self.positives = data.without_validation() if validating else data
         if data.eval_negatives is not None and sampled and cfg.eval.valid_negative != data.eval_negatives.shape[1]:
             log(
                 f"note: {cfg.data.dataset} brings {data.eval_negatives.shape[1]} negatives per user; "
-                "--valid-negative is ignored"
+                "--valid-negative is ignored" + (" for the test items" if validating else "")
             )
         verify = self._verify_negatives(cfg.train.verify_negatives)
-        most = int(np.diff(data.user_offsets).max(initial=0)) + 1
+        most = int(np.diff(self.positives.user_offsets).max(initial=0))
         if verify and most >= data.num_items:
             raise RecforgeError("--verify-negatives: a user has interacted with every item; no negatives exist")
         # An epoch's tensors: users and items of the positives, the negatives, all items and their order.
-        positives, drawn = len(data.train_items), len(data.train_items) * cfg.train.negative_samples
+        positives, drawn = len(self.positives.train_items), len(self.positives.train_items) * cfg.train.negative_samples
         epoch_bytes = 8 * (2 * positives + drawn + 2 * (positives + drawn))
         sharded = dist.enabled and not fits_in_memory(epoch_bytes, device, cfg.data.memory_fraction)
         if sharded:
             log(f"an epoch's {epoch_bytes / 2**20:,.0f} MiB do not fit on {device}: each rank draws its part")
         self.epochs = ImplicitEpochs(
-            data.train_users,
-            data.train_items,
+            self.positives.train_users,
+            self.positives.train_items,
             data.num_items,
             cfg.train.negative_samples,
             device,
             cfg.train.seed,
-            data.interaction_keys() if verify else None,
+            self.positives.train_keys() if verify else None,
             dist.rank,
             dist.world,
             sharded,
         )
-        candidates = (
-            data.num_items
-            if not sampled
-            else 1 + (data.eval_negatives.shape[1] if data.eval_negatives is not None else cfg.eval.valid_negative)
-        )
+        candidates = data.num_items if not sampled else 1 + min(n.shape[1] for n in negatives.values())
         if cfg.eval.topk > candidates:  # HR@K would be 1.0 whatever the model
             raise RecforgeError(
                 f"--topk {cfg.eval.topk}: more than the {candidates} candidates each held-out item is ranked "
                 f"among ({'every item' if not sampled else 'it and its negatives, --valid-negative'})"
             )
-        self.test_items = torch.as_tensor(np.asarray(data.test_items), device=device)
-        self.negatives = None if negatives is None else torch.as_tensor(np.asarray(negatives), device=device)
+        self.splits = {split: self._split(split, negatives.get(split)) for split in splits}
+        self.eval_split = splits[0]
+        self.final_split = "test" if validating else None
         self.topk = cfg.eval.topk
+
+    def _split(self, split: str, negatives: np.ndarray | None) -> _Split:
+        data, device = self.data, self.device
+        if split == "valid":
+            users = np.flatnonzero(data.valid_items >= 0)
+            items, also_seen = data.valid_items[users], None  # the test item is unknown at validation
+        else:
+            users, items = np.arange(data.num_users), data.test_items
+            # After a validation split, the validation item is history the test ranking excludes.
+            also_seen = None if data is self.positives else data.valid_items
+        tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+        return _Split(
+            users=tensor(users.astype(np.int64)),
+            items=tensor(items),
+            negatives=None if negatives is None else tensor(np.asarray(negatives)[users]),
+            also_seen=tensor(also_seen if also_seen is None else also_seen[users]),
+        )
 
     def _verify_negatives(self, setting) -> bool:
         """--verify-negatives auto: verify where unchecked draws often hit a user's known items.
@@ -156,7 +194,7 @@ class RankingTask(Task):
 
     def baseline(self) -> tuple[str, dict]:
         """Item popularity on the same evaluation: what a model must clearly beat to have learned."""
-        metrics, _ = self.evaluate(ItemPopularity(self.data.train_items, self.data.num_items).to(self.device))
+        metrics, _ = self.evaluate(ItemPopularity(self.positives.train_items, self.data.num_items).to(self.device))
         return "popularity", metrics
 
     def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
@@ -169,41 +207,52 @@ class RankingTask(Task):
         with autocast(self.device, self.cfg.train.precision):
             return model(batch).float().view(-1, width)
 
-    def _scored_chunks(self, model):
-        """This rank's users in chunks: (candidate scores, rank of the held-out item).
+    def _scored_chunks(self, model, split: str):
+        """This rank's users of `split` in chunks: (candidate scores, rank of the held-out item).
 
         Sampled protocol: scores [n, 1 + negatives], column 0 the held-out item. Full protocol:
-        scores [n, items], the user's training items at -inf."""
-        num_users, num_items = self.data.num_users, self.data.num_items
-        lo, hi = num_users * self.dist.rank // self.dist.world, num_users * (self.dist.rank + 1) // self.dist.world
-        full = self.negatives is None
-        step = max(1, self.cfg.eval.valid_batch_size // (num_items if full else 1 + self.negatives.shape[1]))
-        offsets = self.data.user_offsets
+        scores [n, items], the user's training items (and `also_seen`) at -inf."""
+        part = self.splits[split]
+        count, num_items = len(part.users), self.data.num_items
+        lo, hi = count * self.dist.rank // self.dist.world, count * (self.dist.rank + 1) // self.dist.world
+        full = part.negatives is None
+        step = max(1, self.cfg.eval.valid_batch_size // (num_items if full else 1 + part.negatives.shape[1]))
         for start in range(lo, hi, step):
-            stop = min(hi, start + step)
-            users = torch.arange(start, stop, device=self.device)
-            held_out = self.test_items[start:stop]
+            chunk = slice(start, min(hi, start + step))
+            users, held_out = part.users[chunk], part.items[chunk]
             if full:
-                scores = self._score(model, users, torch.arange(num_items, device=self.device).expand(stop - start, -1))
-                seen = torch.as_tensor(
-                    np.asarray(self.data.train_items[offsets[start] : offsets[stop]]), device=self.device
-                )
-                rows = torch.repeat_interleave(torch.as_tensor(np.diff(offsets[start : stop + 1]), device=self.device))
-                scores[rows, seen.to(torch.int64)] = float("-inf")
+                scores = self._score(model, users, torch.arange(num_items, device=self.device).expand(len(users), -1))
+                rows, seen = self._training_items(users.cpu().numpy())
+                scores[rows, seen] = float("-inf")
+                if part.also_seen is not None:
+                    extra = torch.nonzero(part.also_seen[chunk] >= 0).squeeze(1)
+                    scores[extra, part.also_seen[chunk][extra].to(torch.int64)] = float("-inf")
                 yield scores, rank_among_all(scores, held_out)
             else:
-                negatives = self.negatives[start:stop]
+                negatives = part.negatives[chunk]
                 candidates = torch.cat([held_out.view(-1, 1), negatives], dim=1)
                 scores = self._score(model, users, candidates)
                 yield scores, rank_among_sampled(scores, negatives != held_out.view(-1, 1))
 
+    def _training_items(self, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in `users`, item) of each training item of those users: their CSR rows gathered."""
+        offsets = self.positives.user_offsets
+        starts, counts = offsets[users], offsets[users + 1] - offsets[users]
+        rows = np.repeat(np.arange(len(users)), counts)
+        index = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+        items = np.asarray(self.positives.train_items)[index]
+        return torch.as_tensor(rows, device=self.device), torch.as_tensor(items, device=self.device).to(torch.int64)
+
     @torch.no_grad()
-    def evaluate(self, model) -> tuple[dict, int]:
-        """Metrics over all users (summed across ranks) and the number of pairs scored."""
+    def evaluate(self, model, split: str | None = None) -> tuple[dict, int]:
+        """Metrics over the split's users (summed across ranks) and the number of pairs scored."""
         was_training = model.training
         model.eval()
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # hits, ndcg, users, pairs
-        for scores, rank in self._scored_chunks(model):
+        split = split or self.eval_split
+        if split not in self.splits:
+            raise RecforgeError(f"no '{split}' split: --valid-protocol leave-one-out holds validation items out")
+        for scores, rank in self._scored_chunks(model, split):
             hit, ndcg = hit_and_ndcg(rank, self.topk)
             users, width = scores.shape
             totals[0] += hit.sum()
@@ -220,7 +269,8 @@ class RankingTask(Task):
     def predict(self, model) -> torch.Tensor:
         """Click-style probabilities of this rank's evaluation candidates (for --mode inference)."""
         model.eval()
-        return torch.cat([torch.sigmoid(scores).flatten() for scores, _ in self._scored_chunks(model)])
+        chunks = self._scored_chunks(model, self.eval_split)
+        return torch.cat([torch.sigmoid(scores).flatten() for scores, _ in chunks])
 
     def write_predictions(self, folder: Path, probabilities: torch.Tensor) -> list[Path]:
         write_array(folder / "predictions.npy", probabilities.cpu().numpy())

@@ -398,6 +398,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
             keep_steps=t.keep_checkpoint_max if t.save_steps else 0,
         )
 
+    checkpointed = wrapped if dist.enabled or sharding else model  # what a checkpoint's weights load into
     if t.compile:
         wrapped = torch.compile(wrapped)
 
@@ -555,12 +556,33 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
                     save()
                 if stop:
                     break
-        curves.hyperparameters(cfg, history.best_metrics or {}, history.step)
+        test = _final_test(cfg, task, run, history, model, checkpointed, dist, log)
+        scores = (history.best_metrics or {}) | {f"{task.final_split}/{k}": v for k, v in (test or {}).items()}
+        curves.hyperparameters(cfg, scores, history.step)
 
     summary = _summary(cfg, task, history, device, dist) | {"gemm": gemms}
+    if test is not None:
+        summary |= {"test_split": task.final_split, "test_metrics": test}
     run.summary(summary)
     log(_summary_lines(summary, task.metric_names, metric))
     return summary
+
+
+def _final_test(cfg: RunConfig, task, run: RunDir, history: History, model, checkpointed, dist: Dist, log):
+    """The test split's metrics, scored once with the best checkpoint, when evaluations scored a
+    validation split (which chose that checkpoint); None otherwise."""
+    if task.final_split is None or not cfg.eval.final_test or cfg.eval.no_eval or history.best_metrics is None:
+        return None
+    if history.best_step != history.step:  # the model in memory is the last, not the best
+        dist.barrier()  # rank 0 has named the best checkpoint
+        load_weights(open_checkpoint(run.best_pointer if checkpointed is not model else run.best), checkpointed)
+    begin = time.perf_counter()
+    metrics, _ = task.evaluate(model, task.final_split)
+    log(
+        f"{task.final_split} (the best checkpoint, epoch {history.best_epoch}, step {history.best_step}): "
+        f"{_metrics_text(metrics, task.metric_names)}, {time.perf_counter() - begin:.1f}s"
+    )
+    return metrics
 
 
 def _advice(t) -> str:
@@ -630,6 +652,7 @@ def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist:
         "model": cfg.model,
         "dataset": cfg.data.dataset,
         "metrics": history.best_metrics or {},
+        "eval_split": task.eval_split,
         "best_epoch": history.best_epoch,
         "best_step": history.best_step,
         "epochs_trained": len(times),
@@ -661,13 +684,16 @@ def _summary_lines(s: dict, names: list[str], metric: str) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     lines = [
         "summary:",
-        f"  best: {_metrics_text(s['metrics'], names) or 'n/a'} (epoch {s['best_epoch']}, step {s['best_step']})",
+        f"  best ({s['eval_split']}): {_metrics_text(s['metrics'], names) or 'n/a'} "
+        f"(epoch {s['best_epoch']}, step {s['best_step']})",
         f"  train: {fmt(s['train_samples_per_s'], ',.0f')} samples/s, "
         f"epoch time avg {fmt(s['epoch_time_avg_s'], '.2f')}, "
         f"min {fmt(s['epoch_time_min_s'], '.2f')} (s)",
         f"  eval: {fmt(s['eval_samples_per_s'], ',.0f')} samples/s",
         f"  time to train: {s['time_to_train_s']:.1f}s",
     ]
+    if "test_metrics" in s:
+        lines.append(f"  {s['test_split']} (best checkpoint): {_metrics_text(s['test_metrics'], names)}")
     if s["baseline"]:
         lines.append(f"  baseline ({s['baseline']['model']}): {_metrics_text(s['baseline']['metrics'], names)}")
     if s["quality_target"] is not None:
