@@ -5,7 +5,6 @@ import json
 import sys
 
 import numpy as np
-
 import pytest
 from conftest import tiny_synthetic_args
 
