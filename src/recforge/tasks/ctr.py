@@ -147,11 +147,16 @@ class CTRTask(Task):
     def _split(self, split: str) -> dict[str, np.ndarray] | None:
         return load_split(self.folder, split) if self.meta.rows.get(split) else None
 
-    @torch.no_grad()
-    def _probabilities(self, model, arrays: dict | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities and labels of this rank's shard of a split's `arrays`."""
+    def _arrays(self, split: str) -> dict[str, np.ndarray]:
+        """The arrays of a split to score (the evaluation split's, loaded once)."""
+        arrays = self.eval_arrays if split == self.eval_split else self._split(split)
         if arrays is None:
             raise RecforgeError(f"{self.folder}: no '{split}' split to evaluate")
+        return arrays
+
+    @torch.no_grad()
+    def _probabilities(self, model, arrays: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and labels of this rank's shard of a split's `arrays`."""
         was_training = model.training
         model.eval()
         rows = len(arrays["label"])
@@ -175,9 +180,8 @@ class CTRTask(Task):
         return torch.cat(probabilities) if probabilities else empty, torch.cat(labels) if labels else empty
 
     def evaluate(self, model, split: str | None = None) -> tuple[dict, int]:
-        split = split or self.eval_split
-        arrays = self.eval_arrays if split == self.eval_split else self._split(split)
-        probabilities, labels = self._probabilities(model, arrays, split)
+        arrays = self._arrays(split or self.eval_split)
+        probabilities, labels = self._probabilities(model, arrays)
         probabilities, labels = self.dist.gather_cat(probabilities), self.dist.gather_cat(labels)
         metrics = {
             "AUC": auc(probabilities, labels),
@@ -192,7 +196,7 @@ class CTRTask(Task):
 
     def predict(self, model) -> torch.Tensor:
         """Probabilities of the evaluation split, in row order (for --mode inference)."""
-        return self.dist.gather_cat(self._probabilities(model, self.eval_arrays, self.eval_split)[0])
+        return self.dist.gather_cat(self._probabilities(model, self._arrays(self.eval_split))[0])
 
     def write_predictions(self, folder: Path, probabilities: torch.Tensor) -> list[Path]:
         """predictions.npy (row order) and, for grouped data with an item column, submission.csv in

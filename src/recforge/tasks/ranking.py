@@ -58,7 +58,7 @@ class _Split:
     users: torch.Tensor  # int64: the users with an item held out in this split
     items: torch.Tensor  # the held-out item of each
     negatives: torch.Tensor | None  # [users, k]: sampled protocol; None: every item (full protocol)
-    also_seen: torch.Tensor | None  # full protocol: an item per user masked besides training's (or -1)
+    history: LeaveOneOutData  # full protocol: its training rows are what the ranking excludes
 
 
 def data_fingerprint(data: LeaveOneOutData, dataset: str) -> dict:
@@ -137,20 +137,18 @@ class RankingTask(Task):
         self.topk = cfg.eval.topk
 
     def _split(self, split: str, negatives: np.ndarray | None) -> _Split:
-        data, device = self.data, self.device
-        if split == "valid":
-            users = np.flatnonzero(data.valid_items >= 0)
-            items, also_seen = data.valid_items[users], None  # the test item is unknown at validation
-        else:
-            users, items = np.arange(data.num_users), data.test_items
-            # After a validation split, the validation item is history the test ranking excludes.
-            also_seen = None if data is self.positives else data.valid_items
-        tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+        data = self.data
+        if split == "valid":  # ranked against training's rows: the test item is unknown yet
+            users, history = np.flatnonzero(data.valid_items >= 0), self.positives
+            items = data.valid_items[users]
+        else:  # the validation item, if held out, is history by now: the whole data's training rows
+            users, items, history = np.arange(data.num_users), data.test_items, data
+        tensor = lambda a: torch.as_tensor(np.asarray(a), device=self.device)  # noqa: E731
         return _Split(
             users=tensor(users.astype(np.int64)),
             items=tensor(items),
             negatives=None if negatives is None else tensor(np.asarray(negatives)[users]),
-            also_seen=tensor(also_seen if also_seen is None else also_seen[users]),
+            history=history,
         )
 
     def _verify_negatives(self, setting) -> bool:
@@ -211,7 +209,7 @@ class RankingTask(Task):
         """This rank's users of `split` in chunks: (candidate scores, rank of the held-out item).
 
         Sampled protocol: scores [n, 1 + negatives], column 0 the held-out item. Full protocol:
-        scores [n, items], the user's training items (and `also_seen`) at -inf."""
+        scores [n, items], the user's history (`_Split.history`) at -inf."""
         part = self.splits[split]
         count, num_items = len(part.users), self.data.num_items
         lo, hi = count * self.dist.rank // self.dist.world, count * (self.dist.rank + 1) // self.dist.world
@@ -222,11 +220,8 @@ class RankingTask(Task):
             users, held_out = part.users[chunk], part.items[chunk]
             if full:
                 scores = self._score(model, users, torch.arange(num_items, device=self.device).expand(len(users), -1))
-                rows, seen = self._training_items(users.cpu().numpy())
+                rows, seen = self._history(part.history, users.cpu().numpy())
                 scores[rows, seen] = float("-inf")
-                if part.also_seen is not None:
-                    extra = torch.nonzero(part.also_seen[chunk] >= 0).squeeze(1)
-                    scores[extra, part.also_seen[chunk][extra].to(torch.int64)] = float("-inf")
                 yield scores, rank_among_all(scores, held_out)
             else:
                 negatives = part.negatives[chunk]
@@ -234,13 +229,13 @@ class RankingTask(Task):
                 scores = self._score(model, users, candidates)
                 yield scores, rank_among_sampled(scores, negatives != held_out.view(-1, 1))
 
-    def _training_items(self, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row in `users`, item) of each training item of those users: their CSR rows gathered."""
-        offsets = self.positives.user_offsets
+    def _history(self, history: LeaveOneOutData, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in `users`, item) of each training item of those users in `history`: CSR rows gathered."""
+        offsets = history.user_offsets
         starts, counts = offsets[users], offsets[users + 1] - offsets[users]
         rows = np.repeat(np.arange(len(users)), counts)
         index = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
-        items = np.asarray(self.positives.train_items)[index]
+        items = np.asarray(history.train_items)[index]
         return torch.as_tensor(rows, device=self.device), torch.as_tensor(items, device=self.device).to(torch.int64)
 
     @torch.no_grad()
