@@ -34,6 +34,8 @@ commands:
                                      score a CSV / Parquet file of raw rows through the bundle's encoders
   report RUN [RUN ...] --out report.html
                                      one HTML page of runs: curves overlaid, metrics, differing settings
+  tune --config PRESET --space SPACE --trials N --output-dir DIR
+                                     hyperparameter search on the validation split (Optuna); best preset, test once
   presets                            the shipped presets and what each reproduces
   tf-config [--nproc-per-node N]     the torchrun command line of this machine's task in $TF_CONFIG
 
@@ -79,6 +81,7 @@ def _run_parser(
         modes.add_argument("--evaluate", action="store_true", help="= --mode eval")
         modes.add_argument("--predict", action="store_true", help="= --mode inference --write-predictions")
         modes.add_argument("--benchmark", action="store_true", help="training throughput only: = --no-eval")
+    own = {action.dest for action in parser._actions} - {"model", "output_dir"}  # the command's own flags
     # The help lists the options of the chosen model's task, each with the value it takes when absent
     # (the model's default, or the preset's value).
     shown = build_config(file_values, {"model": model}, source=source, lines=lines)
@@ -89,7 +92,6 @@ def _run_parser(
         titles={"arch": f"model: {model}"},
     )
     args = parser.parse_args(argv)
-    own = ("config", "checkpoint", "user", "k", "output", "json", "evaluate", "predict", "benchmark", "split")
     overrides = {k: v for k, v in vars(args).items() if k not in own and v is not None}
     if getattr(args, "evaluate", False):
         overrides["mode"] = "eval"
@@ -348,6 +350,59 @@ def cmd_predict(argv: list[str]) -> None:
         predict(bundle, args.input, args.output, args.batch_rows)
 
 
+def cmd_tune(argv: list[str]) -> None:
+    from recforge.core.shipped import SPACES
+
+    def extra(parser):
+        parser.description = (
+            "Search hyperparameters with Optuna (TPE, median pruning) on the validation split; every trial is "
+            "a run folder; the best settings become a preset, and its test metrics are scored once."
+        )
+        parser.add_argument("--config", help="the preset (or YAML file) every trial starts from; flags override it")
+        parser.add_argument("--model", help="the model, if not the preset's")
+        parser.add_argument(
+            "--space",
+            required=True,
+            help=f"search-space YAML: section.field: {{low, high[, log, step]}} or {{choices}} (shipped: "
+            f"{', '.join(names(SPACES))})",
+        )
+        parser.add_argument("--trials", type=int, required=True, help="trials in all, across restarts and --jobs")
+        parser.add_argument("--metric", help="the validation metric to optimize (default: the task's, e.g. HR@10, AUC)")
+        parser.add_argument(
+            "--output-dir",
+            required=True,
+            help="the sweep folder: study.db, trials/NNNN (run folders), best.yaml, tune.json",
+        )
+        parser.add_argument("--jobs", type=int, default=1, help="trials at once, each with the cores / JOBS threads")
+        parser.add_argument("--pruner", choices=["median", "none"], default="median", help="stop weak trials early")
+        parser.add_argument(
+            "--prune-after",
+            type=int,
+            default=2,
+            help="a trial is pruned only from this evaluation on (earlier ones are noisy)",
+        )
+
+    cfg, args = _run_parser("recforge tune", argv, extra)
+    for flag in ("trials", "jobs", "prune_after"):
+        if getattr(args, flag) < 1:
+            raise RecforgeError(f"--{flag.replace('_', '-')} must be at least 1")
+    from pathlib import Path
+
+    from recforge import tune
+
+    sweep = tune.Sweep(
+        cfg,
+        tune.read_space(args.space, cfg),
+        Path(cfg.output_dir),
+        args.trials,
+        args.metric,
+        args.jobs,
+        args.pruner,
+        args.prune_after,
+    )
+    tune.tune(sweep, resume=cfg.train.resume)
+
+
 def preset_summary(path) -> str:
     """A preset's first line: the comment that says what it reproduces."""
     return path.read_text().splitlines()[0].lstrip("#").strip()
@@ -409,6 +464,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "predict": cmd_predict,
     "report": cmd_report,
+    "tune": cmd_tune,
     "presets": cmd_presets,
     "tf-config": cmd_tf_config,
 }

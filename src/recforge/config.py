@@ -461,7 +461,7 @@ def coerce(tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")
 
 
-def _fields(cls) -> dict[str, Any]:
+def field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -517,7 +517,7 @@ def build_config(
         values = file_values.get(section) or {}
         if not isinstance(values, dict):
             fail((section,), "must be a mapping")
-        types_ = _fields(cls)
+        types_ = field_types(cls)
         renamed = {alias: f.name for f in dataclasses.fields(cls) for alias in f.metadata.get("aliases", ())}
         target = getattr(cfg, section)
         for key, value in values.items():
@@ -580,7 +580,7 @@ def add_config_flags(
     groups: dict[str, argparse._ArgumentGroup] = {}
     for section, source in sections.items():
         cls = source if isinstance(source, type) else type(source)
-        hints = _fields(cls)
+        hints = field_types(cls)
         for f in dataclasses.fields(cls):
             name, tp, meta = f.name, hints[f.name], f.metadata
             if name in exclude:

@@ -18,12 +18,14 @@ def log_to(enabled: bool):
 
 class Progress:
     """`[#####.....] 52% 123,456 samples/s loss 0.3012` redrawn in place on a terminal; in a log (not
-    a terminal) a plain line every `LINE_EVERY_S` seconds, so a piped or CI run shows it is alive."""
+    a terminal) a plain line every `LINE_EVERY_S` seconds, so a piped or CI run shows it is alive.
+    `unit` names what is counted (samples, rows, users, trials)."""
 
     LINE_EVERY_S = 5.0
 
-    def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
+    def __init__(self, total: int, label: str, enabled: bool = True, stream=None, unit: str = "samples"):
         self.stream = stream or sys.stderr
+        self.unit = unit
         self.enabled = enabled
         self.live = self.stream.isatty()
         self.total, self.label, self.done = total, label, 0
@@ -35,18 +37,23 @@ class Progress:
             return
         now = time.perf_counter()
         fraction = min(1.0, self.done / max(1, self.total))
-        rate = self.done / max(now - self.start, 1e-9)
+        rate = self._rate(now)
         if self.live and (now - self.last_draw > 0.2 or self.done >= self.total):
             self.last_draw = now
             bar = "#" * int(30 * fraction) + "." * (30 - int(30 * fraction))
-            self.stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} {rate:,.0f} samples/s {note}\033[K")
+            self.stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} {rate} {note}\033[K")
             self.stream.flush()
         elif not self.live and now - self.last_draw >= self.LINE_EVERY_S:
             self.last_draw = now
-            self.stream.write(
-                f"{self.label}: {fraction:.0%} of {self.total:,}, {rate:,.0f} samples/s {note}".rstrip() + "\n"
-            )
+            self.stream.write(f"{self.label}: {fraction:.0%} of {self.total:,}, {rate} {note}".rstrip() + "\n")
             self.stream.flush()
+
+    def _rate(self, now: float) -> str:
+        """Per second where many go by each second; else seconds per one (sweeps' trials)."""
+        seconds = max(now - self.start, 1e-9)
+        if self.done >= seconds or not self.done:
+            return f"{self.done / seconds:,.0f} {self.unit}/s"
+        return f"{seconds / self.done:,.1f} s per {self.unit.rstrip('s')}"
 
     def close(self) -> None:
         if self.enabled and self.live:

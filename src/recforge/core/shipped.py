@@ -10,6 +10,7 @@ from recforge.core.errors import RecforgeError
 PACKAGE = Path(__file__).resolve().parents[1]
 PRESETS = PACKAGE / "presets"
 FEATURE_SPECS = PACKAGE / "data" / "specs"
+SPACES = PRESETS / "spaces"  # recforge tune's search spaces
 
 
 def names(folder: Path) -> list[str]:

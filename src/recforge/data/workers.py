@@ -58,7 +58,7 @@ class _Workers:
     def run(self, name: str, tasks: list[tuple], on_result: Callable[[int, object], int], total: int, log) -> None:
         """Each task is `function`'s arguments but the last, `report` (progress), which is added here;
         `on_result(i, result)` gets each task's result in order and returns the rows it read."""
-        progress = Progress(total, name)
+        progress = Progress(total, name, unit="rows")
         started, rows = time.perf_counter(), 0
         try:
             if self.pool is None:

@@ -74,7 +74,7 @@ def predict(bundle: Bundle, path: str | Path, output: str | Path, batch_rows: in
     require_file(path)
     inputs = bundle.assets.inputs
     names = [c["name"] for c in inputs]
-    progress = Progress(_rows(path), f"predict {path.name}")
+    progress = Progress(_rows(path), f"predict {path.name}", unit="rows")
     done = 0
 
     def write(f):

@@ -24,6 +24,7 @@ import torch
 from recforge.config import RunConfig
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_array
+from recforge.core.progress import Progress
 from recforge.data.batches import ImplicitEpochs
 from recforge.data.cache import prepare
 from recforge.data.implicit import LeaveOneOutData
@@ -247,13 +248,17 @@ class RankingTask(Task):
         split = split or self.eval_split
         if split not in self.splits:
             raise RecforgeError(f"no '{split}' split: --valid-protocol leave-one-out holds validation items out")
+        part = self.splits[split]
+        progress = Progress(len(part.users) // self.dist.world, f"evaluate {split}", self.dist.is_main, unit="users")
         for scores, rank in self._scored_chunks(model, split):
             hit, ndcg = hit_and_ndcg(rank, self.topk)
             users, width = scores.shape
+            progress.update(users)
             totals[0] += hit.sum()
             totals[1] += ndcg.sum()
             totals[2] += users
             totals[3] += users * width
+        progress.close()
         self.dist.all_reduce_sum(totals)
         model.train(was_training)
         hits, ndcg, users, pairs = totals.tolist()

@@ -145,20 +145,36 @@ class RunParts(Protocol):
     def build_model(self, cfg: RunConfig, dims: dict, device: torch.device) -> torch.nn.Module: ...
 
 
-def train(cfg: RunConfig, parts: RunParts) -> dict:
+class Observer(Protocol):
+    """What watches a run from outside (a hyperparameter search's pruner)."""
+
+    def begin(self, primary_metric: str, metric_names: list[str]) -> None:
+        """Before training: the metric that chooses the best checkpoint, and all its evaluations report."""
+
+    def __call__(self, evaluation: int, metrics: dict) -> str | None:
+        """After each evaluation, numbered 1, 2, ... (the same number for the same point of training,
+        whatever the batch size), with its metrics: a reason to stop the run there, or None."""
+
+
+class Stopped(RecforgeError):
+    """The run was stopped by a signal; its last checkpoint stands."""
+
+
+def train(cfg: RunConfig, parts: RunParts, observe: Observer | None = None) -> dict:
     """Train the configured model on its task; returns the summary. Workers that torchrun
-    restarted (--max-restarts) resume from the run's last complete checkpoint by themselves."""
+    restarted (--max-restarts) resume from the run's last complete checkpoint by themselves.
+    `observe` (a hyperparameter search's pruner) may stop the run after an evaluation."""
     if restart_count() and not cfg.train.resume:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=True))
     device, dist = setup(cfg)
 
     def stopped(signum, frame):  # torchrun stops the other workers with SIGTERM when one fails
-        raise RecforgeError(f"rank {dist.rank}: stopped by {signal.Signals(signum).name}; {_resumable_from(cfg)}")
+        raise Stopped(f"rank {dist.rank}: stopped by {signal.Signals(signum).name}; {_resumable_from(cfg)}")
 
     main_thread = threading.current_thread() is threading.main_thread()  # where Python takes signals
     previous = signal.signal(signal.SIGTERM, stopped) if main_thread else None
     try:
-        summary = _train(cfg, parts, device, dist)
+        summary = _train(cfg, parts, device, dist, observe)
         # Ranks end together: one that tears its process group down while rank 0 still writes
         # the summary can crash gloo's teardown.
         dist.barrier()
@@ -344,11 +360,13 @@ def _profiler(cfg: RunConfig, run: RunDir, enabled: bool):
     return torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=export, record_shapes=True)
 
 
-def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) -> dict:
+def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, observe: Observer | None) -> dict:
     log = log_to(dist.is_main)
     t = cfg.train
     torch.manual_seed(t.seed)
     task = parts.build_task(cfg, device, dist, log)
+    if observe is not None:
+        observe.begin(task.primary_metric, task.metric_names)
     with tables_on_meta():  # made once it is known whether this process holds them whole
         model = parts.build_model(cfg, task.model_dims, device)
     sharding = choose_sharding(t, model, device, dist, log)
@@ -471,6 +489,12 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist) ->
         if history.first_epoch_at_target is not None:
             log(f"{metric} reached the target {threshold} at epoch {epoch}: stopping")
             return True
+        if observe is not None and "eval_s" in record:
+            evaluation = (epoch - 1) * cfg.eval.evals_per_epoch + math.ceil(step_in_epoch / eval_every)
+            history.stopped_early = observe(evaluation, metrics)
+            if history.stopped_early:
+                log(f"stopping: {history.stopped_early}")
+                return True
         return False
 
     window = Window(from_step=history.step + 1)
@@ -665,6 +689,7 @@ def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist:
         "baseline": history.baseline,
         "quality_target": cfg.eval.quality_target,
         "first_epoch_at_target": history.first_epoch_at_target,
+        "stopped_early": history.stopped_early,
         "precision": precision,
         "precision_reason": precision_reason,
         "device": str(device),
@@ -698,5 +723,7 @@ def _summary_lines(s: dict, names: list[str], metric: str) -> str:
         lines.append(f"  baseline ({s['baseline']['model']}): {_metrics_text(s['baseline']['metrics'], names)}")
     if s["quality_target"] is not None:
         lines.append(f"  {metric} >= {s['quality_target']}: first at epoch {s['first_epoch_at_target'] or 'never'}")
+    if s["stopped_early"]:
+        lines.append(f"  stopped early: {s['stopped_early']}")
     lines.append(f"  run folder: {s['run_folder']}")
     return "\n".join(lines)

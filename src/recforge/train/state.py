@@ -30,6 +30,7 @@ class History:
     divergence_noted: bool = False
     baseline_measured: bool = False
     baseline: dict | None = None  # {"model", "metrics"} of the task's baseline, once per run
+    stopped_early: str | None = None  # why an observer (a search's pruner) stopped the run
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

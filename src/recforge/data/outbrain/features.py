@@ -133,7 +133,7 @@ def _write_features(
 ) -> None:
     """Pass 2: the feature table of each split, as Parquet in `folder`."""
     started = time.perf_counter()
-    progress = Progress(total, "outbrain features")
+    progress = Progress(total, "outbrain features", unit="rows")
     writers: dict[str, pq.ParquetWriter] = {}
 
     def write(split: str, table: pa.Table | None, schema: pa.Schema) -> None:
