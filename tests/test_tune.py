@@ -202,3 +202,29 @@ def test_each_shipped_search_space_fits_the_model_it_is_named_after(space):
     assert space in MODELS
     params = read_space(space, build_config({}, {"model": space}))  # every bound and choice a valid setting
     assert len(params) >= 4
+
+
+def test_an_observer_sees_every_evaluation_and_its_reason_stops_the_run(tmp_path):
+    from recforge import registry
+    from recforge.train.loop import train
+
+    class StopAtSecond:
+        def __init__(self):
+            self.seen = []
+
+        def begin(self, primary_metric, metric_names):
+            self.begin_args = (primary_metric, metric_names)
+
+        def __call__(self, evaluation, metrics):
+            self.seen.append((evaluation, metrics["HR@10"]))
+            return "planted stop" if evaluation == 2 else None
+
+    flags = dict(zip(*[iter(tiny_synthetic_args(tmp_path, epochs=4, evals_per_epoch=2))] * 2))
+    cfg = build_config({}, {k[2:].replace("-", "_"): v for k, v in flags.items()})
+    observer = StopAtSecond()
+    summary = train(cfg, registry, observer)
+    assert observer.begin_args == ("HR@10", ["HR@10", "NDCG@10"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [n for n, _ in observer.seen] == [1, 2] and [v for _, v in observer.seen] == [r["HR@10"] for r in records]
+    assert summary["stopped_early"] == "planted stop" and len(records) == 2  # of 8 evaluations
+    assert summary["steps"] == records[-1]["step"] and summary["epochs_trained"] == 1
