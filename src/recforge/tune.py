@@ -19,6 +19,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import warnings
@@ -409,12 +410,19 @@ def tune(sweep: Sweep, resume: bool, log=print) -> dict:
         workers = [context.Process(target=_worker_main, args=(sweep, i, threads)) for i in range(sweep.jobs)]
         for process in workers:
             process.start()
+
+        def stopped(signum, frame):  # the workers stop too: their trials stay running, for --resume
+            raise Stopped(f"stopped by {signal.Signals(signum).name}; --resume continues the sweep")
+
+        previous = signal.signal(signal.SIGTERM, stopped)
         try:
             for process in workers:
                 process.join()
         finally:
+            signal.signal(signal.SIGTERM, previous)
             for process in workers:
                 process.terminate()
+                process.join()
         failed = [i for i, p in enumerate(workers) if p.exitcode]
         if failed:
             raise RecforgeError(
