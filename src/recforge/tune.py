@@ -38,7 +38,7 @@ from recforge.core.yaml_file import read_yaml
 from recforge.inference import evaluate
 from recforge.tasks.ranking import RankingTask
 from recforge.train.distributed_checkpoint import open_checkpoint
-from recforge.train.loop import Stopped, train
+from recforge.train.loop import Stopped, config_differences, describe_differences, train
 
 LOWER_IS_BETTER = {"logloss"}
 STUDY_NAME = "recforge"
@@ -81,11 +81,6 @@ class Param:
         suggest = trial.suggest_int if self.kind == "int" else trial.suggest_float
         step = {"step": self.step} if self.step is not None else {}
         return suggest(self.name, self.low, self.high, log=self.log, **step)
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, False, ())} | {
-            "choices": list(self.choices)
-        }
 
 
 def with_settings(cfg: RunConfig, settings: dict[str, Any]) -> RunConfig:
@@ -190,7 +185,7 @@ class Sweep:
         values = self.base.to_dict()
         for section, key in EXECUTION:
             (values if section == "top" else values[section]).pop(key, None)
-        return json.loads(json.dumps({"config": values, "space": [p.to_dict() for p in self.space]}))
+        return json.loads(json.dumps({"config": values, "space": [dataclasses.asdict(p) for p in self.space]}))
 
     def trial_folder(self, number: int) -> Path:
         return self.out / "trials" / f"{number:04d}"
@@ -352,10 +347,6 @@ def _short(value) -> str:
     return str(value)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def work(sweep: Sweep, worker: int, threads: int) -> None:
     """One process's share of the sweep: trials until the budget is spent."""
     study = sweep.study(worker)
@@ -402,7 +393,7 @@ def tune(sweep: Sweep, resume: bool, log=print) -> dict:
         + (f", {done} trials already in the study" if done else "")
         + (", each user's second-latest interaction held out for it" if sweep.ranking else "")
     )
-    threads = sweep.base.train.threads or max(1, _cores() // sweep.jobs)
+    threads = sweep.base.train.threads or max(1, len(os.sched_getaffinity(0)) // sweep.jobs)
     if sweep.jobs == 1:
         work(sweep, 0, threads)
     else:
@@ -436,19 +427,11 @@ def _check_same_sweep(sweep: Sweep, study) -> None:
     current = sweep.fingerprint()
     if saved is not None and saved["space"] != current["space"]:
         raise RecforgeError(f"--resume: --space differs from the sweep's in {sweep.out}; start another --output-dir")
-    if saved is not None and saved["config"] != current["config"]:
-        changed = [
-            f"{section}.{key}"
-            for section, values in current["config"].items()
-            if isinstance(values, dict)
-            for key, value in values.items()
-            if saved["config"].get(section, {}).get(key) != value
-        ]
-        if current["config"]["model"] != saved["config"]["model"]:
-            changed.insert(0, "model")
+    changed = config_differences(saved["config"], current["config"]) if saved is not None else {}
+    if changed:
         raise RecforgeError(
-            f"--resume: {', '.join(changed)} differ(s) from the sweep's settings in {sweep.out}; resume with "
-            "its preset and flags, or start another --output-dir"
+            f"--resume: {describe_differences(changed)} {'differs' if len(changed) == 1 else 'differ'} from the "
+            f"sweep's settings in {sweep.out}; resume with its preset and flags, or start another --output-dir"
         )
     if study.user_attrs.get("metric") != sweep.metric:
         scored = any(t.value is not None or t.intermediate_values for t in study.get_trials(deepcopy=False))

@@ -221,7 +221,9 @@ def _flag(section: str, key: str) -> str:
     return f"--{key.replace('_', '-')}" if section != "top" else key
 
 
-def _differences(old: dict, new: dict, sections=("data", "arch", "train", "eval")) -> dict[tuple[str, str], tuple]:
+def config_differences(
+    old: dict, new: dict, sections=("data", "arch", "train", "eval")
+) -> dict[tuple[str, str], tuple]:
     """(section, key) -> (old value, new value) of two `RunConfig.to_dict()`s; keys the old one
     lacks (settings newer than it) are not differences."""
     found = {("top", "model"): (old["model"], new["model"])} if old["model"] != new["model"] else {}
@@ -232,7 +234,7 @@ def _differences(old: dict, new: dict, sections=("data", "arch", "train", "eval"
     return found
 
 
-def _describe(differences: dict) -> str:
+def describe_differences(differences: dict) -> str:
     return ", ".join(f"{_flag(*key)} ({a!r} -> {b!r})" for key, (a, b) in differences.items())
 
 
@@ -245,9 +247,9 @@ def restore_weights(path: str | Path, checkpoint: dict, cfg: RunConfig, model, t
     """Load a checkpoint's weights into `model`, refusing another model, architecture or data."""
     check_same_model(checkpoint, path, cfg.model)
     check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
-    different = _differences(checkpoint["config"], cfg.to_dict(), sections=("arch",))
+    different = config_differences(checkpoint["config"], cfg.to_dict(), sections=("arch",))
     if different:
-        raise RecforgeError(f"{path}: trained with another architecture: {_describe(different)}")
+        raise RecforgeError(f"{path}: trained with another architecture: {describe_differences(different)}")
     load_weights(checkpoint, model)
 
 
@@ -277,11 +279,11 @@ def _resumable(cfg: RunConfig, run: RunDir, source: Path, checkpoint: dict, task
     """The settings this run changes from the checkpoint's; refuses other data, and changes of
     what shapes the state being resumed."""
     check_same_data(checkpoint, source, task.data_fingerprint, data_where(cfg))
-    differences = _differences(checkpoint["config"], cfg.to_dict())
+    differences = config_differences(checkpoint["config"], cfg.to_dict())
     refused = {key: v for key, v in differences.items() if key[1] not in CHANGEABLE_ON_RESUME.get(key[0], ())}
     if refused:
         raise RecforgeError(
-            f"--resume: {_describe(refused)} {'differs' if len(refused) == 1 else 'differ'} from the run in "
+            f"--resume: {describe_differences(refused)} {'differs' if len(refused) == 1 else 'differ'} from the run in "
             f"{run.path} and cannot change mid-run; "
             f"resume with the run's values, or train into a new --output-dir"
         )
@@ -310,7 +312,7 @@ def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizer
     log(
         f"resuming {run.path} at epoch {history.epoch}, step {history.step}"
         + (
-            f"; from here on: {_describe({k: v for k, v in differences.items() if k not in NOT_RECORDED})}"
+            f"; from here on: {describe_differences({k: v for k, v in differences.items() if k not in NOT_RECORDED})}"
             if changed
             else ""
         )
