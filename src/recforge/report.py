@@ -22,8 +22,8 @@ import yaml
 
 from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write, read_jsonl, write_text
+from recforge.train.curves import INSTALL_HINT
 
-INSTALL_HINT = "pip install 'recforge[experiments]'"
 NOT_CURVES = {"epoch", "step", "train_loss_from_step", "resumed_from_step", "eval_users"}
 TOP_OPS = 12  # operators shown in a profiled run's time figure
 

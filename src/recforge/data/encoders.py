@@ -218,9 +218,7 @@ class SortedKeys:
             position = np.searchsorted(self.keys, values)
         else:
             position = lower_bound(self.keys, values, self.directory)
-        found = position < len(self.keys)
-        found[found] = self.keys[position[found]] == values[found]
-        return np.where(found, position + 1, 0)
+        return np.where(found_at(self.keys, values, position), position + 1, 0)
 
 
 def merge_sorted_counts(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple:
@@ -233,8 +231,7 @@ def merge_sorted_counts(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, n
         return new_values.astype(np.uint32), new_counts.astype(np.int64)
     large = len(new_values) * 16 > len(values)
     position = lower_bound(values, new_values, directory(values)) if large else np.searchsorted(values, new_values)
-    found = position < len(values)
-    found[found] = values[position[found]] == new_values[found]
+    found = found_at(values, new_values, position)
     counts = counts.copy() if not counts.flags.writeable else counts
     counts[position[found]] += new_counts[found]
     if not found.all():
@@ -467,7 +464,7 @@ class Encoders:
         out = {"dense": self._dense(table, rows), "sparse": np.zeros((rows, len(self.sparse)), np.int32)}
         hexed = [j for j, e in enumerate(self.sparse) if e.values == "uint32"]
         if hexed:
-            columns = [_single(table.column(self.sparse[j].name)) for j in hexed]
+            columns = [one_array(table.column(self.sparse[j].name)) for j in hexed]
             if all(c.type == pa.uint32() for c in columns):  # parsed already (null: missing), by a server's check
                 joined = pa.concat_arrays(columns)
                 values = joined.fill_null(0).to_numpy()
@@ -478,17 +475,14 @@ class Encoders:
             out["sparse"][:, hexed] = self._uint32_ids(values.reshape(shape), present.reshape(shape)).T
         for j, e in enumerate(self.sparse):
             if e.values != "uint32":
-                out["sparse"][:, j] = e.ids(_single(table.column(e.name)).cast(pa.string()))
+                out["sparse"][:, j] = e.ids(one_array(table.column(e.name)).cast(pa.string()))
         if self.multi_hot:
             out["multi_hot"] = np.concatenate(
-                [m.apply(table.column(m.name).combine_chunks().cast(pa.string())) for m in self.multi_hot], axis=1
+                [m.apply(one_array(table.column(m.name)).cast(pa.string())) for m in self.multi_hot], axis=1
             )
         if self.crossed:
             out["crossed"] = np.stack(
-                [
-                    c.apply([table.column(n).combine_chunks().cast(pa.string()) for n in c.columns])
-                    for c in self.crossed
-                ],
+                [c.apply([one_array(table.column(n)).cast(pa.string()) for n in c.columns]) for c in self.crossed],
                 axis=1,
             ).astype(np.int32)
         return out
@@ -496,7 +490,7 @@ class Encoders:
     def _dense(self, table: pa.Table, rows: int) -> np.ndarray:
         if not self.dense:
             return np.zeros((rows, 0), np.float32)
-        columns = [_single(table.column(e.name)) for e in self.dense]
+        columns = [one_array(table.column(e.name)) for e in self.dense]
         x = pa.concat_arrays([c if c.type == pa.float64() else c.cast(pa.float64()) for c in columns])
         x = np.nan_to_num(x.to_numpy(zero_copy_only=False).reshape(len(columns), rows).T, nan=0.0)
         kinds = np.array([e.kind for e in self.dense])
@@ -526,9 +520,16 @@ class Encoders:
         return ColumnsKeys([e for e in self.sparse if e.values == "uint32" and e.kind == "vocabulary"])
 
 
-def _single(column: pa.ChunkedArray) -> pa.Array:
+def one_array(column: pa.ChunkedArray) -> pa.Array:
     """A table column as one array (without a copy when it is one chunk already)."""
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def found_at(keys: np.ndarray, values: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Whether each value is the key at its lower-bound `position` in the sorted keys."""
+    found = position < len(keys)
+    found[found] = keys[position[found]] == values[found]
+    return found
 
 
 class ColumnsKeys:
@@ -553,9 +554,7 @@ class ColumnsKeys:
             return np.stack([e.ids(v, p) for e, v, p in zip(self.encoders, values, present)])
         wanted = (np.arange(len(self.encoders), dtype=np.uint64)[:, None] << np.uint64(32)) | values
         position = np.searchsorted(self.keys, wanted)
-        found = position < len(self.keys)
-        found[found] = self.keys[position[found]] == wanted[found]
-        return np.where(found & present, position - self.starts + 1, 0)
+        return np.where(found_at(self.keys, wanted, position) & present, position - self.starts + 1, 0)
 
 
 def load_encoders(folder: str | Path) -> Encoders:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from recforge.core.errors import RecforgeError
 from recforge.core.files import write_array, write_json
 from recforge.data.ctr_format import CTRMeta, load_meta
-from recforge.data.encoders import load_encoders, parse_hex32
+from recforge.data.encoders import load_encoders, one_array, parse_hex32
 
 
 class RequestError(Exception):
@@ -168,7 +168,7 @@ class ClickLogAssets:
 
         expected = {"number": (int, float), "list": (list, str), "hex32": (str,), "string": (str, int)}[kind]
         if isinstance(values, pa.ChunkedArray):  # a file's (recforge predict) or an Arrow body's
-            values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()  # (a copy)
+            values = one_array(values)
         if isinstance(values, pa.Array):
             array = values
         else:

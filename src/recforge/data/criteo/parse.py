@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from recforge.data.encoders import Numeric, hex_words
+from recforge.data.encoders import Numeric, hex_words, one_array
 
 DENSE = [f"I{i}" for i in range(1, 14)]
 SPARSE = [f"C{i}" for i in range(1, 27)]
@@ -87,8 +87,7 @@ def _columns(table: pa.Table, rows: int, transform_dense: bool) -> _Chunk | None
     values = np.zeros((len(SPARSE), rows), np.uint32)
     present = np.zeros((len(SPARSE), rows), bool)
     for j, name in enumerate(SPARSE):
-        column = table.column(name)
-        array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        array = one_array(table.column(name))
         _, offset_buffer, data_buffer = array.buffers()
         offsets = np.frombuffer(offset_buffer, np.int32, count=rows + 1, offset=4 * array.offset)
         lengths = np.diff(offsets)
