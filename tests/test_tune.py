@@ -76,8 +76,7 @@ def test_a_killed_sweep_resumes_its_running_trial_and_runs_exactly_the_budget(tm
     # Killed once two trials are complete and the third has a checkpoint (its first evaluation).
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and sweep.poll() is None:
-        third = out / "trials" / "0002" / "metrics.jsonl"
-        checkpointed = third.is_file() and third.read_text().count("\n") >= 1
+        checkpointed = (out / "trials" / "0002" / "checkpoints" / "last.pt").is_file()
         if checkpointed and states(out / "study.db")[:3] == ["COMPLETE", "COMPLETE", "RUNNING"]:
             sweep.send_signal(signal.SIGKILL)
             break
@@ -182,6 +181,8 @@ def test_a_metric_the_runs_do_not_report_stops_the_sweep_and_is_no_trial(tmp_pat
         ("arch.num_factors:\n  choices: [8, 0]\n", 2, "arch.num_factors", "0: must be at least 1"),
         ("train.optimizer: {choices: [adam, lamb]}\n", 1, "train.optimizer", "'lamb': must be one of"),
         ("train.optimizer: {low: 1, high: 2}\n", 1, "train.optimizer", "is not a number: search it with choices"),
+        ("train.optimizer: {value: lamb}\n", 1, "train.optimizer", "'lamb': must be one of"),
+        ("train.optimizer: {value: adam, choices: [sgd]}\n", 1, "train.optimizer", "value takes no low, high"),
         ("arch.dropout:\n  low: 0\n  high: 0.5\n  steps: 0.1\n", 4, "arch.dropout", "unknown key 'steps'"),
         ("- train.learning_rate\n", 1, None, "a search space maps section.field"),
     ],

@@ -59,10 +59,11 @@ def _optuna():
 @dataclasses.dataclass(frozen=True)
 class Param:
     """One searched setting: a range of numbers (`low`..`high`, on a log scale or in `step`s) or
-    a list of `choices`. Lists (MLP widths) are handed to Optuna as their JSON text."""
+    a list of `choices`; or one `fixed` value every trial uses, for a space whose ranges assume it
+    (Adam's learning rates). Lists (MLP widths) are handed to Optuna as their JSON text."""
 
     name: str  # section.field, as in a preset: train.learning_rate
-    kind: str  # int, float or categorical
+    kind: str  # int, float, categorical or fixed
     low: float | None = None
     high: float | None = None
     log: bool = False
@@ -74,6 +75,8 @@ class Param:
         return any(isinstance(c, list) for c in self.choices)
 
     def suggest(self, trial) -> Any:
+        if self.kind == "fixed":
+            return self.choices[0]
         if self.kind == "categorical":
             labels = [json.dumps(c) for c in self.choices] if self.as_text else list(self.choices)
             value = trial.suggest_categorical(self.name, labels)
@@ -94,11 +97,12 @@ def with_settings(cfg: RunConfig, settings: dict[str, Any]) -> RunConfig:
 
 def read_space(path: str | Path, cfg: RunConfig) -> list[Param]:
     """A search-space file: `section.field: {low: A, high: B[, log: true][, step: S]}` or
-    `section.field: {choices: [...]}` per searched setting; every end of a range and every choice
-    must be a valid value of the setting for `cfg`'s model (the error names the file, line and key)."""
+    `section.field: {choices: [...]}` per searched setting, `section.field: {value: V}` for one
+    every trial uses; every end of a range, choice and value must be a valid value of the setting
+    for `cfg`'s model (the error names the file, line and key)."""
     path = find(path, SPACES, "search space")
     data, lines = read_yaml(path, "a search-space file")
-    usage = "{low: A, high: B[, log: true][, step: S]} or {choices: [...]}"
+    usage = "{low: A, high: B[, log: true][, step: S]}, {choices: [...]} or {value: V}"
     if not isinstance(data, dict) or not data:
         raise DataError(path, 1, None, f"a search space maps section.field to {usage}")
     types = {section: field_types(cls) for section, cls in section_classes(type(cfg.arch)).items()}
@@ -114,10 +118,15 @@ def read_space(path: str | Path, cfg: RunConfig) -> list[Param]:
             raise fail(f"no such setting of model '{cfg.model}' (SECTION.FIELD, e.g. train.learning_rate)")
         if not isinstance(spec, dict) or not spec:
             raise fail(f"must be {usage}")
-        unknown = sorted(set(map(str, spec)) - {"low", "high", "log", "step", "choices"})
+        unknown = sorted(set(map(str, spec)) - {"low", "high", "log", "step", "choices", "value"})
         if unknown:
             raise fail(f"unknown key '{unknown[0]}' (expected {usage})", (unknown[0],))
-        if "choices" in spec:
+        if "value" in spec:
+            if set(spec) != {"value"}:
+                raise fail("value takes no low, high, log, step or choices")
+            param = Param(name, "fixed", choices=(spec["value"],))
+            values = [(spec["value"], ("value",))]
+        elif "choices" in spec:
             if set(spec) != {"choices"}:
                 raise fail("choices takes no low, high, log or step")
             if not isinstance(spec["choices"], list) or len(spec["choices"]) < 2:
@@ -356,7 +365,9 @@ def work(sweep: Sweep, worker: int, threads: int) -> None:
         trial, owner, taken_over = chosen
         with owner:
             sweep.run_trial(study, trial, taken_over, threads, say)
-        progress.update(len(study.get_trials(deepcopy=False)) - progress.done)
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state.is_finished() and not t.user_attrs.get("aborted") for t in trials)
+        progress.update(done - progress.done)
     progress.close()
 
 
@@ -386,9 +397,9 @@ def tune(sweep: Sweep, resume: bool, log=print) -> dict:
         _check_same_sweep(sweep, study)
     else:
         study = sweep.study(create=True)
-    done = len(study.get_trials(deepcopy=False))
+    done, searched = len(study.get_trials(deepcopy=False)), sum(p.kind != "fixed" for p in sweep.space)
     log(
-        f"sweep {out}: {sweep.trials} trials of {sweep.base.model} ({len(sweep.space)} settings searched), "
+        f"sweep {out}: {sweep.trials} trials of {sweep.base.model} ({searched} settings searched), "
         f"{sweep.direction} {sweep.metric or 'the task metric'} on validation"
         + (f", {done} trials already in the study" if done else "")
         + (", each user's second-latest interaction held out for it" if sweep.ranking else "")

@@ -1,0 +1,75 @@
+"""Test metrics of presets over seeds under one protocol: each run trains on the training split,
+chooses its best epoch on validation (each user's second-latest interaction for ranking data) and
+scores the test split once, at the end; the medians over the seeds are what docs/results.md quotes.
+
+    python benchmarks/seeds.py --config ncf-ml100k /tmp/sweep/best.yaml --seeds 1 2 3 --jobs 2 \
+        --out docs/results-tuned-ml-100k.json -- --data-dir ../shared/data/ml-100k
+
+Arguments after `--` go to every `recforge train` (data folder, cache). Runs go `--jobs` at a
+time, each with cores / jobs threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def train(config: str, seed: int, threads: int, workdir: Path, extra: list[str]) -> dict:
+    output = workdir / f"{Path(config).stem}-seed{seed}"
+    command = [
+        *(sys.executable, "-m", "recforge", "train", "--config", config, "--seed", str(seed)),
+        *("--valid-protocol", "leave-one-out", "--threads", str(threads), "--output-dir", str(output)),
+        *extra,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    summary = json.loads((output / "summary.json").read_text())
+    return {
+        "config": config,
+        "seed": seed,
+        "valid_metrics": summary["metrics"],
+        "test_metrics": summary["test_metrics"],
+        "best_epoch": summary["best_epoch"],
+        "time_to_train_s": summary["time_to_train_s"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", nargs="+", required=True, help="presets or YAML files, compared")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--out", help="JSON file for the runs and medians")
+    args, extra = parser.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(
+            pool.map(
+                lambda cs: train(*cs, threads, Path(workdir), extra),
+                [(c, s) for c in args.config for s in args.seeds],
+            )
+        )
+    medians = {}
+    for config in args.config:
+        mine = [r for r in runs if r["config"] == config]
+        medians[config] = {
+            split: {m: statistics.median(r[split][m] for r in mine) for m in mine[0][split]}
+            for split in ("valid_metrics", "test_metrics")
+        }
+        print(config, json.dumps(medians[config]))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"runs": runs, "medians": medians, "args": sys.argv[1:]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
