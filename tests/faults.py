@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,23 +26,53 @@ class Result:
 
 
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> Result:
-    """`python -m recforge ARGS` in a child process (threads 1), as a user's shell would run it."""
+    """`python -m recforge ARGS` in a child process (threads 1), as a user's shell would run it,
+    forked from a process that has imported torch already (tests/zygote.py)."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
-    full_env = {
-        **inherited,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO / "src"),
-        **{k: str(v) for k, v in (env or {}).items()},
+    request = {
+        "args": list(map(str, args)),
+        "cwd": str(Path(cwd or os.getcwd()).resolve()),
+        "env": {**inherited, **ZYGOTE_ENV, **{k: str(v) for k, v in (env or {}).items()}},
+        "timeout": timeout,
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "recforge", *map(str, args)],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
+    with tempfile.TemporaryDirectory() as folder, _zygote_lock:
+        request["stdout"], request["stderr"] = (str(Path(folder, name)) for name in ("stdout", "stderr"))
+        reply = _zygote().ask(request)
+        if reply.get("timeout"):
+            raise subprocess.TimeoutExpired(["recforge", *request["args"]], timeout)
+        return Result(reply["code"], Path(request["stdout"]).read_text(), Path(request["stderr"]).read_text())
+
+
+ZYGOTE_ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+_zygote_lock = threading.Lock()
+
+
+class _Zygote:
+    def __init__(self):
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "zygote.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**inherited, **ZYGOTE_ENV},
+            text=True,
+        )
+
+    def ask(self, request: dict) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+
+@functools.cache
+def _started() -> _Zygote:
+    return _Zygote()
+
+
+def _zygote() -> _Zygote:
+    if _started().process.poll() is not None:  # it died (it never should): start another
+        _started.cache_clear()
+    return _started()
 
 
 def assert_user_error(result: Result, *needles: str, code: int = 2) -> str:
