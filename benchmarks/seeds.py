@@ -1,8 +1,9 @@
 """Test metrics of presets over seeds, under one of two protocols; the medians over the seeds are
 what docs/results.md quotes.
 
-- `valid`: each run trains without its validation items (each user's second-latest interaction),
-  keeps the epoch best on validation and scores the test items once, at the end.
+- `valid`: each run trains without its validation items (each user's second-latest interaction;
+  a click log's valid split), keeps the epoch best on validation and scores the test items once,
+  at the end.
 - `refit`: each run trains on everything but the test items for the configured epochs; the test
   figures are the last epoch's (chosen by nothing), and the best epoch's are kept beside them as
   `ncf_best_metrics`, the NCF paper's protocol, which picks the epoch on the test items.
@@ -26,14 +27,19 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from recforge.config import load_yaml
+from recforge.core.shipped import PRESETS, find
+from recforge.registry import model_entry
+from recforge.tasks.ranking import RankingTask
+
 
 def train(config: str, seed: int, protocol: str, threads: int, workdir: Path, extra: list[str]) -> dict:
     output = workdir / f"{Path(config).stem}-seed{seed}"
-    valid_protocol = "leave-one-out" if protocol == "valid" else "none"
+    ranking = model_entry(load_yaml(find(config, PRESETS, "preset"))[0]["model"]).task is RankingTask
+    held_out = ["--valid-protocol", "leave-one-out" if protocol == "valid" else "none"] if ranking else []
     command = [
-        *(sys.executable, "-m", "recforge", "train", "--config", config, "--seed", str(seed)),
-        *("--valid-protocol", valid_protocol, "--threads", str(threads), "--output-dir", str(output)),
-        *extra,
+        *(sys.executable, "-m", "recforge", "train", "--config", config, "--seed", str(seed), *held_out),
+        *("--threads", str(threads), "--output-dir", str(output), *extra),
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:

@@ -1,7 +1,6 @@
 """The command line end to end: train -> evaluate -> recommend, run directory, resume, torchrun."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,18 +10,9 @@ import pytest
 import torch
 import yaml
 from conftest import SHARED_DATA, tiny_synthetic_args, torchrun_command
+from faults import run_cli
 
 from recforge.cli import main
-
-
-def run_cli(*args, env=None, **kwargs):
-    return subprocess.run(
-        [sys.executable, "-m", "recforge", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        **kwargs,
-    )
 
 
 def test_train_evaluate_recommend(tmp_path, capsys):
@@ -128,14 +118,14 @@ def test_existing_run_is_not_overwritten(tmp_path):
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"epoch": 1, "HR@10": 0.5}\n')
     result = run_cli("train", *tiny_synthetic_args(tmp_path))
-    assert result.returncode == 2
+    assert result.code == 2
     assert result.stderr.strip().startswith("recforge: error:") and "--resume" in result.stderr
     assert (run / "metrics.jsonl").read_text() == '{"epoch": 1, "HR@10": 0.5}\n'
 
 
 def test_threshold_stops_early(tmp_path):
     result = run_cli("train", *tiny_synthetic_args(tmp_path, epochs=10, quality_target=0.2))
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["first_epoch_at_target"] == summary["epochs_trained"] < 10
     assert "reached the target" in result.stdout
@@ -145,7 +135,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     epochs = 6
     reference = tmp_path / "reference"
     args = tiny_synthetic_args(reference, epochs=epochs, synthetic_interactions=20_000, batch_size=256, dropout=0.2)
-    assert run_cli("train", *args).returncode == 0
+    assert run_cli("train", *args).code == 0
 
     victim = tmp_path / "victim"
     args = tiny_synthetic_args(victim, epochs=epochs, synthetic_interactions=20_000, batch_size=256, dropout=0.2)
@@ -162,7 +152,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert interrupted_at < epochs, "the run finished before it could be killed"
 
     result = run_cli("train", *args, "--resume")
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert "resuming" in result.stdout
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [m["epoch"] for m in lines] == list(range(1, epochs + 1))
@@ -174,7 +164,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 def test_two_process_torchrun_matches_one_process(tmp_path):
     one = tmp_path / "one"
     args = tiny_synthetic_args(one, synthetic_users=203, precision="fp32")  # 203 users: uneven shards
-    assert run_cli("train", *args).returncode == 0
+    assert run_cli("train", *args).code == 0
     two = tmp_path / "two"
     args = tiny_synthetic_args(two, synthetic_users=203, precision="fp32")
     torchrun = torchrun_command(master_port=29731)
@@ -199,7 +189,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert run_cli("evaluate", "--checkpoint", checkpoint, "--output", tmp_path / "e1.json").returncode == 0
+    assert run_cli("evaluate", "--checkpoint", checkpoint, "--output", tmp_path / "e1.json").code == 0
     e1, e2 = (json.loads((tmp_path / f).read_text())["metrics"] for f in ("e1.json", "e2.json"))
     assert e2["eval_users"] == e1["eval_users"] == double[-1]["eval_users"]
     assert e2["HR@10"] == pytest.approx(e1["HR@10"], abs=1e-12) and e2["NDCG@10"] == pytest.approx(
@@ -214,7 +204,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
 )
 def test_precisions_and_compile_train_and_learn(tmp_path, flags):
     result = run_cli("train", *tiny_synthetic_args(tmp_path, epochs=4), *flags)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.code == 0, result.stderr[-2000:]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["train_loss"] == m["train_loss"] for m in metrics)  # finite, not NaN
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
