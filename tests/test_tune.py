@@ -113,6 +113,8 @@ def test_a_killed_sweep_resumes_its_running_trial_and_runs_exactly_the_budget(tm
     assert cfg.train.learning_rate == best["settings"]["train.learning_rate"]
     assert cfg.arch.layers == best["settings"]["arch.layers"] and cfg.data.synthetic_users == 151
     assert cfg.eval.valid_protocol == "none"  # the user's protocol; only the trials held validation out
+    written = {f"{section}.{key}" for section in ("data", "arch", "train", "eval") for key in values_.get(section, {})}
+    assert set(best["settings"]) <= written  # every searched setting is spelled out, a default too
 
     # Run again, the finished sweep reports the same result without scoring test again.
     again = subprocess.run(tune_command(tmp_path, out, "--resume"), capture_output=True, text=True, timeout=600)

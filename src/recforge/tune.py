@@ -522,13 +522,17 @@ def _summary_metrics(folder: Path) -> dict:
 
 
 def _preset(sweep: Sweep, settings: dict, best, metric: str, trials: int) -> str:
-    """The base settings with the best trial's, as a preset: the settings that differ from the
-    model's defaults (and the model), under a first line saying where it comes from."""
+    """The base settings with the best trial's, as a preset: the settings searched and those that
+    differ from the model's defaults (and the model), under a first line saying where it comes from."""
     cfg = with_settings(sweep.base, settings).to_dict()
     defaults = registry.build_config({"model": cfg["model"]}).to_dict()
     values: dict = {"model": cfg["model"]}
     for section in ("data", "arch", "train", "eval"):
-        differ = {k: v for k, v in cfg[section].items() if v != defaults[section][k] and k not in ("resume", "threads")}
+        differ = {
+            k: v
+            for k, v in cfg[section].items()
+            if (v != defaults[section][k] or f"{section}.{k}" in settings) and k not in ("resume", "threads")
+        }
         if differ:
             values[section] = differ
     head = (
