@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -28,11 +27,10 @@ class Result:
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> Result:
     """`python -m recforge ARGS` in a child process (threads 1), as a user's shell would run it,
     forked from a process that has imported torch already (tests/zygote.py)."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
     request = {
         "args": list(map(str, args)),
         "cwd": str(Path(cwd or os.getcwd()).resolve()),
-        "env": {**inherited, **ZYGOTE_ENV, **{k: str(v) for k, v in (env or {}).items()}},
+        "env": _environment(env or {}),
         "timeout": timeout,
     }
     with tempfile.TemporaryDirectory() as folder, _zygote_lock:
@@ -43,18 +41,20 @@ def run_cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: fl
         return Result(reply["code"], Path(request["stdout"]).read_text(), Path(request["stderr"]).read_text())
 
 
-ZYGOTE_ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-_zygote_lock = threading.Lock()
+def _environment(extra: dict) -> dict[str, str]:
+    """This process's environment without RECFORGE_ settings, one thread, the checkout's source, `extra`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
+    fixed = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    return {**inherited, **fixed, **{k: str(v) for k, v in extra.items()}}
 
 
 class _Zygote:
     def __init__(self):
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "zygote.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env={**inherited, **ZYGOTE_ENV},
+            env=_environment({}),
             text=True,
         )
 
@@ -64,15 +64,16 @@ class _Zygote:
         return json.loads(self.process.stdout.readline())
 
 
-@functools.cache
-def _started() -> _Zygote:
-    return _Zygote()
+_zygote_lock = threading.Lock()
+_running: _Zygote | None = None
 
 
 def _zygote() -> _Zygote:
-    if _started().process.poll() is not None:  # it died (it never should): start another
-        _started.cache_clear()
-    return _started()
+    """This test process's zygote, started at the first command (again if it died, which it never should)."""
+    global _running
+    if _running is None or _running.process.poll() is not None:
+        _running = _Zygote()
+    return _running
 
 
 def assert_user_error(result: Result, *needles: str, code: int = 2) -> str:

@@ -11,9 +11,11 @@ Requests and replies are JSON lines on stdin / stdout (tests/faults.py's `run_cl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import runpy
+import signal
 import sys
 import time
 
@@ -33,7 +35,7 @@ import recforge.train.loop  # noqa: F401
 
 def command(request: dict) -> None:
     """In the fork: become the command (never returns: the interpreter exits as the command does)."""
-    os.setpgid(0, 0)  # its own group: a timeout kills what it started too
+    os.setpgid(0, 0)  # its own group (the parent sets it too, whichever runs first): a timeout kills what it started
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -53,7 +55,7 @@ def wait(pid: int, timeout: float) -> dict:
         if done:
             return {"code": os.waitstatus_to_exitcode(status)}
         time.sleep(0.005)
-    os.killpg(pid, 9)
+    os.killpg(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return {"timeout": True}
 
@@ -64,6 +66,8 @@ def main() -> None:
         pid = os.fork()
         if pid == 0:
             command(request)
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # it has exited already
+            os.setpgid(pid, pid)
         sys.stdout.write(json.dumps(wait(pid, request["timeout"])) + "\n")
         sys.stdout.flush()
 
