@@ -25,9 +25,9 @@ def timings(monkeypatch):
     asked = []
 
     def use(seconds):
-        def measure(shape):
+        def measure(shape, kernels=gemm.BACKENDS):
             asked.append(shape)
-            return seconds[shape]
+            return {kernel: seconds[shape][kernel] for kernel in kernels}
 
         monkeypatch.setattr(gemm, "time_shape", measure)
         return asked
@@ -96,6 +96,21 @@ def test_timing_runs_both_libraries_forward_and_backward():
     for forward_only in (False, True):
         seconds = gemm.time_shape(gemm.Shape(256, 64, 32, forward_only), repeats=2)
         assert set(seconds) == set(gemm.BACKENDS) and all(0 < s < 1 for s in seconds.values())
+    seconds = gemm.time_shape(gemm.Shape(256, 64, 32), repeats=2, kernels=(*gemm.BACKENDS, gemm.BF16))
+    assert set(seconds) == {"onednn", "torch", "bf16"} and all(0 < s < 1 for s in seconds.values())
+
+
+def test_bf16_is_weighed_against_fp32_over_all_of_a_models_layers_and_cached(cache, timings):
+    """fp32's step time (the faster library per layer, or the named one) over bf16's, summed over layers."""
+    asked = timings(
+        {NARROW: {"onednn": 2.0, "torch": 1.0, "bf16": 4.0}, WIDE: {"onednn": 2.0, "torch": 3.0, "bf16": 1.0}}
+    )
+    assert gemm.bf16_speedup([NARROW, WIDE]) == pytest.approx((1.0 + 2.0) / (4.0 + 1.0))
+    assert gemm.bf16_speedup([NARROW, WIDE], "torch") == pytest.approx((1.0 + 3.0) / 5.0)
+    assert asked == [NARROW, WIDE]  # measured once, all three kernels together
+    stored = json.loads((gemm.cache_folder() / "64x13x32-bf16.json").read_text())["seconds"]
+    assert stored == {"onednn": 2.0, "torch": 1.0, "bf16": 4.0}
+    assert gemm.choose([NARROW])[NARROW].source == "measured"  # the fp32 choice keeps its own file
 
 
 def test_an_fp32_cpu_run_prints_and_records_its_choices(tmp_path, cache, capsys):

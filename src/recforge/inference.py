@@ -39,6 +39,8 @@ def load_run(checkpoint: dict, path: str | Path, cfg: RunConfig | None = None):
     device, dist = setup(cfg)
     try:
         task = build_task(cfg, device, dist, log_to(dist.is_main))
+        if cfg.train.precision == "auto" and checkpoint.get("precision") == "fp32":
+            task.precision = "fp32"  # `auto` measured this model faster in fp32: score it as it trained
         check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
         model = build_model(trained, checkpoint["model_dims"], device)
         load_weights(checkpoint, model)

@@ -33,6 +33,7 @@ BACKENDS = ("onednn", "torch")
 CALIBRATION_ROWS = 4096  # larger batches run the same kernels; timing them would cost seconds
 INFERENCE_ROWS = (1, 16, 256, CALIBRATION_ROWS)  # batch sizes a server's layers are measured at
 REPEATS = 7  # each backend, alternating, after one warm-up; the median counts
+BF16 = "bf16"  # the same product under bf16 autocast: timed beside fp32's to choose `--precision auto`
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -113,25 +114,32 @@ class Choice:
         return max(self.seconds.values()) / self.seconds[self.backend]
 
 
-def time_shape(shape: Shape, repeats: int = REPEATS) -> dict[str, float]:
-    """Median seconds of one forward + backward (or forward) of each backend on random fp32 data of `shape`."""
+def _forward(kernel: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if kernel == BF16:  # a new autocast region each time: a bf16 run casts its fp32 weights every step
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return F.linear(x, weight, bias)
+    return linear(x, weight, bias, kernel)
+
+
+def time_shape(shape: Shape, repeats: int = REPEATS, kernels: tuple[str, ...] = BACKENDS) -> dict[str, float]:
+    """Median seconds of one forward + backward (or forward) of each kernel on random fp32 data of `shape`."""
     generator = torch.Generator().manual_seed(0)
     training = not shape.forward_only
     x = torch.randn(shape.rows, shape.inputs, generator=generator).requires_grad_(training)
     weight = torch.randn(shape.outputs, shape.inputs, generator=generator).requires_grad_(training)
     bias = torch.zeros(shape.outputs, requires_grad=training)
     grad = torch.randn(shape.rows, shape.outputs, generator=generator)
-    times: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
+    times: dict[str, list[float]] = {kernel: [] for kernel in kernels}
     for attempt in range(repeats + 1):
-        for backend in BACKENDS:  # alternating, so a slow moment of the machine hits both
+        for kernel in kernels:  # alternating, so a slow moment of the machine hits all
             start = time.perf_counter()
-            y = linear(x, weight, bias, backend)
+            y = _forward(kernel, x, weight, bias)
             if training:
-                y.backward(grad)
+                y.backward(grad.to(y.dtype))
             if attempt:  # the first is warm-up (oneDNN builds its kernel then)
-                times[backend].append(time.perf_counter() - start)
+                times[kernel].append(time.perf_counter() - start)
             x.grad = weight.grad = bias.grad = None
-    return {backend: statistics.median(seconds) for backend, seconds in times.items()}
+    return {kernel: statistics.median(seconds) for kernel, seconds in times.items()}
 
 
 # The libraries' own caps on the instruction sets they use: a capped run is another machine.
@@ -163,10 +171,10 @@ def cache_folder() -> Path:
     return Path(root, "gemm", f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
 
 
-def _read(path: Path) -> dict[str, float] | None:
+def _read(path: Path, kernels: tuple[str, ...]) -> dict[str, float] | None:
     try:
         seconds = json.loads(path.read_text())["seconds"]
-        return seconds if set(seconds) == set(BACKENDS) and all(v > 0 for v in seconds.values()) else None
+        return seconds if set(seconds) == set(kernels) and all(v > 0 for v in seconds.values()) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -185,14 +193,23 @@ def _write_first(path: Path, shape: Shape, seconds: dict[str, float]) -> dict[st
         try:
             os.link(f.name, path)  # fails if the file exists: the first measurement stays
         except FileExistsError:
-            if _read(path) is None:  # unreadable: replace it
+            if _read(path, tuple(seconds)) is None:  # unreadable: replace it
                 os.replace(f.name, path)
         finally:
             if os.path.exists(f.name):
                 os.unlink(f.name)
     except OSError:
         return seconds
-    return _read(path) or seconds
+    return _read(path, tuple(seconds)) or seconds
+
+
+def _measured(shape: Shape, kernels: tuple[str, ...], suffix: str = "") -> tuple[dict[str, float], str]:
+    """Each kernel's seconds on `shape` as cached for this machine, measured now where missing."""
+    path = cache_folder() / f"{shape}{suffix}.json"
+    seconds = _read(path, kernels)
+    if seconds is not None:
+        return seconds, "cached"
+    return _write_first(path, shape, time_shape(shape, kernels=kernels)), "measured"
 
 
 def inference_backends(inputs: int, outputs: int) -> tuple[tuple[float, str], ...]:
@@ -210,12 +227,25 @@ def choose(shapes: list[Shape], requested: str = "auto") -> dict[Shape, Choice]:
     """The backend of each shape: `requested` if it names one, else the faster measured here."""
     if requested != "auto":
         return {shape: Choice(requested, {}, "--gemm") for shape in shapes}
-    folder = cache_folder()
     chosen = {}
     for shape in shapes:
-        path = folder / f"{shape}.json"
-        seconds, source = _read(path), "cached"
-        if seconds is None:
-            seconds, source = _write_first(path, shape, time_shape(shape)), "measured"
+        seconds, source = _measured(shape, BACKENDS)
         chosen[shape] = Choice(min(BACKENDS, key=seconds.__getitem__), seconds, source)
     return chosen
+
+
+def bf16_speedup(shapes: list[Shape], backend: str = "auto") -> float:
+    """fp32's seconds over bf16 autocast's for one training step's products of `shapes` (> 1: bf16
+    is faster), with fp32 on `backend` (auto: the faster library per shape).
+
+    Native bf16 instructions do not make every model faster in bf16: autocast casts the inputs and
+    weights of every product, which small layers do not earn back (NeuMF's 64-32-16 tower trained
+    1.1-1.25x slower in bf16 on an AMD EPYC with avx512_bf16, 2026-12-03), while DLRM's wide layers
+    compute 2x faster. Timed together, alternating, and cached as the fp32 choices are.
+    """
+    fp32 = bf16 = 0.0
+    for shape in shapes:
+        seconds = _measured(shape, (*BACKENDS, BF16), suffix="-" + BF16)[0]
+        fp32 += min(seconds[b] for b in BACKENDS) if backend == "auto" else seconds[backend]
+        bf16 += seconds[BF16]
+    return fp32 / bf16

@@ -3,7 +3,8 @@ hardware computes natively.
 
 bf16 pays off only where the hardware has bf16 arithmetic: on a CPU without it (AVX2, or
 AVX-512 without avx512_bf16), autocast's bf16 GEMMs are emulated, and W1 trained 15x slower than
-in fp32 (2026-12-01). `auto` is bf16 on CPUs with avx512_bf16 or AMX and on GPUs of compute
+in fp32 (2026-12-01). `auto` is bf16 on CPUs with avx512_bf16 or AMX where the model's layers
+measure faster in it (the training loop times them: small layers are not), and on GPUs of compute
 capability 8.0 or later (Ampere on); fp16 with loss scaling on GPUs of capability 7.x (Volta,
 Turing), whose tensor cores compute fp16 but not bf16; else fp32.
 """
@@ -47,11 +48,18 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     return bool(found), (f"CPU flags {', '.join(found)}" if found else f"no {' or '.join(NATIVE_BF16_FLAGS)} CPU flag")
 
 
-def resolve(device: torch.device, precision: str) -> tuple[str, str]:
-    """(the precision a run computes in, why): `auto` by native support, others as given."""
+def resolve(device: torch.device, precision: str, bf16_speedup: float | None = None) -> tuple[str, str]:
+    """(the precision a run computes in, why): `auto` by native support and, where given, the
+    model's products measured in bf16 against fp32 (`bf16_speedup` > 1: bf16 faster); others as given."""
     if precision != "auto":
         return precision, "--precision " + precision
     native, evidence = native_bf16(device)
+    if native and bf16_speedup is not None:
+        faster = bf16_speedup > 1
+        return ("bf16" if faster else "fp32"), (
+            f"auto: {evidence}; this model's layers measured {max(bf16_speedup, 1 / bf16_speedup):.2f}x "
+            f"{'faster' if faster else 'slower'} in bf16"
+        )
     if native:
         return "bf16", f"auto: {evidence}"
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 7:

@@ -26,6 +26,9 @@ class Task(abc.ABC):
     # validation split); None when evaluations score the test split themselves.
     final_split: str | None = None
     eval_split: str = "test"  # the split evaluations during training score
+    # What its forward passes compute in: the config's `--precision` (`auto` by the CPU's flags),
+    # or what the training loop decided for the model it trains.
+    precision: str
 
     @property
     @abc.abstractmethod

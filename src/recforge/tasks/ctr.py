@@ -69,6 +69,7 @@ class CTRTask(Task):
                 f"(made by `recforge prepare {cfg.data.dataset} ... --out FOLDER`)"
             )
         self.cfg, self.device, self.dist, self.folder = cfg, device, dist, Path(folder).expanduser()
+        self.precision = cfg.train.precision
         self.meta = load_meta(folder)
         self.train = load_split(folder, "train") if cfg.train.mode == "train" else None
         self.eval_split = cfg.eval.eval_split
@@ -172,7 +173,7 @@ class CTRTask(Task):
         slices = (slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]))
         for arrays in read_ahead(slices, lambda rows: copy_rows(features, rows, pinned)):
             batch = _to_batch({k: a.to(self.device, non_blocking=True) for k, a in arrays.items()})
-            with autocast(self.device, self.cfg.train.precision):
+            with autocast(self.device, self.precision):
                 probabilities.append(torch.sigmoid(model(batch).float()))
             labels.append(batch["label"])
         model.train(was_training)

@@ -86,6 +86,7 @@ class RankingTask(Task):
 
     def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
         self.cfg, self.device, self.dist = cfg, device, dist
+        self.precision = cfg.train.precision
         validating = cfg.eval.valid_protocol == "leave-one-out"
         sampled = cfg.eval.eval_protocol == "sampled"
         splits = ("valid", "test") if validating else ("test",)
@@ -203,7 +204,7 @@ class RankingTask(Task):
         """Scores [len(users), items per user] for each user against its row of `items`."""
         width = items.shape[1]
         batch = {"user": users.repeat_interleave(width), "item": items.reshape(-1)}
-        with autocast(self.device, self.cfg.train.precision):
+        with autocast(self.device, self.precision):
             return model(batch).float().view(-1, width)
 
     def _scored_chunks(self, model, split: str):

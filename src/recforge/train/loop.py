@@ -39,14 +39,14 @@ from recforge.models.layers import materialize_tables, tables_on_meta
 from recforge.optim.build import make_optimizers, set_learning_rate, with_initial_rates
 from recforge.runtime.distributed import Dist, init_distributed, pick_device, restart_count, shutdown
 from recforge.runtime.memory import keep_freed_memory, peak_memory
-from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler, resolve, warning
+from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler, warning
 from recforge.tasks.base import Task
 from recforge.train.curves import Curves
 from recforge.train.distributed_checkpoint import from_one_process, load_weights, open_checkpoint
 from recforge.train.distributed_checkpoint import load as load_distributed
 from recforge.train.distributed_checkpoint import read_state as read_distributed_state
 from recforge.train.distributed_checkpoint import save as save_distributed
-from recforge.train.gemms import choose_gemms
+from recforge.train.gemms import choose_gemms, choose_precision
 from recforge.train.run_dir import RunDir
 from recforge.train.sharding import choose as choose_sharding
 from recforge.train.sharding import pad_rows, shard
@@ -374,7 +374,9 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, ob
     sharding = choose_sharding(t, model, device, dist, log)
     if not sharding or t.restore_checkpoint:  # whole in this process, or whole to start the shards from
         materialize_tables(model, device)
-    scaler = grad_scaler(device, t.precision)
+    precision, precision_reason = choose_precision(model, t, device, dist)
+    task.precision = precision  # its evaluations compute as training does
+    scaler = grad_scaler(device, precision)
     run = RunDir(cfg.output_dir, dist.is_main)
     source = run.latest() if t.resume else None
     if restart_count():
@@ -423,7 +425,6 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, ob
         wrapped = torch.compile(wrapped)
 
     steps_per_epoch = task.steps_per_epoch(t.batch_size)
-    precision, precision_reason = resolve(device, t.precision)
     eval_every = math.ceil(steps_per_epoch / max(1, cfg.eval.evals_per_epoch))
     metric, threshold = task.primary_metric, cfg.eval.quality_target
     log(
@@ -522,7 +523,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, ob
                 set_learning_rate(optimizers, t, history.step)
                 if equal_batches:
                     batch = pad_rows(batch, largest_part)
-                with autocast(device, t.precision):
+                with autocast(device, precision):
                     logits = wrapped(batch)
                 # Sum over the local slice, scaled so the ranks' averaged gradient (DDP's, and TorchRec's
                 # for sharded tables) is the global mean's.
@@ -586,7 +587,11 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, ob
         scores = (history.best_metrics or {}) | {f"{task.final_split}/{k}": v for k, v in (test or {}).items()}
         curves.hyperparameters(cfg, scores, history.step)
 
-    summary = _summary(cfg, task, history, device, dist) | {"gemm": gemms}
+    summary = _summary(cfg, task, history, device, dist) | {
+        "precision": precision,
+        "precision_reason": precision_reason,
+        "gemm": gemms,
+    }
     if test is not None:
         summary |= {"test_split": task.final_split, "test_metrics": test}
     run.summary(summary)
@@ -658,6 +663,7 @@ def _meta(scaler, history, cfg: RunConfig, task) -> dict:
         "history": history.to_dict(),
         "config": cfg.to_dict(),
         "model_dims": task.model_dims,
+        "precision": task.precision,  # what it computed in: `auto` decides by measurement
     }
 
 
@@ -673,7 +679,6 @@ def _eval_line(record: dict, names: list[str], improved: bool) -> str:
 def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist: Dist) -> dict:
     times = [e["train_s"] for e in history.epochs]
     peaks = dist.gather_cat(torch.tensor(peak_memory(device), dtype=torch.int64, device=device)).view(-1, 2)
-    precision, precision_reason = resolve(device, cfg.train.precision)
     return {
         "model": cfg.model,
         "dataset": cfg.data.dataset,
@@ -692,8 +697,6 @@ def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist:
         "quality_target": cfg.eval.quality_target,
         "first_epoch_at_target": history.first_epoch_at_target,
         "stopped_early": history.stopped_early,
-        "precision": precision,
-        "precision_reason": precision_reason,
         "device": str(device),
         "world_size": dist.world,
         "peak_memory_bytes_per_rank": peaks[:, 0].tolist(),
