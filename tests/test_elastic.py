@@ -109,6 +109,7 @@ def test_a_lost_peer_without_restarts_ends_the_run_in_seconds_with_one_line(clic
     assert "lost another process of the run" in line or "stopped by SIGTERM" in line
     pointer = json.loads((run / "checkpoints" / "last.json").read_text())["checkpoint"]
     assert f"its last complete checkpoint is {run / 'checkpoints' / pointer}: continue with --resume" in line
+    assert "torchrun --max-restarts" not in line  # it was started without restarts: nothing resumes by itself
 
 
 def test_timed_checkpoints_come_between_evaluations(click_log, tmp_path):

@@ -114,6 +114,11 @@ def _store_of_this_attempt(world: int, timeout: datetime.timedelta) -> dict:
     return {"store": store, "rank": int(os.environ["RANK"]), "world_size": world}
 
 
+def restarts_left() -> int:
+    """How many more times torchrun's elastic agent will restart this run's workers (0 outside torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) - restart_count()
+
+
 def restart_count() -> int:
     """How many times torchrun's elastic agent restarted this run's workers (--max-restarts)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)

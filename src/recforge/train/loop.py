@@ -37,7 +37,7 @@ from recforge.core.files import remove, write_text
 from recforge.core.progress import Progress, log_to
 from recforge.models.layers import materialize_tables, tables_on_meta
 from recforge.optim.build import make_optimizers, set_learning_rate, with_initial_rates
-from recforge.runtime.distributed import Dist, init_distributed, pick_device, restart_count, shutdown
+from recforge.runtime.distributed import Dist, init_distributed, pick_device, restart_count, restarts_left, shutdown
 from recforge.runtime.memory import keep_freed_memory, peak_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler, warning
 from recforge.tasks.base import Task
@@ -212,9 +212,8 @@ def _resumable_from(cfg: RunConfig) -> str:
     latest = RunDir(cfg.output_dir, enabled=False).latest()
     if latest is None:
         return "it has no checkpoint yet"
-    return (
-        f"its last complete checkpoint is {latest}: continue with --resume (torchrun --max-restarts does it by itself)"
-    )
+    restarts = " (torchrun --max-restarts does it by itself)" if restarts_left() > 0 else ""
+    return f"its last complete checkpoint is {latest}: continue with --resume{restarts}"
 
 
 def _flag(section: str, key: str) -> str:
