@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_synthetic_args
 
 from recforge.cli import main
+from recforge.core.checkpoint import load_checkpoint
 from recforge.inference import load_run
 from recforge.runtime import gemm, precision
 
@@ -79,7 +80,7 @@ def test_a_run_trains_and_its_checkpoint_scores_in_what_auto_measured(tmp_path, 
     assert [str(s) for s in asked[0]] == ["1024x16x8", "1024x32x16"]  # NeuMF's tower at its batch rows
     assert (summary["gemm"] is None) == (chosen == "bf16")  # fp32 GEMM libraries are chosen in fp32 only
     path = tmp_path / "run" / "checkpoints" / "best.pt"
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = load_checkpoint(path)  # the safe unpickler reads the new key
     assert checkpoint["precision"] == chosen
     cpu_with()  # scored on a CPU without bf16: `auto` keeps an fp32 model in fp32, a bf16 one by the flags
     task = load_run(checkpoint, path)[2]

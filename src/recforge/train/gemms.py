@@ -23,6 +23,11 @@ def _shapes(model: torch.nn.Module, t: TrainConfig, dist: Dist) -> dict[Linear, 
     return {m: gemm.Shape(rows, m.in_features, m.out_features) for m in linears}
 
 
+def _distinct(shape_of: dict[Linear, gemm.Shape]) -> list[gemm.Shape]:
+    """The layers' shapes, each once, narrowest first (the order they are measured and printed in)."""
+    return sorted(set(shape_of.values()), key=lambda s: (s.inputs, s.outputs))
+
+
 def _on_rank0(measure, dist: Dist):
     """`measure()` on rank 0, its result on every rank: one rank's measurement, every rank computes alike."""
     found = [measure() if dist.is_main else None]
@@ -36,11 +41,11 @@ def choose_precision(model: torch.nn.Module, t: TrainConfig, device: torch.devic
     model's linear layers measure faster in it (recforge.runtime.gemm.bf16_speedup); elsewhere
     the flag rule of recforge.runtime.precision.resolve. torch.compile fuses the casts a
     measurement of eager products would count, so a compiled run keeps the flag rule."""
-    shape_of = _shapes(model, t, dist)
-    if t.precision != "auto" or device.type != "cpu" or t.compile or not shape_of or not native_bf16(device)[0]:
+    if t.precision != "auto" or device.type != "cpu" or t.compile or not native_bf16(device)[0]:
         return resolve(device, t.precision)
-    shapes = sorted(set(shape_of.values()), key=lambda s: (s.inputs, s.outputs))
-    return resolve(device, t.precision, _on_rank0(lambda: gemm.bf16_speedup(shapes, t.gemm), dist))
+    shapes = _distinct(_shapes(model, t, dist))
+    speedup = _on_rank0(lambda: gemm.bf16_speedup(shapes, t.gemm), dist) if shapes else None
+    return resolve(device, t.precision, speedup)
 
 
 def choose_gemms(model: torch.nn.Module, t: TrainConfig, precision: str, device: torch.device, dist: Dist, log):
@@ -49,8 +54,8 @@ def choose_gemms(model: torch.nn.Module, t: TrainConfig, precision: str, device:
     shape_of = _shapes(model, t, dist)
     if device.type != "cpu" or precision != "fp32" or t.compile or not shape_of:
         return None
-    rows = next(iter(shape_of.values())).rows
-    shapes = sorted(set(shape_of.values()), key=lambda s: (s.inputs, s.outputs))
+    shapes = _distinct(shape_of)
+    rows = shapes[0].rows
     chosen = _on_rank0(lambda: gemm.choose(shapes, t.gemm), dist)
     for m, shape in shape_of.items():
         m.backend = chosen[shape].backend
