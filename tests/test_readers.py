@@ -449,9 +449,20 @@ def test_cache_key_follows_options_and_source_files(tmp_path):
     assert first.num_users == 2
     other, other_path = cache.prepare(DataConfig(**{**cfg.__dict__, "min_user_interactions": 2}), log=lambda _: None)
     assert other_path != path and other.num_users == 1
-    (tmp_path / "u.data").write_text("1\t1\t5\t1\n1\t2\t5\t2\n2\t1\t5\t3\n3\t1\t5\t4\n")
-    changed, changed_path = cache.prepare(cfg, log=lambda _: None)
-    assert changed_path != path and changed.num_users == 3
+    # Rewritten with the old size and modification time (cp -p, rsync -t): a new entry all the same.
+    source, stat = tmp_path / "u.data", (tmp_path / "u.data").stat()
+    source.write_text("1\t1\t5\t1\n3\t2\t5\t2\n2\t1\t5\t3\n")
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert source.stat().st_size == stat.st_size
+    same_stat, same_stat_path = cache.prepare(cfg, log=lambda _: None)
+    assert same_stat_path != path and same_stat.num_users == 3
+    # Moved elsewhere with the same bytes: the same entry.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    source.rename(moved / "u.data")
+    assert (
+        cache.prepare(DataConfig(**{**cfg.__dict__, "data_dir": str(moved)}), log=lambda _: None)[1] == same_stat_path
+    )
 
 
 # --------------------------------------------------------------------------- leave-one-out

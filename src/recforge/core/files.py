@@ -156,6 +156,47 @@ def atomic_link(source: str | Path, target: str | Path) -> None:
     fault_point("renamed", target)
 
 
+@contextlib.contextmanager
+def held_alone(folder: str | Path, what: str):
+    """An exclusive flock on `folder` (which the kernel drops when the process dies, however it
+    dies, and which moves with the folder when it is renamed) while the block runs, or refuse at
+    once, naming the process that holds it. Yields whether `folder` is still the folder locked:
+    False when its holder renamed or removed it meanwhile (the caller looks again)."""
+    import fcntl
+
+    with naming(folder):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _flock_holder(os.fstat(fd).st_ino)
+            raise RecforgeError(
+                f"{what} is running in another process ({f'PID {holder}' if holder else 'PID unknown'}); "
+                "wait for it to end"
+            ) from None
+        try:
+            still_there = os.stat(folder).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            still_there = False
+        yield still_there
+    finally:
+        os.close(fd)
+
+
+def _flock_holder(inode: int) -> int | None:
+    """The PID holding a flock on `inode`, from Linux's /proc/locks (None elsewhere)."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF"
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+            return int(parts[4])
+    return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -1,7 +1,7 @@
 """Prepared datasets cached as memory-mappable .npy columns plus meta.json.
 
-A cache entry is keyed by the dataset name, the source files (path, size, mtime) and every
-preprocessing option, so changing any of them prepares afresh. Entries are written into a temp
+A cache entry is keyed by the dataset name, the source files (name and content: `core.content`)
+and every preprocessing option, so changing any of them prepares afresh. Entries are written into a temp
 folder and renamed into place: a crash or a full disk never leaves a half-written entry, and a
 failed write is reported as one about the entry.
 """
@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from recforge.config import DataConfig
+from recforge.core.content import described
 from recforge.core.files import naming, remove, replace, temp_folder, write_array, write_json
 from recforge.data.datasets import dataset_entry
 from recforge.data.implicit import LeaveOneOutData, leave_one_out
 
-FORMAT_VERSION = 2  # 2: valid_items
+FORMAT_VERSION = 3  # 2: valid_items; 3: keyed by content
 ARRAYS = (
     "train_users",
     "train_items",
@@ -53,7 +54,7 @@ def cache_root(cfg: DataConfig) -> Path:
 
 def cache_key(cfg: DataConfig, sources: list[Path]) -> str:
     options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
-    files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
+    files = [described(p) for p in sources]
     blob = json.dumps({"version": FORMAT_VERSION, "options": options, "files": files}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from recforge.core.errors import RecforgeError
-from recforge.core.files import exchange, naming, preallocate, remove, replace, temp_folder, write_json
+from recforge.core.files import exchange, held_alone, naming, preallocate, remove, replace, temp_folder, write_json
 
 FORMAT = "recforge-ctr-1"
 SPLITS = ("train", "valid", "test")
@@ -162,14 +162,20 @@ def new_folder(out: str | Path, overwrite: bool = False, check=None):
 def resumable_folder(out: str | Path, fingerprint: str, overwrite: bool = False):
     """`new_folder`'s, but named by the preparation's `fingerprint` (`.NAME.resumable-HASH`) and kept
     when the process is interrupted (Ctrl-C, a kill), so that the same command continues in it
-    (`journal`). An error (bad input, a full disk) removes it as `new_folder` does."""
+    (`journal`). An error (bad input, a full disk) removes it as `new_folder` does. The folder is
+    locked while it is used: the same command run twice at once refuses the second, naming the
+    first's PID."""
     out = Path(out).expanduser()
-    check_out(out, overwrite)
     tmp = out.parent / f".{out.name}.resumable-{fingerprint}"
-    with naming(out, inside=tmp):
-        tmp.mkdir(parents=True, exist_ok=True)
-    with _built_in(tmp, out, removed_on=Exception) as tmp:
-        yield tmp
+    while True:
+        check_out(out, overwrite)
+        with naming(out, inside=tmp):
+            tmp.mkdir(parents=True, exist_ok=True)
+        with held_alone(tmp, f"the same preparation into {out}") as still_there:
+            if still_there:  # else the holder just moved it into place: check `out` again
+                with _built_in(tmp, out, removed_on=Exception) as tmp:
+                    yield tmp
+                return
 
 
 @contextlib.contextmanager

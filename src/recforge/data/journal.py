@@ -1,8 +1,9 @@
 """What an interrupted preparation had finished, so that the same command continues from there.
 
 A preparation that can take hours builds its output in a folder beside `out` named after its
-fingerprint (`resumable_folder`): the inputs' names, sizes and modification times, how they are
-cut into chunks, and the options. `journal.json` there says how many tasks of each pass have
+fingerprint (`resumable_folder`): the inputs' names and contents (`core.content`: a file
+rewritten with its old size and modification time is a new input), how they are cut into
+chunks, and the options. `journal.json` there says how many tasks of each pass have
 finished, in task order, and what they found (rows per chunk, counts so far, saved beside it by
 the pass). It is rewritten atomically at most every `JOURNAL_SECONDS` and at the end of each
 pass, after what those tasks wrote is on disk (fsync), so a kill or a power loss at any instant
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from recforge.core.content import described
 from recforge.core.files import write_json
 from recforge.data.ctr_format import CTRMeta, finish, load_meta, resumable_folder
 from recforge.data.workers import _Workers, peak_memory_of_pool
@@ -29,9 +30,8 @@ NAME = "journal.json"
 
 
 def fingerprint(files: Iterable[Path], **options) -> str:
-    """A short hash of the input files (name, size, modification time) and `options` (JSON values)."""
-    described = [[str(Path(p).resolve()), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files]
-    text = json.dumps({"files": described, **options}, sort_keys=True, default=str)
+    """A short hash of the input files (name and content) and `options` (JSON values)."""
+    text = json.dumps({"files": [described(p) for p in files], **options}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
