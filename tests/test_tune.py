@@ -96,6 +96,8 @@ def test_a_killed_sweep_resumes_its_running_trial_and_runs_exactly_the_budget(tm
     record = json.loads((out / "tune.json").read_text())
     assert record["counts"]["complete"] == 4 and record["metric"] == "HR@10"
     values = {t["trial"]: t["value"] for t in record["trials"]}
+    settings = [json.dumps(t["settings"], sort_keys=True) for t in record["trials"]]
+    assert len(set(settings)) == 4, settings  # the resumed sweep proposed settings not tried before
     best = record["best"]
     assert best["value"] == max(values.values()) == values[best["trial"]]
     for number in range(4):  # the trials chose on validation and never scored test
@@ -153,7 +155,7 @@ def test_a_sweep_folder_is_not_restarted_without_resume(tmp_path, capsys):
     assert (out / "study.db").read_bytes() == b"not touched"
 
 
-def test_a_metric_the_runs_do_not_report_stops_the_sweep_and_is_no_trial(tmp_path, capsys):
+def test_a_metric_the_runs_do_not_report_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "sweep"
     base = [
         "tune",
@@ -168,9 +170,10 @@ def test_a_metric_the_runs_do_not_report_stops_the_sweep_and_is_no_trial(tmp_pat
     with pytest.raises(SystemExit):
         main([*base, "--metric", "AUC"])
     assert capsys.readouterr().err == "recforge: error: --metric AUC: the neumf runs report HR@10, NDCG@10\n"
-    main([*base, "--metric", "NDCG@10", "--resume"])  # the failed start spent none of the budget
+    assert not out.exists()  # no study, lock or trial folder
+    main([*base, "--metric", "NDCG@10"])
     record = json.loads((out / "tune.json").read_text())
-    assert record["counts"] == {**record["counts"], "complete": 1, "fail": 1} and record["metric"] == "NDCG@10"
+    assert record["counts"] == {**record["counts"], "complete": 1, "fail": 0} and record["metric"] == "NDCG@10"
 
 
 @pytest.mark.parametrize(

@@ -219,7 +219,13 @@ class Sweep:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
 
-    def study(self, worker: int = 0, create: bool = False):
+    def sampler(self, number: int):
+        """TPE seeded by the trial's number: its random draws are new to the study whichever process
+        or restart proposes it (one seed per process would propose the first trials again after a
+        restart; the history it models is in the study, so nothing else is lost)."""
+        return _optuna().samplers.TPESampler(seed=self.base.train.seed * 1_000_003 + number)
+
+    def study(self, create: bool = False):
         optuna = _optuna()
         storage = optuna.storages.RDBStorage(
             f"sqlite:///{self.out.resolve() / 'study.db'}",
@@ -230,8 +236,7 @@ class Sweep:
             if self.pruner == "median"
             else optuna.pruners.NopPruner()
         )
-        # A seed per worker: parallel workers with one seed would draw the same first trials.
-        sampler = optuna.samplers.TPESampler(seed=self.base.train.seed + worker)
+        sampler = self.sampler(0)  # replaced before each new trial (next_trial)
         with self.locked():
             if create:
                 study = optuna.create_study(
@@ -255,6 +260,7 @@ class Sweep:
                     return optuna.trial.Trial(study, frozen._trial_id), owner, True
             if sum(not t.user_attrs.get("aborted") for t in study.get_trials(deepcopy=False)) >= self.trials:
                 return None
+            study.sampler = self.sampler(len(study.get_trials(deepcopy=False)))  # the number ask() gives
             trial = study.ask()
             owner = self._claim(trial.number)
             assert owner is not None, "a new trial's folder is nobody's"
@@ -358,7 +364,7 @@ def _short(value) -> str:
 
 def work(sweep: Sweep, worker: int, threads: int) -> None:
     """One process's share of the sweep: trials until the budget is spent."""
-    study = sweep.study(worker)
+    study = sweep.study()
     progress = Progress(sweep.trials, "sweep", enabled=worker == 0, unit="trials")
     say = lambda line: print(line, flush=True)  # noqa: E731
     while (chosen := sweep.next_trial(study)) is not None:
@@ -384,6 +390,9 @@ def _worker_main(sweep: Sweep, worker: int, threads: int) -> None:
 def tune(sweep: Sweep, resume: bool, log=print) -> dict:
     """Run (or continue) the sweep in `sweep.out`, then write best.yaml and tune.json; returns tune.json's record."""
     out = sweep.out
+    reported = registry.model_entry(sweep.base.model).task.metrics_of(sweep.base)
+    if sweep.metric is not None and sweep.metric not in reported:  # before anything is written
+        raise WrongMetric(f"--metric {sweep.metric}: the {sweep.base.model} runs report {', '.join(reported)}")
     if sweep.base.eval.eval_split == "test" and not sweep.ranking:
         raise RecforgeError("--eval-split test: a search must choose on the validation split (--eval-split valid)")
     exists = (out / "study.db").is_file()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from recforge.config import RunConfig
 from recforge.core.errors import RecforgeError
 
 
@@ -50,8 +51,14 @@ class Task(abc.ABC):
         """The metric that decides the best checkpoint and the stop threshold."""
 
     @property
+    def metric_names(self) -> list[str]:
+        return self.metrics_of(self.cfg)
+
+    @classmethod
     @abc.abstractmethod
-    def metric_names(self) -> list[str]: ...
+    def metrics_of(cls, cfg: RunConfig) -> list[str]:
+        """The metrics an evaluation of `cfg`'s run reports, known before any data is loaded (a
+        search checks its --metric with it)."""
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-self.samples_per_epoch // batch_size)

@@ -58,17 +58,27 @@ def data_fingerprint(meta: CTRMeta) -> dict:
     }
 
 
+def _prepared_folder(cfg: RunConfig) -> Path:
+    folder = cfg.data.prepared_dir or cfg.data.data_dir  # --data-dir: its name before --prepared-dir
+    if folder is None:
+        raise RecforgeError(
+            f"--prepared-dir FOLDER is required for {cfg.data.dataset} "
+            f"(made by `recforge prepare {cfg.data.dataset} ... --out FOLDER`)"
+        )
+    return Path(folder).expanduser()
+
+
+def _metrics(meta: CTRMeta) -> list[str]:
+    """MAP@12 where the log groups its rows (Outbrain's displays), then the per-row metrics."""
+    return ["MAP@12", "AUC", "logloss", "accuracy"] if meta.group else ["AUC", "logloss", "accuracy"]
+
+
 class CTRTask(Task):
     name = "ctr"
 
     def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
-        folder = cfg.data.prepared_dir or cfg.data.data_dir  # --data-dir: its name before --prepared-dir
-        if folder is None:
-            raise RecforgeError(
-                f"--prepared-dir FOLDER is required for {cfg.data.dataset} "
-                f"(made by `recforge prepare {cfg.data.dataset} ... --out FOLDER`)"
-            )
-        self.cfg, self.device, self.dist, self.folder = cfg, device, dist, Path(folder).expanduser()
+        folder = _prepared_folder(cfg)
+        self.cfg, self.device, self.dist, self.folder = cfg, device, dist, folder
         self.precision = cfg.train.precision
         self.meta = load_meta(folder)
         self.train = load_split(folder, "train") if cfg.train.mode == "train" else None
@@ -113,7 +123,11 @@ class CTRTask(Task):
 
     @property
     def metric_names(self) -> list[str]:
-        return ["MAP@12", "AUC", "logloss", "accuracy"] if self.meta.group else ["AUC", "logloss", "accuracy"]
+        return _metrics(self.meta)
+
+    @classmethod
+    def metrics_of(cls, cfg: RunConfig) -> list[str]:
+        return _metrics(load_meta(_prepared_folder(cfg)))
 
     def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
         """(this rank's part of each global batch, global batch size, the largest rank's part); the

@@ -188,9 +188,9 @@ class RankingTask(Task):
     def primary_metric(self) -> str:
         return f"HR@{self.topk}"
 
-    @property
-    def metric_names(self) -> list[str]:
-        return [f"HR@{self.topk}", f"NDCG@{self.topk}"]
+    @classmethod
+    def metrics_of(cls, cfg: RunConfig) -> list[str]:
+        return [f"HR@{cfg.eval.topk}", f"NDCG@{cfg.eval.topk}"]
 
     def baseline(self) -> tuple[str, dict]:
         """Item popularity on the same evaluation: what a model must clearly beat to have learned."""
