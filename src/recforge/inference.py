@@ -43,7 +43,7 @@ def load_run(checkpoint: dict, path: str | Path, cfg: RunConfig | None = None):
             task.precision = "fp32"  # `auto` measured this model faster in fp32: score it as it trained
         check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
         model = build_model(trained, checkpoint["model_dims"], device)
-        load_weights(checkpoint, model)
+        load_weights(checkpoint, model, path)
     except BaseException:
         shutdown(dist)
         raise

@@ -8,14 +8,13 @@ with, resuming or restoring it on other data would silently mix up ids, so it is
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 
 import torch
 
 from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write
+from recforge.core.pickles import file_globals, is_tensor_rebuilding
 
 FORMAT = "recforge-checkpoint-2"  # 2: adds "data" (the fingerprint)
 READABLE = ("recforge-checkpoint-1", FORMAT)
@@ -31,14 +30,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise RecforgeError(f"{path}: checkpoint not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if re.search(r"Unsupported (global|class)", str(e)):  # the safe unpickler met an object, e.g. code
+    except Exception:  # noqa: BLE001  why, from the file itself: torch's wording changes between versions
+        foreign = [f"{m}.{n}" for m, n in file_globals(path) if not is_tensor_rebuilding(m, n)]
+        if foreign:
             raise RecforgeError(
-                f"{path}: holds Python objects that a recforge checkpoint never holds; not loaded "
+                f"{path}: holds Python objects that a recforge checkpoint never holds ({foreign[0]}); not loaded "
                 f"(it was not written by recforge, or was altered)"
             ) from None
-        raise RecforgeError(f"{path}: not a readable checkpoint (damaged, or not a torch file)") from None
-    except Exception:  # truncated, corrupt, or not a torch file at all
         raise RecforgeError(f"{path}: not a readable checkpoint (damaged, or not a torch file)") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") not in READABLE:
         raise RecforgeError(f"{path}: a torch file but not a recforge checkpoint (no recforge format marker)")

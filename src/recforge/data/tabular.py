@@ -126,7 +126,7 @@ def read_delimited(
     try:
         table = pcsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
-        raise _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, e, missing_ok) from None
+        raise locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, e, missing_ok) from None
     except OSError as e:
         raise os_error(path, e) from None
     if table.num_rows == 0:
@@ -134,11 +134,11 @@ def read_delimited(
     for name in columns:
         column = table.column(name)
         if (column.null_count and not missing_ok) or pa.types.is_binary(column.type):  # binary: not UTF-8
-            raise _locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, None, missing_ok)
+            raise locate_bad_row(path, delimiter, columns, column_names, encoding, header_lines, None, missing_ok)
     return table
 
 
-def _locate_bad_row(
+def locate_bad_row(
     path, delimiter, columns, column_names, encoding, header_lines, error, missing_ok=False
 ) -> Exception:
     """Re-read the file as raw bytes, single-threaded, to find the first row that cannot parse."""

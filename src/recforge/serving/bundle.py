@@ -15,11 +15,13 @@ tensors and ONNX's protobuf. The model is rebuilt from the manifest's architectu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import time
 import warnings
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -28,8 +30,9 @@ import torch
 from torch import nn
 
 from recforge.core.checkpoint import check_same_data, check_same_model
-from recforge.core.errors import RecforgeError
+from recforge.core.errors import RecforgeError, one_line
 from recforge.core.files import atomic_write
+from recforge.core.pickles import file_globals, is_tensor_rebuilding
 from recforge.data.cache import prepare
 from recforge.data.ctr_format import check_out, load_meta, load_split, new_folder
 from recforge.models.layers import Linear
@@ -37,12 +40,15 @@ from recforge.registry import build_model, config_from_dict, model_entry
 from recforge.runtime import gemm
 from recforge.serving.assets import ASSETS, ClickLogAssets, RankingAssets, read_manifest, write_manifest
 from recforge.tasks import ctr, ranking
-from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
+from recforge.train.distributed_checkpoint import load_model_state, load_weights, open_checkpoint
 
 FORMAT = "recforge-bundle-1"
 FORMATS = ("onnx", "torch-export")  # the default exports; "aoti" is asked for by name (it compiles C++)
 MAX_BATCH = 65_536  # the exported programs' largest batch
 EQUIVALENCE_ROWS = 10_000
+# The most an exported program's probability may differ from the eager model's: fp32 kernels that
+# sum in another order differ by ~1e-7; a wrong export, by far more. Over it, export fails.
+EQUIVALENCE_TOLERANCE = 1e-4
 ONNX_OPSET = 18
 
 
@@ -87,8 +93,10 @@ def export(
         cfg.data.data_dir, cfg.data.prepared_dir = data_dir, None
     kind = model_entry(cfg.model).task.name
     model = build_model(cfg, checkpoint["model_dims"], torch.device("cpu"))
-    load_weights(checkpoint, model)
+    load_weights(checkpoint, model, checkpoint_path)
     model.eval()
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    _check_finite(state, checkpoint_path, "not exported")
     check = functools.partial(check_out, marker="manifest.json", kind="bundle", owned=_bundle_files)
     with new_folder(out, overwrite, check=check) as folder:
         if kind == "ctr":
@@ -122,23 +130,32 @@ def export(
                 ],
             }
             sample_of = f"{len(sample['user']):,} (user, item) pairs: each user's held-out item, then random pairs"
-        state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
         atomic_write(folder / "weights.npz", lambda f: np.savez(f, **state), mode="wb")
         scoring = Scoring(model, assets.model_inputs).eval()
         tensors = tuple(torch.from_numpy(sample[k]) for k in assets.model_inputs)
         with torch.inference_mode():
             expected = scoring(*tensors).numpy()
+        if not np.isfinite(expected).all():
+            raise RecforgeError(
+                f"{checkpoint_path}: the model gives {int((~np.isfinite(expected)).sum()):,} non-finite probabilities "
+                f"on {sample_of}; not exported"
+            )
         equivalence = {}
         for name in formats:
             begin = time.perf_counter()
             path = _EXPORTERS[name](scoring, tensors, folder)
             runtime = RUNTIMES[name](folder, assets.model_inputs)
-            worst = max(
-                float(np.abs(runtime(sample) - expected).max()),
+            worst = max(  # NaN where the program gives one: refused below
+                _largest_difference(runtime(sample), expected),
                 # the extremes of the dynamic batch: one row, and 65,536 (the sample repeated)
-                float(np.abs(runtime({k: v[:1] for k, v in sample.items()}) - expected[:1]).max()),
-                float(np.abs(runtime(_repeat(sample, MAX_BATCH)) - np.resize(expected, MAX_BATCH)).max()),
+                _largest_difference(runtime({k: v[:1] for k, v in sample.items()}), expected[:1]),
+                _largest_difference(runtime(_repeat(sample, MAX_BATCH)), np.resize(expected, MAX_BATCH)),
             )
+            if not worst <= EQUIVALENCE_TOLERANCE:
+                raise RecforgeError(
+                    f"--format {name}: the exported program's probabilities differ from the eager model's by "
+                    f"{worst:.2e} on {sample_of}, over the tolerance {EQUIVALENCE_TOLERANCE:g}; not exported"
+                )
             equivalence[name] = {
                 "file": path.name,
                 "max_abs_difference": worst,
@@ -164,12 +181,31 @@ def export(
                 "best_step": history.get("best_step"),
             },
             "data": checkpoint.get("data"),
-            "equivalence": {"rows": sample_of, "batch sizes": [1, len(next(iter(sample.values()))), MAX_BATCH]}
+            "equivalence": {
+                "rows": sample_of,
+                "batch sizes": [1, len(next(iter(sample.values()))), MAX_BATCH],
+                "tolerance": EQUIVALENCE_TOLERANCE,
+            }
             | equivalence,
             "files": {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()},
         }
         write_manifest(folder, manifest)  # last: a folder without it is not a bundle
     return manifest
+
+
+def _largest_difference(got: np.ndarray, expected: np.ndarray) -> float:
+    """The largest absolute difference; NaN if `got` has a non-finite value (max() would drop it)."""
+    return float(np.abs(got - expected).max()) if np.isfinite(got).all() else float("nan")
+
+
+def _check_finite(state: dict[str, np.ndarray], path: Path, outcome: str) -> None:
+    """Refuse weights holding NaN or infinity: every probability they touch would be NaN."""
+    for name, value in state.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise RecforgeError(
+                f"{path}: tensor {name} holds {int((~np.isfinite(value)).sum()):,} non-finite values (NaN or "
+                f"infinity), so the model would score NaN; {outcome}"
+            )
 
 
 def _bundle_files(out: Path) -> set[str]:
@@ -269,16 +305,17 @@ class EagerRuntime(_TorchRuntime):
     """The model rebuilt from the manifest's architecture with weights.npz."""
 
     def __init__(self, folder: Path, inputs: list[str], manifest: dict):
-        cfg = config_from_dict(manifest["config"])
-        model = build_model(cfg, manifest["model_dims"], torch.device("cpu"))
-        with np.load(folder / "weights.npz", allow_pickle=False) as saved:
-            state = {k: torch.from_numpy(saved[k]) for k in saved.files}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("_extra_state")]  # dropout's random stream
-        if missing or unexpected:
+        try:
+            cfg = config_from_dict(manifest["config"])
+            model = build_model(cfg, manifest["model_dims"], torch.device("cpu"))
+        except (RecforgeError, KeyError, TypeError, ValueError) as e:  # its settings are not the flags' fault
+            message = one_line(str(e)) if isinstance(e, RecforgeError) else f"{type(e).__name__}: {e}"
             raise RecforgeError(
-                f"{folder / 'weights.npz'}: does not fit the manifest's model ({(missing or unexpected)[0]})"
-            )
+                f"{folder / 'manifest.json'}: its config and model_dims build no model ({message}); "
+                "the manifest was edited or damaged: export the checkpoint again"
+            ) from None
+        state = read_weights(folder / "weights.npz")
+        load_model_state(model, {k: torch.from_numpy(v) for k, v in state.items()}, folder / "weights.npz")
         for layer in model.modules():  # a server's batches have any size: kernels by size
             if isinstance(layer, Linear) and layer.in_features and layer.out_features:
                 layer.by_rows = gemm.inference_backends(layer.in_features, layer.out_features)
@@ -289,14 +326,17 @@ class ProgramRuntime(_TorchRuntime):
     """model.pt2, torch.export's program."""
 
     def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        self.module, self.inputs = torch.export.load(folder / "model.pt2").module(), inputs
+        with _loading(folder / "model.pt2", "a torch.export program"):
+            self.module, self.inputs = torch.export.load(folder / "model.pt2").module(), inputs
 
 
 class AotiRuntime(_TorchRuntime):
     """model.aoti.pt2, AOTInductor's compiled program."""
 
     def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        self.module, self.inputs = torch._inductor.aoti_load_package(str(folder / "model.aoti.pt2")), inputs
+        path = folder / "model.aoti.pt2"
+        with _loading(path, "an AOTInductor package"):
+            self.module, self.inputs = torch._inductor.aoti_load_package(str(path)), inputs
 
 
 class OnnxRuntime:
@@ -310,9 +350,10 @@ class OnnxRuntime:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # as `--threads` set it
         options.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(
-            str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        with _loading(folder / "model.onnx", "an ONNX model"):
+            self.session = onnxruntime.InferenceSession(
+                str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            )
         self.inputs = inputs
         types = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
         self.dtypes = {i.name: types[i.type] for i in self.session.get_inputs()}
@@ -322,7 +363,56 @@ class OnnxRuntime:
         return self.session.run(None, feed)[0]
 
 
+@contextlib.contextmanager
+def _loading(path: Path, what: str):
+    """A program file that its runtime cannot load, as one line: one naming Python objects (a
+    pickle inside the archive names something beyond tensors), or one that is damaged. (A bundle
+    whose manifest hashes match was still edited if its manifest was re-hashed.)"""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001  the runtimes' own errors are tracebacks of their internals
+        foreign = [f"{m}.{n}" for m, n in file_globals(path) if not is_tensor_rebuilding(m, n)]
+        if foreign:
+            raise RecforgeError(
+                f"{path}: names {foreign[0]}, a Python object no recforge export holds; not loaded"
+            ) from None
+        raise RecforgeError(
+            f"{path}: not loadable as {what} ({type(e).__name__}); damaged, or not recforge's export"
+        ) from None
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    """weights.npz's arrays, loaded without pickle: an object array is refused as Python objects."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {k: saved[k] for k in saved.files}
+    except Exception:  # noqa: BLE001  why, from the archive's headers (numpy's message is its wording)
+        if any(dtype.hasobject for dtype in _npz_dtypes(path)):
+            raise RecforgeError(
+                f"{path}: holds Python objects (an object array), never a bundle's; not loaded"
+            ) from None
+        raise RecforgeError(f"{path}: not readable (damaged)") from None
+
+
+def _npz_dtypes(path: Path) -> list[np.dtype]:
+    """The dtypes an .npz's headers declare (those that can be read)."""
+    dtypes = []
+    with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            with contextlib.suppress(ValueError, OSError), archive.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                dtypes.append(header(f)[2])
+    return dtypes
+
+
 RUNTIMES = {"eager": EagerRuntime, "torch-export": ProgramRuntime, "onnx": OnnxRuntime, "aoti": AotiRuntime}
+
+
+class ModelFault(RecforgeError):
+    """The model gave what no caller may take for a result (NaN): the server answers 500 with it."""
 
 
 class Bundle:
@@ -342,6 +432,8 @@ class Bundle:
                     raise RecforgeError(f"{path}: missing (the manifest lists it)")
                 if _sha256(path) != digest:
                     raise RecforgeError(f"{path}: damaged (its SHA-256 differs from the manifest's)")
+            weights = self.folder / "weights.npz"
+            _check_finite(read_weights(weights), weights, "the bundle is refused (export a sound checkpoint)")
         self.assets = ASSETS[self.manifest["task"]](self.folder)
         if runtime != "eager" and runtime not in {k for k in self.manifest["equivalence"] if k in RUNTIMES}:
             raise RecforgeError(
@@ -355,12 +447,23 @@ class Bundle:
     FORWARD_ROWS = 8192
 
     def probabilities(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Click probabilities of the model inputs `arrays`; a non-finite one is never returned (an
+        error naming the model instead: a probability of NaN would be taken for a score)."""
         rows = len(next(iter(arrays.values())))
         if rows <= self.FORWARD_ROWS:
-            return self.runtime(arrays)
-        return np.concatenate(
-            [
-                self.runtime({k: v[i : i + self.FORWARD_ROWS] for k, v in arrays.items()})
-                for i in range(0, rows, self.FORWARD_ROWS)
-            ]
-        )
+            scores = self.runtime(arrays)
+        else:
+            scores = np.concatenate(
+                [
+                    self.runtime({k: v[i : i + self.FORWARD_ROWS] for k, v in arrays.items()})
+                    for i in range(0, rows, self.FORWARD_ROWS)
+                ]
+            )
+        finite = np.isfinite(scores)
+        if not finite.all():
+            raise ModelFault(
+                f"the {self.manifest['model']} model of {self.folder} ({self.runtime_name}) gave a non-finite "
+                f"probability for {int((~finite).sum()):,} of {rows:,} rows (first: row {int(np.argmin(finite)):,}); "
+                "its weights or export are broken"
+            )
+        return scores

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write
 from recforge.core.progress import Progress
-from recforge.data.tabular import convert, require_file, row_error
+from recforge.data.tabular import convert, locate_bad_row, require_file, row_error
 from recforge.serving.assets import RequestError
 from recforge.serving.bundle import Bundle
 
@@ -36,19 +36,26 @@ def _batches(path: Path, names: list[str], rows: int):
             yield start, pa.Table.from_batches([batch])
             start += batch.num_rows
         return
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
+    columns = dict.fromkeys(names, pa.string())
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (UnicodeDecodeError, csv.Error):
+        raise locate_bad_row(path, ",", columns, None, "utf8", 1, None, missing_ok=True) from None
     missing = [n for n in names if n not in header]
     if missing:
         raise RecforgeError(f"{path}:1: no column '{missing[0]}' in the header (the bundle's inputs: manifest.json)")
     # Text, converted below, so that a bad value is found with its line; blocks of ~`rows` lines.
-    convert_options = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()), include_columns=names)
+    convert_options = pcsv.ConvertOptions(column_types=columns, include_columns=names)
     block = max(1 << 16, min(1 << 26, path.stat().st_size * rows // max(1, _rows(path))))
     start = 0
-    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=block), convert_options=convert_options)
-    for batch in reader:
-        yield start, pa.Table.from_batches([batch])
-        start += batch.num_rows
+    try:
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=block), convert_options=convert_options)
+        for batch in reader:
+            yield start, pa.Table.from_batches([batch])
+            start += batch.num_rows
+    except pa.ArrowInvalid as e:  # a line of too few or too many fields, bytes that are not text
+        raise locate_bad_row(path, ",", columns, None, "utf8", 1, e, missing_ok=True) from None
 
 
 def _missing_as_null(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from uvicorn.supervisors import Multiprocess
 
 from recforge.serving.assets import RequestError
-from recforge.serving.bundle import Bundle
+from recforge.serving.bundle import Bundle, ModelFault
 
 
 @dataclass
@@ -266,6 +266,8 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
                 response = error(e.status, kind, e.message, e.field)
             except Overloaded:
                 response = error(503, "overloaded", "the queue is full; retry shortly", headers={"Retry-After": "1"})
+            except ModelFault as e:
+                response = error(500, "model", str(e))
             except Exception as e:  # noqa: BLE001  the server stays up; the client learns it failed
                 response = error(500, "internal", f"{type(e).__name__}: {e}")
         return record(request.url.path, response, begin)

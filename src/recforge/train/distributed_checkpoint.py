@@ -30,6 +30,7 @@ from torch import nn
 from recforge.core.checkpoint import READABLE, load_checkpoint
 from recforge.core.errors import RecforgeError
 from recforge.core.files import fault_point, remove, write_json
+from recforge.core.pickles import restricted_load
 from recforge.models.layers import FieldEmbeddings
 from recforge.train.sharding import ShardedBag, ShardedFields
 
@@ -250,9 +251,10 @@ def load(folder: Path, module: nn.Module, optimizers: list, rng: bool = True) ->
     unless not `rng`; returns its state.json. Each rank reads the parts it holds; optimizer state
     that is created lazily is allocated here."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     saved = read_state(folder)
-    stored = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    stored = _reader(folder).read_metadata().state_dict_metadata
     tensors, _ = model_state(module)
     wanted = {f"model/{k}": _in_blocks(v) for k, v in tensors.items()}
     wanted |= {f"optim/{k}": _in_blocks(v) for k, v in optimizer_state(module, optimizers).items()}
@@ -265,9 +267,17 @@ def load(folder: Path, module: nn.Module, optimizers: list, rng: bool = True) ->
     missing = sorted(k for k in wanted if k not in stored)
     if missing:
         raise RecforgeError(f"{folder}: has no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    for key, value in wanted.items():  # DCP would read any shape, or unpickle an entry stored as bytes
+        if not isinstance(stored[key], TensorStorageMetadata):
+            raise RecforgeError(f"{folder}: stores {key} as Python objects, never a recforge checkpoint's; not loaded")
+        if tuple(stored[key].size) != tuple(value.size()):
+            raise RecforgeError(
+                f"{folder}: {key} has shape {list(stored[key].size)}, the model's is {list(value.size())} "
+                "(its state.json does not describe it: damaged or edited)"
+            )
     with warnings.catch_warnings():  # one process reading a checkpoint of several is what we mean
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        dcp.load(wanted, storage_reader=dcp.FileSystemReader(str(folder)))
+        dcp.load(wanted, storage_reader=_reader(folder))
     for (optimizer, p, state), value in created.items():
         optimizer.state[p][state] = int(value) if state == "step" and value.dtype == torch.int64 else value
     _spread_first_column(module, optimizers, wanted)
@@ -276,6 +286,42 @@ def load(folder: Path, module: nn.Module, optimizers: list, rng: bool = True) ->
     for path, value in saved.get("extra", {}).items():
         module.get_submodule(_find(module, path)).set_extra_state(value)
     return saved
+
+
+def _reader(folder: Path):
+    """DCP's reader of `folder`, but its `.metadata` unpickled making only DCP's metadata classes:
+    DCP reads it with a plain pickle.load, which would run any code the file names."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(dcp.FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            metadata = restricted_load(Path(folder) / ".metadata", _is_dcp_metadata)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(folder))
+
+
+_DCP_METADATA = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+def _is_dcp_metadata(module: str, name: str) -> bool:
+    """What DCP's `.metadata` of tensors names: its metadata classes (not bytes entries, which DCP
+    would unpickle with torch.load(weights_only=False)), sizes, dtypes and layouts."""
+    if module == "torch.distributed.checkpoint.metadata":
+        return name != "BytesStorageMetadata"
+    return (module, name) in _DCP_METADATA or (
+        module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+    )
 
 
 def _spread_first_column(module: nn.Module, optimizers: list, loaded: dict) -> None:
@@ -320,12 +366,30 @@ def open_checkpoint(path: str | Path) -> dict:
     return load_checkpoint(path)
 
 
-def load_weights(checkpoint: dict, model: nn.Module) -> None:
-    """The weights of a checkpoint from `open_checkpoint` into `model`, in one process or several."""
+def load_weights(checkpoint: dict, model: nn.Module, path: str | Path) -> None:
+    """The weights of checkpoint `path` (opened by `open_checkpoint`) into `model`, in one process or several."""
     if "folder" in checkpoint:
         load(Path(checkpoint["folder"]), model, [], rng=False)
     else:
-        model.load_state_dict(checkpoint["model"])
+        load_model_state(model, checkpoint["model"], path)
+
+
+def load_model_state(model: nn.Module, state: dict, path: str | Path) -> None:
+    """A one-process checkpoint's (or a bundle's) model state into `model`; a tensor missing, extra
+    or of another shape than the model of its own config is one line naming it (the file was
+    edited). Dropout's random streams (extra state) may be missing: a bundle does not keep them."""
+    own = model.state_dict()
+    wrong = [k for k in own if k not in state and not k.endswith(EXTRA)] + [k for k in state if k not in own]
+    if wrong:
+        where = "missing from it" if wrong[0] in own else "not in the model it describes"
+        raise RecforgeError(f"{path}: tensor {wrong[0]} {where} (damaged or edited); not loaded")
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.shape != own[key].shape:
+            raise RecforgeError(
+                f"{path}: tensor {key} has shape {list(value.shape)}, the model its config describes has "
+                f"{list(own[key].shape)} (damaged or edited); not loaded"
+            )
+    model.load_state_dict(state, strict=False)  # everything but extra state checked above
 
 
 def _find(module: nn.Module, plain_path: str) -> str:

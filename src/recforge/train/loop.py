@@ -42,7 +42,7 @@ from recforge.runtime.memory import keep_freed_memory, peak_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler, warning
 from recforge.tasks.base import Task
 from recforge.train.curves import Curves
-from recforge.train.distributed_checkpoint import from_one_process, load_weights, open_checkpoint
+from recforge.train.distributed_checkpoint import from_one_process, load_model_state, load_weights, open_checkpoint
 from recforge.train.distributed_checkpoint import load as load_distributed
 from recforge.train.distributed_checkpoint import read_state as read_distributed_state
 from recforge.train.distributed_checkpoint import save as save_distributed
@@ -249,7 +249,7 @@ def restore_weights(path: str | Path, checkpoint: dict, cfg: RunConfig, model, t
     different = config_differences(checkpoint["config"], cfg.to_dict(), sections=("arch",))
     if different:
         raise RecforgeError(f"{path}: trained with another architecture: {describe_differences(different)}")
-    load_weights(checkpoint, model)
+    load_weights(checkpoint, model, path)
 
 
 def _load_optimizers(optimizers, states: list[dict]) -> None:
@@ -298,7 +298,7 @@ def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizer
     if distributed:
         load_distributed(source, wrapped, optimizers)
     else:
-        model.load_state_dict(checkpoint["model"])
+        load_model_state(model, checkpoint["model"], source)
         _load_optimizers(optimizers, checkpoint["optimizers"])
         set_rng_state(checkpoint["rng"])
     scaler.load_state_dict(checkpoint["scaler"])
@@ -334,6 +334,7 @@ def _one_process_checkpoint_for_shards(cfg: RunConfig, parts: RunParts, task, ru
         _resumable(cfg, run, source, checkpoint, task)  # before its tensors meet this run's model
         remove(folder)  # left by a kill during an earlier conversion
         model = parts.build_model(cfg, task.model_dims, device)
+        load_model_state(model, checkpoint["model"], source)
         from_one_process(checkpoint, run.checkpoints, CONVERTED, model, make_optimizers(cfg.train, model))
     dist.barrier()
     return folder
@@ -605,7 +606,8 @@ def _final_test(cfg: RunConfig, task, run: RunDir, history: History, model, chec
         return None
     if history.best_step != history.step:  # the model in memory is the last, not the best
         dist.barrier()  # rank 0 has named the best checkpoint
-        load_weights(open_checkpoint(run.best_pointer if checkpointed is not model else run.best), checkpointed)
+        best = run.best_pointer if checkpointed is not model else run.best
+        load_weights(open_checkpoint(best), checkpointed, best)
     begin = time.perf_counter()
     metrics, _ = task.evaluate(model, task.final_split)
     log(
