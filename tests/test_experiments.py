@@ -94,6 +94,17 @@ def test_a_report_of_two_runs_shows_their_metrics_differences_and_valid_images(t
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         assert width > 100 and height > 100
     assert page.count("data:image/png;base64,") == len(pngs) and "http" not in page.replace("http-equiv", "")
+    # Run again into the same name: refused, every file as it was; replaced with --overwrite.
+    (out.parent / "report-HR@10.png").write_bytes(b"mine")
+    out.unlink()
+    before = {p: p.read_bytes() for p in out.parent.iterdir()}
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(tmp_path / "slow" / "r"), "--out", str(out)])
+    assert exit_.value.code == 2
+    assert "report-HR@10.png exists; replace it with --overwrite" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.parent.iterdir()} == before
+    main(["report", str(tmp_path / "slow" / "r"), "--out", str(out), "--overwrite"])
+    assert out.is_file() and (out.parent / "report-HR@10.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_report_names_a_folder_that_is_no_run(tmp_path, capsys):

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
 import traceback
 from importlib.metadata import version
+from pathlib import Path
 
 from recforge.config import SECTIONS, DataConfig, RunConfig, add_config_flags, load_yaml
 from recforge.core.errors import RecforgeError, one_line, user_message
@@ -302,6 +304,12 @@ def cmd_serve(argv: list[str]) -> None:
     for flag in ("max_batch_rows", "max_queue", "max_request_rows", "max_request_bytes", "workers"):
         if getattr(args, flag) < 1:
             raise RecforgeError(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("max_wait_ms", "drain_timeout_s"):
+        if not 0 <= getattr(args, flag) < math.inf:
+            raise RecforgeError(f"--{flag.replace('_', '-')} must be a number of at least 0, got {getattr(args, flag)}")
+    if not 1 <= args.port <= 65535:
+        raise RecforgeError(f"--port must be 1..65535, got {args.port}")
+    _check_can_listen(args.host, args.port)
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -327,6 +335,24 @@ def cmd_serve(argv: list[str]) -> None:
         )
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind --host:--port once before the model loads: an address in use or not this machine's is
+    one line here, not uvicorn's log and exit after the load."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise RecforgeError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise RecforgeError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -342,12 +368,18 @@ def cmd_predict(argv: list[str]) -> None:
     parser.add_argument("--input", required=True, help="CSV with a header, or Parquet: the raw columns the model takes")
     parser.add_argument("--output", required=True, help="Parquet file of one probability per input row")
     parser.add_argument("--batch-rows", type=int, default=65_536, help="rows read and scored at a time")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     _runtime_flags(parser)
     args = parser.parse_args(argv)
+    if args.batch_rows < 1:
+        raise RecforgeError(f"--batch-rows must be at least 1, got {args.batch_rows}")
+    output = Path(args.output).expanduser()
+    if output.exists() and not args.overwrite:
+        raise RecforgeError(f"--output {output}: exists; replace it with --overwrite, or choose another name")
     _set_threads(args.threads)
     bundle, cleanup = _open_bundle(args.bundle, args.runtime)
     with cleanup:
-        predict(bundle, args.input, args.output, args.batch_rows)
+        predict(bundle, args.input, output, args.batch_rows)
 
 
 def cmd_tune(argv: list[str]) -> None:
@@ -416,10 +448,11 @@ def cmd_report(argv: list[str]) -> None:
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders of `recforge train`")
     parser.add_argument("--out", required=True, help="the page, e.g. report.html (PNGs: report-NAME.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the page and PNGs if they exist")
     args = parser.parse_args(argv)
     from recforge.report import report
 
-    report(args.runs, args.out)
+    report(args.runs, args.out, args.overwrite)
 
 
 def cmd_presets(argv: list[str]) -> None:

@@ -195,8 +195,9 @@ td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f3f
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:small}"""
 
 
-def report(folders: list[str], out: str | Path, log=print) -> list[Path]:
-    """Write the page and its PNGs; returns the files written."""
+def report(folders: list[str], out: str | Path, overwrite: bool = False, log=print) -> list[Path]:
+    """Write the page and its PNGs (replacing files of those names only with `overwrite`); returns
+    the files written."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -210,10 +211,14 @@ def report(folders: list[str], out: str | Path, log=print) -> list[Path]:
     profile = _profile_figure(runs[0]) if len(runs) == 1 else None
     if profile is not None:
         figures["profile"] = profile[0]
+    pngs = {name: out.with_name(f"{out.stem}-{re.sub(r'[^A-Za-z0-9@._-]+', '_', name)}.png") for name in figures}
+    existing = [p for p in [out, *pngs.values()] if p.exists()]
+    if existing and not overwrite:
+        raise RecforgeError(f"--out {out}: {existing[0]} exists; replace it with --overwrite, or choose another name")
     written = []
     images = []
     for name, png in figures.items():
-        path = out.with_name(f"{out.stem}-{re.sub(r'[^A-Za-z0-9@._-]+', '_', name)}.png")
+        path = pngs[name]
         atomic_write(path, lambda f, png=png: f.write(png), mode="wb")
         written.append(path)
         encoded = base64.b64encode(png).decode()

@@ -18,6 +18,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from recforge.core.errors import RecforgeError
 
 
@@ -67,29 +69,48 @@ def named_globals(data: bytes) -> list[tuple[str, str]] | None:
 
 
 def file_globals(path: str | Path) -> list[tuple[str, str]]:
-    """What the pickles of a file name: a torch.save file or torch.export archive (a zip: each of
-    its members, archives in it too) or a pickle (torch.save's legacy format); [] where none reads."""
+    """What the pickles of a file name: a torch.save file or torch.export archive (a zip: each
+    member that is a pickle or an archive itself) or a pickle (torch.save's legacy format); []
+    where none reads. Raw tensor data is not read (only its first bytes)."""
     try:
         with open(path, "rb") as f:
-            return _globals_in(f.read())
+            return _globals_in(f)
     except OSError:
         return []
 
 
-def _globals_in(data: bytes) -> list[tuple[str, str]]:
-    if not data.startswith(b"PK"):
-        return named_globals(data) or []
+def _globals_in(f) -> list[tuple[str, str]]:
+    head = f.read(2)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # a pickle's protocol mark
+        return named_globals(head + f.read()) or []
+    if head != b"PK":
+        return []
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return [g for info in archive.infolist() if info.file_size for g in _globals_in(archive.read(info))]
+        with zipfile.ZipFile(io.BytesIO(head + f.read())) as archive:
+            found = []
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    found += _globals_in(member)
+            return found
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError):  # damaged: what was read stands
         return []
 
 
+_REBUILDING = {
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch", "Size"),
+    ("collections", "OrderedDict"),
+}
+
+
 def is_tensor_rebuilding(module: str, name: str) -> bool:
-    """What torch.save writes for a dict of tensors, numbers and strings: torch's storages and
-    rebuild functions, and OrderedDict (state dicts)."""
-    return module in ("torch", "torch._utils") or (module, name) == ("collections", "OrderedDict")
+    """What torch.save writes for a dict of tensors, numbers and strings: typed storages, dtypes,
+    tensor rebuilding, OrderedDict (state dicts). Not the rest of torch: torch.load, for one,
+    would unpickle another file."""
+    if (module, name) in _REBUILDING:
+        return True
+    return module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype))
 
 
 class _Restricted(pickle.Unpickler):

@@ -315,7 +315,8 @@ class EagerRuntime(_TorchRuntime):
                 "the manifest was edited or damaged: export the checkpoint again"
             ) from None
         state = read_weights(folder / "weights.npz")
-        load_model_state(model, {k: torch.from_numpy(v) for k, v in state.items()}, folder / "weights.npz")
+        tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+        load_model_state(model, tensors, folder / "weights.npz", described_by="manifest.json")
         for layer in model.modules():  # a server's batches have any size: kernels by size
             if isinstance(layer, Linear) and layer.in_features and layer.out_features:
                 layer.by_rows = gemm.inference_backends(layer.in_features, layer.out_features)
@@ -326,8 +327,10 @@ class ProgramRuntime(_TorchRuntime):
     """model.pt2, torch.export's program."""
 
     def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        with _loading(folder / "model.pt2", "a torch.export program"):
-            self.module, self.inputs = torch.export.load(folder / "model.pt2").module(), inputs
+        path = folder / "model.pt2"
+        _refuse_objects(path)  # torch.export.load unpickles the archive's example inputs in full
+        with _loading(path, "a torch.export program"):
+            self.module, self.inputs = torch.export.load(path).module(), inputs
 
 
 class AotiRuntime(_TorchRuntime):
@@ -363,19 +366,22 @@ class OnnxRuntime:
         return self.session.run(None, feed)[0]
 
 
+def _refuse_objects(path: Path) -> None:
+    """Refuse a file whose pickles name anything beyond tensors, before a loader unpickles them
+    (a bundle whose manifest was re-hashed passes the SHA-256 check, whatever it holds)."""
+    foreign = [f"{m}.{n}" for m, n in file_globals(path) if not is_tensor_rebuilding(m, n)]
+    if foreign:
+        raise RecforgeError(f"{path}: names {foreign[0]}, a Python object no recforge export holds; not loaded")
+
+
 @contextlib.contextmanager
 def _loading(path: Path, what: str):
-    """A program file that its runtime cannot load, as one line: one naming Python objects (a
-    pickle inside the archive names something beyond tensors), or one that is damaged. (A bundle
-    whose manifest hashes match was still edited if its manifest was re-hashed.)"""
+    """A program file that its runtime cannot load, as one line (torch.export logs its tracebacks
+    of a failed load before it gives up: quiet)."""
     try:
-        yield
+        with _quiet_loggers("torch.export", "torch._export"):
+            yield
     except Exception as e:  # noqa: BLE001  the runtimes' own errors are tracebacks of their internals
-        foreign = [f"{m}.{n}" for m, n in file_globals(path) if not is_tensor_rebuilding(m, n)]
-        if foreign:
-            raise RecforgeError(
-                f"{path}: names {foreign[0]}, a Python object no recforge export holds; not loaded"
-            ) from None
         raise RecforgeError(
             f"{path}: not loadable as {what} ({type(e).__name__}); damaged, or not recforge's export"
         ) from None
