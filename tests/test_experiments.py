@@ -101,7 +101,7 @@ def test_a_report_of_two_runs_shows_their_metrics_differences_and_valid_images(t
     with pytest.raises(SystemExit) as exit_:
         main(["report", str(tmp_path / "slow" / "r"), "--out", str(out)])
     assert exit_.value.code == 2
-    assert "report-HR@10.png exists; replace it with --overwrite" in capsys.readouterr().err
+    assert "report-train_loss.png exists; replace it with --overwrite" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in out.parent.iterdir()} == before
     main(["report", str(tmp_path / "slow" / "r"), "--out", str(out), "--overwrite"])
     assert out.is_file() and (out.parent / "report-HR@10.png").read_bytes()[:4] == b"\x89PNG"

@@ -56,7 +56,28 @@ BAD_FLAGS = [
     ({"precision": "fp8"}, "argument --precision: invalid choice: 'fp8'"),
     ({"valid_negative": 100_000}, "fewer than --valid-negative 100000"),
     ({"quality_target": 2}, "--quality-target: must be at least 0 and at most 1"),
+    ({"eval_split": "test"}, "--eval-split test: applies to click-log models only, not neumf: it would be ignored"),
 ]
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--valid-protocol", "leave-one-out"], "--valid-protocol leave-one-out: applies to ranking models only"),
+        (["--topk", "5"], "--topk 5: applies to ranking models only, not dlrm"),
+        (["--deep-learning-rate", "0.5"], "--deep-learning-rate 0.5: applies to wide-deep models only, not dlrm"),
+    ],
+)
+def test_a_setting_of_another_kind_of_model_is_refused_not_ignored(tmp_path, flags, needle):
+    result = run_cli("train", "--model", "dlrm", "--data-dir", tmp_path, *flags, "--output-dir", tmp_path / "run")
+    assert_user_error(result, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_preset_setting_of_another_kind_of_model_names_its_line(tmp_path):
+    (tmp_path / "preset.yaml").write_text("model: dlrm\neval:\n  valid_protocol: leave-one-out\n")
+    result = run_cli("train", "--config", tmp_path / "preset.yaml", "--output-dir", tmp_path / "run")
+    assert_user_error(result, "preset.yaml:3: field 'eval.valid_protocol': applies to ranking models only, not dlrm")
 
 
 @pytest.mark.parametrize(

@@ -387,10 +387,12 @@ class RunConfig:
 
 
 class ModelSettings(Protocol):
-    """What a config needs of a model: its `arch` dataclass and its own defaults by section."""
+    """What a config needs of a model: its `arch` dataclass, its own defaults by section, and its
+    task (whose `name` a field's scope names)."""
 
     config: type
     defaults: dict
+    task: type
 
 
 SECTIONS = ("data", "arch", "train", "eval")
@@ -540,6 +542,8 @@ def build_config(
         cfg.output_dir = overrides.pop("output_dir")
     if overrides:
         raise RecforgeError(f"unknown option(s) for model '{model}': {', '.join(sorted(overrides))}")
+    if source != CHECKPOINT_CONFIG:  # a stored config is checked as it was when it was written
+        _refuse_out_of_scope(cfg, model, entry.task.name, flags, file_values, fail)
     for section in SECTIONS:
         for f in dataclasses.fields(getattr(cfg, section)):
             limits = f.metadata.get("range")
@@ -551,9 +555,33 @@ def build_config(
     return cfg
 
 
+CHECKPOINT_CONFIG = "<checkpoint config>"
+
+
+def _refuse_out_of_scope(cfg: RunConfig, model: str, task: str, flags: dict, file_values: dict, fail) -> None:
+    """A setting given (flag or preset) for another kind of model than `model`, with a value other
+    than its default, would be silently ignored (--valid-protocol leave-one-out on a click log):
+    refused, naming the flag or the preset's line. Preparation settings are `prepare`'s and train's."""
+    for section in SECTIONS:
+        target = getattr(cfg, section)
+        for f in dataclasses.fields(target):
+            scope = f.metadata.get("scope") or ()
+            if not scope or "prepare" in scope or {task, model} & set(scope):
+                continue
+            value = getattr(target, f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            given = (section, f.name) in flags or f.name in (file_values.get(section) or {})
+            if given and value != default:
+                kinds = " and ".join({"ctr": "click-log"}.get(s, s) for s in scope)
+                message = f"applies to {kinds} models only, not {model}: it would be ignored"
+                if (section, f.name) in flags:
+                    raise RecforgeError(f"{flags[section, f.name]} {_default_text(value)}: {message}")
+                fail((section, f.name), message)
+
+
 def config_from_dict(values: dict, models: Mapping[str, ModelSettings]) -> RunConfig:
     """Rebuild a RunConfig from `RunConfig.to_dict()` output (e.g. stored in a checkpoint)."""
-    return build_config(values, models=models, source="<checkpoint config>")
+    return build_config(values, models=models, source=CHECKPOINT_CONFIG)
 
 
 def _default_text(value) -> str:
