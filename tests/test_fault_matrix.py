@@ -7,6 +7,7 @@ path, no traceback, and every file that existed before is byte-identical after.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -231,11 +232,34 @@ def test_scoring_never_rewrites_the_training_run(trained):
 
 def test_a_diverging_run_stops_naming_the_step_and_saves_nothing_as_best(tmp_path):
     result = run_cli("train", *tiny(tmp_path, learning_rate=1e6, epochs=3))
-    line = assert_user_error(result, "the training loss diverged", "no checkpoint was written", "lower --learning-rate")
+    line = assert_user_error(result, "the training loss diverged", "no checkpoint was written", "--learning-rate")
     assert "step " in line
     assert (
         not (tmp_path / "run" / "checkpoints" / "best.pt").exists() and not (tmp_path / "run" / "summary.json").exists()
     )
+
+
+def test_a_diverged_run_is_set_back_to_its_last_sound_checkpoint_and_the_advice_followed_trains(tmp_path):
+    """With a checkpoint every step, the last ones hold weights already diverging (their next loss
+    is high, the smoothed loss not yet over the bound): the run is set back to the last checkpoint
+    whose weights trained on soundly, and --resume with a lower rate, as the message says, trains."""
+    ramp = {"learning_rate": 10, "warmup_steps": 30, "save_steps": 1}  # the rate rises until the loss blows up
+    result = run_cli("train", *tiny(tmp_path, epochs=3, **ramp))
+    line = assert_user_error(result, "the training loss diverged", "the run is set back to", "(step ")
+    assert "--resume with lower --learning-rate (or --warmup-steps) continues from it" in line
+    stopped = int(line.split("step ")[1].split()[0])
+    back = int(line.split("set back to ")[1].split("(step ")[1].split(")")[0])
+    assert back < stopped - 1
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "last.pt", weights_only=True)["step"] == back
+    assert not (checkpoints / "best.pt").exists()
+    resumed = run_cli("train", *tiny(tmp_path, epochs=3, **(ramp | {"learning_rate": 0.01})), "--resume")
+    assert resumed.code == 0, resumed.stderr
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["resumed_from_step"] == back
+    losses = [r["train_loss"] for r in records]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert not (checkpoints / "sound.pt").exists()  # a finished run keeps no fallback
 
 
 def test_an_environment_fault_names_its_path_and_a_bug_asks_for_a_report(tmp_path):

@@ -103,6 +103,9 @@ CHANGEABLE_ON_RESUME = {
 NOT_RECORDED = {("train", "resume"), ("train", "restore_checkpoint")}
 # A smoothed training loss this many times its start (or ln 2's, a coin's) means the run diverged.
 DIVERGENCE_FACTOR = 10.0
+# A checkpoint is sound when the training loss on its weights (the next step's) is at most this
+# many times the reference: the one to set a diverged run back to (RunDir.stopped_diverging).
+SOUND_FACTOR = 2.0
 
 
 def check_device(requested: str) -> None:
@@ -464,7 +467,7 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, ob
             if not math.isfinite(metrics[metric]):
                 raise RecforgeError(
                     f"step {history.step} (epoch {epoch}): {metric} is {metrics[metric]}: the model "
-                    f"diverged; stopped; {run.saved()}; {_advice(t)}"
+                    f"diverged; stopped; {run.stopped_diverging(_rates(t))}"
                 )
             record.update(metrics, eval_s=time.perf_counter() - begin)
             history.eval_s += record["eval_s"]
@@ -617,23 +620,24 @@ def _final_test(cfg: RunConfig, task, run: RunDir, history: History, model, chec
     return metrics
 
 
-def _advice(t) -> str:
-    rates = (
+def _rates(t) -> str:
+    return (
         "--linear-learning-rate / --deep-learning-rate" if t.optimizer == "ftrl+proximal-adagrad" else "--learning-rate"
     )
-    return f"lower {rates} (it takes effect on --resume) or add --warmup-steps"
 
 
 def _check_loss(history: History, loss: float, epoch: int, run: RunDir, t, benchmark: bool, log) -> None:
     """Stop a run whose loss is not finite or far above where it started (smoothed over steps),
     before it is evaluated and saved as if it had learned."""
     where = f"step {history.step} (epoch {epoch})"
-    if not math.isfinite(loss):
-        raise RecforgeError(f"{where}: the training loss is {loss}; stopped; {run.saved()}; {_advice(t)}")
-    if history.start_loss is None:
+    if history.start_loss is None and math.isfinite(loss):
         history.start_loss = history.smoothed_loss = loss
+    reference = max(history.start_loss or 0.0, math.log(2))
+    run.confirm(history.step, math.isfinite(loss) and loss <= SOUND_FACTOR * reference)
+    if not math.isfinite(loss):
+        raise RecforgeError(f"{where}: the training loss is {loss}; stopped; {run.stopped_diverging(_rates(t))}")
     history.smoothed_loss = smoothed = 0.9 * history.smoothed_loss + 0.1 * loss
-    if smoothed > DIVERGENCE_FACTOR * max(history.start_loss, math.log(2)) and not history.divergence_noted:
+    if smoothed > DIVERGENCE_FACTOR * reference and not history.divergence_noted:
         if benchmark:  # a throughput run claims no model: say so once and go on
             history.divergence_noted = True
             log(
@@ -643,7 +647,7 @@ def _check_loss(history: History, loss: float, epoch: int, run: RunDir, t, bench
             return
         raise RecforgeError(
             f"{where}: the training loss diverged ({smoothed:.3g} smoothed, {history.start_loss:.3g} "
-            f"at the start); stopped; {run.saved()}; {_advice(t)}"
+            f"at the start); stopped; {run.stopped_diverging(_rates(t))}"
         )
 
 

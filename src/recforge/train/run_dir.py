@@ -29,6 +29,11 @@ class RunDir:
     A multi-process run writes a folder per checkpoint instead (`step-N/`, with torch's
     distributed checkpoint; see `distributed_checkpoint`), and `last.json` / `best.json` name
     the complete ones: each is replaced after its folder is complete.
+
+    A checkpoint is known sound once the training loss of the step after it, computed on its
+    weights, was (`confirm`); before a sound last checkpoint is replaced it is kept as sound.pt
+    (sound.json), so that a run found diverging later (whose last checkpoint may already hold the
+    diverged weights) is set back to it (`stopped_diverging`) and --resume trains on from there.
     """
 
     def __init__(self, path: str | Path, enabled: bool):
@@ -37,7 +42,10 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
         self.last_pointer, self.best_pointer = self.checkpoints / "last.json", self.checkpoints / "best.json"
+        self.sound, self.sound_pointer = self.checkpoints / "sound.pt", self.checkpoints / "sound.json"
         self.last_step: int | None = None  # the step of last.pt
+        self.last_sound = False  # whether the loss on last.pt's weights was seen to be sound
+        self.sound_step: int | None = None  # the step of sound.pt (sound.json)
         self.resumed: dict = {}
 
     def holds_training_run(self) -> bool:
@@ -65,6 +73,8 @@ class RunDir:
         for stale in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp"), *self.checkpoints.glob(".*-link")]:
             remove(stale)  # temp files of a killed write (of this run's files, also those not written again)
         remove(self.path / "summary.json")
+        for kept in (self.sound, self.sound_pointer):  # the resumed checkpoint is this run's start now
+            remove(kept)
         write_text(self.path / "config.yaml", cfg.to_yaml())
         # Evaluations logged after the checkpoint we resume from are repeated: drop them.
         kept = [m for m in read_jsonl(self.metrics) if resumed_step and m.get("step", 0) <= resumed_step]
@@ -96,9 +106,28 @@ class RunDir:
             append_jsonl(self.metrics, {**record, **self.resumed})
             self.resumed = {}
 
+    def confirm(self, step: int, sound: bool) -> None:
+        """The training loss of `step` was `sound` or not: when the step follows the last
+        checkpoint, the loss was computed on its weights."""
+        if self.last_step is not None and step == self.last_step + 1:
+            self.last_sound = sound
+
+    def _keep_sound(self) -> None:
+        """Before the last checkpoint is replaced: keep it if it is known sound."""
+        if not (self.enabled and self.last_sound):
+            return
+        if self.last_pointer.exists():
+            write_text(self.sound_pointer, self.last_pointer.read_text())
+            remove(self.sound)
+        elif self.last.exists():
+            atomic_link(self.last, self.sound)
+            remove(self.sound_pointer)
+        self.sound_step = self.last_step
+
     def save(self, state: dict, best: bool = False, keep_steps: int = 0) -> None:
         """last.pt (and best.pt); with `keep_steps`, also step-N.pt, keeping the newest ones."""
-        self.last_step = state["step"]
+        self._keep_sound()
+        self.last_step, self.last_sound = state["step"], False
         if not self.enabled:
             return
         save_checkpoint(self.last, state)
@@ -113,9 +142,10 @@ class RunDir:
 
     def save_distributed(self, save, step: int, best: bool = False, keep_steps: int = 0) -> None:
         """A multi-process run's checkpoint: `save(folder, name)` writes it from every rank; then
-        rank 0 points last.json (and best.json) at it and removes the folders neither names, but
-        the newest `keep_steps` (with --save-steps)."""
-        self.last_step = step
+        rank 0 points last.json (and best.json) at it and removes the folders none of them (nor
+        sound.json) names, but the newest `keep_steps` (with --save-steps)."""
+        self._keep_sound()
+        self.last_step, self.last_sound = step, False
         name = f"step-{step}"
         save(self.checkpoints, name)
         if not self.enabled:
@@ -127,7 +157,8 @@ class RunDir:
         remove(self.last)  # a run resumed with more processes than wrote last.pt (best.pt is its own link)
         if best:
             remove(self.best)
-        kept = {json.loads(p.read_text())["checkpoint"] for p in (self.last_pointer, self.best_pointer) if p.exists()}
+        pointers = (self.last_pointer, self.best_pointer, self.sound_pointer)
+        kept = {json.loads(p.read_text())["checkpoint"] for p in pointers if p.exists()}
         steps = sorted((p for p in self.checkpoints.glob("step-*") if p.is_dir()), key=lambda p: int(p.name[5:]))
         prune(self.checkpoints, kept | {p.name for p in steps[len(steps) - keep_steps :]} if keep_steps else kept)
 
@@ -142,13 +173,40 @@ class RunDir:
         kept = {json.loads(self.best_pointer.read_text())["checkpoint"]} if self.best_pointer.exists() else set()
         prune(self.checkpoints, kept)
 
-    def saved(self) -> str:
-        """What a stopped run leaves to continue from, for its message."""
+    def stopped_diverging(self, rates: str) -> str:
+        """What a run found diverging leaves to continue from, for its message (lower `rates`):
+        the last checkpoint if its weights trained soundly on, else the kept sound one, which
+        becomes the last again (later ones may hold the diverged weights), else none."""
+        fresh = f"train afresh (a new --output-dir) with lower {rates} or --warmup-steps"
         if self.last_step is None:
-            return "no checkpoint was written"
+            return f"no checkpoint was written; {fresh}"
         last = self.latest() or self.last
-        return f"the last checkpoint, {last} (step {self.last_step}), is from before it"
+        if not self.last_sound and self.sound_step is None:
+            return (
+                f"no checkpoint is known to be from before it (the last, {last} at step {self.last_step}, "
+                f"may hold the diverged weights); {fresh}"
+            )
+        resume = f"--resume with lower {rates} (or --warmup-steps) continues from it"
+        if self.last_sound:
+            return f"the last checkpoint, {last} (step {self.last_step}), is from before it: {resume}"
+        if self.enabled:
+            if self.sound_pointer.exists():
+                write_text(self.last_pointer, self.sound_pointer.read_text())
+            else:
+                atomic_link(self.sound, self.last)
+        self.last_step, last = self.sound_step, self.latest() or self.last
+        return (
+            f"the run is set back to {last} (step {self.last_step}), its last checkpoint whose weights trained on "
+            f"soundly (later ones may hold the diverged weights): {resume}"
+        )
 
     def summary(self, summary: dict) -> None:
+        """summary.json, last; the sound checkpoint kept for a divergence goes first (a finished run
+        needs it no more)."""
         if self.enabled:
+            remove(self.sound)
+            if self.sound_pointer.exists():
+                remove(self.sound_pointer)
+                pointers = [p for p in (self.last_pointer, self.best_pointer) if p.exists()]
+                prune(self.checkpoints, {json.loads(p.read_text())["checkpoint"] for p in pointers})
             write_json(self.path / "summary.json", summary)
