@@ -143,6 +143,7 @@ def checkpoint_cases(root):
         (["evaluate", "--checkpoint", root / "objects.pt"], ["objects.pt: holds Python objects", "not loaded"]),
         (["recommend", "--checkpoint", neumf, "--user", "1", "--k", "-3"], ["--k: must be at least 1, got -3"]),
         (["recommend", "--checkpoint", neumf, "--user", "no-such-user"], ["user 'no-such-user' is not in"]),
+        (["recommend", "--checkpoint", neumf, "--user", "1" * 23], [f"user '{'1' * 23}' is not in"]),
         (
             ["evaluate", "--checkpoint", neumf, "--synthetic-interactions", "5000"],
             ["best.pt: trained on other data", "training interactions"],

@@ -422,6 +422,19 @@ def test_predict_scores_a_csv_through_the_encoders_and_names_a_bad_line(wide_dee
     error = capsys.readouterr().err
     assert f"{tmp_path / 'bad.csv'}:3: field 'x'" in error and error.count("\n") == 1
     assert not (tmp_path / "bad.parquet").exists()
+    # Lines of too few or too many fields, and bytes that are not text: the line, not a traceback.
+    for name, text, needle in [
+        ("short.csv", "\n".join([lines[0], lines[-2], ",".join(bad[:3])]) + "\n", ":3: expected"),
+        ("long.csv", "\n".join([lines[0], lines[-2] + ",1,2", lines[-1]]) + "\n", ":2: expected"),
+        ("binary.csv", lines[0] + "\n" + lines[-2] + "\n\xff\xfe\x00\x01\n", ":3: binary data"),
+    ]:
+        (tmp_path / name).write_bytes(text.encode("latin-1"))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", "--bundle", str(root / "bundle"), "--input", str(tmp_path / name)]
+                 + ["--output", str(tmp_path / "bad.parquet")])  # fmt: skip
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"{tmp_path / name}{needle}" in error and error.count("\n") == 1, error
+        assert not (tmp_path / "bad.parquet").exists()
 
 
 def test_predict_reads_empty_criteo_counts_as_missing_in_csv_and_parquet(dlrm, tmp_path):

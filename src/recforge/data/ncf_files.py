@@ -98,8 +98,8 @@ def read(cfg: DataConfig) -> LeaveOneOutData:
     # which items exist; files with arbitrary ids are `--dataset csv`, which renumbers them.
     held = train_items.size + test_items.size + negatives.size
     beyond = (
-        f"is far beyond the {held:,} items listed in these files "
-        "(NCF files number items from 0; --dataset csv renumbers any ids)"
+        f"is far beyond what these files can number: they mention items {held:,} times (training rows, test "
+        "items and negatives), so dense ids from 0 stay below that (--dataset csv renumbers any ids)"
     )
     for path, ids, fields in (
         (train_path, train_items, ["item"]),

@@ -283,7 +283,7 @@ class RankingTask(Task):
         ids = self.data.user_ids
         try:
             key = ids.dtype.type(raw_user)
-        except ValueError:
+        except (ValueError, OverflowError):  # not an id of this dtype: no such user (23 digits for int64)
             key = None
         found = np.flatnonzero(ids == key) if key is not None else np.array([])
         if not found.size:
