@@ -393,7 +393,7 @@ def ncf_folder(folder: Path, train=TRAIN, test=TEST, negative=NEGATIVE) -> Path:
         (
             {"train": "0\t1\t5\t1\n1\t999999999\t5\t1\n"},
             "t.train.rating:2: field 'item': id 999,999,999 is far beyond what these files can number: they mention "
-            "items 6 times",
+            "items 8 times",
         ),
     ],
     ids=["binary", "huge-item-id"],
