@@ -156,18 +156,28 @@ def test_an_export_that_differs_from_the_eager_model_fails(trained, tmp_path, mo
 # ----------------------------------------------------------------------------- bundles
 
 
+def _with_example_inputs(program: Path, source: Path, data: bytes) -> None:
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(program, "w") as target:
+        for info in original.infolist():  # torch.export.load unpickles the example inputs in full
+            evil = info.filename.endswith("sample_inputs/model.pt")
+            target.writestr(info, data if evil else original.read(info))
+
+
 def test_a_program_holding_code_in_a_rehashed_bundle_is_refused_before_it_loads(trained, tmp_path):
     bundle = _copy(trained / "bundle", tmp_path / "bundle")
     marker = tmp_path / "ran"
     program = bundle / "model.pt2"
-    with zipfile.ZipFile(trained / "bundle" / "model.pt2") as source, zipfile.ZipFile(program, "w") as target:
-        for info in source.infolist():  # torch.export.load unpickles the example inputs in full
-            evil = info.filename.endswith("sample_inputs/model.pt")
-            target.writestr(info, _pickled(_Payload(marker)) if evil else source.read(info))
-    _rehash(bundle)
-    result = run_cli("serve", bundle, "--runtime", "torch-export", "--port", "1")
-    assert_user_error(result, f"{program}: names posix.system", "not loaded")
-    assert not marker.exists()
+    payload = pickle.dumps(_Payload(marker), protocol=2)
+    for data, needle in [
+        (_pickled(_Payload(marker)), f"{program}: names posix.system"),
+        (payload[:-1], f"{program}: names posix.system"),  # cut short after the call: still named
+        (pickle.dumps(_Payload(marker), protocol=0), f"{program}: not loadable"),  # no mark to scan for
+    ]:
+        _with_example_inputs(program, trained / "bundle" / "model.pt2", data)
+        _rehash(bundle)
+        result = run_cli("serve", bundle, "--runtime", "torch-export", "--port", "1")
+        assert_user_error(result, needle)
+        assert not marker.exists()
     program.write_bytes(b"PK\x03\x04 not an archive")
     _rehash(bundle)
     args = ["--runtime", "torch-export", "--input", program, "--output", tmp_path / "scores.parquet"]

@@ -15,7 +15,7 @@ import traceback
 from importlib.metadata import version
 from pathlib import Path
 
-from recforge.config import SECTIONS, DataConfig, RunConfig, add_config_flags, load_yaml
+from recforge.config import CHECKPOINT_CONFIG, SECTIONS, DataConfig, RunConfig, add_config_flags, load_yaml
 from recforge.core.errors import RecforgeError, one_line, user_message
 from recforge.core.shipped import PRESETS, find, names
 
@@ -63,7 +63,7 @@ def _run_parser(
     pre.add_argument("--config")
     pre.add_argument("--model")
     known, _ = pre.parse_known_args(argv)
-    file_values, lines, source = base or {}, {}, "<checkpoint>" if base else "<defaults>"
+    file_values, lines, source = base or {}, {}, CHECKPOINT_CONFIG if base else "<defaults>"
     if known.config and base is None:
         source = find(known.config, PRESETS, "preset")
         file_values, lines = load_yaml(source)

@@ -542,8 +542,8 @@ def build_config(
         cfg.output_dir = overrides.pop("output_dir")
     if overrides:
         raise RecforgeError(f"unknown option(s) for model '{model}': {', '.join(sorted(overrides))}")
-    if source != CHECKPOINT_CONFIG:  # a stored config is checked as it was when it was written
-        _refuse_out_of_scope(cfg, model, entry.task.name, flags, file_values, fail)
+    # A stored config (a checkpoint's) was checked when it was written: only flags count there.
+    _refuse_out_of_scope(cfg, model, entry.task.name, flags, {} if source == CHECKPOINT_CONFIG else file_values, fail)
     for section in SECTIONS:
         for f in dataclasses.fields(getattr(cfg, section)):
             limits = f.metadata.get("range")

@@ -12,6 +12,7 @@ only the classes of `allowed`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import zipfile
@@ -58,13 +59,12 @@ class _Recording(pickle.Unpickler):
         return _StandIn()
 
 
-def named_globals(data: bytes) -> list[tuple[str, str]] | None:
-    """The (module, name) pairs a pickle names, in order; None if it is not a whole pickle."""
+def named_globals(data: bytes) -> list[tuple[str, str]]:
+    """The (module, name) pairs a pickle names, in order, up to where it stops parsing (a pickle
+    cut short after naming something still names it)."""
     reader = _Recording(io.BytesIO(data))
-    try:
+    with contextlib.suppress(Exception):  # cut short or not a pickle: what it named so far stands
         reader.load()
-    except Exception:  # noqa: BLE001  cut short or not a pickle: damaged, whatever it names
-        return None
     return reader.named
 
 
@@ -82,7 +82,7 @@ def file_globals(path: str | Path) -> list[tuple[str, str]]:
 def _globals_in(f) -> list[tuple[str, str]]:
     head = f.read(2)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # a pickle's protocol mark
-        return named_globals(head + f.read()) or []
+        return named_globals(head + f.read())
     if head != b"PK":
         return []
     try:
@@ -125,6 +125,29 @@ class _Restricted(pickle.Unpickler):
                 "not loaded (it was not written by recforge, or was altered)"
             )
         return super().find_class(module, name)
+
+
+@contextlib.contextmanager
+def tensors_only(path: str | Path):
+    """While the block runs, torch.load reads with weights_only=True and pickle.load(s) make only
+    tensor rebuilding (anything else is refused, naming `path`): for a loader that unpickles its
+    file in full whatever it holds (torch.export.load falls back to torch.load(weights_only=False)
+    for its archive's pickles and reads constants with pickle.loads). Not for threads that load
+    other files meanwhile: it swaps the functions of the modules."""
+    real_torch_load, real_load, real_loads = torch.load, pickle.load, pickle.loads
+
+    def torch_load(*args, **kwargs):
+        return real_torch_load(*args, **{**kwargs, "weights_only": True})
+
+    def load(file, *args, **kwargs):
+        return _Restricted(file, is_tensor_rebuilding, Path(path)).load()
+
+    torch.load, pickle.load = torch_load, load
+    pickle.loads = lambda data, *args, **kwargs: load(io.BytesIO(data))
+    try:
+        yield
+    finally:
+        torch.load, pickle.load, pickle.loads = real_torch_load, real_load, real_loads
 
 
 def restricted_load(path: str | Path, allowed: Callable[[str, str], bool]):

@@ -32,7 +32,7 @@ from torch import nn
 from recforge.core.checkpoint import check_same_data, check_same_model
 from recforge.core.errors import RecforgeError, one_line
 from recforge.core.files import atomic_write
-from recforge.core.pickles import file_globals, is_tensor_rebuilding
+from recforge.core.pickles import file_globals, is_tensor_rebuilding, tensors_only
 from recforge.data.cache import prepare
 from recforge.data.ctr_format import check_out, load_meta, load_split, new_folder
 from recforge.models.layers import Linear
@@ -328,8 +328,8 @@ class ProgramRuntime(_TorchRuntime):
 
     def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
         path = folder / "model.pt2"
-        _refuse_objects(path)  # torch.export.load unpickles the archive's example inputs in full
-        with _loading(path, "a torch.export program"):
+        _refuse_objects(path)  # torch.export.load unpickles the archive's pickles in full: name them first
+        with _loading(path, "a torch.export program"), tensors_only(path):  # and what the scan cannot read
             self.module, self.inputs = torch.export.load(path).module(), inputs
 
 
@@ -381,6 +381,8 @@ def _loading(path: Path, what: str):
     try:
         with _quiet_loggers("torch.export", "torch._export"):
             yield
+    except RecforgeError:
+        raise
     except Exception as e:  # noqa: BLE001  the runtimes' own errors are tracebacks of their internals
         raise RecforgeError(
             f"{path}: not loadable as {what} ({type(e).__name__}); damaged, or not recforge's export"
@@ -455,21 +457,27 @@ class Bundle:
     def probabilities(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Click probabilities of the model inputs `arrays`; a non-finite one is never returned (an
         error naming the model instead: a probability of NaN would be taken for a score)."""
+        return self.checked(self.unchecked_probabilities(arrays))
+
+    def unchecked_probabilities(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """`probabilities` before `checked`: the server checks each request's part on its own."""
         rows = len(next(iter(arrays.values())))
         if rows <= self.FORWARD_ROWS:
-            scores = self.runtime(arrays)
-        else:
-            scores = np.concatenate(
-                [
-                    self.runtime({k: v[i : i + self.FORWARD_ROWS] for k, v in arrays.items()})
-                    for i in range(0, rows, self.FORWARD_ROWS)
-                ]
-            )
+            return self.runtime(arrays)
+        return np.concatenate(
+            [
+                self.runtime({k: v[i : i + self.FORWARD_ROWS] for k, v in arrays.items()})
+                for i in range(0, rows, self.FORWARD_ROWS)
+            ]
+        )
+
+    def checked(self, scores: np.ndarray) -> np.ndarray:
         finite = np.isfinite(scores)
         if not finite.all():
             raise ModelFault(
                 f"the {self.manifest['model']} model of {self.folder} ({self.runtime_name}) gave a non-finite "
-                f"probability for {int((~finite).sum()):,} of {rows:,} rows (first: row {int(np.argmin(finite)):,}); "
-                "its weights or export are broken"
+                f"probability for {int((~finite).sum()):,} of {len(scores):,} rows (first: row "
+                f"{int(np.argmin(finite)):,}): its weights or export are broken, or the rows hold values far "
+                "beyond training's"
             )
         return scores

@@ -177,14 +177,23 @@ class Batcher:
                 users = np.repeat(np.array([job.user for job in batch], np.int64), assets.num_items)
                 items = np.tile(np.arange(assets.num_items, dtype=np.int64), len(batch))
                 arrays = {"user": users, "item": items}
-            probabilities = self.bundle.probabilities(arrays)
+            probabilities = self.bundle.unchecked_probabilities(arrays)
             self.metrics.batch_rows.observe(rows)
             bounds = np.cumsum([0] + [job.rows for job in batch])
-            results = [probabilities[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+            results = [_checked(self.bundle, probabilities[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
         except Exception as e:  # a bug or a broken bundle: every request of the batch fails
             results = [e] * len(batch)
         for job, result in zip(batch, results):
             job.loop.call_soon_threadsafe(_settle, job.future, result)
+
+
+def _checked(bundle: Bundle, probabilities: np.ndarray):
+    """One request's probabilities, or the ModelFault it is answered with (its rows alone: one
+    client's rows do not fail the others' requests of the batch)."""
+    try:
+        return bundle.checked(probabilities)
+    except ModelFault as fault:
+        return fault
 
 
 def _settle(future: asyncio.Future, result) -> None:

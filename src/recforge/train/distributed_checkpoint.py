@@ -307,6 +307,7 @@ _DCP_METADATA = {
     ("torch.serialization", "_get_layout"),
     ("torch", "Size"),
     ("pathlib", "PosixPath"),
+    ("pathlib._local", "PosixPath"),  # Python 3.13's module of the class
     ("collections", "OrderedDict"),
 }
 

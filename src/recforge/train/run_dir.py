@@ -46,6 +46,7 @@ class RunDir:
         self.last_step: int | None = None  # the step of last.pt
         self.last_sound = False  # whether the loss on last.pt's weights was seen to be sound
         self.sound_step: int | None = None  # the step of sound.pt (sound.json)
+        self.keep_steps = 0  # multi-process runs: the newest step folders --save-steps keeps
         self.resumed: dict = {}
 
     def holds_training_run(self) -> bool:
@@ -114,15 +115,16 @@ class RunDir:
 
     def _keep_sound(self) -> None:
         """Before the last checkpoint is replaced: keep it if it is known sound."""
-        if not (self.enabled and self.last_sound):
+        if not self.last_sound:
             return
-        if self.last_pointer.exists():
-            write_text(self.sound_pointer, self.last_pointer.read_text())
-            remove(self.sound)
-        elif self.last.exists():
+        self.sound_step = self.last_step  # on every rank: each says the same when the run stops
+        latest = self.latest() if self.enabled else None
+        if latest == self.last:
             atomic_link(self.last, self.sound)
             remove(self.sound_pointer)
-        self.sound_step = self.last_step
+        elif latest is not None:  # a multi-process checkpoint's folder, named by last.json
+            write_text(self.sound_pointer, self.last_pointer.read_text())
+            remove(self.sound)
 
     def save(self, state: dict, best: bool = False, keep_steps: int = 0) -> None:
         """last.pt (and best.pt); with `keep_steps`, also step-N.pt, keeping the newest ones."""
@@ -145,7 +147,7 @@ class RunDir:
         rank 0 points last.json (and best.json) at it and removes the folders none of them (nor
         sound.json) names, but the newest `keep_steps` (with --save-steps)."""
         self._keep_sound()
-        self.last_step, self.last_sound = step, False
+        self.last_step, self.last_sound, self.keep_steps = step, False, keep_steps
         name = f"step-{step}"
         save(self.checkpoints, name)
         if not self.enabled:
@@ -170,8 +172,8 @@ class RunDir:
         remove(self.last_pointer)
         if best:
             remove(self.best_pointer)
-        kept = {json.loads(self.best_pointer.read_text())["checkpoint"]} if self.best_pointer.exists() else set()
-        prune(self.checkpoints, kept)
+        pointers = [p for p in (self.best_pointer, self.sound_pointer) if p.exists()]
+        prune(self.checkpoints, {json.loads(p.read_text())["checkpoint"] for p in pointers})
 
     def stopped_diverging(self, rates: str) -> str:
         """What a run found diverging leaves to continue from, for its message (lower `rates`):
@@ -192,8 +194,9 @@ class RunDir:
         if self.enabled:
             if self.sound_pointer.exists():
                 write_text(self.last_pointer, self.sound_pointer.read_text())
-            else:
+            else:  # last.json of a diverged multi-process checkpoint would be the newer one
                 atomic_link(self.sound, self.last)
+                remove(self.last_pointer)
         self.last_step, last = self.sound_step, self.latest() or self.last
         return (
             f"the run is set back to {last} (step {self.last_step}), its last checkpoint whose weights trained on "
@@ -206,7 +209,14 @@ class RunDir:
         if self.enabled:
             remove(self.sound)
             if self.sound_pointer.exists():
+                folder = json.loads(self.sound_pointer.read_text())["checkpoint"]
                 remove(self.sound_pointer)
                 pointers = [p for p in (self.last_pointer, self.best_pointer) if p.exists()]
-                prune(self.checkpoints, {json.loads(p.read_text())["checkpoint"] for p in pointers})
+                steps = sorted(
+                    (p for p in self.checkpoints.glob("step-*") if p.is_dir()), key=lambda p: int(p.name[5:])
+                )
+                kept = {json.loads(p.read_text())["checkpoint"] for p in pointers}
+                kept |= {p.name for p in steps[len(steps) - self.keep_steps :]} if self.keep_steps else set()
+                if folder not in kept:
+                    remove(self.checkpoints / folder)
             write_json(self.path / "summary.json", summary)
