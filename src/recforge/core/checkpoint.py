@@ -14,7 +14,7 @@ import torch
 
 from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write
-from recforge.core.pickles import file_globals, is_tensor_rebuilding
+from recforge.core.pickles import foreign_objects
 
 FORMAT = "recforge-checkpoint-2"  # 2: adds "data" (the fingerprint)
 READABLE = ("recforge-checkpoint-1", FORMAT)
@@ -31,7 +31,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001  why, from the file itself: torch's wording changes between versions
-        foreign = [f"{m}.{n}" for m, n in file_globals(path) if not is_tensor_rebuilding(m, n)]
+        foreign = foreign_objects(path)
         if foreign:
             raise RecforgeError(
                 f"{path}: holds Python objects that a recforge checkpoint never holds ({foreign[0]}); not loaded "

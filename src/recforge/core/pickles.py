@@ -96,6 +96,11 @@ def _globals_in(f) -> list[tuple[str, str]]:
         return []
 
 
+def foreign_objects(path: str | Path) -> list[str]:
+    """ "module.name" of each thing the file's pickles name beyond tensor rebuilding, in order."""
+    return [f"{m}.{n}" for m, n in file_globals(path) if not is_tensor_rebuilding(m, n)]
+
+
 _REBUILDING = {
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),

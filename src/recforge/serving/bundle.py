@@ -32,7 +32,7 @@ from torch import nn
 from recforge.core.checkpoint import check_same_data, check_same_model
 from recforge.core.errors import RecforgeError, one_line
 from recforge.core.files import atomic_write
-from recforge.core.pickles import file_globals, is_tensor_rebuilding, tensors_only
+from recforge.core.pickles import foreign_objects, tensors_only
 from recforge.data.cache import prepare
 from recforge.data.ctr_format import check_out, load_meta, load_split, new_folder
 from recforge.models.layers import Linear
@@ -369,7 +369,7 @@ class OnnxRuntime:
 def _refuse_objects(path: Path) -> None:
     """Refuse a file whose pickles name anything beyond tensors, before a loader unpickles them
     (a bundle whose manifest was re-hashed passes the SHA-256 check, whatever it holds)."""
-    foreign = [f"{m}.{n}" for m, n in file_globals(path) if not is_tensor_rebuilding(m, n)]
+    foreign = foreign_objects(path)
     if foreign:
         raise RecforgeError(f"{path}: names {foreign[0]}, a Python object no recforge export holds; not loaded")
 
