@@ -69,12 +69,16 @@ def option(
     low_open=False,
     high_open=False,
     metavar: str | None = None,
+    resumable: bool = False,
 ):
     """A config field: its default, a one-line `help` (the flag's help text, with the default shown),
     the `group` it is listed under in --help, the `scope` where it applies ("ranking", "ctr":
     training on that kind of data; "prepare": `recforge prepare` only; empty: everywhere), older
     names still accepted (`aliases`), the `Range` its value must lie in (lists: each item,
-    and not empty) and the value's name in --help (`metavar`; else from the type or field name)."""
+    and not empty), the value's name in --help (`metavar`; else from the type or field name) and
+    whether `--resume` may change it (`resumable`: rates and their schedule, the run's length,
+    evaluation and logging, where the data lives and how the run executes, taking effect from the
+    resumed step; every other setting shapes the state being resumed and is refused)."""
     metadata = {
         "help": help,
         "group": group,
@@ -82,6 +86,7 @@ def option(
         "aliases": aliases,
         "range": Range(low, high, low_open, high_open),
         "metavar": metavar,
+        "resumable": resumable,
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -111,21 +116,30 @@ class DataConfig:
         "synthetic", "dataset name (recforge.data.datasets: ranking datasets, click logs)", group=_SOURCE
     )
     data_dir: str | None = option(
-        None, "folder of the raw files (ranking data; the raw log for recforge prepare)", group=_SOURCE
+        None, "folder of the raw files (ranking data; the raw log for recforge prepare)", group=_SOURCE, resumable=True
     )
     prepared_dir: str | None = option(
-        None, "click logs: the prepared folder (written by recforge prepare ... --out)", group=_SOURCE, scope=CTR
+        None,
+        "click logs: the prepared folder (written by recforge prepare ... --out)",
+        group=_SOURCE,
+        scope=CTR,
+        resumable=True,
     )
     data_file: str | None = option(
-        None, "a csv/parquet file, or an NCF file prefix, inside --data-dir", group=_SOURCE, scope=RANKING
+        None,
+        "a csv/parquet file, or an NCF file prefix, inside --data-dir",
+        group=_SOURCE,
+        scope=RANKING,
+        resumable=True,
     )
     cache_dir: str | None = option(
         None,
         "where prepared ranking datasets are cached (~/.cache/recforge, $RECFORGE_CACHE)",
         group=_SOURCE,
         scope=RANKING,
+        resumable=True,
     )
-    clean: bool = option(False, "rebuild the cached dataset", group=_SOURCE, scope=RANKING)
+    clean: bool = option(False, "rebuild the cached dataset", group=_SOURCE, scope=RANKING, resumable=True)
     user_column: str = option("user_id", "csv/parquet column of the user ids", group=_FILES, scope=RANKING)
     item_column: str = option("item_id", "csv/parquet column of the item ids", group=_FILES, scope=RANKING)
     rating_column: str | None = option(
@@ -168,8 +182,10 @@ class DataConfig:
         scope=PREPARE,
         low=1,
     )
-    out: str | None = option(None, "the prepared folder to write", group=_PREPARE, scope=PREPARE)
-    overwrite: bool = option(False, "replace a prepared folder already at --out", group=_PREPARE, scope=PREPARE)
+    out: str | None = option(None, "the prepared folder to write", group=_PREPARE, scope=PREPARE, resumable=True)
+    overwrite: bool = option(
+        False, "replace a prepared folder already at --out", group=_PREPARE, scope=PREPARE, resumable=True
+    )
     feature_spec: str | None = option(
         None, "the YAML feature spec of a CSV/Parquet log (dataset ctr)", group=_PREPARE, scope=PREPARE
     )
@@ -180,7 +196,12 @@ class DataConfig:
         None, "hash ids modulo this instead of counting a vocabulary (MLPerf)", group=_PREPARE, scope=PREPARE, low=2
     )
     workers: int | Literal["auto"] = option(
-        2, "preparation processes (auto: one per core this process may use)", group=_PREPARE, scope=PREPARE, low=1
+        2,
+        "preparation processes (auto: one per core this process may use)",
+        group=_PREPARE,
+        scope=PREPARE,
+        low=1,
+        resumable=True,
     )
     valid_fraction: float = option(
         0.2,
@@ -218,9 +239,9 @@ class TrainConfig:
     _LOG = "logging and profiling"
     _SHARD = "embedding tables across processes (TorchRec)"
 
-    epochs: int = option(20, "training epochs", group=_RUN, low=1)
+    epochs: int = option(20, "training epochs", group=_RUN, low=1, resumable=True)
     batch_size: int = option(16384, "global batch size (split across processes under torchrun)", group=_RUN, low=1)
-    max_steps: int | None = option(None, "stop after this many optimizer steps", group=_RUN, low=1)
+    max_steps: int | None = option(None, "stop after this many optimizer steps", group=_RUN, low=1, resumable=True)
     seed: int = option(1, "seed of initialization, shuffling and sampling", group=_RUN, low=0)
     negative_samples: int = option(
         4, "negatives per positive, drawn afresh every epoch", group=_RUN, scope=RANKING, low=1
@@ -237,34 +258,45 @@ class TrainConfig:
         "optimizer (ftrl+proximal-adagrad: FTRL on the wide part, Proximal Adagrad on the deep part)",
         group=_OPT,
     )
-    learning_rate: float = option(0.001, "learning rate", group=_OPT, **POSITIVE)
-    beta1: float = option(0.9, "Adam's beta1", group=_OPT, **FRACTION)
-    beta2: float = option(0.999, "Adam's beta2", group=_OPT, **FRACTION)
-    eps: float = option(1e-8, "Adam's and Adagrad's epsilon", group=_OPT, **POSITIVE)
-    weight_decay: float = option(0.0, "L2 penalty on all dense parameters", group=_OPT, low=0)
+    learning_rate: float = option(0.001, "learning rate", group=_OPT, **POSITIVE, resumable=True)
+    beta1: float = option(0.9, "Adam's beta1", group=_OPT, **FRACTION, resumable=True)
+    beta2: float = option(0.999, "Adam's beta2", group=_OPT, **FRACTION, resumable=True)
+    eps: float = option(1e-8, "Adam's and Adagrad's epsilon", group=_OPT, **POSITIVE, resumable=True)
+    weight_decay: float = option(0.0, "L2 penalty on all dense parameters", group=_OPT, low=0, resumable=True)
     linear_learning_rate: float = option(
-        0.2, "FTRL's learning rate (the wide part)", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
+        0.2, "FTRL's learning rate (the wide part)", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE, resumable=True
     )
-    linear_l1_regularization: float = option(0.0, "FTRL's L1", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0)
-    linear_l2_regularization: float = option(0.0, "FTRL's L2", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0)
+    linear_l1_regularization: float = option(0.0, "FTRL's L1", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0, resumable=True)
+    linear_l2_regularization: float = option(0.0, "FTRL's L2", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0, resumable=True)
     linear_learning_rate_power: float = option(
-        -0.5, "FTRL's learning-rate power", group=_WIDE_DEEP, scope=WIDE_DEEP, high=0
+        -0.5, "FTRL's learning-rate power", group=_WIDE_DEEP, scope=WIDE_DEEP, high=0, resumable=True
     )
     linear_initial_accumulator: float = option(
         0.1, "FTRL's initial accumulator", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
     )
     deep_learning_rate: float = option(
-        1.0, "Proximal Adagrad's learning rate (the deep part)", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
+        1.0,
+        "Proximal Adagrad's learning rate (the deep part)",
+        group=_WIDE_DEEP,
+        scope=WIDE_DEEP,
+        **POSITIVE,
+        resumable=True,
     )
-    deep_l1_regularization: float = option(0.0, "Proximal Adagrad's L1", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0)
-    deep_l2_regularization: float = option(0.0, "Proximal Adagrad's L2", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0)
+    deep_l1_regularization: float = option(
+        0.0, "Proximal Adagrad's L1", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0, resumable=True
+    )
+    deep_l2_regularization: float = option(
+        0.0, "Proximal Adagrad's L2", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0, resumable=True
+    )
     deep_initial_accumulator: float = option(
         0.1, "Proximal Adagrad's initial accumulator", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
     )
-    warmup_steps: int = option(0, "steps of linear learning-rate warm-up", group=_SCHEDULE, low=0)
-    decay_start_step: int = option(0, "step where the polynomial decay to 0 starts", group=_SCHEDULE, low=0)
-    decay_steps: int = option(0, "steps of the decay (0: no decay)", group=_SCHEDULE, low=0)
-    decay_power: float = option(2.0, "power of the decay", group=_SCHEDULE, **POSITIVE)
+    warmup_steps: int = option(0, "steps of linear learning-rate warm-up", group=_SCHEDULE, low=0, resumable=True)
+    decay_start_step: int = option(
+        0, "step where the polynomial decay to 0 starts", group=_SCHEDULE, low=0, resumable=True
+    )
+    decay_steps: int = option(0, "steps of the decay (0: no decay)", group=_SCHEDULE, low=0, resumable=True)
+    decay_power: float = option(2.0, "power of the decay", group=_SCHEDULE, **POSITIVE, resumable=True)
     precision: Precision = option(
         "auto",
         "arithmetic of the forward and backward passes (auto: bf16 where the CPU or GPU computes it natively, "
@@ -276,15 +308,19 @@ class TrainConfig:
         "library of the fp32 CPU matrix products (auto: per layer shape the faster of oneDNN and torch's own, "
         "MKL in x86 builds, measured once per machine and cached)",
         group=_EXEC,
+        resumable=True,
     )
-    compile: bool = option(False, "torch.compile the model", group=_EXEC)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N", group=_EXEC)
-    threads: int | None = option(None, "torch intra-op threads (none: torch's default)", group=_EXEC, low=1)
+    compile: bool = option(False, "torch.compile the model", group=_EXEC, resumable=True)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group=_EXEC, resumable=True)
+    threads: int | None = option(
+        None, "torch intra-op threads (none: torch's default)", group=_EXEC, low=1, resumable=True
+    )
     collective_timeout_s: float = option(
         600.0,
         "seconds a multi-process run waits in a collective for a peer that stopped answering before it ends",
         group=_EXEC,
         low=1,
+        resumable=True,
     )
     embedding_sharding: Literal[
         "none", "auto", "data-parallel", "table-wise", "row-wise", "column-wise", "table-row-wise"
@@ -294,6 +330,7 @@ class TrainConfig:
         "do not fit --embedding-memory-per-rank; or one TorchRec sharding type for every table",
         group=_SHARD,
         scope=CTR,
+        resumable=True,
     )
     embedding_memory_per_rank: str | None = option(
         None,
@@ -301,33 +338,49 @@ class TrainConfig:
         group=_SHARD,
         scope=CTR,
         metavar="SIZE",
+        resumable=True,
     )
     resume: bool = option(
         False,
         "continue the run in --output-dir from its last checkpoint (implied when torchrun restarts the workers)",
         group=_SAVE,
+        resumable=True,
     )
     mode: Literal["train", "eval", "inference"] = option(
-        "train", "train, or score --restore-checkpoint (eval: metrics; inference: throughput)", group=_SAVE
+        "train",
+        "train, or score --restore-checkpoint (eval: metrics; inference: throughput)",
+        group=_SAVE,
+        resumable=True,
     )
     restore_checkpoint: str | None = option(
-        None, "start from these weights (train), or score them (eval, inference)", group=_SAVE
+        None, "start from these weights (train), or score them (eval, inference)", group=_SAVE, resumable=True
     )
-    save_steps: int = option(0, "also checkpoint every N steps (0: at evaluations only)", group=_SAVE, low=0)
+    save_steps: int = option(
+        0, "also checkpoint every N steps (0: at evaluations only)", group=_SAVE, low=0, resumable=True
+    )
     save_every_minutes: float = option(
-        0.0, "also checkpoint when this many minutes passed since the last checkpoint (0: never)", group=_SAVE, low=0
+        0.0,
+        "also checkpoint when this many minutes passed since the last checkpoint (0: never)",
+        group=_SAVE,
+        low=0,
+        resumable=True,
     )
-    keep_checkpoint_max: int = option(3, "step checkpoints kept (best.pt and last.pt always are)", group=_SAVE, low=1)
+    keep_checkpoint_max: int = option(
+        3, "step checkpoints kept (best.pt and last.pt always are)", group=_SAVE, low=1, resumable=True
+    )
     write_predictions: bool = option(
-        False, "inference: write predictions.npy (grouped click logs: submission.csv too)", group=_SAVE
+        False, "inference: write predictions.npy (grouped click logs: submission.csv too)", group=_SAVE, resumable=True
     )
-    print_freq: int = option(0, "a progress line every N steps (0: per evaluation)", group=_LOG, low=0)
+    print_freq: int = option(0, "a progress line every N steps (0: per evaluation)", group=_LOG, low=0, resumable=True)
     tensorboard: bool = option(
-        True, "TensorBoard event files in the run folder (with the tensorboard package installed)", group=_LOG
+        True,
+        "TensorBoard event files in the run folder (with the tensorboard package installed)",
+        group=_LOG,
+        resumable=True,
     )
-    profile: bool = option(False, "a torch.profiler trace into the run folder", group=_LOG)
-    profile_start_step: int = option(10, "first profiled step", group=_LOG, low=1)
-    profile_steps: int = option(5, "steps profiled", group=_LOG, low=1)
+    profile: bool = option(False, "a torch.profiler trace into the run folder", group=_LOG, resumable=True)
+    profile_start_step: int = option(10, "first profiled step", group=_LOG, low=1, resumable=True)
+    profile_steps: int = option(5, "steps profiled", group=_LOG, low=1, resumable=True)
 
 
 @dataclass
@@ -356,10 +409,12 @@ class EvalConfig:
         "checkpoint (summary.json's test_metrics)",
         group=_EVAL,
     )
-    valid_batch_size: int = option(1 << 18, "examples scored per forward pass", group=_EVAL, low=1)
-    eval_after: int = option(0, "evaluate only after this many epochs (and after the last)", group=_EVAL, low=0)
-    evals_per_epoch: int = option(1, "evaluations (and checkpoints) per epoch", group=_EVAL, low=1)
-    no_eval: bool = option(False, "never evaluate (throughput runs)", group=_EVAL)
+    valid_batch_size: int = option(1 << 18, "examples scored per forward pass", group=_EVAL, low=1, resumable=True)
+    eval_after: int = option(
+        0, "evaluate only after this many epochs (and after the last)", group=_EVAL, low=0, resumable=True
+    )
+    evals_per_epoch: int = option(1, "evaluations (and checkpoints) per epoch", group=_EVAL, low=1, resumable=True)
+    no_eval: bool = option(False, "never evaluate (throughput runs)", group=_EVAL, resumable=True)
     quality_target: float | None = option(
         None,
         "stop once the task's metric (HR@K; AUC; MAP@12 for grouped click logs) reaches it (MLPerf: 0.635, 0.8025)",
@@ -367,6 +422,7 @@ class EvalConfig:
         aliases=("hr_threshold",),
         low=0,
         high=1,
+        resumable=True,
     )
 
 
@@ -461,6 +517,14 @@ def coerce(tp: Any, value: Any) -> Any:
             return str(value)
         raise ValueError(f"must be a string, got {value!r}")
     raise TypeError(f"unsupported config type {tp!r}")
+
+
+def changeable_on_resume(cfg: RunConfig) -> dict[str, set[str]]:
+    """By section, the settings `--resume` may change (their option's `resumable`)."""
+    return {
+        section: {f.name for f in dataclasses.fields(getattr(cfg, section)) if f.metadata.get("resumable")}
+        for section in SECTIONS
+    }
 
 
 def field_types(cls) -> dict[str, Any]:

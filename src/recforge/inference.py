@@ -21,7 +21,8 @@ from recforge.core.progress import log_to
 from recforge.registry import MODELS, build_model, build_task, config_from_dict, model_entry
 from recforge.runtime.distributed import shutdown
 from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
-from recforge.train.loop import data_where, setup
+from recforge.train.loop import setup
+from recforge.train.resume import data_where
 from recforge.train.run_dir import RunDir
 
 

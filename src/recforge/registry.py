@@ -55,6 +55,16 @@ MODELS = {
 }
 
 
+# Kinds of task by name (a bundle's manifest names its model's).
+TASKS = {entry.task.name: entry.task for entry in MODELS.values()}
+
+
+def task_named(name: str, where) -> type[Task]:
+    if name not in TASKS:
+        raise RecforgeError(f"{where}: task {name!r} is no kind of task this recforge knows ({', '.join(TASKS)})")
+    return TASKS[name]
+
+
 def model_entry(name: str) -> ModelEntry:
     if name not in MODELS:
         raise RecforgeError(f"unknown model '{name}' (known: {', '.join(MODELS)})")
@@ -76,4 +86,8 @@ def build_task(cfg: RunConfig, device: torch.device, dist, log) -> Task:
 
 
 def build_model(cfg: RunConfig, dims: dict, device: torch.device) -> torch.nn.Module:
-    return to_device(model_entry(cfg.model).build(**dims, cfg=cfg.arch), device)
+    entry = model_entry(cfg.model)
+    model = entry.build(**dims, cfg=cfg.arch)
+    if not isinstance(model, entry.task.model_family):  # what its task's batches, loss and assets assume
+        raise TypeError(f"model {cfg.model}: a {type(model).__name__}, not a {entry.task.model_family.__name__}")
+    return to_device(model, device)

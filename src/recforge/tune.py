@@ -14,6 +14,7 @@ a preset) and tune.json (every trial, the best and its test metrics).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import json
@@ -36,9 +37,9 @@ from recforge.core.progress import Progress
 from recforge.core.shipped import SPACES, find
 from recforge.core.yaml_file import read_yaml
 from recforge.inference import evaluate
-from recforge.tasks.ranking import RankingTask
 from recforge.train.distributed_checkpoint import open_checkpoint
-from recforge.train.loop import Stopped, config_differences, describe_differences, train
+from recforge.train.loop import Stopped, train
+from recforge.train.resume import config_differences, describe_differences
 
 LOWER_IS_BETTER = {"logloss"}
 STUDY_NAME = "recforge"
@@ -186,8 +187,8 @@ class Sweep:
         return "minimize" if self.metric in LOWER_IS_BETTER else "maximize"
 
     @property
-    def ranking(self) -> bool:
-        return registry.model_entry(self.base.model).task is RankingTask
+    def task(self):
+        return registry.model_entry(self.base.model).task
 
     def fingerprint(self) -> dict:
         """What a resumed sweep must share with the one it continues (JSON, as stored)."""
@@ -200,14 +201,13 @@ class Sweep:
         return self.out / "trials" / f"{number:04d}"
 
     def trial_config(self, settings: dict, number: int, threads: int, resume: bool) -> RunConfig:
-        """A trial's run: the base with its settings, choosing on validation and never scoring test
-        (ranking data holds each user's second-latest interaction out, as RecBole's LS split)."""
+        """A trial's run: the base with its settings, choosing on validation (its task's) and never
+        scoring test."""
         cfg = with_settings(self.base, settings)
         cfg.output_dir = str(self.trial_folder(number))
         cfg.train.resume, cfg.train.threads = resume, threads
         cfg.eval.final_test = False
-        if self.ranking:
-            cfg.eval.valid_protocol = "leave-one-out"
+        self.task.choose_on_validation(cfg)
         return cfg
 
     # --- the study ---------------------------------------------------------------------------
@@ -393,8 +393,7 @@ def tune(sweep: Sweep, resume: bool, log=print) -> dict:
     reported = registry.model_entry(sweep.base.model).task.metrics_of(sweep.base)
     if sweep.metric is not None and sweep.metric not in reported:  # before anything is written
         raise WrongMetric(f"--metric {sweep.metric}: the {sweep.base.model} runs report {', '.join(reported)}")
-    if sweep.base.eval.eval_split == "test" and not sweep.ranking:
-        raise RecforgeError("--eval-split test: a search must choose on the validation split (--eval-split valid)")
+    held_out = sweep.task.choose_on_validation(copy.deepcopy(sweep.base))  # refuses before anything is written
     exists = (out / "study.db").is_file()
     if exists and not resume:
         raise RecforgeError(
@@ -411,7 +410,7 @@ def tune(sweep: Sweep, resume: bool, log=print) -> dict:
         f"sweep {out}: {sweep.trials} trials of {sweep.base.model} ({searched} settings searched), "
         f"{sweep.direction} {sweep.metric or 'the task metric'} on validation"
         + (f", {done} trials already in the study" if done else "")
-        + (", each user's second-latest interaction held out for it" if sweep.ranking else "")
+        + f" ({held_out})"
     )
     threads = sweep.base.train.threads or max(1, len(os.sched_getaffinity(0)) // sweep.jobs)
     if sweep.jobs == 1:

@@ -19,7 +19,7 @@ from torch import nn
 
 from recforge.config import option
 from recforge.core.errors import RecforgeError
-from recforge.models.base import Model
+from recforge.models.base import ClickLogModel
 from recforge.models.layers import FieldEmbeddings, mlp
 
 
@@ -73,7 +73,7 @@ class DotInteraction(nn.Module):
         return _PairwiseDots.apply(stacked, self.pairs, self.both_triangles)
 
 
-class DLRM(Model):
+class DLRM(ClickLogModel):
     """batch["dense"] [B, dense] float, batch["sparse"] [B, F] int -> logits [B]."""
 
     def __init__(self, num_dense: int, cardinalities: list[int], cfg: DLRMConfig):

@@ -17,7 +17,7 @@ from torch import nn
 from recforge.config import FRACTION, option
 from recforge.core.checkpoint import load_checkpoint
 from recforge.core.errors import RecforgeError
-from recforge.models.base import Model
+from recforge.models.base import UserItemModel
 from recforge.models.layers import exporting, lecun_uniform_, mlp
 
 
@@ -31,7 +31,7 @@ class NCFConfig:
     pretrained_alpha: float = option(0.5, "weight of the GMF half of the pretrained predict layer", low=0, high=1)
 
 
-class NCF(Model):
+class NCF(UserItemModel):
     """Scores (user, item) pairs. `batch["user"]`, `batch["item"]`: [B] ints -> logits [B]."""
 
     def __init__(self, num_users: int, num_items: int, cfg: NCFConfig, gmf: bool = True, use_mlp: bool = True):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recforge.models.base import Model
+from recforge.models.base import UserItemModel
 
 
-class ItemPopularity(Model):
+class ItemPopularity(UserItemModel):
     """Scores an item by its number of training interactions, whoever the user is."""
 
     def __init__(self, train_items: np.ndarray, num_items: int):

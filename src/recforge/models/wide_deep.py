@@ -8,8 +8,8 @@ embeddings, trained jointly; the two logits add.
 
 Every feature feeds both parts (NVIDIA's Outbrain setup); crosses feed the wide part only.
 Multi-hot fields arrive padded with -1 ([B, max_length] per field) and become an `EmbeddingBag`'s
-values and offsets, so an empty list pools to zeros. The wide part is `self.wide`, so the two
-parts can take different optimizers (FTRL and Proximal Adagrad, as the replaced system).
+values and offsets, so an empty list pools to zeros. The wide part is the model's `linear_part`,
+so the two parts can take different optimizers (FTRL and Proximal Adagrad, as the replaced system).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from recforge.config import FRACTION, POSITIVE, option
-from recforge.models.base import Model
+from recforge.models.base import ClickLogModel
 from recforge.models.layers import FieldEmbeddings, Linear, TableInit, embedding_bag, field_offsets, mlp, pool
 
 
@@ -67,7 +67,7 @@ class Wide(nn.Module):
         return pool(self.table, torch.cat(ids, dim=1)).squeeze(1) + self.numeric(dense).squeeze(1)
 
 
-class WideDeep(Model):
+class WideDeep(ClickLogModel):
     """batch: dense [B, N] float, sparse [B, F] ids, optional multi_hot [B, sum of max lengths]
     (-1 padded) and crossed [B, C] ids -> logits [B]."""
 
@@ -124,6 +124,9 @@ class WideDeep(Model):
             parts.append(pool(bag, multi_hot[:, lo:hi]))
         deep = self.deep(torch.cat(parts, dim=1)).squeeze(1)
         return deep.float() + self.wide(dense, one_hot, multi_hot, crossed)
+
+    def linear_part(self) -> nn.Module:
+        return self.wide
 
 
 def wide_deep(num_dense: int, cardinalities: list[int], cfg: WideDeepConfig, meta: dict | None = None) -> WideDeep:

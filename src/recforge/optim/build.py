@@ -11,13 +11,14 @@ algorithm for the tables where one exists:
 | adam             | Adam (fused)            | SparseRowAdam (lazy: rows in batch) |
 | rowwise-adagrad  | Adagrad                 | RowWiseAdagrad (one accumulator/row)|
 
-`ftrl+proximal-adagrad` (Wide & Deep, as the replaced TensorFlow system) splits by model part
-instead: FTRL on `model.wide`, Proximal Adagrad on the rest, each with its own learning rate and
+`ftrl+proximal-adagrad` (Wide & Deep's, as the replaced TensorFlow system) splits by model part
+instead: FTRL on the model's `linear_part()`, Proximal Adagrad on the rest, each with its own learning rate and
 L1/L2 (`--linear-*`, `--deep-*`), dense or sparse gradients alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,7 @@ class Parameters:
 
 
 def make_optimizers(cfg: TrainConfig, model: nn.Module, parameters: Parameters = Parameters()) -> list:
-    return with_initial_rates(OPTIMIZERS[cfg.optimizer](cfg, model, parameters))
+    return with_initial_rates(OPTIMIZERS[cfg.optimizer].build(cfg, model, parameters))
 
 
 def with_initial_rates(optimizers: list) -> list:
@@ -98,13 +99,15 @@ def _rowwise_adagrad(cfg: TrainConfig, model: nn.Module, parameters: Parameters)
 
 
 def _ftrl_proximal_adagrad(cfg: TrainConfig, model: nn.Module, parameters: Parameters) -> list:
-    wide = getattr(model, "wide", None)  # the model part the linear optimizer takes
-    if not isinstance(wide, nn.Module):
-        raise RecforgeError("--optimizer ftrl+proximal-adagrad needs a model with a wide part (wide-deep)")
-    wide_ids = {id(p) for p in wide.parameters()}
+    # The model's linear part (`recforge.models.base.Model.linear_part`; optim sits beside models
+    # in the layers, so it is asked for, not imported).
+    linear = model.linear_part()
+    if not isinstance(linear, nn.Module):
+        raise RecforgeError(f"--optimizer {cfg.optimizer}: needs a model with a linear (wide) part; this one has none")
+    linear_ids = {id(p) for p in linear.parameters()}
     return [
         Ftrl(
-            parameters.of(wide),
+            parameters.of(linear),
             lr=cfg.linear_learning_rate,
             lr_power=cfg.linear_learning_rate_power,
             initial_accumulator=cfg.linear_initial_accumulator,
@@ -112,7 +115,7 @@ def _ftrl_proximal_adagrad(cfg: TrainConfig, model: nn.Module, parameters: Param
             l2=cfg.linear_l2_regularization,
         ),
         ProximalAdagrad(
-            [p for p in parameters.of(model) if id(p) not in wide_ids],
+            [p for p in parameters.of(model) if id(p) not in linear_ids],
             lr=cfg.deep_learning_rate,
             initial_accumulator=cfg.deep_initial_accumulator,
             l1=cfg.deep_l1_regularization,
@@ -121,13 +124,19 @@ def _ftrl_proximal_adagrad(cfg: TrainConfig, model: nn.Module, parameters: Param
     ]
 
 
-# --optimizer NAME -> the optimizers of a model (TrainConfig.optimizer lists the same names).
+@dataclass(frozen=True)
+class OptimizerEntry:
+    build: Callable  # (train config, model, Parameters) -> optimizers
+    rates: str  # the flags that set its learning rates (a diverged run's advice names them)
+
+
+# --optimizer NAME -> how it is built (TrainConfig.optimizer lists the same names).
 OPTIMIZERS = {
-    "adam": _adam,
-    "sgd": _sgd,
-    "adagrad": _adagrad,
-    "rowwise-adagrad": _rowwise_adagrad,
-    "ftrl+proximal-adagrad": _ftrl_proximal_adagrad,
+    "adam": OptimizerEntry(_adam, "--learning-rate"),
+    "sgd": OptimizerEntry(_sgd, "--learning-rate"),
+    "adagrad": OptimizerEntry(_adagrad, "--learning-rate"),
+    "rowwise-adagrad": OptimizerEntry(_rowwise_adagrad, "--learning-rate"),
+    "ftrl+proximal-adagrad": OptimizerEntry(_ftrl_proximal_adagrad, "--linear-learning-rate / --deep-learning-rate"),
 }
 
 

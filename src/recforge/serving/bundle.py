@@ -6,8 +6,9 @@
     model.pt2          torch.export program (dynamic batch 1..65,536), `--format torch-export`
     model.aoti.pt2     the program compiled by AOTInductor for this machine, `--format aoti`
     model.onnx         ONNX (opset 18; EmbeddingBag and offsets as ONNX ops), `--format onnx`
-    encoders.json, encoders/, meta.json    click logs: the encoding preparation fitted
-    user_ids.npy, item_ids.npy, seen_*.npy, item_titles.npy    ranking: id maps, training items
+    assets             what the task's serving assets keep (`Task.assets`, `Task.export`): a click
+                       log's encoders.json, encoders/, meta.json; ranking data's id maps and
+                       each user's training items
 
 Loading runs no pickle: JSON, `np.load(allow_pickle=False)`, torch.export's archive of raw
 tensors and ONNX's protobuf. The model is rebuilt from the manifest's architecture.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import time
 import warnings
@@ -31,21 +33,17 @@ from torch import nn
 
 from recforge.core.checkpoint import check_same_data, check_same_model
 from recforge.core.errors import RecforgeError, one_line
-from recforge.core.files import atomic_write
+from recforge.core.files import atomic_write, write_json
 from recforge.core.pickles import foreign_objects, tensors_only
-from recforge.data.cache import prepare
-from recforge.data.ctr_format import check_out, load_meta, load_split, new_folder
+from recforge.data.ctr_format import check_out, new_folder
 from recforge.models.layers import Linear
-from recforge.registry import build_model, config_from_dict, model_entry
+from recforge.registry import build_model, config_from_dict, model_entry, task_named
 from recforge.runtime import gemm
-from recforge.serving.assets import ASSETS, ClickLogAssets, RankingAssets, read_manifest, write_manifest
-from recforge.tasks import ctr, ranking
 from recforge.train.distributed_checkpoint import load_model_state, load_weights, open_checkpoint
 
 FORMAT = "recforge-bundle-1"
 FORMATS = ("onnx", "torch-export")  # the default exports; "aoti" is asked for by name (it compiles C++)
 MAX_BATCH = 65_536  # the exported programs' largest batch
-EQUIVALENCE_ROWS = 10_000
 # The most an exported program's probability may differ from the eager model's: fp32 kernels that
 # sum in another order differ by ~1e-7; a wrong export, by far more. Over it, export fails.
 EQUIVALENCE_TOLERANCE = 1e-4
@@ -91,7 +89,7 @@ def export(
     check_same_model(checkpoint, checkpoint_path, cfg.model)
     if data_dir:
         cfg.data.data_dir, cfg.data.prepared_dir = data_dir, None
-    kind = model_entry(cfg.model).task.name
+    task = model_entry(cfg.model).task
     model = build_model(cfg, checkpoint["model_dims"], torch.device("cpu"))
     load_weights(checkpoint, model, checkpoint_path)
     model.eval()
@@ -99,37 +97,10 @@ def export(
     _check_finite(state, checkpoint_path, "not exported")
     check = functools.partial(check_out, marker="manifest.json", kind="bundle", owned=_bundle_files)
     with new_folder(out, overwrite, check=check) as folder:
-        if kind == "ctr":
-            prepared = Path(cfg.data.prepared_dir or cfg.data.data_dir).expanduser()
-            meta = load_meta(prepared)
-            check_same_data(
-                checkpoint, checkpoint_path, ctr.data_fingerprint(meta), f"{cfg.data.dataset} in {prepared}"
-            )
-            ClickLogAssets.write(prepared, folder)
-            split = next((s for s in ("valid", "test", "train") if meta.rows.get(s)), None)
-            arrays = load_split(prepared, split)
-            assets = ClickLogAssets(folder)
-            sample = {k: np.array(arrays[k][:EQUIVALENCE_ROWS]) for k in assets.model_inputs}
-            sample_of = f"the first {len(sample['dense']):,} rows of the {split} split"
-        else:
-            cfg.data.clean = False
-            data, _ = prepare(cfg.data, log=lambda *_: None)
-            check_same_data(
-                checkpoint, checkpoint_path, ranking.data_fingerprint(data, cfg.data.dataset), cfg.data.dataset
-            )
-            RankingAssets.write(data, folder)
-            assets = RankingAssets(folder)
-            # Each user's held-out item and random (user, item) pairs, up to 10,000 rows.
-            rng = np.random.default_rng(0)
-            users = np.arange(data.num_users)
-            extra = max(0, EQUIVALENCE_ROWS - len(users))
-            sample = {
-                "user": np.concatenate([users, rng.integers(0, data.num_users, extra)])[:EQUIVALENCE_ROWS],
-                "item": np.concatenate([np.asarray(data.test_items), rng.integers(0, data.num_items, extra)])[
-                    :EQUIVALENCE_ROWS
-                ],
-            }
-            sample_of = f"{len(sample['user']):,} (user, item) pairs: each user's held-out item, then random pairs"
+        exported = task.export(cfg, folder, log=lambda *_: None)
+        check_same_data(checkpoint, checkpoint_path, exported.fingerprint, exported.data)
+        assets = task.assets(folder)
+        sample, sample_of = exported.sample, exported.sample_of
         atomic_write(folder / "weights.npz", lambda f: np.savez(f, **state), mode="wb")
         scoring = Scoring(model, assets.model_inputs).eval()
         tensors = tuple(torch.from_numpy(sample[k]) for k in assets.model_inputs)
@@ -166,7 +137,7 @@ def export(
         manifest = {
             "format": FORMAT,
             "model": cfg.model,
-            "task": kind,
+            "task": task.name,
             "config": checkpoint["config"],
             "model_dims": checkpoint["model_dims"],
             "inputs": assets.inputs,
@@ -206,6 +177,20 @@ def _check_finite(state: dict[str, np.ndarray], path: Path, outcome: str) -> Non
                 f"{path}: tensor {name} holds {int((~np.isfinite(value)).sum()):,} non-finite values (NaN or "
                 f"infinity), so the model would score NaN; {outcome}"
             )
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise RecforgeError(f"{folder}: not a recforge bundle (no manifest.json; `recforge export` makes one)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RecforgeError(f"{path}: damaged manifest ({e})") from None
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    write_json(folder / "manifest.json", manifest)
 
 
 def _bundle_files(out: Path) -> set[str]:
@@ -442,7 +427,7 @@ class Bundle:
                     raise RecforgeError(f"{path}: damaged (its SHA-256 differs from the manifest's)")
             weights = self.folder / "weights.npz"
             _check_finite(read_weights(weights), weights, "the bundle is refused (export a sound checkpoint)")
-        self.assets = ASSETS[self.manifest["task"]](self.folder)
+        self.assets = task_named(self.manifest["task"], self.folder / "manifest.json").assets(self.folder)
         if runtime != "eager" and runtime not in {k for k in self.manifest["equivalence"] if k in RUNTIMES}:
             raise RecforgeError(
                 f"{self.folder}: no {runtime} export in this bundle (`recforge export --format {runtime}`)"

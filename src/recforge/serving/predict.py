@@ -20,8 +20,8 @@ from recforge.core.errors import RecforgeError
 from recforge.core.files import atomic_write
 from recforge.core.progress import Progress
 from recforge.data.tabular import convert, locate_bad_row, require_file, row_error
-from recforge.serving.assets import RequestError
 from recforge.serving.bundle import Bundle
+from recforge.tasks.serving import RequestError, RowScoringAssets
 
 
 def _batches(path: Path, names: list[str], rows: int):
@@ -76,8 +76,8 @@ def _rows(path: Path) -> int:
 def predict(bundle: Bundle, path: str | Path, output: str | Path, batch_rows: int = 65_536, log=print) -> int:
     """Score every row of `path` into `output`; returns the number of rows."""
     path, output = Path(path).expanduser(), Path(output).expanduser()
-    if bundle.assets.kind != "ctr":
-        raise RecforgeError("recforge predict scores click-log rows; `recforge recommend` ranks items for a user")
+    if not isinstance(bundle.assets, RowScoringAssets):
+        raise RecforgeError(f"recforge predict scores raw rows; {bundle.assets.what_it_does}")
     require_file(path)
     inputs = bundle.assets.inputs
     names = [c["name"] for c in inputs]

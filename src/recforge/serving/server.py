@@ -1,8 +1,11 @@
 """`recforge serve`: a bundle behind HTTP (FastAPI on uvicorn).
 
-    POST /v1/score       raw rows -> click probabilities            (click logs)
-    POST /v1/recommend   a raw user id -> top k unseen items        (ranking)
+    POST /v1/score       raw rows -> click probabilities            (models that score rows: click logs)
+    POST /v1/recommend   what the bundle's task recommends from:
+                         a raw user id -> top k unseen items        (ranking)
                          a context + candidate rows -> candidates ranked   (click logs)
+Requests become model inputs through the bundle's serving assets (`recforge.tasks.serving`): the
+server names no kind of task.
     GET  /health  /ready  /v1/metadata (the manifest)  /metrics (Prometheus)
 
 Requests are validated and turned into Arrow columns on the event loop; the model runs on one
@@ -42,8 +45,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from uvicorn.supervisors import Multiprocess
 
-from recforge.serving.assets import RequestError
 from recforge.serving.bundle import Bundle, ModelFault
+from recforge.tasks import serving
+from recforge.tasks.serving import RequestError
 
 
 @dataclass
@@ -63,13 +67,15 @@ class ServeConfig:
 
 @dataclass
 class _Job:
-    """One request's rows: a click log's raw table, or a ranking user (scored on every item)."""
+    """One request's rows (its assets' `Request`), waiting for the model's thread."""
 
-    rows: int
-    table: pa.Table | None = None
-    user: int | None = None
+    request: serving.Request
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.request.rows
 
 
 class Metrics:
@@ -169,14 +175,7 @@ class Batcher:
 
     def _answer(self, batch: list[_Job], rows: int) -> None:
         try:
-            assets = self.bundle.assets
-            if assets.kind == "ctr":
-                table = pa.concat_tables([job.table for job in batch])
-                arrays = assets.encode(table)
-            else:
-                users = np.repeat(np.array([job.user for job in batch], np.int64), assets.num_items)
-                items = np.tile(np.arange(assets.num_items, dtype=np.int64), len(batch))
-                arrays = {"user": users, "item": items}
+            arrays = self.bundle.assets.model_inputs_of([job.request.payload for job in batch])
             probabilities = self.bundle.unchecked_probabilities(arrays)
             self.metrics.batch_rows.observe(rows)
             bounds = np.cumsum([0] + [job.rows for job in batch])
@@ -257,10 +256,13 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
             raise RequestError("body", "must be a JSON object", 400)
         return payload
 
-    async def run(job: _Job):
-        if job.rows > cfg.max_request_rows:
-            raise RequestError("rows", f"{job.rows:,} rows, more than --max-request-rows {cfg.max_request_rows:,}", 413)
-        return await batcher.submit(job)  # a full queue raises Overloaded: 503 (`answer`)
+    async def run(request: serving.Request) -> dict:
+        if request.rows > cfg.max_request_rows:
+            raise RequestError(
+                "rows", f"{request.rows:,} rows, more than --max-request-rows {cfg.max_request_rows:,}", 413
+            )
+        probabilities = await batcher.submit(_Job(request))  # a full queue raises Overloaded: 503 (`answer`)
+        return request.answer(probabilities)
 
     async def answer(handler, request: Request) -> Response:
         # Checks and metrics here, not in an HTTP middleware: Starlette's costs ~1 ms a request.
@@ -281,41 +283,14 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
                 response = error(500, "internal", f"{type(e).__name__}: {e}")
         return record(request.url.path, response, begin)
 
-    def click_log_only(what: str):
-        if bundle.assets.kind != "ctr":
-            raise RequestError("body", f"{what} scores click-log rows; this bundle's model ranks items for users", 404)
-
     async def score(payload: dict):
-        click_log_only("/v1/score")
-        table = bundle.assets.table(payload)
-        probabilities = await run(_Job(rows=table.num_rows, table=table))
-        return {"probabilities": probabilities.tolist()}
+        return await run(bundle.assets.score_request(payload))
 
     async def recommend(payload: dict):
         k = payload.get("k", 10)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise RequestError("k", "must be a positive integer")
-        assets = bundle.assets
-        if assets.kind == "ranking":
-            if "user" not in payload:
-                raise RequestError("user", "missing (the raw user id to recommend for)")
-            user = assets.user(payload["user"])
-            scores = await run(_Job(rows=assets.num_items, user=user))
-            return {"user": payload["user"], "items": assets.top_items(scores, user, k)}
-        context, candidates = payload.get("context", {}), payload.get("candidates")
-        if not isinstance(context, dict):
-            raise RequestError("context", "must be an object of the request's columns")
-        if not isinstance(candidates, list) or not candidates or not all(isinstance(c, dict) for c in candidates):
-            raise RequestError("candidates", "must be a non-empty list of objects (each candidate item's columns)")
-        table = assets.table({"rows": [context | c for c in candidates]})
-        probabilities = await run(_Job(rows=table.num_rows, table=table))
-        order = np.argsort(-probabilities, kind="stable")[:k]
-        return {
-            "ranked": [
-                {"rank": r + 1, "candidate": int(i), "probability": float(probabilities[i])}
-                for r, i in enumerate(order.tolist())
-            ]
-        }
+        return await run(bundle.assets.recommend_request(payload, k))
 
     @app.post("/v1/score")
     async def score_endpoint(request: Request):

@@ -32,12 +32,16 @@ from recforge.data.rank_rows import RankRows
 from recforge.data.read_ahead import copy_rows, read_ahead
 from recforge.metrics.classification import accuracy, auc, logloss
 from recforge.metrics.ranking import map_at_k
+from recforge.models.base import ClickLogModel
 from recforge.runtime.distributed import Dist
 from recforge.runtime.memory import fits_in_memory
 from recforge.runtime.precision import autocast
-from recforge.tasks.base import Task
+from recforge.tasks.base import Task, binary_cross_entropy
+from recforge.tasks.ctr_serving import ClickLogAssets
+from recforge.tasks.serving import Exported
 
 FEATURES = ("label", "dense", "sparse", "multi_hot", "crossed")  # the arrays a batch holds, when present
+EXPORT_SAMPLE_ROWS = 10_000  # a bundle's exports are checked on the first rows of a split
 
 
 def _to_batch(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,6 +79,8 @@ def _metrics(meta: CTRMeta) -> list[str]:
 
 class CTRTask(Task):
     name = "ctr"
+    model_family = ClickLogModel
+    assets = ClickLogAssets
 
     def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
         folder = _prepared_folder(cfg)
@@ -128,6 +134,31 @@ class CTRTask(Task):
     @classmethod
     def metrics_of(cls, cfg: RunConfig) -> list[str]:
         return _metrics(load_meta(_prepared_folder(cfg)))
+
+    def loss(self, outputs: torch.Tensor, batch: dict):
+        return binary_cross_entropy(outputs, batch)
+
+    @classmethod
+    def choose_on_validation(cls, cfg: RunConfig) -> str:
+        if cfg.eval.eval_split == "test":
+            raise RecforgeError("--eval-split test: a search must choose on the validation split (--eval-split valid)")
+        return "the prepared valid split"
+
+    @classmethod
+    def export(cls, cfg: RunConfig, folder: Path, log) -> Exported:
+        """The prepared folder's encoders; checked on the first rows of its valid (or test, or train) split."""
+        prepared = _prepared_folder(cfg)
+        meta = load_meta(prepared)
+        ClickLogAssets.write(prepared, folder)
+        split = next((s for s in ("valid", "test", "train") if meta.rows.get(s)), None)
+        arrays = load_split(prepared, split)
+        sample = {k: np.array(arrays[k][:EXPORT_SAMPLE_ROWS]) for k in ClickLogAssets(folder).model_inputs}
+        return Exported(
+            fingerprint=data_fingerprint(meta),
+            data=f"{cfg.data.dataset} in {prepared}",
+            sample=sample,
+            sample_of=f"the first {len(sample['dense']):,} rows of the {split} split",
+        )
 
     def train_batches(self, epoch: int, batch_size: int, start_step: int = 0):
         """(this rank's part of each global batch, global batch size, the largest rank's part); the

@@ -30,11 +30,14 @@ from recforge.data.cache import prepare
 from recforge.data.implicit import LeaveOneOutData
 from recforge.data.sampling import sample_eval_negatives
 from recforge.metrics.ranking import hit_and_ndcg, rank_among_all, rank_among_sampled
+from recforge.models.base import UserItemModel
 from recforge.models.popularity import ItemPopularity
 from recforge.runtime.distributed import Dist
 from recforge.runtime.memory import fits_in_memory
 from recforge.runtime.precision import autocast
-from recforge.tasks.base import Task
+from recforge.tasks.base import Task, binary_cross_entropy
+from recforge.tasks.ranking_serving import RankingAssets
+from recforge.tasks.serving import Exported
 
 
 def eval_negatives(data: LeaveOneOutData, cache_path: Path, per_user: int, seed: int, split: str) -> np.ndarray:
@@ -80,8 +83,14 @@ def data_fingerprint(data: LeaveOneOutData, dataset: str) -> dict:
 AUTO_VERIFY_SHARE = 0.03  # --verify-negatives auto: see RankingTask._verify_negatives
 
 
+# A bundle's exports are checked on this many (user, item) pairs.
+EXPORT_SAMPLE_ROWS = 10_000
+
+
 class RankingTask(Task):
     name = "ranking"
+    model_family = UserItemModel
+    assets = RankingAssets
     can_recommend = True
 
     def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
@@ -191,6 +200,32 @@ class RankingTask(Task):
     @classmethod
     def metrics_of(cls, cfg: RunConfig) -> list[str]:
         return [f"HR@{cfg.eval.topk}", f"NDCG@{cfg.eval.topk}"]
+
+    def loss(self, outputs: torch.Tensor, batch: dict):
+        return binary_cross_entropy(outputs, batch)
+
+    @classmethod
+    def choose_on_validation(cls, cfg: RunConfig) -> str:
+        cfg.eval.valid_protocol = "leave-one-out"
+        return "each user's second-latest interaction held out for it"
+
+    @classmethod
+    def export(cls, cfg: RunConfig, folder: Path, log) -> Exported:
+        """The id maps and training items; checked on each user's held-out item, then random pairs."""
+        cfg.data.clean = False
+        data, _ = prepare(cfg.data, log=log)
+        RankingAssets.write(data, folder)
+        rng = np.random.default_rng(0)
+        extra = max(0, EXPORT_SAMPLE_ROWS - data.num_users)
+        users = np.concatenate([np.arange(data.num_users), rng.integers(0, data.num_users, extra)])
+        items = np.concatenate([np.asarray(data.test_items), rng.integers(0, data.num_items, extra)])
+        sample = {"user": users[:EXPORT_SAMPLE_ROWS], "item": items[:EXPORT_SAMPLE_ROWS]}
+        return Exported(
+            fingerprint=data_fingerprint(data, cfg.data.dataset),
+            data=cfg.data.dataset,
+            sample=sample,
+            sample_of=f"{len(sample['user']):,} (user, item) pairs: each user's held-out item, then random pairs",
+        )
 
     def baseline(self) -> tuple[str, dict]:
         """Item popularity on the same evaluation: what a model must clearly beat to have learned."""

@@ -1,10 +1,11 @@
 """The one training loop, for every model and task.
 
-A task supplies batches (dicts of tensors with a 0/1 "label"), an evaluation and the model's
-dimensions; a model maps a batch to logits. The loop adds what every run needs: precision,
-torch.compile, data parallelism, optimizers and schedules, evaluations (per epoch or several per
-epoch), checkpoints that resume exactly (also mid-epoch), the run directory, the profiler and the
-terminal report. It never branches on a model's name.
+A task supplies batches (dicts of tensors), their loss, an evaluation and the model's
+dimensions; a model maps a batch to what the loss takes. The loop adds what every run needs:
+precision, torch.compile, data parallelism, optimizers and schedules, evaluations (per epoch or
+several per epoch), checkpoints that resume exactly (also mid-epoch), the run directory, the
+profiler and the terminal report. It names no model, no kind of task and no optimizer (a test
+checks): `Run` is its phases.
 """
 
 from __future__ import annotations
@@ -21,24 +22,16 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from recforge.config import RunConfig
-from recforge.core.checkpoint import (
-    FORMAT,
-    check_same_data,
-    check_same_model,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-)
+from recforge.core.checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
 from recforge.core.errors import RecforgeError, one_line
 from recforge.core.files import remove, write_text
 from recforge.core.progress import Progress, log_to
 from recforge.models.layers import materialize_tables, tables_on_meta
-from recforge.optim.build import make_optimizers, set_learning_rate, with_initial_rates
+from recforge.optim.build import OPTIMIZERS, make_optimizers, set_learning_rate, with_initial_rates
 from recforge.runtime.distributed import Dist, init_distributed, pick_device, restart_count, restarts_left, shutdown
-from recforge.runtime.memory import keep_freed_memory, peak_memory
+from recforge.runtime.memory import keep_freed_memory
 from recforge.runtime.precision import autocast, configure_fp32_matmul, grad_scaler, warning
 from recforge.tasks.base import Task
 from recforge.train.curves import Curves
@@ -47,60 +40,20 @@ from recforge.train.distributed_checkpoint import load as load_distributed
 from recforge.train.distributed_checkpoint import read_state as read_distributed_state
 from recforge.train.distributed_checkpoint import save as save_distributed
 from recforge.train.gemms import choose_gemms, choose_precision
+from recforge.train.resume import (
+    NOT_RECORDED,
+    describe_differences,
+    load_optimizers,
+    recorded_changes,
+    restore_weights,
+    resumable,
+)
 from recforge.train.run_dir import RunDir
 from recforge.train.sharding import choose as choose_sharding
 from recforge.train.sharding import pad_rows, shard
 from recforge.train.state import History, Window
+from recforge.train.summary import eval_line, metrics_text, summary, summary_lines
 
-# Settings that may change on --resume and take effect from the resumed step (recorded in
-# metrics.jsonl): rates and their schedule, the run's length, evaluation and logging, where the
-# data lives and how the run executes. Every other setting shapes the state being resumed (the
-# data and its order, the model, the optimizer's algorithm and state, what the best metric means)
-# and is refused.
-CHANGEABLE_ON_RESUME = {
-    "data": {"data_dir", "prepared_dir", "data_file", "cache_dir", "clean", "workers", "out", "overwrite"},
-    "train": {
-        "epochs",
-        "max_steps",
-        "learning_rate",
-        "beta1",
-        "beta2",
-        "eps",
-        "weight_decay",
-        "linear_learning_rate",
-        "linear_l1_regularization",
-        "linear_l2_regularization",
-        "linear_learning_rate_power",
-        "deep_learning_rate",
-        "deep_l1_regularization",
-        "deep_l2_regularization",
-        "warmup_steps",
-        "decay_start_step",
-        "decay_steps",
-        "decay_power",
-        "print_freq",
-        "tensorboard",
-        "save_steps",
-        "save_every_minutes",
-        "keep_checkpoint_max",
-        "profile",
-        "profile_start_step",
-        "profile_steps",
-        "device",
-        "threads",
-        "collective_timeout_s",
-        "compile",
-        "gemm",
-        "embedding_sharding",
-        "embedding_memory_per_rank",
-        "resume",
-        "restore_checkpoint",
-        "mode",
-        "write_predictions",
-    },
-    "eval": {"valid_batch_size", "eval_after", "evals_per_epoch", "no_eval", "quality_target"},
-}
-NOT_RECORDED = {("train", "resume"), ("train", "restore_checkpoint")}
 # A smoothed training loss this many times its start (or ln 2's, a coin's) means the run diverged.
 DIVERGENCE_FACTOR = 10.0
 # A checkpoint is sound when the training loss on its weights (the next step's) is at most this
@@ -177,7 +130,7 @@ def train(cfg: RunConfig, parts: RunParts, observe: Observer | None = None) -> d
     main_thread = threading.current_thread() is threading.main_thread()  # where Python takes signals
     previous = signal.signal(signal.SIGTERM, stopped) if main_thread else None
     try:
-        summary = _train(cfg, parts, device, dist, observe)
+        summary = Run(cfg, parts, device, dist, observe).train()
         # Ranks end together: one that tears its process group down while rank 0 still writes
         # the summary can crash gloo's teardown.
         dist.barrier()
@@ -219,130 +172,6 @@ def _resumable_from(cfg: RunConfig) -> str:
     return f"its last complete checkpoint is {latest}: continue with --resume{restarts}"
 
 
-def _flag(section: str, key: str) -> str:
-    return f"--{key.replace('_', '-')}" if section != "top" else key
-
-
-def config_differences(
-    old: dict, new: dict, sections=("data", "arch", "train", "eval")
-) -> dict[tuple[str, str], tuple]:
-    """(section, key) -> (old value, new value) of two `RunConfig.to_dict()`s; keys the old one
-    lacks (settings newer than it) are not differences."""
-    found = {("top", "model"): (old["model"], new["model"])} if old["model"] != new["model"] else {}
-    for section in sections:
-        for key, value in new[section].items():
-            if key in old[section] and old[section][key] != value:
-                found[section, key] = (old[section][key], value)
-    return found
-
-
-def describe_differences(differences: dict) -> str:
-    return ", ".join(f"{_flag(*key)} ({a!r} -> {b!r})" for key, (a, b) in differences.items())
-
-
-def data_where(cfg: RunConfig) -> str:
-    folder = cfg.data.prepared_dir or cfg.data.data_dir
-    return f"{cfg.data.dataset} in {folder}" if folder else cfg.data.dataset
-
-
-def restore_weights(path: str | Path, checkpoint: dict, cfg: RunConfig, model, task) -> None:
-    """Load a checkpoint's weights into `model`, refusing another model, architecture or data."""
-    check_same_model(checkpoint, path, cfg.model)
-    check_same_data(checkpoint, path, task.data_fingerprint, data_where(cfg))
-    different = config_differences(checkpoint["config"], cfg.to_dict(), sections=("arch",))
-    if different:
-        raise RecforgeError(f"{path}: trained with another architecture: {describe_differences(different)}")
-    load_weights(checkpoint, model, path)
-
-
-def _load_optimizers(optimizers, states: list[dict]) -> None:
-    """Optimizer state from a checkpoint, with this run's hyperparameters (rates, betas, decay...)."""
-    for optimizer, state in zip(optimizers, states):
-        configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        optimizer.load_state_dict(state)
-        for group, settings in zip(optimizer.param_groups, configured):
-            group.update(settings)
-
-
-def _start_fresh(cfg: RunConfig, run: RunDir, model, task, log) -> History:
-    """A new run (from --restore-checkpoint's weights or the model's own warm start, if any)."""
-    if cfg.train.resume:
-        log(f"--resume: no checkpoint in {run.checkpoints}; starting from scratch")
-    if cfg.train.restore_checkpoint:
-        path = cfg.train.restore_checkpoint
-        restore_weights(path, open_checkpoint(path), cfg, model, task)
-    else:
-        model.warm_start(cfg.arch)
-    run.start(cfg)
-    return History()
-
-
-def _resumable(cfg: RunConfig, run: RunDir, source: Path, checkpoint: dict, task) -> dict:
-    """The settings this run changes from the checkpoint's; refuses other data, and changes of
-    what shapes the state being resumed."""
-    check_same_data(checkpoint, source, task.data_fingerprint, data_where(cfg))
-    differences = config_differences(checkpoint["config"], cfg.to_dict())
-    refused = {key: v for key, v in differences.items() if key[1] not in CHANGEABLE_ON_RESUME.get(key[0], ())}
-    if refused:
-        raise RecforgeError(
-            f"--resume: {describe_differences(refused)} {'differs' if len(refused) == 1 else 'differ'} from the run in "
-            f"{run.path} and cannot change mid-run; "
-            f"resume with the run's values, or train into a new --output-dir"
-        )
-    return differences
-
-
-def _resume(cfg: RunConfig, run: RunDir, source: Path, wrapped, model, optimizers, scaler, task, log) -> History:
-    """The run history, and every tensor of the run, from its last checkpoint: last.pt (one
-    process wrote it) or a distributed checkpoint's folder (several did), into this run's layout."""
-    distributed = source.is_dir()
-    checkpoint = read_distributed_state(source) if distributed else load_checkpoint(source)
-    differences = _resumable(cfg, run, source, checkpoint, task)
-    if distributed:
-        load_distributed(source, wrapped, optimizers)
-    else:
-        load_model_state(model, checkpoint["model"], source)
-        _load_optimizers(optimizers, checkpoint["optimizers"])
-        set_rng_state(checkpoint["rng"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    history = History.from_dict(checkpoint["history"])
-    changed = {
-        f"{section}.{key}": {"from": a, "to": b}
-        for (section, key), (a, b) in differences.items()
-        if (section, key) not in NOT_RECORDED
-    }
-    log(
-        f"resuming {run.path} at epoch {history.epoch}, step {history.step}"
-        + (
-            f"; from here on: {describe_differences({k: v for k, v in differences.items() if k not in NOT_RECORDED})}"
-            if changed
-            else ""
-        )
-    )
-    run.repair_best(history)
-    run.start(cfg, resumed_step=history.step, changed=changed)
-    return history
-
-
-CONVERTED = "converted"  # the folder a one-process checkpoint is rewritten into for a sharded run
-
-
-def _one_process_checkpoint_for_shards(cfg: RunConfig, parts: RunParts, task, run: RunDir, source: Path, device, dist):
-    """last.pt of a one-process run, for a sharded run to resume: rank 0 rewrites it as a
-    distributed checkpoint (its tables fit one process: one wrote them), the others wait; the
-    folder goes once loaded (the file stays until this run's first checkpoint replaces it)."""
-    folder = run.checkpoints / CONVERTED
-    if dist.is_main:
-        checkpoint = load_checkpoint(source)
-        _resumable(cfg, run, source, checkpoint, task)  # before its tensors meet this run's model
-        remove(folder)  # left by a kill during an earlier conversion
-        model = parts.build_model(cfg, task.model_dims, device)
-        load_model_state(model, checkpoint["model"], source)
-        from_one_process(checkpoint, run.checkpoints, CONVERTED, model, make_optimizers(cfg.train, model))
-    dist.barrier()
-    return folder
-
-
 def _profiler(cfg: RunConfig, run: RunDir, enabled: bool):
     """torch.profiler over --profile-steps steps from --profile-start-step; trace in the run dir."""
     if not (cfg.train.profile and enabled):
@@ -365,92 +194,313 @@ def _profiler(cfg: RunConfig, run: RunDir, enabled: bool):
     return torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=export, record_shapes=True)
 
 
-def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, observe: Observer | None) -> dict:
-    log = log_to(dist.is_main)
-    t = cfg.train
-    torch.manual_seed(t.seed)
-    task = parts.build_task(cfg, device, dist, log)
-    if observe is not None:
-        observe.begin(task.primary_metric, task.metric_names)
-    with tables_on_meta():  # made once it is known whether this process holds them whole
-        model = parts.build_model(cfg, task.model_dims, device)
-    sharding = choose_sharding(t, model, device, dist, log)
-    if not sharding or t.restore_checkpoint:  # whole in this process, or whole to start the shards from
-        materialize_tables(model, device)
-    precision, precision_reason = choose_precision(model, t, device, dist)
-    task.precision = precision  # its evaluations compute as training does
-    scaler = grad_scaler(device, precision)
-    run = RunDir(cfg.output_dir, dist.is_main)
-    source = run.latest() if t.resume else None
-    if restart_count():
-        log(f"torchrun restarted the workers ({restart_count()}x): resuming from the last complete checkpoint")
-    if source is None:  # before sharding: the tables' start values are the model's
-        history = _start_fresh(cfg, run, model, task, log)
-    elif sharding and not source.is_dir():
-        source = _one_process_checkpoint_for_shards(cfg, parts, task, run, source, device, dist)
+CONVERTED = "converted"  # the folder a one-process checkpoint is rewritten into for a sharded run
 
-    wrapped, equal_batches = model, False
-    if sharding:
-        wrapped, placement = shard(model, sharding, t, device, dist, log)
-        equal_batches = placement.equal_batches
-        optimizers = make_optimizers(t, wrapped, placement.parameters(wrapped))
-        optimizers += with_initial_rates([wrapped.fused_optimizer])
-    else:
-        optimizers = make_optimizers(t, model)
-        if dist.enabled:
-            wrapped = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
+
+class Run:
+    """One training run, in phases: `build` (task, model, precision, sharding), `restore` (a fresh
+    start or the last checkpoint, the parallel wrapping and the optimizers), `announce`, then
+    epochs of `step`s, each evaluation window closed by `evaluate_and_save`, and `finish` (the
+    test split with the best checkpoint, summary.json). `train` runs them in that order."""
+
+    def __init__(self, cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, observe: Observer | None):
+        self.cfg, self.parts, self.device, self.dist, self.observe = cfg, parts, device, dist, observe
+        self.t = cfg.train
+        self.log = log_to(dist.is_main)
+
+    def train(self) -> dict:
+        self.build()
+        self.restore()
+        self.announce()
+        self.wall_start = time.perf_counter() - self.history.wall_s  # the run's time across resumes
+        resumed_step = None if self.source is None else self.history.step
+        curves = Curves(self.run.path, self.dist.is_main and self.t.tensorboard, resumed_step, self.log)
+        with _profiler(self.cfg, self.run, self.dist.is_main) as self.profiler, curves:
+            self.curves = curves
+            self.train_epochs()
+            test = self.final_test()
+            scores = (self.history.best_metrics or {}) | {
+                f"{self.task.final_split}/{k}": v for k, v in (test or {}).items()
+            }
+            curves.hyperparameters(self.cfg, scores, self.history.step)
+        return self.finish(test)
+
+    # --- build ---------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """The task, the model (tables made once it is known whether this process holds them
+        whole), the precision and the run folder."""
+        cfg, t, device, dist = self.cfg, self.t, self.device, self.dist
+        torch.manual_seed(t.seed)
+        self.task = task = self.parts.build_task(cfg, device, dist, self.log)
+        if self.observe is not None:
+            self.observe.begin(task.primary_metric, task.metric_names)
+        with tables_on_meta():
+            self.model = self.parts.build_model(cfg, task.model_dims, device)
+        self.sharding = choose_sharding(t, self.model, device, dist, self.log)
+        if not self.sharding or t.restore_checkpoint:  # whole in this process, or whole to start the shards from
+            materialize_tables(self.model, device)
+        self.precision, self.precision_reason = choose_precision(self.model, t, device, dist)
+        task.precision = self.precision  # its evaluations compute as training does
+        self.scaler = grad_scaler(device, self.precision)
+        self.run = RunDir(cfg.output_dir, dist.is_main)
+        self.source = self.run.latest() if t.resume else None
+
+    # --- restore -------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """A fresh start (before sharding: the tables' start values are the model's) or the last
+        checkpoint; the model wrapped for its processes, with its optimizers."""
+        t, dist = self.t, self.dist
+        if restart_count():
+            self.log(f"torchrun restarted the workers ({restart_count()}x): resuming from the last complete checkpoint")
+        if self.source is None:
+            self.history = self.start_fresh()
+        elif self.sharding and not self.source.is_dir():
+            self.source = self.one_process_checkpoint_for_shards()
+        self.wrapped, self.equal_batches = self.model, False
+        if self.sharding:
+            self.wrapped, placement = shard(self.model, self.sharding, t, self.device, dist, self.log)
+            self.equal_batches = placement.equal_batches
+            self.optimizers = make_optimizers(t, self.wrapped, placement.parameters(self.wrapped))
+            self.optimizers += with_initial_rates([self.wrapped.fused_optimizer])
+        else:
+            self.optimizers = make_optimizers(t, self.model)
+            if dist.enabled:
+                self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                )
+        if self.source is not None:
+            self.history = self.resume()
+            if self.source.name == CONVERTED:
+                dist.barrier()  # every rank has read it
+                if dist.is_main:
+                    remove(self.source)
+        # What a checkpoint's weights load into, and the model the steps run.
+        self.checkpointed = self.wrapped if dist.enabled or self.sharding else self.model
+        if t.compile:
+            self.wrapped = torch.compile(self.wrapped)
+        self.saved_at = time.monotonic()  # for --save-every-minutes
+
+    def start_fresh(self) -> History:
+        """A new run (from --restore-checkpoint's weights or the model's own warm start, if any)."""
+        cfg = self.cfg
+        if cfg.train.resume:
+            self.log(f"--resume: no checkpoint in {self.run.checkpoints}; starting from scratch")
+        if cfg.train.restore_checkpoint:
+            path = cfg.train.restore_checkpoint
+            restore_weights(path, open_checkpoint(path), cfg, self.model, self.task)
+        else:
+            self.model.warm_start(cfg.arch)
+        self.run.start(cfg)
+        return History()
+
+    def resume(self) -> History:
+        """The run history, and every tensor of the run, from its last checkpoint: last.pt (one
+        process wrote it) or a distributed checkpoint's folder (several did), into this run's layout."""
+        source, run = self.source, self.run
+        distributed = source.is_dir()
+        checkpoint = read_distributed_state(source) if distributed else load_checkpoint(source)
+        differences = resumable(self.cfg, run.path, source, checkpoint, self.task)
+        if distributed:
+            load_distributed(source, self.wrapped, self.optimizers)
+        else:
+            load_model_state(self.model, checkpoint["model"], source)
+            load_optimizers(self.optimizers, checkpoint["optimizers"])
+            set_rng_state(checkpoint["rng"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        history = History.from_dict(checkpoint["history"])
+        changed = recorded_changes(differences)
+        shown = {k: v for k, v in differences.items() if k not in NOT_RECORDED}
+        self.log(
+            f"resuming {run.path} at epoch {history.epoch}, step {history.step}"
+            + (f"; from here on: {describe_differences(shown)}" if changed else "")
+        )
+        run.repair_best(history)
+        run.start(self.cfg, resumed_step=history.step, changed=changed)
+        return history
+
+    def one_process_checkpoint_for_shards(self) -> Path:
+        """last.pt of a one-process run, for a sharded run to resume: rank 0 rewrites it as a
+        distributed checkpoint (its tables fit one process: one wrote them), the others wait; the
+        folder goes once loaded (the file stays until this run's first checkpoint replaces it)."""
+        cfg, run, source = self.cfg, self.run, self.source
+        folder = run.checkpoints / CONVERTED
+        if self.dist.is_main:
+            checkpoint = load_checkpoint(source)
+            resumable(cfg, run.path, source, checkpoint, self.task)  # before its tensors meet this run's model
+            remove(folder)  # left by a kill during an earlier conversion
+            model = self.parts.build_model(cfg, self.task.model_dims, self.device)
+            load_model_state(model, checkpoint["model"], source)
+            from_one_process(checkpoint, run.checkpoints, CONVERTED, model, make_optimizers(cfg.train, model))
+        self.dist.barrier()
+        return folder
+
+    # --- announce ------------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """The run's first lines: what trains on what, how; the choices `auto` made; the baseline."""
+        cfg, t, task, dist, log = self.cfg, self.t, self.task, self.dist, self.log
+        self.steps_per_epoch = task.steps_per_epoch(t.batch_size)
+        self.eval_every = math.ceil(self.steps_per_epoch / max(1, cfg.eval.evals_per_epoch))
+        log(
+            f"{cfg.model} on {cfg.data.dataset}: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
+            f"{task.samples_per_epoch:,} samples/epoch in {self.steps_per_epoch:,} steps of {t.batch_size:,}, "
+            f"{t.optimizer}, {self.precision} ({self.precision_reason}), {self.device}"
+            + (f", {dist.world} processes" if dist.enabled else "")
+        )
+        for name, decided in task.resolved.items():  # what an `auto` setting became on this data
+            log(f"--{name.replace('_', '-')} auto: {str(decided['value']).lower()} ({decided['why']})")
+        if emulated := warning(self.device, t.precision):
+            log(emulated)
+        self.gemms = choose_gemms(self.model, t, self.precision, self.device, dist, log)
+        history = self.history
+        if not cfg.eval.no_eval and not history.baseline_measured:  # once per run, kept through --resume
+            found = task.baseline()
+            history.baseline, history.baseline_measured = found and {"model": found[0], "metrics": found[1]}, True
+        if history.baseline:
+            baseline = history.baseline
+            log(f"baseline ({baseline['model']}): {metrics_text(baseline['metrics'], task.metric_names)}")
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def train_epochs(self) -> None:
+        """Epochs of steps from where the history stands, to --epochs or --max-steps, or until an
+        evaluation stops the run."""
+        t, history = self.t, self.history
+        self.window = Window(from_step=history.step + 1)
+        stop = t.max_steps is not None and history.step >= t.max_steps
+        start_epoch, start_step = history.epoch, history.step_in_epoch
+        if start_step >= self.steps_per_epoch:  # the checkpoint ended an epoch
+            start_epoch, start_step = start_epoch + 1, 0
+        for epoch in range(start_epoch, t.epochs + 1):
+            if stop:
+                break
+            stop = self.train_epoch(epoch, start_step if epoch == start_epoch else 0)
+
+    def train_epoch(self, epoch: int, first: int) -> bool:
+        """One epoch's steps from step `first`; True when the run should stop."""
+        t, history = self.t, self.history
+        self.wrapped.train()
+        progress = Progress(self.task.samples_per_epoch, f"epoch {epoch}", self.dist.is_main)
+        self.epoch_train_s = 0.0
+        self.begin = time.perf_counter()
+        for step_in_epoch, (batch, global_size, largest_part) in enumerate(
+            self.task.train_batches(epoch, t.batch_size, first), start=first + 1
+        ):
+            step_begin = time.perf_counter()
+            loss_sum, count, save_due = self.step(batch, global_size, largest_part)
+            history.step += 1
+            history.epoch, history.step_in_epoch = epoch, step_in_epoch  # where a resume picks up
+            self.check_loss(loss_sum / count, epoch)
+            self.curves.step(
+                history.step, loss_sum / count, global_size / (time.perf_counter() - step_begin), self.optimizers
             )
-    if source is not None:
-        history = _resume(cfg, run, source, wrapped, model, optimizers, scaler, task, log)
-        if source.name == CONVERTED:
-            dist.barrier()  # every rank has read it
-            if dist.is_main:
-                remove(source)
+            self.window.loss += loss_sum
+            self.window.samples += global_size
+            self.window.terms += count
+            history.samples += global_size
+            progress.update(global_size)
+            if self.profiler is not None:
+                self.profiler.step()
+            if t.print_freq and history.step % t.print_freq == 0:
+                self.log_progress(epoch, step_in_epoch)
+            stop = t.max_steps is not None and history.step >= t.max_steps
+            if step_in_epoch % self.eval_every == 0 or step_in_epoch == self.steps_per_epoch or stop:
+                progress.close()
+                stop = self.close_window(epoch, step_in_epoch) or stop
+            elif t.save_steps and history.step % t.save_steps == 0:
+                self.save(keep_steps=t.keep_checkpoint_max)
+            elif save_due:
+                self.save()
+            if stop:
+                return True
+        return False
 
-    saved_at = [time.monotonic()]  # for --save-every-minutes
+    def step(self, batch: dict, global_size: int, largest_part: int) -> tuple[float, float, bool]:
+        """One optimizer step on this rank's part of a global batch: (the global batch's loss sum,
+        its number of terms, whether a timed checkpoint is due), the same on every rank."""
+        dist = self.dist
+        set_learning_rate(self.optimizers, self.t, self.history.step)
+        if self.equal_batches:
+            batch = pad_rows(batch, largest_part)
+        with autocast(self.device, self.precision):
+            outputs = self.wrapped(batch)
+        # Sum over the local slice, scaled so the ranks' averaged gradient (DDP's, and TorchRec's
+        # for sharded tables) is the global mean's.
+        loss, count = self.task.loss(outputs, batch)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss * (dist.world / global_size)).backward()
+        for optimizer in self.optimizers:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        # Rank 0's clock decides a timed checkpoint (a collective: every rank must save at the
+        # same step); the flag rides on the loss's all-reduce.
+        minutes = self.t.save_every_minutes
+        due = dist.is_main and minutes and time.monotonic() - self.saved_at >= minutes * 60
+        totals = dist.all_reduce_sum(
+            torch.stack(
+                [
+                    loss.detach().double(),
+                    torch.as_tensor(count, dtype=torch.float64, device=loss.device),
+                    loss.new_tensor(float(due), dtype=torch.float64),
+                ]
+            )
+        )
+        loss_sum, terms, save_due = totals.tolist()
+        return loss_sum, terms, save_due > 0
 
-    def save(best: bool = False, keep_steps: int = 0) -> None:
-        saved_at[0] = time.monotonic()
-        if not (dist.enabled or sharding):
-            run.save(_state(model, optimizers, scaler, history, cfg, task), best=best, keep_steps=keep_steps)
-            return
-        meta = _meta(scaler, history, cfg, task)
-        run.save_distributed(
-            lambda folder, name: save_distributed(folder, name, wrapped, optimizers, meta, dist.is_main),
-            history.step,
-            best=best,
-            keep_steps=t.keep_checkpoint_max if t.save_steps else 0,
+    def log_progress(self, epoch: int, step_in_epoch: int) -> None:
+        seconds = time.perf_counter() - self.begin
+        self.log(
+            f"epoch {epoch} step {step_in_epoch}/{self.steps_per_epoch} (global {self.history.step}): "
+            f"loss {self.window.mean_loss():.4f}, "
+            f"{self.window.samples_per_s(seconds):,.0f} samples/s"
         )
 
-    checkpointed = wrapped if dist.enabled or sharding else model  # what a checkpoint's weights load into
-    if t.compile:
-        wrapped = torch.compile(wrapped)
+    def check_loss(self, loss: float, epoch: int) -> None:
+        """Stop a run whose loss is not finite or far above where it started (smoothed over steps),
+        before it is evaluated and saved as if it had learned."""
+        history, run, rates = self.history, self.run, OPTIMIZERS[self.t.optimizer].rates
+        where = f"step {history.step} (epoch {epoch})"
+        if history.start_loss is None and math.isfinite(loss):
+            history.start_loss = history.smoothed_loss = loss
+        reference = max(history.start_loss or 0.0, math.log(2))
+        run.confirm(history.step, math.isfinite(loss) and loss <= SOUND_FACTOR * reference)
+        if not math.isfinite(loss):
+            raise RecforgeError(f"{where}: the training loss is {loss}; stopped; {run.stopped_diverging(rates)}")
+        history.smoothed_loss = smoothed = 0.9 * history.smoothed_loss + 0.1 * loss
+        if smoothed > DIVERGENCE_FACTOR * reference and not history.divergence_noted:
+            if self.cfg.eval.no_eval:  # a throughput run claims no model: say so once and go on
+                history.divergence_noted = True
+                self.log(
+                    f"warning: {where}: the training loss diverged ({smoothed:.3g} smoothed); a --benchmark run goes "
+                    f"on, its speed is still measured, its model is not one to use"
+                )
+                return
+            raise RecforgeError(
+                f"{where}: the training loss diverged ({smoothed:.3g} smoothed, {history.start_loss:.3g} "
+                f"at the start); stopped; {run.stopped_diverging(rates)}"
+            )
 
-    steps_per_epoch = task.steps_per_epoch(t.batch_size)
-    eval_every = math.ceil(steps_per_epoch / max(1, cfg.eval.evals_per_epoch))
-    metric, threshold = task.primary_metric, cfg.eval.quality_target
-    log(
-        f"{cfg.model} on {cfg.data.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{task.samples_per_epoch:,} samples/epoch in {steps_per_epoch:,} steps of {t.batch_size:,}, {t.optimizer}, "
-        f"{precision} ({precision_reason}), {device}" + (f", {dist.world} processes" if dist.enabled else "")
-    )
-    for name, decided in task.resolved.items():  # what an `auto` setting became on this data
-        log(f"--{name.replace('_', '-')} auto: {str(decided['value']).lower()} ({decided['why']})")
-    if emulated := warning(device, t.precision):
-        log(emulated)
-    gemms = choose_gemms(model, t, precision, device, dist, log)
-    if not cfg.eval.no_eval and not history.baseline_measured:  # once per run, kept through --resume
-        found = task.baseline()
-        history.baseline, history.baseline_measured = found and {"model": found[0], "metrics": found[1]}, True
-    if history.baseline:
-        baseline = history.baseline
-        log(f"baseline ({baseline['model']}): {_metrics_text(baseline['metrics'], task.metric_names)}")
+    # --- evaluate and checkpoint ---------------------------------------------------------------
 
-    wall_start = time.perf_counter() - history.wall_s  # the run's time across resumes
+    def close_window(self, epoch: int, step_in_epoch: int) -> bool:
+        """The steps since the last evaluation timed, then evaluated and saved; True to stop."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - self.begin
+        self.window.seconds += seconds
+        self.epoch_train_s += seconds
+        self.history.train_s += seconds
+        stop = self.evaluate_and_save(epoch, step_in_epoch)
+        self.begin = time.perf_counter()
+        return stop
 
-    def evaluate_and_save(epoch: int, step_in_epoch: int, window: Window, epoch_train_s: float) -> bool:
+    def evaluate_and_save(self, epoch: int, step_in_epoch: int) -> bool:
         """Evaluate (unless disabled), log, checkpoint; True when the run should stop."""
+        cfg, history, window = self.cfg, self.history, self.window
         # After a mid-epoch resume the window starts at the resumed step: train_loss_from_step says so.
         record = {
             "epoch": epoch,
@@ -459,281 +509,118 @@ def _train(cfg: RunConfig, parts: RunParts, device: torch.device, dist: Dist, ob
             "train_loss_from_step": window.from_step,
             "train_samples_per_s": window.samples_per_s(),
         }
-        improved = False
-        last_epoch = epoch == t.epochs and step_in_epoch == steps_per_epoch
+        improved, metrics = False, None
+        last_epoch = epoch == self.t.epochs and step_in_epoch == self.steps_per_epoch
         if not cfg.eval.no_eval and (epoch > cfg.eval.eval_after or last_epoch):
-            begin = time.perf_counter()
-            metrics, examples = task.evaluate(model)
-            if not math.isfinite(metrics[metric]):
-                raise RecforgeError(
-                    f"step {history.step} (epoch {epoch}): {metric} is {metrics[metric]}: the model "
-                    f"diverged; stopped; {run.stopped_diverging(_rates(t))}"
-                )
-            record.update(metrics, eval_s=time.perf_counter() - begin)
-            history.eval_s += record["eval_s"]
-            history.eval_examples += examples
-            best = history.best_metrics
-            improved = best is None or metrics[metric] > best[metric]
-            if improved:
-                history.best_epoch, history.best_step, history.best_metrics = (
-                    epoch,
-                    history.step,
-                    dict(metrics),
-                )
-            if threshold is not None and metrics[metric] >= threshold and history.first_epoch_at_target is None:
-                history.first_epoch_at_target = epoch
-        if step_in_epoch == steps_per_epoch:
-            history.epochs.append({"epoch": epoch, "train_s": epoch_train_s})
-        history.wall_s = record["time_s"] = time.perf_counter() - wall_start
+            metrics, improved = self.evaluate(epoch, record)
+        if step_in_epoch == self.steps_per_epoch:
+            history.epochs.append({"epoch": epoch, "train_s": self.epoch_train_s})
+        history.wall_s = record["time_s"] = time.perf_counter() - self.wall_start
         # The record first: a kill before the checkpoint leaves a record that --resume drops and redoes;
         # the other order would leave a checkpoint whose evaluation is never recorded.
-        run.log_metrics(record)
-        curves.evaluation(history.step, record)
-        save(best=improved)
-        log(_eval_line(record, task.metric_names, improved))
+        self.run.log_metrics(record)
+        self.curves.evaluation(history.step, record)
+        self.save(best=improved)
+        self.log(eval_line(record, self.task.metric_names, improved))
         window.reset(from_step=history.step + 1)
         if history.first_epoch_at_target is not None:
-            log(f"{metric} reached the target {threshold} at epoch {epoch}: stopping")
+            target = cfg.eval.quality_target
+            self.log(f"{self.task.primary_metric} reached the target {target} at epoch {epoch}: stopping")
             return True
-        if observe is not None and "eval_s" in record:
-            evaluation = (epoch - 1) * cfg.eval.evals_per_epoch + math.ceil(step_in_epoch / eval_every)
-            history.stopped_early = observe(evaluation, metrics)
+        if self.observe is not None and metrics is not None:
+            evaluation = (epoch - 1) * cfg.eval.evals_per_epoch + math.ceil(step_in_epoch / self.eval_every)
+            history.stopped_early = self.observe(evaluation, metrics)
             if history.stopped_early:
-                log(f"stopping: {history.stopped_early}")
+                self.log(f"stopping: {history.stopped_early}")
                 return True
         return False
 
-    window = Window(from_step=history.step + 1)
-    stop = t.max_steps is not None and history.step >= t.max_steps
-    start_epoch, start_step = history.epoch, history.step_in_epoch
-    if start_step >= steps_per_epoch:  # the checkpoint ended an epoch
-        start_epoch, start_step = start_epoch + 1, 0
-    resumed_step = None if source is None else history.step
-    curves = Curves(run.path, dist.is_main and t.tensorboard, resumed_step, log)
-    with _profiler(cfg, run, dist.is_main) as profiler, curves:
-        for epoch in range(start_epoch, t.epochs + 1):
-            if stop:
-                break
-            wrapped.train()
-            progress = Progress(task.samples_per_epoch, f"epoch {epoch}", dist.is_main)
-            epoch_train_s = 0.0
-            begin = time.perf_counter()
-            first = start_step if epoch == start_epoch else 0
-            for step_in_epoch, (batch, global_size, largest_part) in enumerate(
-                task.train_batches(epoch, t.batch_size, first), start=first + 1
-            ):
-                step_begin = time.perf_counter()
-                set_learning_rate(optimizers, t, history.step)
-                if equal_batches:
-                    batch = pad_rows(batch, largest_part)
-                with autocast(device, precision):
-                    logits = wrapped(batch)
-                # Sum over the local slice, scaled so the ranks' averaged gradient (DDP's, and TorchRec's
-                # for sharded tables) is the global mean's.
-                loss = F.binary_cross_entropy_with_logits(
-                    logits.float(), batch["label"], weight=batch.get("weight"), reduction="sum"
-                )
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss * (dist.world / global_size)).backward()
-                for optimizer in optimizers:
-                    scaler.step(optimizer)
-                scaler.update()
-                history.step += 1
-                history.epoch, history.step_in_epoch = epoch, step_in_epoch  # where a resume picks up
-                # Rank 0's clock decides a timed checkpoint (a collective: every rank must save at the
-                # same step); the flag rides on the loss's all-reduce.
-                due = (
-                    dist.is_main
-                    and t.save_every_minutes
-                    and time.monotonic() - saved_at[0] >= t.save_every_minutes * 60
-                )
-                totals = dist.all_reduce_sum(
-                    torch.stack([loss.detach().double(), loss.new_tensor(float(due), dtype=torch.float64)])
-                )
-                loss_value, save_due = totals[0].item(), totals[1].item() > 0
-                _check_loss(history, loss_value / global_size, epoch, run, t, cfg.eval.no_eval, log)
-                curves.step(
-                    history.step, loss_value / global_size, global_size / (time.perf_counter() - step_begin), optimizers
-                )
-                window.loss += loss_value
-                window.samples += global_size
-                history.samples += global_size
-                progress.update(global_size)
-                if profiler is not None:
-                    profiler.step()
-                if t.print_freq and history.step % t.print_freq == 0:
-                    seconds = time.perf_counter() - begin
-                    log(
-                        f"epoch {epoch} step {step_in_epoch}/{steps_per_epoch} (global {history.step}): "
-                        f"loss {window.mean_loss():.4f}, "
-                        f"{window.samples_per_s(seconds):,.0f} samples/s"
-                    )
-                stop = t.max_steps is not None and history.step >= t.max_steps
-                if step_in_epoch % eval_every == 0 or step_in_epoch == steps_per_epoch or stop:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    seconds = time.perf_counter() - begin
-                    window.seconds += seconds
-                    epoch_train_s += seconds
-                    history.train_s += seconds
-                    progress.close()
-                    stop = evaluate_and_save(epoch, step_in_epoch, window, epoch_train_s) or stop
-                    begin = time.perf_counter()
-                elif t.save_steps and history.step % t.save_steps == 0:
-                    save(keep_steps=t.keep_checkpoint_max)
-                elif save_due:
-                    save()
-                if stop:
-                    break
-        test = _final_test(cfg, task, run, history, model, checkpointed, dist, log)
-        scores = (history.best_metrics or {}) | {f"{task.final_split}/{k}": v for k, v in (test or {}).items()}
-        curves.hyperparameters(cfg, scores, history.step)
-
-    summary = _summary(cfg, task, history, device, dist) | {
-        "precision": precision,
-        "precision_reason": precision_reason,
-        "gemm": gemms,
-    }
-    if test is not None:
-        summary |= {"test_split": task.final_split, "test_metrics": test}
-    run.summary(summary)
-    log(_summary_lines(summary, task.metric_names, metric))
-    return summary
-
-
-def _final_test(cfg: RunConfig, task, run: RunDir, history: History, model, checkpointed, dist: Dist, log):
-    """The test split's metrics, scored once with the best checkpoint, when evaluations scored a
-    validation split (which chose that checkpoint); None otherwise."""
-    if task.final_split is None or not cfg.eval.final_test or cfg.eval.no_eval or history.best_metrics is None:
-        return None
-    if history.best_step != history.step:  # the model in memory is the last, not the best
-        dist.barrier()  # rank 0 has named the best checkpoint
-        best = run.best_pointer if checkpointed is not model else run.best
-        load_weights(open_checkpoint(best), checkpointed, best)
-    begin = time.perf_counter()
-    metrics, _ = task.evaluate(model, task.final_split)
-    log(
-        f"{task.final_split} (the best checkpoint, epoch {history.best_epoch}, step {history.best_step}): "
-        f"{_metrics_text(metrics, task.metric_names)}, {time.perf_counter() - begin:.1f}s"
-    )
-    return metrics
-
-
-def _rates(t) -> str:
-    return (
-        "--linear-learning-rate / --deep-learning-rate" if t.optimizer == "ftrl+proximal-adagrad" else "--learning-rate"
-    )
-
-
-def _check_loss(history: History, loss: float, epoch: int, run: RunDir, t, benchmark: bool, log) -> None:
-    """Stop a run whose loss is not finite or far above where it started (smoothed over steps),
-    before it is evaluated and saved as if it had learned."""
-    where = f"step {history.step} (epoch {epoch})"
-    if history.start_loss is None and math.isfinite(loss):
-        history.start_loss = history.smoothed_loss = loss
-    reference = max(history.start_loss or 0.0, math.log(2))
-    run.confirm(history.step, math.isfinite(loss) and loss <= SOUND_FACTOR * reference)
-    if not math.isfinite(loss):
-        raise RecforgeError(f"{where}: the training loss is {loss}; stopped; {run.stopped_diverging(_rates(t))}")
-    history.smoothed_loss = smoothed = 0.9 * history.smoothed_loss + 0.1 * loss
-    if smoothed > DIVERGENCE_FACTOR * reference and not history.divergence_noted:
-        if benchmark:  # a throughput run claims no model: say so once and go on
-            history.divergence_noted = True
-            log(
-                f"warning: {where}: the training loss diverged ({smoothed:.3g} smoothed); a --benchmark run goes on, "
-                f"its speed is still measured, its model is not one to use"
+    def evaluate(self, epoch: int, record: dict) -> tuple[dict, bool]:
+        """The task's evaluation, into `record` and the history (the best so far, the target);
+        whether it is the best so far."""
+        history, metric, threshold = self.history, self.task.primary_metric, self.cfg.eval.quality_target
+        begin = time.perf_counter()
+        metrics, examples = self.task.evaluate(self.model)
+        if not math.isfinite(metrics[metric]):
+            raise RecforgeError(
+                f"step {history.step} (epoch {epoch}): {metric} is {metrics[metric]}: the model "
+                f"diverged; stopped; {self.run.stopped_diverging(OPTIMIZERS[self.t.optimizer].rates)}"
             )
+        record.update(metrics, eval_s=time.perf_counter() - begin)
+        history.eval_s += record["eval_s"]
+        history.eval_examples += examples
+        best = history.best_metrics
+        improved = best is None or metrics[metric] > best[metric]
+        if improved:
+            history.best_epoch, history.best_step, history.best_metrics = epoch, history.step, dict(metrics)
+        if threshold is not None and metrics[metric] >= threshold and history.first_epoch_at_target is None:
+            history.first_epoch_at_target = epoch
+        return metrics, improved
+
+    def save(self, best: bool = False, keep_steps: int = 0) -> None:
+        """A checkpoint of every tensor and the metadata: last.pt from one process, a distributed
+        checkpoint's folder from several."""
+        self.saved_at = time.monotonic()
+        meta = self.checkpoint_meta()
+        if not (self.dist.enabled or self.sharding):
+            tensors = {
+                "model": self.model.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "rng": rng_state(),
+            }
+            self.run.save(tensors | meta, best=best, keep_steps=keep_steps)
             return
-        raise RecforgeError(
-            f"{where}: the training loss diverged ({smoothed:.3g} smoothed, {history.start_loss:.3g} "
-            f"at the start); stopped; {run.stopped_diverging(_rates(t))}"
+        self.run.save_distributed(
+            lambda folder, name: save_distributed(folder, name, self.wrapped, self.optimizers, meta, self.dist.is_main),
+            self.history.step,
+            best=best,
+            keep_steps=self.t.keep_checkpoint_max if self.t.save_steps else 0,
         )
 
+    def checkpoint_meta(self) -> dict:
+        """What a checkpoint holds besides the model's, optimizers' and generators' tensors."""
+        return {
+            "format": FORMAT,
+            "data": self.task.data_fingerprint,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.history.epoch,
+            "step": self.history.step,
+            "history": self.history.to_dict(),
+            "config": self.cfg.to_dict(),
+            "model_dims": self.task.model_dims,
+            "precision": self.task.precision,  # what it computed in: `auto` decides by measurement
+        }
 
-def _state(model, optimizers, scaler, history, cfg: RunConfig, task) -> dict:
-    """A one-process checkpoint: every tensor and the metadata."""
-    tensors = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers], "rng": rng_state()}
-    return tensors | _meta(scaler, history, cfg, task)
+    # --- finish --------------------------------------------------------------------------------
 
+    def final_test(self) -> dict | None:
+        """The test split's metrics, scored once with the best checkpoint, when evaluations scored a
+        validation split (which chose that checkpoint); None otherwise."""
+        cfg, task, history, run = self.cfg, self.task, self.history, self.run
+        if task.final_split is None or not cfg.eval.final_test or cfg.eval.no_eval or history.best_metrics is None:
+            return None
+        if history.best_step != history.step:  # the model in memory is the last, not the best
+            self.dist.barrier()  # rank 0 has named the best checkpoint
+            best = run.best_pointer if self.checkpointed is not self.model else run.best
+            load_weights(open_checkpoint(best), self.checkpointed, best)
+        begin = time.perf_counter()
+        metrics, _ = task.evaluate(self.model, task.final_split)
+        self.log(
+            f"{task.final_split} (the best checkpoint, epoch {history.best_epoch}, step {history.best_step}): "
+            f"{metrics_text(metrics, task.metric_names)}, {time.perf_counter() - begin:.1f}s"
+        )
+        return metrics
 
-def _meta(scaler, history, cfg: RunConfig, task) -> dict:
-    """What a checkpoint holds besides the model's, optimizers' and generators' tensors."""
-    return {
-        "format": FORMAT,
-        "data": task.data_fingerprint,
-        "scaler": scaler.state_dict(),
-        "epoch": history.epoch,
-        "step": history.step,
-        "history": history.to_dict(),
-        "config": cfg.to_dict(),
-        "model_dims": task.model_dims,
-        "precision": task.precision,  # what it computed in: `auto` decides by measurement
-    }
-
-
-def _eval_line(record: dict, names: list[str], improved: bool) -> str:
-    shown = "".join(f", {k} = {record[k]:.4f}" for k in names if k in record)
-    evaluated = f", eval {record['eval_s']:.1f}s" if "eval_s" in record else ""
-    return (
-        f"epoch {record['epoch']} (step {record['step']}): loss {record['train_loss']:.4f}{shown}, "
-        f"{record['train_samples_per_s']:,.0f} samples/s{evaluated}" + ("  New Best Epoch" if improved else "")
-    )
-
-
-def _summary(cfg: RunConfig, task, history: History, device: torch.device, dist: Dist) -> dict:
-    times = [e["train_s"] for e in history.epochs]
-    peaks = dist.gather_cat(torch.tensor(peak_memory(device), dtype=torch.int64, device=device)).view(-1, 2)
-    return {
-        "model": cfg.model,
-        "dataset": cfg.data.dataset,
-        "metrics": history.best_metrics or {},
-        "eval_split": task.eval_split,
-        "best_epoch": history.best_epoch,
-        "best_step": history.best_step,
-        "epochs_trained": len(times),
-        "steps": history.step,
-        "train_samples_per_s": history.samples / history.train_s if history.train_s else None,
-        "eval_samples_per_s": history.eval_examples / history.eval_s if history.eval_s else None,
-        "time_to_train_s": history.wall_s,
-        "epoch_time_avg_s": sum(times) / len(times) if times else None,
-        "epoch_time_min_s": min(times) if times else None,
-        "baseline": history.baseline,
-        "quality_target": cfg.eval.quality_target,
-        "first_epoch_at_target": history.first_epoch_at_target,
-        "stopped_early": history.stopped_early,
-        "device": str(device),
-        "world_size": dist.world,
-        "peak_memory_bytes_per_rank": peaks[:, 0].tolist(),
-        **({"peak_gpu_memory_bytes_per_rank": peaks[:, 1].tolist()} if device.type == "cuda" else {}),
-        "run_folder": str(Path(cfg.output_dir).expanduser().resolve()),
-        "resolved": task.resolved,
-    }
-
-
-def _metrics_text(metrics: dict, names: list[str]) -> str:
-    return ", ".join(f"{k} = {metrics[k]:.4f}" for k in names if k in metrics)
-
-
-def _summary_lines(s: dict, names: list[str], metric: str) -> str:
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    lines = [
-        "summary:",
-        f"  best ({s['eval_split']}): {_metrics_text(s['metrics'], names) or 'n/a'} "
-        f"(epoch {s['best_epoch']}, step {s['best_step']})",
-        f"  train: {fmt(s['train_samples_per_s'], ',.0f')} samples/s, "
-        f"epoch time avg {fmt(s['epoch_time_avg_s'], '.2f')}, "
-        f"min {fmt(s['epoch_time_min_s'], '.2f')} (s)",
-        f"  eval: {fmt(s['eval_samples_per_s'], ',.0f')} samples/s",
-        f"  time to train: {s['time_to_train_s']:.1f}s",
-    ]
-    if "test_metrics" in s:
-        lines.append(f"  {s['test_split']} (best checkpoint): {_metrics_text(s['test_metrics'], names)}")
-    if s["baseline"]:
-        lines.append(f"  baseline ({s['baseline']['model']}): {_metrics_text(s['baseline']['metrics'], names)}")
-    if s["quality_target"] is not None:
-        lines.append(f"  {metric} >= {s['quality_target']}: first at epoch {s['first_epoch_at_target'] or 'never'}")
-    if s["stopped_early"]:
-        lines.append(f"  stopped early: {s['stopped_early']}")
-    lines.append(f"  run folder: {s['run_folder']}")
-    return "\n".join(lines)
+    def finish(self, test: dict | None) -> dict:
+        """summary.json and the summary's lines."""
+        task = self.task
+        result = summary(self.cfg, task, self.history, self.device, self.dist) | {
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "gemm": self.gemms,
+        }
+        if test is not None:
+            result |= {"test_split": task.final_split, "test_metrics": test}
+        self.run.summary(result)
+        self.log(summary_lines(result, task.metric_names, task.primary_metric))
+        return result

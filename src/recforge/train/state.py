@@ -48,15 +48,16 @@ class Window:
     """Training since the last evaluation: what its record reports."""
 
     from_step: int  # after a mid-epoch resume the window starts at the resumed step
-    loss: float = 0.0  # summed over the window's samples
+    loss: float = 0.0  # summed over the window's loss terms (a task's: rows, or positions of sequences)
+    terms: float = 0.0
     samples: int = 0
     seconds: float = 0.0
 
     def reset(self, from_step: int) -> None:
-        self.from_step, self.loss, self.samples, self.seconds = from_step, 0.0, 0, 0.0
+        self.from_step, self.loss, self.terms, self.samples, self.seconds = from_step, 0.0, 0.0, 0, 0.0
 
     def mean_loss(self) -> float:
-        return self.loss / max(1, self.samples)
+        return self.loss / max(1.0, self.terms)
 
     def samples_per_s(self, extra_seconds: float = 0.0) -> float:
         return self.samples / max(self.seconds + extra_seconds, 1e-9)

@@ -1,14 +1,7 @@
-"""What a bundle keeps beside the model to turn raw requests into model inputs: per kind of task,
-the encoding that preparation fitted, written at export and read by the server.
-
-- Click logs (`ClickLogAssets`): the prepared folder's encoders (vocabularies, hash settings,
-  numeric transforms) and its meta.json; raw columns named as in the log (Criteo's I1..I13,
-  C1..C26, or a feature spec's names) are encoded exactly as preparation encoded its rows.
-- Ranking data (`RankingAssets`): the raw user and item ids of the model's indices, titles, and
-  each user's training items (excluded from recommendations).
-
-Requests are validated here, so the server answers a bad one with the field it names
-(`RequestError`); unseen categorical values take the out-of-vocabulary id, as in training.
+"""A click-log model's serving assets: the prepared folder's encoders (vocabularies, hash settings,
+numeric transforms) and its meta.json, copied into the bundle at export. Raw columns named as in
+the log (Criteo's I1..I13, C1..C26, or a feature spec's names) are encoded exactly as preparation
+encoded its rows; unseen categorical values take the out-of-vocabulary id, as in training.
 """
 
 from __future__ import annotations
@@ -21,18 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recforge.core.errors import RecforgeError
-from recforge.core.files import write_array, write_json
 from recforge.data.ctr_format import CTRMeta, load_meta
 from recforge.data.encoders import load_encoders, one_array, parse_hex32
-
-
-class RequestError(Exception):
-    """A request the client must fix: HTTP `status`, the `field` at fault and what is wrong."""
-
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status = field, message, status
+from recforge.tasks.serving import Request, RequestError, RowScoringAssets
 
 
 def _arrow_fits(arrow_type: pa.DataType, kind: str) -> bool:
@@ -50,17 +34,10 @@ def _arrow_fits(arrow_type: pa.DataType, kind: str) -> bool:
     return t.is_string(arrow_type) or (kind == "string" and t.is_integer(arrow_type))
 
 
-def _load_array(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
-
-
-# ----------------------------------------------------------------------------- click logs
-
-
-class ClickLogAssets:
+class ClickLogAssets(RowScoringAssets):
     """Raw click-log rows -> the arrays of a prepared split (dense, sparse, multi_hot, crossed)."""
 
-    kind = "ctr"
+    what_it_does = "this bundle's model scores click-log rows"
 
     def __init__(self, folder: Path):
         self.meta: CTRMeta = load_meta(folder)
@@ -99,10 +76,29 @@ class ClickLogAssets:
             k for k, used in (("multi_hot", self.meta.multi_hot), ("crossed", self.meta.crossed)) if used
         ]
 
+    def recommend_request(self, payload: dict, k: int) -> Request:
+        """A context (the request's columns) and candidate rows (each item's): the candidates
+        ranked by probability."""
+        context, candidates = payload.get("context", {}), payload.get("candidates")
+        if not isinstance(context, dict):
+            raise RequestError("context", "must be an object of the request's columns")
+        if not isinstance(candidates, list) or not candidates or not all(isinstance(c, dict) for c in candidates):
+            raise RequestError("candidates", "must be a non-empty list of objects (each candidate item's columns)")
+        table = self.table({"rows": [context | c for c in candidates]})
+
+        def ranked(probabilities: np.ndarray) -> dict:
+            order = np.argsort(-probabilities, kind="stable")[:k]
+            return {
+                "ranked": [
+                    {"rank": r + 1, "candidate": int(i), "probability": float(probabilities[i])}
+                    for r, i in enumerate(order.tolist())
+                ]
+            }
+
+        return Request(rows=table.num_rows, payload=table, answer=ranked)
+
     def table(self, payload: dict) -> pa.Table:
-        """A request's `rows` (objects named by column) or `columns` (name -> values) as an Arrow
-        table of the raw inputs (Criteo's hex columns parsed); a missing column, a value of the wrong
-        type or a list longer than training's is a RequestError naming it."""
+        """Criteo's hex columns parsed; a list longer than training's is refused too."""
         if "columns" in payload:
             columns = payload["columns"]
             if not isinstance(columns, dict):
@@ -205,90 +201,3 @@ class ClickLogAssets:
 
     def encode(self, table: pa.Table) -> dict[str, np.ndarray]:
         return self.encoders.encode(table)
-
-
-# ----------------------------------------------------------------------------- ranking data
-
-
-class RankingAssets:
-    """Raw user ids -> model indices; the items each user trained on; item ids and titles."""
-
-    kind = "ranking"
-    model_inputs = ["user", "item"]
-    inputs = [{"name": "user", "type": "string"}, {"name": "k", "type": "integer", "missing": "default 10"}]
-
-    def __init__(self, folder: Path):
-        self.user_ids = _load_array(folder / "user_ids.npy")
-        self.item_ids = _load_array(folder / "item_ids.npy")
-        self.seen_offsets = _load_array(folder / "seen_offsets.npy")
-        self.seen_items = _load_array(folder / "seen_items.npy")
-        titles = folder / "item_titles.npy"
-        self.item_titles = _load_array(titles) if titles.exists() else None
-        # Raw ids are looked up as text: a JSON request's "196" and 196 are the same user.
-        text = self.user_ids.astype(str)
-        self._order = np.argsort(text, kind="stable")
-        self._sorted = text[self._order]
-
-    @staticmethod
-    def write(data, out: Path) -> None:
-        """The id maps, titles and training items of a prepared ranking dataset (LeaveOneOutData)."""
-
-        def plain(ids) -> np.ndarray:  # Arrow strings or numpy ints; saved without pickle
-            ids = np.asarray(ids.to_numpy(zero_copy_only=False) if hasattr(ids, "to_numpy") else ids)
-            return ids.astype(str) if ids.dtype == object else ids
-
-        write_array(out / "user_ids.npy", plain(data.user_ids))
-        write_array(out / "item_ids.npy", plain(data.item_ids))
-        write_array(out / "seen_offsets.npy", np.asarray(data.user_offsets, np.int64))
-        write_array(out / "seen_items.npy", np.asarray(data.train_items, np.int32))
-        if data.item_titles is not None:
-            write_array(out / "item_titles.npy", plain(data.item_titles).astype(str))
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_ids)
-
-    def user(self, raw) -> int:
-        """The model's index of a raw user id; unknown: a RequestError naming `user`."""
-        if not isinstance(raw, (str, int)) or isinstance(raw, bool):
-            raise RequestError("user", "must be a user id (a string or an integer)")
-        key = str(raw)
-        at = np.searchsorted(self._sorted, key)
-        if at == len(self._sorted) or self._sorted[at] != key:
-            raise RequestError("user", f"unknown user {key!r} (not in the training data)")
-        return int(self._order[at])
-
-    def seen(self, user: int) -> np.ndarray:
-        return self.seen_items[self.seen_offsets[user] : self.seen_offsets[user + 1]]
-
-    def top_items(self, scores: np.ndarray, user: int, k: int) -> list[dict]:
-        """The k best-scored items the user has not trained on, with ids, scores and titles."""
-        scores = scores.astype(np.float64).copy()
-        scores[self.seen(user)] = -np.inf
-        k = min(k, self.num_items - len(self.seen(user)))
-        top = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.array([], np.int64)
-        top = top[np.argsort(-scores[top], kind="stable")]
-        items = self.item_ids[top].tolist()
-        titles = self.item_titles[top].tolist() if self.item_titles is not None else None
-        return [
-            {"rank": r + 1, "item": items[r], "score": float(scores[i])}
-            | ({"title": titles[r]} if titles is not None else {})
-            for r, i in enumerate(top.tolist())
-        ]
-
-
-ASSETS = {"ctr": ClickLogAssets, "ranking": RankingAssets}
-
-
-def read_manifest(folder: Path) -> dict:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise RecforgeError(f"{folder}: not a recforge bundle (no manifest.json; `recforge export` makes one)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RecforgeError(f"{path}: damaged manifest ({e})") from None
-
-
-def write_manifest(folder: Path, manifest: dict) -> None:
-    write_json(folder / "manifest.json", manifest)
