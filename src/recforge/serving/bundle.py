@@ -39,6 +39,7 @@ from recforge.data.ctr_format import check_out, new_folder
 from recforge.models.layers import Linear
 from recforge.registry import build_model, config_from_dict, model_entry, task_named
 from recforge.runtime import gemm
+from recforge.tasks.serving import Exported
 from recforge.train.distributed_checkpoint import load_model_state, load_weights, open_checkpoint
 
 FORMAT = "recforge-bundle-1"
@@ -114,25 +115,8 @@ def export(
         equivalence = {}
         for name in formats:
             begin = time.perf_counter()
-            path = _EXPORTERS[name](scoring, tensors, folder)
-            runtime = RUNTIMES[name](folder, assets.model_inputs)
-            worst = max(  # NaN where the program gives one: refused below
-                _largest_difference(runtime(sample), expected),
-                # the extremes of the dynamic batch: one row, and 65,536 (the sample repeated)
-                _largest_difference(runtime({k: v[:1] for k, v in sample.items()}), expected[:1]),
-                _largest_difference(runtime(_repeat(sample, MAX_BATCH)), np.resize(expected, MAX_BATCH)),
-            )
-            if not worst <= EQUIVALENCE_TOLERANCE:
-                raise RecforgeError(
-                    f"--format {name}: the exported program's probabilities differ from the eager model's by "
-                    f"{worst:.2e} on {sample_of}, over the tolerance {EQUIVALENCE_TOLERANCE:g}; not exported"
-                )
-            equivalence[name] = {
-                "file": path.name,
-                "max_abs_difference": worst,
-                "export_s": time.perf_counter() - begin,
-            }
-            log(f"{name}: {path.name}, largest difference from the eager model {worst:.2e} ({sample_of})")
+            equivalence[name] = _export_checked(name, scoring, tensors, folder, exported, expected, log)
+            equivalence[name]["export_s"] = time.perf_counter() - begin
         history = checkpoint.get("history") or {}
         manifest = {
             "format": FORMAT,
@@ -162,6 +146,27 @@ def export(
         }
         write_manifest(folder, manifest)  # last: a folder without it is not a bundle
     return manifest
+
+
+def _export_checked(name: str, scoring: Scoring, tensors, folder: Path, exported: Exported, expected, log) -> dict:
+    """One format's program, written and loaded back, its probabilities within the tolerance of
+    the eager model's on the export sample, at the extremes of its dynamic batch too; else refused."""
+    path = _EXPORTERS[name](scoring, tensors, folder)
+    runtime = RUNTIMES[name](folder, scoring.inputs)
+    sample, sample_of = exported.sample, exported.sample_of
+    worst = max(  # NaN where the program gives one: refused below
+        _largest_difference(runtime(sample), expected),
+        # the extremes of the dynamic batch: one row, and 65,536 (the sample repeated)
+        _largest_difference(runtime({k: v[:1] for k, v in sample.items()}), expected[:1]),
+        _largest_difference(runtime(_repeat(sample, MAX_BATCH)), np.resize(expected, MAX_BATCH)),
+    )
+    if not worst <= EQUIVALENCE_TOLERANCE:
+        raise RecforgeError(
+            f"--format {name}: the exported program's probabilities differ from the eager model's by "
+            f"{worst:.2e} on {sample_of}, over the tolerance {EQUIVALENCE_TOLERANCE:g}; not exported"
+        )
+    log(f"{name}: {path.name}, largest difference from the eager model {worst:.2e} ({sample_of})")
+    return {"file": path.name, "max_abs_difference": worst}
 
 
 def _largest_difference(got: np.ndarray, expected: np.ndarray) -> float:

@@ -204,43 +204,39 @@ def _settle(future: asyncio.Future, result) -> None:
         future.set_result(result)
 
 
-def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
-    metrics = Metrics()
-    batcher = Batcher(bundle, cfg, metrics)
-    state = {"ready": False}
+class _Handlers:
+    """What every endpoint shares: the API key check, the body's reading, the answer's metrics,
+    and the model's batcher behind the two POST endpoints."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        batcher.start()
-        state["ready"] = True
-        yield
-        state["ready"] = False
-        batcher.stop()  # after uvicorn answered the requests in flight
+    def __init__(self, bundle: Bundle, cfg: ServeConfig):
+        self.bundle, self.cfg = bundle, cfg
+        self.metrics = Metrics()
+        self.batcher = Batcher(bundle, cfg, self.metrics)
+        self.ready = False
 
-    app = FastAPI(title="recforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
-    def error(status: int, kind: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
-        metrics.errors.labels(kind).inc()
+    def error(self, status: int, kind: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
+        self.metrics.errors.labels(kind).inc()
         body = {"error": message} | ({"field": field} if field else {})
         return JSONResponse(body, status_code=status, headers=headers)
 
-    def record(endpoint: str, response: Response, begin: float) -> Response:
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - begin)
+    def record(self, endpoint: str, response: Response, begin: float) -> Response:
+        self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - begin)
         return response
 
-    def refused(request: Request) -> Response | None:
+    def refused(self, request: Request) -> Response | None:
         """The API key check (for /v1/* and /metrics), when one is set."""
-        if cfg.api_key and not _authorized(request.headers, cfg.api_key):
-            return error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+        if self.cfg.api_key and not _authorized(request.headers, self.cfg.api_key):
+            return self.error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
         return None
 
-    async def body(request: Request) -> dict:
-        if int(request.headers.get("content-length") or 0) > cfg.max_request_bytes:
-            raise RequestError("body", f"request body over {cfg.max_request_bytes:,} bytes", 413)
+    async def body(self, request: Request) -> dict:
+        limit = self.cfg.max_request_bytes
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise RequestError("body", f"request body over {limit:,} bytes", 413)
         raw = await request.body()
-        if len(raw) > cfg.max_request_bytes:
-            raise RequestError("body", f"request body over {cfg.max_request_bytes:,} bytes", 413)
+        if len(raw) > limit:
+            raise RequestError("body", f"request body over {limit:,} bytes", 413)
         if request.headers.get("content-type", "").startswith(ARROW_STREAM):
             # Columns as an Arrow IPC stream: no text to parse (JSON rows cost ~8 us a row).
             try:
@@ -256,49 +252,65 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
             raise RequestError("body", "must be a JSON object", 400)
         return payload
 
-    async def run(request: serving.Request) -> dict:
-        if request.rows > cfg.max_request_rows:
-            raise RequestError(
-                "rows", f"{request.rows:,} rows, more than --max-request-rows {cfg.max_request_rows:,}", 413
-            )
-        probabilities = await batcher.submit(_Job(request))  # a full queue raises Overloaded: 503 (`answer`)
+    async def run(self, request: serving.Request) -> dict:
+        most = self.cfg.max_request_rows
+        if request.rows > most:
+            raise RequestError("rows", f"{request.rows:,} rows, more than --max-request-rows {most:,}", 413)
+        probabilities = await self.batcher.submit(_Job(request))  # a full queue raises Overloaded: 503 (`answer`)
         return request.answer(probabilities)
 
-    async def answer(handler, request: Request) -> Response:
+    async def answer(self, handler, request: Request) -> Response:
         # Checks and metrics here, not in an HTTP middleware: Starlette's costs ~1 ms a request.
         begin = time.perf_counter()
-        response = refused(request)
+        response = self.refused(request)
         if response is None:
             try:
-                result = await handler(await body(request))
+                result = await handler(await self.body(request))
                 response = Response(orjson.dumps(result), media_type=JSON)
             except RequestError as e:
                 kind = {400: "bad_request", 413: "too_large", 404: "not_found"}.get(e.status, "invalid")
-                response = error(e.status, kind, e.message, e.field)
+                response = self.error(e.status, kind, e.message, e.field)
             except Overloaded:
-                response = error(503, "overloaded", "the queue is full; retry shortly", headers={"Retry-After": "1"})
+                response = self.error(
+                    503, "overloaded", "the queue is full; retry shortly", headers={"Retry-After": "1"}
+                )
             except ModelFault as e:
-                response = error(500, "model", str(e))
+                response = self.error(500, "model", str(e))
             except Exception as e:  # noqa: BLE001  the server stays up; the client learns it failed
-                response = error(500, "internal", f"{type(e).__name__}: {e}")
-        return record(request.url.path, response, begin)
+                response = self.error(500, "internal", f"{type(e).__name__}: {e}")
+        return self.record(request.url.path, response, begin)
 
-    async def score(payload: dict):
-        return await run(bundle.assets.score_request(payload))
+    async def score(self, payload: dict):
+        return await self.run(self.bundle.assets.score_request(payload))
 
-    async def recommend(payload: dict):
+    async def recommend(self, payload: dict):
         k = payload.get("k", 10)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise RequestError("k", "must be a positive integer")
-        return await run(bundle.assets.recommend_request(payload, k))
+        return await self.run(self.bundle.assets.recommend_request(payload, k))
+
+
+def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
+    handlers = _Handlers(bundle, cfg)
+    record, refused, metrics = handlers.record, handlers.refused, handlers.metrics
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        handlers.batcher.start()
+        handlers.ready = True
+        yield
+        handlers.ready = False
+        handlers.batcher.stop()  # after uvicorn answered the requests in flight
+
+    app = FastAPI(title="recforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/v1/score")
     async def score_endpoint(request: Request):
-        return await answer(score, request)
+        return await handlers.answer(handlers.score, request)
 
     @app.post("/v1/recommend")
     async def recommend_endpoint(request: Request):
-        return await answer(recommend, request)
+        return await handlers.answer(handlers.recommend, request)
 
     @app.get("/health")
     async def health():
@@ -307,7 +319,7 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
     @app.get("/ready")
     async def ready():
         begin = time.perf_counter()
-        if not state["ready"]:
+        if not handlers.ready:
             return record("/ready", JSONResponse({"status": "not ready"}, status_code=503), begin)
         return record("/ready", JSONResponse({"status": "ready", "runtime": bundle.runtime_name}), begin)
 
@@ -320,7 +332,7 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
     @app.get("/metrics")
     async def prometheus(request: Request):
         begin = time.perf_counter()
-        metrics.queue_depth.set(batcher.jobs.qsize())
+        metrics.queue_depth.set(handlers.batcher.jobs.qsize())
         answer = refused(request) or Response(metrics.text(), media_type="text/plain; version=0.0.4")
         return record("/metrics", answer, begin)
 
