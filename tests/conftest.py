@@ -1,4 +1,6 @@
+import contextlib
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -39,8 +41,15 @@ def python():
     return sys.executable
 
 
-def torchrun_command(master_port: int, processes: int = 2, torchrun_flags: tuple[str, ...] = ()) -> list[str]:
-    """`torchrun --nproc-per-node N -m recforge` on a fixed port (tests in one run must not share one)."""
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS's choice): tests running at once never share one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(processes: int = 2, torchrun_flags: tuple[str, ...] = ()) -> list[str]:
+    """`torchrun --nproc-per-node N -m recforge` on a free master port."""
     return [
         sys.executable,
         "-m",
@@ -48,8 +57,45 @@ def torchrun_command(master_port: int, processes: int = 2, torchrun_flags: tuple
         "--nproc-per-node",
         str(processes),
         "--master-port",
-        str(master_port),
+        str(free_port()),
         *torchrun_flags,
         "-m",
         "recforge",
     ]
+
+
+# Test tiers, by what a test does (its source and its fixtures'): `make test-fast` runs the
+# unit-level ones (not slow), `make test` all. A test is
+#   distributed  when it starts torchrun or several nodes,
+#   torchrec     when it shards tables with TorchRec,
+#   serve        when it runs the HTTP server,
+#   slow         when it is one of those, starts processes, or trains or exports a model.
+TIER_WORDS = {
+    "distributed": ("torchrun", "two_nodes"),
+    "torchrec": ("needs_torchrec", "torchrec_available", "embedding-sharding"),
+    "serve": ("TestClient", "Server(", "serve_bundle"),
+    "slow": ("subprocess", '"train"', '"export"', '"tune"', "prepare_outbrain", "pytest.mark.slow"),
+}
+
+
+def _source(item) -> str:
+    """The test's source and its module-level fixtures' (what it runs)."""
+    import inspect
+
+    texts = [inspect.getsource(item.function)]
+    for definitions in item._fixtureinfo.name2fixturedefs.values():
+        for definition in definitions:
+            if definition.baseid:  # the test suite's own fixtures, not pytest's
+                with contextlib.suppress(OSError, TypeError):
+                    texts.append(inspect.getsource(definition.func))
+    return "\n".join(texts)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        source = _source(item)
+        tiers = {tier for tier, words in TIER_WORDS.items() if any(w in source for w in words)}
+        if tiers:
+            tiers.add("slow")
+        for tier in sorted(tiers):
+            item.add_marker(getattr(pytest.mark, tier))

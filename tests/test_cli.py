@@ -167,7 +167,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     assert run_cli("train", *args).code == 0
     two = tmp_path / "two"
     args = tiny_synthetic_args(two, synthetic_users=203, precision="fp32")
-    torchrun = torchrun_command(master_port=29731)
+    torchrun = torchrun_command()
     result = subprocess.run([*torchrun, "train", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("summary:") == 1  # only rank 0 reports

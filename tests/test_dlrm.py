@@ -221,7 +221,7 @@ def test_optimizers_take_sparse_tables_apart():
 
 def test_two_process_torchrun_evaluates_every_row_once(click_log, tmp_path):
     args = dlrm_args(click_log, tmp_path / "two", **{"batch-size": 999})  # uneven last batch and shards
-    torchrun = torchrun_command(master_port=29741)
+    torchrun = torchrun_command()
     result = subprocess.run(
         [*torchrun, "train", *args],
         capture_output=True,

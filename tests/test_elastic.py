@@ -77,7 +77,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_by_itself(click_log, u
     workers, they resume from the last complete checkpoint without --resume, and every
     evaluation equals the uninterrupted run's (one process: loss within 1e-6, AUC 2e-5)."""
     run = tmp_path / "run"
-    command = [*torchrun_command(29981, torchrun_flags=("--max-restarts", "1")), "train", *flags(click_log, run)]
+    command = [*torchrun_command(torchrun_flags=("--max-restarts", "1")), "train", *flags(click_log, run)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     kill_rank_1_after(process, run, 3)
     out, err = process.communicate(timeout=300)
@@ -96,7 +96,7 @@ def test_a_lost_peer_without_restarts_ends_the_run_in_seconds_with_one_line(clic
     kill (measured: under 1 s) with one line naming the checkpoint to resume from."""
     run = tmp_path / "run"
     process = subprocess.Popen(
-        [*torchrun_command(29982), "train", *flags(click_log, run)],
+        [*torchrun_command(), "train", *flags(click_log, run)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -7,24 +7,25 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_synthetic_args
+from conftest import free_port, tiny_synthetic_args
 
 from recforge.cli import main
 from recforge.data.synthetic_ctr import generate_ctr
 from recforge.runtime.tf_config import torchrun_flags
 
 
-def two_nodes(args: list[str], port: int, via_tf_config: bool = False) -> None:
-    """`recforge train ARGS` on 2 nodes of 1 process each, rendezvous at 127.0.0.1:port; with
+def two_nodes(args: list[str], via_tf_config: bool = False) -> None:
+    """`recforge train ARGS` on 2 nodes of 1 process each, rendezvous at a free port of 127.0.0.1; with
     `via_tf_config`, each node's command line is `recforge tf-config`'s for a TensorFlow cluster
     of a chief and a worker."""
+    port = free_port()
     commands = [
         ["torchrun", "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
         + ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test-{port}", "-m", "recforge"]
         for node in (0, 1)
     ]
     if via_tf_config:
-        cluster = {"chief": [f"127.0.0.1:{port}"], "worker": [f"127.0.0.1:{port + 1}"]}
+        cluster = {"chief": [f"127.0.0.1:{port}"], "worker": [f"127.0.0.1:{free_port()}"]}
         tasks = [{"type": "chief", "index": 0}, {"type": "worker", "index": 0}]
         specs = [json.dumps({"cluster": cluster, "task": task}) for task in tasks]
         commands = [torchrun_flags(spec, "1", f"test-{port}") for spec in specs]
@@ -50,7 +51,7 @@ def records(run) -> list[dict]:
 def test_neumf_on_two_nodes_trains_as_one_process(tmp_path):
     one, two = (tiny_synthetic_args(tmp_path / n, synthetic_users=203, precision="fp32") for n in ("one", "two"))
     main(["train", *one])
-    two_nodes(two, 29991)
+    two_nodes(two)
     single, double = records(tmp_path / "one" / "run"), records(tmp_path / "two" / "run")
     assert [m["eval_users"] for m in double] == [m["eval_users"] for m in single]
     for a, b in zip(single, double):  # as test_cli's two local processes
@@ -70,7 +71,7 @@ def test_dlrm_on_two_nodes_of_a_tensorflow_cluster_trains_as_one_process(tmp_pat
     options |= {"embedding-dim": 8, "bottom-mlp": "13-32-8", "top-mlp": "32-1"}
     args = [x for k, v in options.items() for x in (f"--{k}", str(v))]
     main(["train", *args, "--output-dir", str(tmp_path / "one")])
-    two_nodes([*args, "--output-dir", str(tmp_path / "two")], 29992, via_tf_config=True)
+    two_nodes([*args, "--output-dir", str(tmp_path / "two")], via_tf_config=True)
     single, double = records(tmp_path / "one"), records(tmp_path / "two")
     assert [r["step"] for r in double] == [r["step"] for r in single] and len(single) >= 5
     for mine, theirs in zip(double, single):  # bounds as in test_sharding

@@ -94,7 +94,7 @@ def test_ranking_epochs_too_large_for_each_device_are_split_among_the_ranks(tmp_
     positives; the model still learns as one process does (HR@10 within 0.05, well above random)."""
     main(["train", *tiny_synthetic_args(tmp_path / "one", epochs=4)])
     result = subprocess.run(
-        [*torchrun_command(29901), "train", *tiny_synthetic_args(tmp_path / "two", epochs=4, memory_fraction=1e-12)],
+        [*torchrun_command(), "train", *tiny_synthetic_args(tmp_path / "two", epochs=4, memory_fraction=1e-12)],
         capture_output=True,
         text=True,
         timeout=300,

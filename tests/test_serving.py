@@ -8,7 +8,6 @@ import json
 import math
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tiny_synthetic_args
+from conftest import free_port, tiny_synthetic_args
 from test_wide_deep import _grouped_log
 
 from recforge.cli import main
@@ -89,12 +88,6 @@ def neumf(tmp_path_factory):
     # all: torch-export, ONNX and AOTInductor (compiled here: ~25 s)
     main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "bundle"), "--format", "all"])
     return root, checkpoint
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

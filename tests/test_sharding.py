@@ -59,9 +59,9 @@ def records(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def torchrun(args: list[str], processes: int, port: int, env: dict | None = None) -> str:
+def torchrun(args: list[str], processes: int, env: dict | None = None) -> str:
     result = subprocess.run(
-        [*torchrun_command(port, processes), "train", *args],
+        [*torchrun_command(processes), "train", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -84,20 +84,20 @@ def one_process(click_log, tmp_path_factory):
 
 @needs_torchrec
 @pytest.mark.parametrize(
-    "sharding, optimizer, processes, port",
+    "sharding, optimizer, processes",
     [
-        ("table-wise", "sgd", 2, 29811),
-        ("row-wise", "sgd", 3, 29812),
-        ("column-wise", "adagrad", 2, 29813),
-        ("table-row-wise", "rowwise-adagrad", 2, 29814),
-        ("data-parallel", "adam", 3, 29815),  # data-parallel tables take recforge's optimizers
+        ("table-wise", "sgd", 2),
+        ("row-wise", "sgd", 3),
+        ("column-wise", "adagrad", 2),
+        ("table-row-wise", "rowwise-adagrad", 2),
+        ("data-parallel", "adam", 3),  # data-parallel tables take recforge's optimizers
     ],
 )
-def test_sharded_training_follows_one_process(click_log, one_process, tmp_path, sharding, optimizer, processes, port):
+def test_sharded_training_follows_one_process(click_log, one_process, tmp_path, sharding, optimizer, processes):
     """Each step's loss and AUC as in one process with the whole batch, to float summation
     differences (bounds: 1e-6 in loss and log loss, 2e-5 in AUC, a few of the 270 x 730 pairs)."""
     out = torchrun(
-        flags(click_log, tmp_path / "run", optimizer=optimizer, **{"embedding-sharding": sharding}), processes, port
+        flags(click_log, tmp_path / "run", optimizer=optimizer, **{"embedding-sharding": sharding}), processes
     )
     assert sharding == "none" or "embedding tables across processes:" in out and sharding.replace("-", "_") in out
     sharded, reference = records(tmp_path / "run"), one_process[optimizer]
@@ -167,27 +167,27 @@ def test_without_torchrec_sharding_says_how_to_install_it(click_log, tmp_path, c
 
 @needs_torchrec
 @pytest.mark.parametrize(
-    "first, then, port",
+    "first, then",
     [
-        (("row-wise", 2), ("row-wise", 2), 29831),
-        (("row-wise", 2), ("none", 1), 29832),  # sharded -> one process, recforge's tables
-        (("row-wise", 2), ("table-wise", 3), 29833),
-        (("none", 2), ("column-wise", 2), 29834),  # replicated (DDP) -> sharded
-        (("none", 1), ("row-wise", 2), 29835),  # one process's last.pt -> sharded
+        (("row-wise", 2), ("row-wise", 2)),
+        (("row-wise", 2), ("none", 1)),  # sharded -> one process, recforge's tables
+        (("row-wise", 2), ("table-wise", 3)),
+        (("none", 2), ("column-wise", 2)),  # replicated (DDP) -> sharded
+        (("none", 1), ("row-wise", 2)),  # one process's last.pt -> sharded
     ],
 )
-def test_resume_at_another_size_continues_the_run(click_log, one_process, tmp_path, first, then, port):
+def test_resume_at_another_size_continues_the_run(click_log, one_process, tmp_path, first, then):
     """Stopped after 3 of 6 steps and resumed with other processes or sharding (the checkpoint is
     resharded on load): every evaluation as in the uninterrupted one-process run; `evaluate` in
     one process reads the last checkpoint and scores it as training did."""
     run = tmp_path / "run"
     args = flags(click_log, run, optimizer="rowwise-adagrad")
-    torchrun([*args, "--max-steps", "3", "--embedding-sharding", first[0]], first[1], port)
+    torchrun([*args, "--max-steps", "3", "--embedding-sharding", first[0]], first[1])
     if first[1] == 1:
         assert (run / "checkpoints" / "last.pt").is_file()
     else:
         assert json.loads((run / "checkpoints" / "last.json").read_text()) == {"checkpoint": "step-3", "step": 3}
-    torchrun([*args, "--resume", "--embedding-sharding", then[0]], then[1], port + 100)
+    torchrun([*args, "--resume", "--embedding-sharding", then[0]], then[1])
     assert not (run / "checkpoints" / "converted").exists()
     resumed, reference = records(run), one_process["rowwise-adagrad"]
     lasts = [p.name for p in (run / "checkpoints").glob("last.*")]
@@ -202,14 +202,14 @@ def test_resume_at_another_size_continues_the_run(click_log, one_process, tmp_pa
 
 
 @needs_torchrec
-@pytest.mark.parametrize("point, port", [("during-save", 29851), ("before-pointer", 29861)])
-def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_log, one_process, tmp_path, point, port):
+@pytest.mark.parametrize("point", ["during-save", "before-pointer"])
+def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_log, one_process, tmp_path, point):
     """Rank 0 killed while the checkpoint of step 2 is written (its folder has no .metadata), or
     after it but before last.json moved: last.json still names step 1, which --resume continues."""
     run = tmp_path / "run"
     args = [*flags(click_log, run, optimizer="rowwise-adagrad"), "--max-steps", "3", "--embedding-sharding", "row-wise"]
     log = tmp_path / "points.log"
-    torchrun(args, 2, port, env={"RECFORGE_FAULT_LOG": str(log)})  # each case its own ports: xdist runs both at once
+    torchrun(args, 2, env={"RECFORGE_FAULT_LOG": str(log)})
     points = [
         (int(n), operation, path) for n, operation, path in (x.split(" ", 2) for x in log.read_text().splitlines())
     ]
@@ -220,7 +220,7 @@ def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_l
     at = saving if point == "during-save" else next(n for n, _, path in points if n > written and "last.json" in path)
     shutil.rmtree(run)
     killed = subprocess.run(
-        [*torchrun_command(port + 1, 2), "train", *args],
+        [*torchrun_command(2), "train", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -228,7 +228,7 @@ def test_a_kill_during_a_distributed_save_leaves_the_previous_checkpoint(click_l
     )
     assert killed.returncode != 0
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 1
-    torchrun([*args, "--resume"], 2, port + 2)
+    torchrun([*args, "--resume"], 2)
     resumed = records(run)
     assert [r["step"] for r in resumed] == [1, 2, 3]
     for mine, theirs in zip(resumed, one_process["rowwise-adagrad"]):
@@ -251,7 +251,7 @@ def test_tables_the_planner_cannot_place_are_refused_in_one_line(click_log, tmp_
     room for the rest of the model) cannot place them; its error becomes one line."""
     extra = {"embedding-sharding": "table-wise", "embedding-memory-per-rank": "140KiB"}
     result = subprocess.run(
-        [*torchrun_command(29871, 2), "train", *flags(click_log, tmp_path / "run", **extra)],
+        [*torchrun_command(2), "train", *flags(click_log, tmp_path / "run", **extra)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -274,14 +274,14 @@ def test_tables_larger_than_one_process_train_in_two_with_half_the_memory_each(t
     table_bytes = sum(big) * 16 * 4
     budget = {"embedding-memory-per-rank": "366MiB", "embedding-dim": 16, "bottom-mlp": "13-32-16", "max-steps": 3}
     peaks = {}
-    for name, cardinalities, port in (("big", big, 29881), ("tiny", tiny, 29882)):
+    for name, cardinalities in (("big", big), ("tiny", tiny)):
         data = tmp_path / name
         generate_ctr(data, rows=6_000, seed=5, cardinalities=cardinalities, log=lambda *_: None)
         args = flags(data, tmp_path / f"run-{name}", **budget)
         if name == "big":
             error = refused(capsys, [*args, "--embedding-sharding", "none"])
             assert "need 549.32 MiB in every process, more than its 366.00 MiB" in error
-        torchrun([*args, "--embedding-sharding", "auto"], 2, port)
+        torchrun([*args, "--embedding-sharding", "auto"], 2)
         summary = json.loads((tmp_path / f"run-{name}" / "summary.json").read_text())
         peaks[name] = summary["peak_memory_bytes_per_rank"]
     growth = [(b - t) / table_bytes for b, t in zip(peaks["big"], peaks["tiny"])]
@@ -297,7 +297,7 @@ def test_a_one_process_checkpoint_of_another_architecture_is_refused_before_conv
     before = (run / "checkpoints" / "last.pt").read_bytes()
     other = flags(click_log, run, **{"embedding-dim": 12, "bottom-mlp": "13-32-12", "embedding-sharding": "table-wise"})
     result = subprocess.run(
-        [*torchrun_command(29891, 2), "train", *other, "--resume"], capture_output=True, text=True, timeout=300
+        [*torchrun_command(2), "train", *other, "--resume"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode != 0
     line = next(x for x in result.stderr.splitlines() if x.startswith("recforge: error:"))
