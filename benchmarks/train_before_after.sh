@@ -15,6 +15,7 @@ for round in $(seq "$ROUNDS"); do
         w2) args="--config ${P}dlrm-criteo-kaggle$X --data-dir $W2 --batch-size 2048 --optimizer adam --learning-rate 0.001 --emb-fusion --max-steps 300";;
         w3) args="--config ${P}deepctr-wdl$X --data-dir $W3 --max-steps 150";;
       esac
+      [ "${ONLY:-}" ] && [[ " $ONLY " != *" $w "* ]] && continue
       rm -rf "$TMP/run"
       PYTHONPATH=$SRC python -m recforge train $args --benchmark --threads 2 --output-dir "$TMP/run" > "$TMP/log" 2>&1 \
         || { tail -3 "$TMP/log"; continue; }
