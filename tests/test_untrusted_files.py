@@ -206,6 +206,12 @@ def test_an_edited_manifest_is_blamed_not_a_flag(trained, tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     error = assert_user_error(run_cli("serve", bundle), f"{bundle / 'manifest.json'}: its config and model_dims")
     assert "edited or damaged" in error
+    for field in ("task", "files"):  # absent, then of another type: named, never a KeyError
+        edited = {k: v for k, v in manifest.items() if k != field}
+        (bundle / "manifest.json").write_text(json.dumps(edited))
+        assert_user_error(run_cli("serve", bundle), f"{bundle / 'manifest.json'}: lacks field '{field}'")
+        (bundle / "manifest.json").write_text(json.dumps(edited | {field: 7}))
+        assert_user_error(run_cli("serve", bundle), f"{bundle / 'manifest.json'}: has a int as field '{field}'")
 
 
 def test_a_bundle_with_a_nan_weight_is_neither_served_nor_used_by_predict(trained, tmp_path):

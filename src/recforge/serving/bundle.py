@@ -413,6 +413,22 @@ class ModelFault(RecforgeError):
     """The model gave what no caller may take for a result (NaN): the server answers 500 with it."""
 
 
+# What `Bundle` reads from a manifest, and the type each must have.
+MANIFEST_FIELDS = {"model": str, "task": str, "config": dict, "model_dims": dict, "model_inputs": list}
+MANIFEST_FIELDS |= {"inputs": list, "equivalence": dict, "files": dict}
+
+
+def _check_manifest(manifest: dict, path: Path) -> None:
+    """A manifest missing a field, or holding one of another type, is named, not a KeyError."""
+    for name, kind in MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(name), kind):
+            problem = "lacks" if name not in manifest else f"has a {type(manifest[name]).__name__} as"
+            raise RecforgeError(
+                f"{path}: {problem} field '{name}' ({kind.__name__} expected); the manifest was edited or "
+                "damaged: export the checkpoint again"
+            )
+
+
 class Bundle:
     """An exported folder, opened: its manifest, the assets that encode requests, one runtime."""
 
@@ -423,6 +439,7 @@ class Bundle:
             raise RecforgeError(
                 f"{self.folder}: bundle format {self.manifest.get('format')!r}, this recforge reads {FORMAT}"
             )
+        _check_manifest(self.manifest, self.folder / "manifest.json")
         if verify:
             for name, digest in self.manifest["files"].items():
                 path = self.folder / name
