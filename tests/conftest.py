@@ -1,4 +1,5 @@
 import contextlib
+import inspect
 import os
 import socket
 import sys
@@ -73,15 +74,13 @@ def torchrun_command(processes: int = 2, torchrun_flags: tuple[str, ...] = ()) -
 TIER_WORDS = {
     "distributed": ("torchrun", "two_nodes"),
     "torchrec": ("needs_torchrec", "torchrec_available", "embedding-sharding"),
-    "serve": ("TestClient", "Server(", "serve_bundle"),
-    "slow": ("subprocess", '"train"', '"export"', '"tune"', "prepare_outbrain", "pytest.mark.slow"),
+    "serve": ("TestClient", "Server("),
+    "slow": ("subprocess", '"train"', '"export"', '"tune"', "prepare_outbrain"),
 }
 
 
 def _source(item) -> str:
-    """The test's source and its module-level fixtures' (what it runs)."""
-    import inspect
-
+    """The test's source and its fixtures' in the suite (what it runs)."""
     texts = [inspect.getsource(item.function)]
     for definitions in item._fixtureinfo.name2fixturedefs.values():
         for definition in definitions:
@@ -91,7 +90,7 @@ def _source(item) -> str:
     return "\n".join(texts)
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     for item in items:
         source = _source(item)
         tiers = {tier for tier, words in TIER_WORDS.items() if any(w in source for w in words)}

@@ -414,8 +414,16 @@ class ModelFault(RecforgeError):
 
 
 # What `Bundle` reads from a manifest, and the type each must have.
-MANIFEST_FIELDS = {"model": str, "task": str, "config": dict, "model_dims": dict, "model_inputs": list}
-MANIFEST_FIELDS |= {"inputs": list, "equivalence": dict, "files": dict}
+MANIFEST_FIELDS = {
+    "model": str,
+    "task": str,
+    "config": dict,
+    "model_dims": dict,
+    "model_inputs": list,
+    "inputs": list,
+    "equivalence": dict,
+    "files": dict,
+}
 
 
 def _check_manifest(manifest: dict, path: Path) -> None:

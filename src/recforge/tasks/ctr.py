@@ -37,11 +37,10 @@ from recforge.runtime.distributed import Dist
 from recforge.runtime.memory import fits_in_memory
 from recforge.runtime.precision import autocast
 from recforge.tasks.base import Task, binary_cross_entropy
-from recforge.tasks.ctr_serving import ClickLogAssets
-from recforge.tasks.serving import Exported
+from recforge.tasks.ctr_serving import ClickLogAssets, model_inputs
+from recforge.tasks.serving import EXPORT_SAMPLE_ROWS, Exported
 
 FEATURES = ("label", "dense", "sparse", "multi_hot", "crossed")  # the arrays a batch holds, when present
-EXPORT_SAMPLE_ROWS = 10_000  # a bundle's exports are checked on the first rows of a split
 
 
 def _to_batch(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,7 +151,7 @@ class CTRTask(Task):
         ClickLogAssets.write(prepared, folder)
         split = next((s for s in ("valid", "test", "train") if meta.rows.get(s)), None)
         arrays = load_split(prepared, split)
-        sample = {k: np.array(arrays[k][:EXPORT_SAMPLE_ROWS]) for k in ClickLogAssets(folder).model_inputs}
+        sample = {k: np.array(arrays[k][:EXPORT_SAMPLE_ROWS]) for k in model_inputs(meta)}
         return Exported(
             fingerprint=data_fingerprint(meta),
             data=f"{cfg.data.dataset} in {prepared}",

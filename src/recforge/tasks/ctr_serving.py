@@ -34,6 +34,11 @@ def _arrow_fits(arrow_type: pa.DataType, kind: str) -> bool:
     return t.is_string(arrow_type) or (kind == "string" and t.is_integer(arrow_type))
 
 
+def model_inputs(meta: CTRMeta) -> list[str]:
+    """The arrays a click-log model takes, in order: those the prepared layout has."""
+    return ["dense", "sparse"] + [k for k, used in (("multi_hot", meta.multi_hot), ("crossed", meta.crossed)) if used]
+
+
 class ClickLogAssets(RowScoringAssets):
     """Raw click-log rows -> the arrays of a prepared split (dense, sparse, multi_hot, crossed)."""
 
@@ -72,9 +77,7 @@ class ClickLogAssets(RowScoringAssets):
 
     @property
     def model_inputs(self) -> list[str]:
-        return ["dense", "sparse"] + [
-            k for k, used in (("multi_hot", self.meta.multi_hot), ("crossed", self.meta.crossed)) if used
-        ]
+        return model_inputs(self.meta)
 
     def recommend_request(self, payload: dict, k: int) -> Request:
         """A context (the request's columns) and candidate rows (each item's): the candidates

@@ -37,7 +37,7 @@ from recforge.runtime.memory import fits_in_memory
 from recforge.runtime.precision import autocast
 from recforge.tasks.base import Task, binary_cross_entropy
 from recforge.tasks.ranking_serving import RankingAssets
-from recforge.tasks.serving import Exported
+from recforge.tasks.serving import EXPORT_SAMPLE_ROWS, Exported
 
 
 def eval_negatives(data: LeaveOneOutData, cache_path: Path, per_user: int, seed: int, split: str) -> np.ndarray:
@@ -81,10 +81,6 @@ def data_fingerprint(data: LeaveOneOutData, dataset: str) -> dict:
 
 
 AUTO_VERIFY_SHARE = 0.03  # --verify-negatives auto: see RankingTask._verify_negatives
-
-
-# A bundle's exports are checked on this many (user, item) pairs.
-EXPORT_SAMPLE_ROWS = 10_000
 
 
 class RankingTask(Task):

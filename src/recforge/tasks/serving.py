@@ -38,6 +38,10 @@ class Request:
     answer: Callable[[np.ndarray], dict] = lambda probabilities: {"probabilities": probabilities.tolist()}
 
 
+# A bundle's exports are checked against the eager model on this many rows of model inputs.
+EXPORT_SAMPLE_ROWS = 10_000
+
+
 @dataclass
 class Exported:
     """What a task's export gives the bundle: the data fingerprint of the assets it wrote, the

@@ -207,6 +207,7 @@ class Run:
         self.cfg, self.parts, self.device, self.dist, self.observe = cfg, parts, device, dist, observe
         self.t = cfg.train
         self.log = log_to(dist.is_main)
+        self.rates = OPTIMIZERS[cfg.train.optimizer].rates  # a diverged run's advice names them
 
     def train(self) -> dict:
         self.build()
@@ -310,14 +311,13 @@ class Run:
             set_rng_state(checkpoint["rng"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         history = History.from_dict(checkpoint["history"])
-        changed = recorded_changes(differences)
-        shown = {k: v for k, v in differences.items() if k not in NOT_RECORDED}
+        kept = {key: change for key, change in differences.items() if key not in NOT_RECORDED}
         self.log(
             f"resuming {run.path} at epoch {history.epoch}, step {history.step}"
-            + (f"; from here on: {describe_differences(shown)}" if changed else "")
+            + (f"; from here on: {describe_differences(kept)}" if kept else "")
         )
         run.repair_best(history)
-        run.start(self.cfg, resumed_step=history.step, changed=changed)
+        run.start(self.cfg, resumed_step=history.step, changed=recorded_changes(kept))
         return history
 
     def one_process_checkpoint_for_shards(self) -> Path:
@@ -462,7 +462,7 @@ class Run:
     def check_loss(self, loss: float, epoch: int) -> None:
         """Stop a run whose loss is not finite or far above where it started (smoothed over steps),
         before it is evaluated and saved as if it had learned."""
-        history, run, rates = self.history, self.run, OPTIMIZERS[self.t.optimizer].rates
+        history, run, rates = self.history, self.run, self.rates
         where = f"step {history.step} (epoch {epoch})"
         if history.start_loss is None and math.isfinite(loss):
             history.start_loss = history.smoothed_loss = loss
@@ -544,7 +544,7 @@ class Run:
         if not math.isfinite(metrics[metric]):
             raise RecforgeError(
                 f"step {history.step} (epoch {epoch}): {metric} is {metrics[metric]}: the model "
-                f"diverged; stopped; {self.run.stopped_diverging(OPTIMIZERS[self.t.optimizer].rates)}"
+                f"diverged; stopped; {self.run.stopped_diverging(self.rates)}"
             )
         record.update(metrics, eval_s=time.perf_counter() - begin)
         history.eval_s += record["eval_s"]

@@ -37,12 +37,8 @@ def describe_differences(differences: dict) -> str:
 
 
 def recorded_changes(differences: dict) -> dict:
-    """The changes a resumed run records (metrics.jsonl's `changed`): "section.key" -> from, to."""
-    return {
-        f"{section}.{key}": {"from": a, "to": b}
-        for (section, key), (a, b) in differences.items()
-        if (section, key) not in NOT_RECORDED
-    }
+    """Differences (without NOT_RECORDED's) as a resumed run records them: "section.key" -> from, to."""
+    return {f"{section}.{key}": {"from": a, "to": b} for (section, key), (a, b) in differences.items()}
 
 
 def data_where(cfg: RunConfig) -> str:
