@@ -1,5 +1,7 @@
 import dataclasses
 import io
+import itertools
+import re
 from typing import Literal
 
 import pytest
@@ -20,10 +22,59 @@ def test_flags_override_the_preset_which_overrides_defaults(tmp_path):
     cfg, _ = _run_parser("t", ["--config", str(preset), "--epochs", "3", "--layers", "8,4"])
     assert cfg.model == "gmf"
     assert cfg.train.epochs == 3  # flag beats preset
-    assert cfg.train.learning_rate == 0.01  # preset beats default
+    assert cfg.optim.learning_rate == 0.01  # preset beats default (and a preset from before `optim` reads)
     assert cfg.arch.num_factors == 16 and cfg.arch.layers == [8, 4]
     assert cfg.train.batch_size == 16384  # default
     assert cfg.eval.valid_negative == 99
+
+
+def test_each_optimizer_has_its_own_settings_and_refuses_another_s(tmp_path):
+    cfg, _ = _run_parser("t", ["--model", "dlrm", "--optimizer", "adam", "--beta1", "0.5"])
+    assert cfg.optim.beta1 == 0.5 and cfg.optim.learning_rate == 0.1  # DLRM's rate, Adam's betas
+    assert build_config({}, {"model": "dlrm"}).to_dict()["optim"] == {"learning_rate": 0.1, "weight_decay": 0.0}
+    with pytest.raises(RecforgeError, match=r"^--beta1: a setting of --optimizer adam, not of sgd \(this run's\)$"):
+        _run_parser("t", ["--optimizer", "sgd", "--beta1", "0.5"])
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  optimizer: sgd\noptim:\n  learning_rate: 0.1\n  eps: 1.0e-6\n")
+    with pytest.raises(RecforgeError, match=r"p.yaml:5: field 'optim.eps': a setting of --optimizer adam / adagrad"):
+        _run_parser("t", ["--config", str(preset)])
+    preset.write_text("train:\n  optimizer: sgd\n  beta2: 0.9\n")  # the place before `optim` existed
+    with pytest.raises(RecforgeError, match=r"p.yaml:3: field 'train.beta2': a setting of --optimizer adam, not"):
+        _run_parser("t", ["--config", str(preset)])
+
+
+def test_the_help_lists_the_chosen_optimizer_s_settings_only(capsys):
+    for flags, listed, unlisted in (
+        ([], {"--beta1", "--learning-rate"}, {"--linear-learning-rate"}),
+        (["--optimizer", "sgd"], {"--learning-rate", "--weight-decay"}, {"--beta1", "--eps"}),
+        (["--model", "wide-deep"], {"--linear-learning-rate", "--deep-l2-regularization"}, {"--learning-rate"}),
+    ):
+        with pytest.raises(SystemExit):
+            _run_parser("t", [*flags, "--help"])
+        shown = set(re.findall(r"^\s+(--[a-z0-9-]+)", capsys.readouterr().out, re.M))
+        assert listed <= shown and not unlisted & shown, flags
+
+
+def test_a_config_stored_before_the_optimizer_sections_reads_and_resumes():
+    """Checkpoints written before `optim` hold every optimizer's settings under `train`: read back,
+    the run's optimizer takes its own, and a changed rate is a difference a resume sees."""
+    from recforge.registry import config_from_dict
+    from recforge.train.resume import config_differences
+
+    for model, optimizer in (("neumf", "sgd"), ("wide-deep", "ftrl+proximal-adagrad")):
+        cfg = build_config({}, {"model": model, "optimizer": optimizer})
+        stored = cfg.to_dict()
+        every = {k: v for name in ("adam", "ftrl+proximal-adagrad") for k, v in _defaults(name).items()}
+        stored["train"] |= every | stored.pop("optim")
+        again = config_from_dict(stored)
+        assert again == cfg
+        rate = "learning_rate" if optimizer == "sgd" else "deep_learning_rate"
+        changed = build_config({}, {"model": model, "optimizer": optimizer, rate: 0.5})
+        assert config_differences(stored, changed.to_dict()) == {("optim", rate): (getattr(cfg.optim, rate), 0.5)}
+
+
+def _defaults(optimizer: str) -> dict:
+    return build_config({}, {"optimizer": optimizer, "model": "wide-deep"}).to_dict()["optim"]
 
 
 def test_resolved_config_round_trips():
@@ -99,17 +150,18 @@ def test_older_names_are_still_read():
 
 
 def cfg_keys(cfg) -> set:
-    return {key for section in ("data", "train", "eval") for key in cfg.to_dict()[section]}
+    return {key for section in ("data", "train", "optim", "eval") for key in cfg.to_dict()[section]}
 
 
 def test_every_option_has_help_and_a_group():
     from recforge.config import section_classes
+    from recforge.registry import OPTIMIZER_SETTINGS
 
-    for entry in MODELS.values():
-        for section, cls in section_classes(entry.config).items():
+    for entry, optim in itertools.product(MODELS.values(), OPTIMIZER_SETTINGS.values()):
+        for section, cls in section_classes(entry.config, optim).items():
             for f in dataclasses.fields(cls):
                 assert f.metadata.get("help"), f"{section}.{f.name} has no help text"
-                assert section == "arch" or f.metadata.get("group"), f"{section}.{f.name} has no group"
+                assert section in ("arch", "optim") or f.metadata.get("group"), f"{section}.{f.name} has no group"
 
 
 def test_the_optimizer_names_are_the_registry_s():

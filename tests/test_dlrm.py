@@ -21,6 +21,7 @@ from recforge.models.dlrm import DLRM, DLRMConfig, DotInteraction
 from recforge.optim.build import lr_factor, make_optimizers
 from recforge.optim.row_wise import SGD, RowWiseAdagrad, SparseRowAdam
 from recforge.optim.sparse_grad import unique_rows
+from recforge.registry import build_config
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,7 @@ def test_learning_rate_schedule_warms_up_then_decays():
 def test_optimizers_take_sparse_tables_apart():
     model = DLRM(4, [5, 7], DLRMConfig(embedding_dim=4, bottom_mlp=[4, 4], top_mlp=[8, 1]))
     kinds = {
-        name: [type(o).__name__ for o in make_optimizers(TrainConfig(optimizer=name), model)]
+        name: [type(o).__name__ for o in make_optimizers(build_config({}, {"model": "dlrm", "optimizer": name}), model)]
         for name in ("adam", "sgd", "adagrad", "rowwise-adagrad")
     }
     assert kinds == {

@@ -41,7 +41,7 @@ def test_event_files_hold_every_step_evaluation_and_the_hyperparameters(tmp_path
         reader.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     ).session_start_info
     assert start.hparams["model"].string_value == "neumf"
-    assert start.hparams["train.learning_rate"].number_value == pytest.approx(0.01)
+    assert start.hparams["optim.learning_rate"].number_value == pytest.approx(0.01)
     best = reader.Scalars("best/HR@10")
     assert best[-1].value == pytest.approx(summary["metrics"]["HR@10"], rel=1e-6)
 
@@ -83,7 +83,7 @@ def test_a_report_of_two_runs_shows_their_metrics_differences_and_valid_images(t
     assert "slow/r" in page and "fast/r" in page  # two folders named r: named by their paths
     for summary in summaries.values():
         assert f"{summary['metrics']['HR@10']:,.4f}" in page
-    difference = page[page.index("<td>train.learning_rate</td>") :].split("</tr>")[0]
+    difference = page[page.index("<td>optim.learning_rate</td>") :].split("</tr>")[0]
     assert "<td>0.001</td>" in difference and "<td>0.01</td>" in difference
     assert "train.epochs" not in page  # the same in both: not a difference
     pngs = sorted(out.parent.glob("report-*.png"))

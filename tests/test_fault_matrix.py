@@ -66,7 +66,10 @@ BAD_FLAGS = [
     [
         (["--valid-protocol", "leave-one-out"], "--valid-protocol leave-one-out: applies to ranking models only"),
         (["--topk", "5"], "--topk 5: applies to ranking models only, not dlrm"),
-        (["--deep-learning-rate", "0.5"], "--deep-learning-rate 0.5: applies to wide-deep models only, not dlrm"),
+        (
+            ["--deep-learning-rate", "0.5"],
+            "--deep-learning-rate: a setting of --optimizer ftrl+proximal-adagrad, not of sgd",
+        ),
     ],
 )
 def test_a_setting_of_another_kind_of_model_is_refused_not_ignored(tmp_path, flags, needle):

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -25,8 +26,10 @@ from conftest import free_port, tiny_synthetic_args
 from test_wide_deep import _grouped_log
 
 from recforge.cli import main
+from recforge.core.errors import RecforgeError
 from recforge.data.ctr_format import load_split
 from recforge.serving.bundle import MAX_BATCH, Bundle
+from recforge.serving.runtimes import RUNTIMES
 
 DENSE = [f"I{i}" for i in range(1, 14)]
 SPARSE = [f"C{i}" for i in range(1, 27)]
@@ -137,8 +140,9 @@ class Server:
 def test_exports_give_the_eager_probabilities_at_every_batch_size(fixture, request, monkeypatch):
     root = request.getfixturevalue(fixture)[0]
     manifest = json.loads((root / "bundle" / "manifest.json").read_text())
-    exports = [name for name in ("onnx", "torch-export", "aoti") if name in manifest["equivalence"]]
-    assert fixture != "neumf" or len(exports) == 3
+    exports = [name for name in RUNTIMES if name != "eager" and name in manifest["equivalence"]]
+    assert fixture != "neumf" or len(exports) == len(RUNTIMES) - 1  # every runtime there is
+    assert {RUNTIMES[name].file for name in ["eager", *exports]} <= set(manifest["files"])
     assert exports and manifest["equivalence"]["batch sizes"][::2] == [1, MAX_BATCH]
     for name in exports:
         assert manifest["equivalence"][name]["max_abs_difference"] <= 1e-5
@@ -157,6 +161,20 @@ def test_exports_give_the_eager_probabilities_at_every_batch_size(fixture, reque
         scores[runtime] = bundle.probabilities(arrays)
     for runtime in exports:
         np.testing.assert_allclose(scores[runtime], scores["eager"], atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
+def test_a_device_this_machine_lacks_is_refused_in_one_line(neumf):
+    folder = neumf[0] / "bundle"
+    assert Bundle(folder, "eager", device="auto").device == torch.device("cpu")
+    for device, message in (
+        ("cuda", "--device cuda: torch sees no GPU"),
+        ("cuda:3", "--device cuda:3: torch sees no GPU"),
+        ("mps", "--device mps: recforge runs on cpu or cuda"),
+        ("gpu0", "--device gpu0: not a device (auto, cpu, cuda or cuda:N)"),
+    ):
+        with pytest.raises(RecforgeError, match=re.escape(message)):
+            Bundle(folder, "eager", device=device)
 
 
 def _no_pickle(*args, **kwargs):

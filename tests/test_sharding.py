@@ -52,6 +52,8 @@ def flags(click_log, run, **extra) -> list[str]:
         "top-mlp": "32-1",
         "valid-batch-size": 300,
     } | extra
+    if options["optimizer"] == "ftrl+proximal-adagrad":  # its rates have other names
+        del options["learning-rate"]
     return [x for k, v in options.items() for x in (f"--{k}", str(v))]
 
 
@@ -122,7 +124,7 @@ def refused(capsys, args: list[str]) -> str:
     [
         (
             {"embedding-sharding": "table-wise", "optimizer": "adam"},
-            "--embedding-sharding table-wise: FBGEMM's CPU kernels have no fused Adam",
+            "--embedding-sharding table-wise: FBGEMM's CPU kernels have no fused adam",
         ),
         (
             {"embedding-sharding": "row-wise", "optimizer": "ftrl+proximal-adagrad"},

@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_synthetic_args
 
 from recforge.cli import main
-from recforge.config import load_yaml
+from recforge.config import SECTIONS, load_yaml
 from recforge.core.shipped import SPACES, names
 from recforge.registry import MODELS, build_config
 from recforge.tune import read_space
@@ -23,7 +23,7 @@ optuna = pytest.importorskip("optuna")
 
 SPACE = """\
 # a tiny space: the rate and the factors
-train.learning_rate: {low: 0.003, high: 0.03, log: true}
+optim.learning_rate: {low: 0.003, high: 0.03, log: true}
 arch.num_factors: {choices: [4, 8]}
 arch.layers: {choices: [[16, 8], [32, 16, 8]]}
 """
@@ -112,10 +112,10 @@ def test_a_killed_sweep_resumes_its_running_trial_and_runs_exactly_the_budget(tm
     # The preset holds the base settings with the best trial's.
     values_, lines = load_yaml(out / "best.yaml")
     cfg = build_config(values_, source=out / "best.yaml", lines=lines)
-    assert cfg.train.learning_rate == best["settings"]["train.learning_rate"]
+    assert cfg.optim.learning_rate == best["settings"]["optim.learning_rate"]
     assert cfg.arch.layers == best["settings"]["arch.layers"] and cfg.data.synthetic_users == 151
     assert cfg.eval.valid_protocol == "none"  # the user's protocol; only the trials held validation out
-    written = {f"{section}.{key}" for section in ("data", "arch", "train", "eval") for key in values_.get(section, {})}
+    written = {f"{section}.{key}" for section in SECTIONS for key in values_.get(section, {})}
     assert set(best["settings"]) <= written  # every searched setting is spelled out, a default too
 
     # Run again, the finished sweep reports the same result without scoring test again.
@@ -182,14 +182,14 @@ def test_a_metric_the_runs_do_not_report_is_refused_before_anything_is_written(t
         ("train.learning_rat: {low: 0.1, high: 1}\n", 1, "train.learning_rat", "no such setting of model 'neumf'"),
         ("train.epochs: {low: 5, high: 2}\n", 1, "train.epochs", "low (5) must be below high (2)"),
         ("train.epochs: {low: 1, high: 2.5}\n", 1, "train.epochs", "high must be an integer"),
-        ("train.learning_rate: {low: 0, high: 1, log: true}\n", 1, "train.learning_rate", "a log scale needs low"),
+        ("optim.learning_rate: {low: 0, high: 1, log: true}\n", 1, "optim.learning_rate", "a log scale needs low"),
         ("arch.num_factors:\n  choices: [8, 0]\n", 2, "arch.num_factors", "0: must be at least 1"),
         ("train.optimizer: {choices: [adam, lamb]}\n", 1, "train.optimizer", "'lamb': must be one of"),
         ("train.optimizer: {low: 1, high: 2}\n", 1, "train.optimizer", "is not a number: search it with choices"),
         ("train.optimizer: {value: lamb}\n", 1, "train.optimizer", "'lamb': must be one of"),
         ("train.optimizer: {value: adam, choices: [sgd]}\n", 1, "train.optimizer", "value takes no low, high"),
         ("arch.dropout:\n  low: 0\n  high: 0.5\n  steps: 0.1\n", 4, "arch.dropout", "unknown key 'steps'"),
-        ("- train.learning_rate\n", 1, None, "a search space maps section.field"),
+        ("- optim.learning_rate\n", 1, None, "a search space maps section.field"),
     ],
 )
 def test_a_bad_search_space_names_its_line_and_key(tmp_path, capsys, text, line, key, message):

@@ -52,7 +52,7 @@ def trained(tmp_path_factory):
     checkpoint = load_checkpoint(best)
     cfg = registry.config_from_dict(checkpoint["config"])
     model = registry.build_model(cfg, checkpoint["model_dims"], torch.device("cpu"))
-    from_one_process(checkpoint, root / "dcp", "step-1", model, make_optimizers(cfg.train, model))
+    from_one_process(checkpoint, root / "dcp", "step-1", model, make_optimizers(cfg, model))
     main(["export", "--checkpoint", str(best), "--out", str(root / "bundle"), "--format", "torch-export"])
     return root
 
@@ -137,13 +137,13 @@ def test_a_checkpoint_with_a_nan_weight_is_not_exported(trained, tmp_path):
 
 
 def test_an_export_that_differs_from_the_eager_model_fails(trained, tmp_path, monkeypatch, capsys):
-    from recforge.serving import bundle
+    from recforge.serving import runtimes
 
-    class Off(bundle.ProgramRuntime):  # an exporter bug: every probability off by 1e-3
+    class Off(runtimes.ProgramRuntime):  # an exporter bug: every probability off by 1e-3
         def __call__(self, arrays):
             return super().__call__(arrays) + np.float32(1e-3)
 
-    monkeypatch.setitem(bundle.RUNTIMES, "torch-export", Off)
+    monkeypatch.setitem(runtimes.RUNTIMES, "torch-export", Off)
     out = tmp_path / "bundle"
     with pytest.raises(SystemExit):
         main(["export", "--checkpoint", str(trained / "run" / "checkpoints" / "best.pt"), "--out", str(out)]

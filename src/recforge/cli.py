@@ -57,11 +57,12 @@ def _run_parser(
     """Parse `--config`/`--model` first: the chosen model decides which `arch` flags exist.
 
     `base` (a checkpoint's config) takes the place of a YAML preset."""
-    from recforge.registry import MODELS, build_config, model_entry
+    from recforge.registry import MODELS, OPTIMIZER_SETTINGS, build_config, model_entry
 
     pre = Parser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     pre.add_argument("--model")
+    pre.add_argument("--optimizer")
     known, _ = pre.parse_known_args(argv)
     file_values, lines, source = base or {}, {}, CHECKPOINT_CONFIG if base else "<defaults>"
     if known.config and base is None:
@@ -84,15 +85,21 @@ def _run_parser(
         modes.add_argument("--predict", action="store_true", help="= --mode inference --write-predictions")
         modes.add_argument("--benchmark", action="store_true", help="training throughput only: = --no-eval")
     own = {action.dest for action in parser._actions} - {"model", "output_dir"}  # the command's own flags
-    # The help lists the options of the chosen model's task, each with the value it takes when absent
-    # (the model's default, or the preset's value).
-    shown = build_config(file_values, {"model": model}, source=source, lines=lines)
+    # The help lists the options of the chosen model's task and optimizer, each with the value it
+    # takes when absent (the model's default, or the preset's value).
+    chosen = {"model": model} | ({"optimizer": known.optimizer} if known.optimizer else {})
+    shown = build_config(file_values, chosen, source=source, lines=lines)
     add_config_flags(
         parser,
         {s: getattr(shown, s) for s in SECTIONS},
         scope=(model_entry(model).task.name, model),
-        titles={"arch": f"model: {model}"},
+        titles={"arch": f"model: {model}", "optim": "optimizer"},  # beside --optimizer
     )
+    # Other optimizers' settings are accepted, unlisted, to be refused by name (--beta1 with sgd).
+    listed = {action.dest for action in parser._actions}
+    for settings in dict.fromkeys(OPTIMIZER_SETTINGS.values()):
+        add_config_flags(parser, {"optim": settings}, exclude=tuple(listed), hidden=True)
+        listed |= {action.dest for action in parser._actions}
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in own and v is not None}
     if getattr(args, "evaluate", False):
@@ -226,7 +233,7 @@ def cmd_export(argv: list[str]) -> None:
     print(f"bundle: {args.out}")
 
 
-def _open_bundle(path: str, runtime: str):
+def _open_bundle(path: str, runtime: str, device: str):
     """A bundle folder as it is; a checkpoint exported first (the weights, and the runtime's
     export) into a temporary folder, removed when the command ends (or at once if it fails)."""
     import contextlib
@@ -236,17 +243,17 @@ def _open_bundle(path: str, runtime: str):
     from recforge.serving.bundle import Bundle, export
 
     if Path(path, "manifest.json").is_file():
-        return Bundle(path, runtime), contextlib.nullcontext()
+        return Bundle(path, runtime, device=device), contextlib.nullcontext()
     if Path(path).is_dir() and not any(Path(path, name).exists() for name in (".metadata", "state.json")):
         raise RecforgeError(f"{path}: not a bundle (no manifest.json; `recforge export` makes one) nor a checkpoint")
     with contextlib.ExitStack() as stack:  # the temporary folder goes at once if the export fails
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recforge-bundle-"))) / "bundle"
         export(path, folder, formats=() if runtime == "eager" else (runtime,), log=lambda *_: None)
-        return Bundle(folder, runtime), stack.pop_all()
+        return Bundle(folder, runtime, device=device), stack.pop_all()
 
 
 def _runtime_flags(parser) -> None:
-    from recforge.serving.bundle import RUNTIMES
+    from recforge.serving.runtimes import RUNTIMES
 
     parser.add_argument(
         "--runtime",
@@ -254,6 +261,11 @@ def _runtime_flags(parser) -> None:
         default="eager",
         help="what runs the model: the rebuilt PyTorch model, the torch.export program, ONNX Runtime or "
         "the AOTInductor library",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (a GPU if torch sees one, else the CPU), cpu, cuda or cuda:N (default: auto)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's)")
 
@@ -316,7 +328,7 @@ def cmd_serve(argv: list[str]) -> None:
         if not api_key:
             raise RecforgeError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
     _set_threads(args.threads)
-    bundle, cleanup = _open_bundle(args.bundle, args.runtime)
+    bundle, cleanup = _open_bundle(args.bundle, args.runtime, args.device)
     with cleanup:
         serve(
             bundle,
@@ -377,7 +389,7 @@ def cmd_predict(argv: list[str]) -> None:
     if output.exists() and not args.overwrite:
         raise RecforgeError(f"--output {output}: exists; replace it with --overwrite, or choose another name")
     _set_threads(args.threads)
-    bundle, cleanup = _open_bundle(args.bundle, args.runtime)
+    bundle, cleanup = _open_bundle(args.bundle, args.runtime, args.device)
     with cleanup:
         predict(bundle, args.input, output, args.batch_rows)
 

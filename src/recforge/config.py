@@ -1,9 +1,10 @@
 """Typed run configuration, layered: dataclass defaults < YAML preset (`--config`) < CLI flags.
 
-A run is described by `RunConfig`: the model name, the output directory and four sections.
+A run is described by `RunConfig`: the model name, the output directory and five sections.
 `data`, `train` and `eval` are shared by every model; `arch` is the chosen model's own dataclass
-(registered beside the model). Every field of every section is also a command-line flag named
-after it (`negative_samples` -> `--negative-samples`), so flag names are unique across sections.
+(registered beside the model), `optim` the chosen optimizer's (`train.optimizer`; registered
+beside the optimizer). Every field of every section is also a command-line flag named after it
+(`negative_samples` -> `--negative-samples`), so flag names are unique across sections.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def option(
 
 POSITIVE = {"low": 0, "low_open": True}
 FRACTION = {"low": 0, "high": 1, "high_open": True}  # [0, 1)
-RANKING, CTR, PREPARE, WIDE_DEEP = ("ranking",), ("ctr",), ("prepare",), ("wide-deep",)
+RANKING, CTR, PREPARE = ("ranking",), ("ctr",), ("prepare",)
 
 
 @dataclass
@@ -232,7 +233,6 @@ class DataConfig:
 class TrainConfig:
     _RUN = "training run"
     _OPT = "optimizer"
-    _WIDE_DEEP = "optimizer: ftrl+proximal-adagrad (wide & deep)"
     _SCHEDULE = "learning-rate schedule"
     _EXEC = "execution"
     _SAVE = "checkpoints and scoring"
@@ -255,41 +255,9 @@ class TrainConfig:
     )
     optimizer: Literal["adam", "sgd", "adagrad", "rowwise-adagrad", "ftrl+proximal-adagrad"] = option(
         "adam",
-        "optimizer (ftrl+proximal-adagrad: FTRL on the wide part, Proximal Adagrad on the deep part)",
+        "optimizer, whose own settings follow (ftrl+proximal-adagrad: FTRL on the model's linear part, "
+        "Proximal Adagrad on the rest)",
         group=_OPT,
-    )
-    learning_rate: float = option(0.001, "learning rate", group=_OPT, **POSITIVE, resumable=True)
-    beta1: float = option(0.9, "Adam's beta1", group=_OPT, **FRACTION, resumable=True)
-    beta2: float = option(0.999, "Adam's beta2", group=_OPT, **FRACTION, resumable=True)
-    eps: float = option(1e-8, "Adam's and Adagrad's epsilon", group=_OPT, **POSITIVE, resumable=True)
-    weight_decay: float = option(0.0, "L2 penalty on all dense parameters", group=_OPT, low=0, resumable=True)
-    linear_learning_rate: float = option(
-        0.2, "FTRL's learning rate (the wide part)", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE, resumable=True
-    )
-    linear_l1_regularization: float = option(0.0, "FTRL's L1", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0, resumable=True)
-    linear_l2_regularization: float = option(0.0, "FTRL's L2", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0, resumable=True)
-    linear_learning_rate_power: float = option(
-        -0.5, "FTRL's learning-rate power", group=_WIDE_DEEP, scope=WIDE_DEEP, high=0, resumable=True
-    )
-    linear_initial_accumulator: float = option(
-        0.1, "FTRL's initial accumulator", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
-    )
-    deep_learning_rate: float = option(
-        1.0,
-        "Proximal Adagrad's learning rate (the deep part)",
-        group=_WIDE_DEEP,
-        scope=WIDE_DEEP,
-        **POSITIVE,
-        resumable=True,
-    )
-    deep_l1_regularization: float = option(
-        0.0, "Proximal Adagrad's L1", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0, resumable=True
-    )
-    deep_l2_regularization: float = option(
-        0.0, "Proximal Adagrad's L2", group=_WIDE_DEEP, scope=WIDE_DEEP, low=0, resumable=True
-    )
-    deep_initial_accumulator: float = option(
-        0.1, "Proximal Adagrad's initial accumulator", group=_WIDE_DEEP, scope=WIDE_DEEP, **POSITIVE
     )
     warmup_steps: int = option(0, "steps of linear learning-rate warm-up", group=_SCHEDULE, low=0, resumable=True)
     decay_start_step: int = option(
@@ -433,6 +401,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     arch: Any = None  # the model's config dataclass; filled from the registry
     train: TrainConfig = field(default_factory=TrainConfig)
+    optim: Any = None  # the chosen optimizer's settings dataclass; filled from its table (optim.build)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
@@ -451,7 +420,7 @@ class ModelSettings(Protocol):
     task: type
 
 
-SECTIONS = ("data", "arch", "train", "eval")
+SECTIONS = ("data", "arch", "train", "optim", "eval")
 TOP_LEVEL = ("model", "output_dir")
 
 
@@ -532,8 +501,22 @@ def field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def section_classes(arch_cls) -> dict[str, type]:
-    return {"data": DataConfig, "arch": arch_cls, "train": TrainConfig, "eval": EvalConfig}
+def section_classes(arch_cls: type, optim_cls: type) -> dict[str, type]:
+    return {"data": DataConfig, "arch": arch_cls, "train": TrainConfig, "optim": optim_cls, "eval": EvalConfig}
+
+
+def upgraded(values: dict) -> dict:
+    """`values` (a preset, or a `RunConfig.to_dict()` stored in a checkpoint) in today's layout:
+    keys under `train` that are no training setting (the optimizers' settings, kept there before
+    each optimizer had its own section) moved to `optim`."""
+    train, optim = values.get("train"), values.get("optim") or {}
+    if not isinstance(train, dict) or not isinstance(optim, dict):
+        return values  # refused, naming the section, when the config is built
+    own = {f.name for f in dataclasses.fields(TrainConfig)}
+    moved = {key: value for key, value in train.items() if key not in own}
+    if not moved:
+        return values
+    return values | {"train": {k: v for k, v in train.items() if k in own}, "optim": moved | optim}
 
 
 def load_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
@@ -551,16 +534,23 @@ def build_config(
     overrides: dict[str, Any] | None = None,
     *,
     models: Mapping[str, ModelSettings],
+    optimizers: Mapping[str, type],
     source: str | Path = "<config>",
     lines: dict[tuple[str, ...], int] | None = None,
 ) -> RunConfig:
     """Layer `file_values` (nested, as in YAML) and flat CLI `overrides` over the defaults of
-    the chosen model of `models` (the registry's table)."""
-    file_values = dict(file_values or {})
+    the chosen model of `models` (the registry's table) and of the chosen optimizer of
+    `optimizers` (name -> its settings dataclass)."""
+    given = dict(file_values or {})
+    file_values = upgraded(given)
     overrides = dict(overrides or {})
     lines = lines or {}
+    stored = source == CHECKPOINT_CONFIG
+    # Settings a preset still gives under `train` are named where they are written.
+    written = {("optim", k): ("train", k) for k in file_values.get("optim") or {} if k in (given.get("train") or {})}
 
     def fail(path: tuple[str, ...], message: str):
+        path = written.get(path, path)
         raise DataError(source, lines.get(path), ".".join(path), message)
 
     flags: dict[tuple[str, str], str] = {}  # (section, key) -> the flag that set it
@@ -574,22 +564,39 @@ def build_config(
         raise RecforgeError(f"unknown model '{model}' (known: {', '.join(models)})")
     entry = models[model]
     cfg = RunConfig(model=model, arch=entry.config())
-    for section, values in entry.defaults.items():  # the model's defaults sit under the preset
-        for key, value in values.items():
-            setattr(getattr(cfg, section), key, value)
     if "output_dir" in file_values:
         cfg.output_dir = coerce(str, file_values["output_dir"])
-    for section, cls in section_classes(entry.config).items():
+
+    def owners(key: str) -> list[str]:
+        """The optimizers (other than this run's) with a setting `key`."""
+        return [name for name, cls in optimizers.items() if name != cfg.train.optimizer and key in field_types(cls)]
+
+    def other_optimizers(key: str) -> str:
+        return f"a setting of --optimizer {' / '.join(owners(key))}, not of {cfg.train.optimizer} (this run's)"
+
+    for section in SECTIONS:
+        if section == "optim":  # the optimizer is known now: its settings' section
+            cfg.optim = optimizers[cfg.train.optimizer]()
+        target = getattr(cfg, section)
+        types_ = field_types(type(target))
+        for key, value in entry.defaults.get(section, {}).items():  # the model's, under the preset
+            if key in types_:  # (a rate for an optimizer without that setting: not its)
+                setattr(target, key, value)
         values = file_values.get(section) or {}
         if not isinstance(values, dict):
             fail((section,), "must be a mapping")
-        types_ = field_types(cls)
-        renamed = {alias: f.name for f in dataclasses.fields(cls) for alias in f.metadata.get("aliases", ())}
-        target = getattr(cfg, section)
+        renamed = {alias: f.name for f in dataclasses.fields(target) for alias in f.metadata.get("aliases", ())}
         for key, value in values.items():
             name = renamed.get(key, key)  # an older name of the field
+            if name not in types_ and section == "optim" and owners(name) and stored:
+                continue  # a checkpoint from before the optimizers' sections stored them all
             if name not in types_:
-                fail((section, key), f"unknown key for model '{model}'")
+                fail(
+                    (section, key),
+                    other_optimizers(name)
+                    if section == "optim" and owners(name)
+                    else f"unknown key for model '{model}'",
+                )
             try:
                 setattr(target, name, coerce(types_[name], value))
             except ValueError as e:
@@ -604,10 +611,13 @@ def build_config(
                     raise RecforgeError(f"{flags[section, name]}: {e}") from None
     if "output_dir" in overrides:
         cfg.output_dir = overrides.pop("output_dir")
+    for key in overrides:
+        if owners(key):
+            raise RecforgeError(f"--{key.replace('_', '-')}: {other_optimizers(key)}")
     if overrides:
         raise RecforgeError(f"unknown option(s) for model '{model}': {', '.join(sorted(overrides))}")
     # A stored config (a checkpoint's) was checked when it was written: only flags count there.
-    _refuse_out_of_scope(cfg, model, entry.task.name, flags, {} if source == CHECKPOINT_CONFIG else file_values, fail)
+    _refuse_out_of_scope(cfg, model, entry.task.name, flags, {} if stored else file_values, fail)
     for section in SECTIONS:
         for f in dataclasses.fields(getattr(cfg, section)):
             limits = f.metadata.get("range")
@@ -643,9 +653,9 @@ def _refuse_out_of_scope(cfg: RunConfig, model: str, task: str, flags: dict, fil
                 fail((section, f.name), message)
 
 
-def config_from_dict(values: dict, models: Mapping[str, ModelSettings]) -> RunConfig:
+def config_from_dict(values: dict, models: Mapping[str, ModelSettings], optimizers: Mapping[str, type]) -> RunConfig:
     """Rebuild a RunConfig from `RunConfig.to_dict()` output (e.g. stored in a checkpoint)."""
-    return build_config(values, models=models, source=CHECKPOINT_CONFIG)
+    return build_config(values, models=models, optimizers=optimizers, source=CHECKPOINT_CONFIG)
 
 
 def _default_text(value) -> str:
@@ -662,11 +672,12 @@ def add_config_flags(
     exclude: tuple[str, ...] = (),
     scope: tuple[str, ...] | None = None,
     titles: dict[str, str] | None = None,
+    hidden: bool = False,
 ) -> None:
     """One flag per field of `sections` (the classes, or instances whose values are the defaults
     shown), but `exclude`, with the field's help and default, listed under its group (or the
-    section's title). Fields whose scope `scope` (task and model names) misses are accepted but
-    not listed. Absent flags stay absent
+    section's title). Fields whose scope `scope` (task and model names) misses, and all when
+    `hidden`, are accepted but not listed. Absent flags stay absent
     (argparse.SUPPRESS), so a YAML preset's values win over the defaults."""
     seen: dict[str, str] = {}
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -683,7 +694,7 @@ def add_config_flags(
             title = meta.get("group") or (titles or {}).get(section, section)
             group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
             default = getattr(source, name) if not isinstance(source, type) else _field_default(f)
-            listed = scope is None or not meta.get("scope") or bool(set(scope) & set(meta["scope"]))
+            listed = not hidden and (scope is None or not meta.get("scope") or bool(set(scope) & set(meta["scope"])))
             text = f"{meta.get('help', '')} (default: {_default_text(default)})".strip()
             help_text = text.replace("%", "%%") if listed else argparse.SUPPRESS
             flags = ["--" + n.replace("_", "-") for n in (name, *meta.get("aliases", ()))]

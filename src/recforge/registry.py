@@ -15,6 +15,7 @@ from recforge.config import RunConfig
 from recforge.core.errors import RecforgeError
 from recforge.models import dlrm, ncf, wide_deep
 from recforge.models.layers import to_device
+from recforge.optim import build as optim
 from recforge.tasks.base import Task
 from recforge.tasks.ctr import CTRTask
 from recforge.tasks.ranking import RankingTask
@@ -38,7 +39,8 @@ MODELS = {
         CTRTask,
         {
             "data": {"dataset": "criteo-kaggle"},
-            "train": {"batch_size": 65536, "optimizer": "sgd", "learning_rate": 0.1, "epochs": 1},
+            "train": {"batch_size": 65536, "optimizer": "sgd", "epochs": 1},
+            "optim": {"learning_rate": 0.1},
             "eval": {"valid_batch_size": 65536},
         },
     ),
@@ -54,6 +56,9 @@ MODELS = {
     ),
 }
 
+
+# Optimizers by name -> their settings (the `optim` section).
+OPTIMIZER_SETTINGS = optim.SETTINGS
 
 # Kinds of task by name (a bundle's manifest names its model's).
 TASKS = {entry.task.name: entry.task for entry in MODELS.values()}
@@ -72,12 +77,13 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def build_config(file_values: dict | None = None, overrides: dict | None = None, **where) -> RunConfig:
-    """`config.build_config` over this registry's models (`where`: source= and lines= for messages)."""
-    return config.build_config(file_values, overrides, models=MODELS, **where)
+    """`config.build_config` over this registry's models and the optimizers (`where`: source= and
+    lines= for messages)."""
+    return config.build_config(file_values, overrides, models=MODELS, optimizers=OPTIMIZER_SETTINGS, **where)
 
 
 def config_from_dict(values: dict) -> RunConfig:
-    return config.config_from_dict(values, MODELS)
+    return config.config_from_dict(values, MODELS, OPTIMIZER_SETTINGS)
 
 
 def build_task(cfg: RunConfig, device: torch.device, dist, log) -> Task:

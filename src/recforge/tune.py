@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import yaml
 
 from recforge import registry
-from recforge.config import RunConfig, field_types, section_classes
+from recforge.config import SECTIONS, RunConfig, field_types, section_classes
 from recforge.core.errors import DataError, RecforgeError, user_message
 from recforge.core.files import write_json, write_text
 from recforge.core.progress import Progress
@@ -63,7 +63,7 @@ class Param:
     a list of `choices`; or one `fixed` value every trial uses, for a space whose ranges assume it
     (Adam's learning rates). Lists (MLP widths) are handed to Optuna as their JSON text."""
 
-    name: str  # section.field, as in a preset: train.learning_rate
+    name: str  # section.field, as in a preset: optim.learning_rate
     kind: str  # int, float, categorical or fixed
     low: float | None = None
     high: float | None = None
@@ -106,7 +106,12 @@ def read_space(path: str | Path, cfg: RunConfig) -> list[Param]:
     usage = "{low: A, high: B[, log: true][, step: S]}, {choices: [...]} or {value: V}"
     if not isinstance(data, dict) or not data:
         raise DataError(path, 1, None, f"a search space maps section.field to {usage}")
-    types = {section: field_types(cls) for section, cls in section_classes(type(cfg.arch)).items()}
+    # The settings that exist are those of the model and of the optimizer every trial uses.
+    fixed = {str(n): spec["value"] for n, spec in data.items() if isinstance(spec, dict) and set(spec) == {"value"}}
+    with contextlib.suppress(RecforgeError):  # a bad fixed value is named below, at its key
+        cfg = with_settings(cfg, {n: v for n, v in fixed.items() if n.partition(".")[0] in SECTIONS})
+    types = {section: field_types(cls) for section, cls in section_classes(type(cfg.arch), type(cfg.optim)).items()}
+    searched = data.get("train.optimizer")
     space = []
     for name, spec in data.items():
         name = str(name)
@@ -115,8 +120,18 @@ def read_space(path: str | Path, cfg: RunConfig) -> list[Param]:
             return DataError(path, lines.get((name, *key)) or lines.get((name,)), name, message)  # noqa: B023
 
         section, _, field = name.partition(".")
+        if section == "train" and field in types["optim"]:
+            raise fail(f"now optim.{field}: the optimizer's settings have a section of their own")
         if field not in types.get(section, {}):
-            raise fail(f"no such setting of model '{cfg.model}' (SECTION.FIELD, e.g. train.learning_rate)")
+            raise fail(
+                f"no such setting of model '{cfg.model}' with --optimizer {cfg.train.optimizer} "
+                "(SECTION.FIELD, e.g. optim.learning_rate)"
+            )
+        if section == "optim" and isinstance(searched, dict) and "choices" in searched:
+            settings = registry.OPTIMIZER_SETTINGS
+            lacking = [o for o in searched["choices"] if o in settings and field not in field_types(settings[o])]
+            if lacking:
+                raise fail(f"not a setting of --optimizer {', '.join(map(str, lacking))}, which train.optimizer tries")
         if not isinstance(spec, dict) or not spec:
             raise fail(f"must be {usage}")
         unknown = sorted(set(map(str, spec)) - {"low", "high", "log", "step", "choices", "value"})
@@ -534,8 +549,12 @@ def _preset(sweep: Sweep, settings: dict, best, metric: str, trials: int) -> str
     differ from the model's defaults (and the model), under a first line saying where it comes from."""
     cfg = with_settings(sweep.base, settings).to_dict()
     defaults = registry.build_config({"model": cfg["model"]}).to_dict()
+    # (the optimizer's settings against that optimizer's defaults)
+    defaults["optim"] = registry.build_config(
+        {"model": cfg["model"], "train": {"optimizer": cfg["train"]["optimizer"]}}
+    ).to_dict()["optim"]
     values: dict = {"model": cfg["model"]}
-    for section in ("data", "arch", "train", "eval"):
+    for section in SECTIONS:
         differ = {
             k: v
             for k, v in cfg[section].items()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from recforge.core.errors import RecforgeError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -140,12 +142,22 @@ def shutdown(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def pick_device(requested: str, d_local_rank: int = 0) -> torch.device:
+def pick_device(requested: str, d_local_rank: int = 0, flag: str = "--device") -> torch.device:
+    """`requested` (auto: a GPU if torch sees one, else the CPU; cpu; cuda; cuda:N) as a device
+    (a bare cuda: this process's local GPU), refused in one line where this machine has none."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise RecforgeError(f"{flag} {requested}: not a device (auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", d_local_rank)
+    if device.type == "cuda" and not device.index < torch.cuda.device_count():
+        seen = f"{torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no GPU (or no CUDA build)"
+        raise RecforgeError(f"{flag} {requested}: torch sees {seen} here")
+    if device.type not in ("cpu", "cuda"):
+        raise RecforgeError(f"{flag} {requested}: recforge runs on cpu or cuda")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device

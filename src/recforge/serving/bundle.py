@@ -11,57 +11,36 @@
                        each user's training items
 
 Loading runs no pickle: JSON, `np.load(allow_pickle=False)`, torch.export's archive of raw
-tensors and ONNX's protobuf. The model is rebuilt from the manifest's architecture.
+tensors and ONNX's protobuf. The model is rebuilt from the manifest's architecture. What runs it
+(and writes each file) is a runtime of `recforge.serving.runtimes`, on the device asked for.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
-import logging
 import time
-import warnings
-import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from recforge.core.checkpoint import check_same_data, check_same_model
-from recforge.core.errors import RecforgeError, one_line
-from recforge.core.files import atomic_write, write_json
-from recforge.core.pickles import foreign_objects, tensors_only
+from recforge.core.errors import RecforgeError
+from recforge.core.files import write_json
 from recforge.data.ctr_format import check_out, new_folder
-from recforge.models.layers import Linear
 from recforge.registry import build_model, config_from_dict, model_entry, task_named
-from recforge.runtime import gemm
+from recforge.serving.runtimes import MAX_BATCH, RUNTIMES, EagerRuntime, Scoring, choose_device, read_weights
 from recforge.tasks.serving import Exported
-from recforge.train.distributed_checkpoint import load_model_state, load_weights, open_checkpoint
+from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
 
 FORMAT = "recforge-bundle-1"
 FORMATS = ("onnx", "torch-export")  # the default exports; "aoti" is asked for by name (it compiles C++)
-MAX_BATCH = 65_536  # the exported programs' largest batch
 # The most an exported program's probability may differ from the eager model's: fp32 kernels that
 # sum in another order differ by ~1e-7; a wrong export, by far more. Over it, export fails.
 EQUIVALENCE_TOLERANCE = 1e-4
-ONNX_OPSET = 18
-
-
-class Scoring(nn.Module):
-    """A model as the exported programs see it: positional int64 / float32 tensors [B, ...] in
-    `inputs` order -> click probabilities [B] in fp32."""
-
-    def __init__(self, model: nn.Module, inputs: list[str]):
-        super().__init__()
-        self.model, self.inputs = model, inputs
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        batch = {k: t if t.is_floating_point() else t.long() for k, t in zip(self.inputs, tensors)}
-        return torch.sigmoid(self.model(batch).float())
 
 
 def _sha256(path: Path) -> str:
@@ -102,9 +81,9 @@ def export(
         check_same_data(checkpoint, checkpoint_path, exported.fingerprint, exported.data)
         assets = task.assets(folder)
         sample, sample_of = exported.sample, exported.sample_of
-        atomic_write(folder / "weights.npz", lambda f: np.savez(f, **state), mode="wb")
         scoring = Scoring(model, assets.model_inputs).eval()
         tensors = tuple(torch.from_numpy(sample[k]) for k in assets.model_inputs)
+        EagerRuntime.export(scoring, tensors, folder)
         with torch.inference_mode():
             expected = scoring(*tensors).numpy()
         if not np.isfinite(expected).all():
@@ -151,8 +130,8 @@ def export(
 def _export_checked(name: str, scoring: Scoring, tensors, folder: Path, exported: Exported, expected, log) -> dict:
     """One format's program, written and loaded back, its probabilities within the tolerance of
     the eager model's on the export sample, at the extremes of its dynamic batch too; else refused."""
-    path = _EXPORTERS[name](scoring, tensors, folder)
-    runtime = RUNTIMES[name](folder, scoring.inputs)
+    path = RUNTIMES[name].export(scoring, tensors, folder)
+    runtime = RUNTIMES[name](folder, scoring.inputs, {}, torch.device("cpu"))
     sample, sample_of = exported.sample, exported.sample_of
     worst = max(  # NaN where the program gives one: refused below
         _largest_difference(runtime(sample), expected),
@@ -206,209 +185,6 @@ def _repeat(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     return {k: np.resize(v, (rows, *v.shape[1:])) for k, v in arrays.items()}
 
 
-def _dynamic(tensors) -> tuple:
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    return (tuple({0: batch} for _ in tensors),)
-
-
-def _program(scoring: Scoring, tensors):
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.export.export(scoring, tensors, dynamic_shapes=_dynamic(tensors))
-
-
-def _export_program(scoring: Scoring, tensors, folder: Path) -> Path:
-    program = _program(scoring, tensors)
-    # Without example inputs the archive holds JSON and raw tensors only: torch.export would
-    # save them with torch.save and load them with torch.load, falling back to full unpickling.
-    program._example_inputs = None
-    path = folder / "model.pt2"
-    torch.export.save(program, path)
-    return path
-
-
-def _export_aoti(scoring: Scoring, tensors, folder: Path) -> Path:
-    """AOTInductor: the program compiled to a shared library for this CPU (or GPU) and torch
-    version, packaged with its weights; it needs a C++ compiler at export time, not at load."""
-    path = folder / "model.aoti.pt2"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch._inductor.aoti_compile_and_package(_program(scoring, tensors), package_path=str(path))
-    except Exception as e:  # noqa: BLE001  no compiler, an unsupported op: the export cannot be made here
-        raise RecforgeError(f"--format aoti: AOTInductor did not build here ({type(e).__name__}: {e})") from None
-    return path
-
-
-def _export_onnx(scoring: Scoring, tensors, folder: Path) -> Path:
-    path = folder / "model.onnx"
-    big = sum(p.numel() * p.element_size() for p in scoring.parameters()) > 1 << 30  # protobuf's 2 GB limit
-    # The exporter reports each step on stdout and warns about its own optimizer's choices.
-    with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            scoring,
-            tensors,
-            str(path),
-            input_names=scoring.inputs,
-            output_names=["probability"],
-            dynamic_shapes=_dynamic(tensors),
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            external_data=big,
-            verbose=False,
-        )
-    return path
-
-
-class _quiet_loggers:
-    def __init__(self, *names: str):
-        self.loggers = [logging.getLogger(n) for n in names]
-
-    def __enter__(self):
-        self.levels = [lg.level for lg in self.loggers]
-        for lg in self.loggers:
-            lg.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        for lg, level in zip(self.loggers, self.levels):
-            lg.setLevel(level)
-
-
-_EXPORTERS = {"onnx": _export_onnx, "torch-export": _export_program, "aoti": _export_aoti}
-
-
-# ----------------------------------------------------------------------------- runtimes
-
-
-class _TorchRuntime:
-    """A torch module of positional input tensors (`self.module`, in `self.inputs` order)."""
-
-    module: nn.Module
-    inputs: list[str]
-
-    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return self.module(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in self.inputs)).numpy()
-
-
-class EagerRuntime(_TorchRuntime):
-    """The model rebuilt from the manifest's architecture with weights.npz."""
-
-    def __init__(self, folder: Path, inputs: list[str], manifest: dict):
-        try:
-            cfg = config_from_dict(manifest["config"])
-            model = build_model(cfg, manifest["model_dims"], torch.device("cpu"))
-        except (RecforgeError, KeyError, TypeError, ValueError) as e:  # its settings are not the flags' fault
-            message = one_line(str(e)) if isinstance(e, RecforgeError) else f"{type(e).__name__}: {e}"
-            raise RecforgeError(
-                f"{folder / 'manifest.json'}: its config and model_dims build no model ({message}); "
-                "the manifest was edited or damaged: export the checkpoint again"
-            ) from None
-        state = read_weights(folder / "weights.npz")
-        tensors = {k: torch.from_numpy(v) for k, v in state.items()}
-        load_model_state(model, tensors, folder / "weights.npz", described_by="manifest.json")
-        for layer in model.modules():  # a server's batches have any size: kernels by size
-            if isinstance(layer, Linear) and layer.in_features and layer.out_features:
-                layer.by_rows = gemm.inference_backends(layer.in_features, layer.out_features)
-        self.module, self.inputs = Scoring(model, inputs).eval(), inputs
-
-
-class ProgramRuntime(_TorchRuntime):
-    """model.pt2, torch.export's program."""
-
-    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        path = folder / "model.pt2"
-        _refuse_objects(path)  # torch.export.load unpickles the archive's pickles in full: name them first
-        with _loading(path, "a torch.export program"), tensors_only(path):  # and what the scan cannot read
-            self.module, self.inputs = torch.export.load(path).module(), inputs
-
-
-class AotiRuntime(_TorchRuntime):
-    """model.aoti.pt2, AOTInductor's compiled program."""
-
-    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        path = folder / "model.aoti.pt2"
-        with _loading(path, "an AOTInductor package"):
-            self.module, self.inputs = torch._inductor.aoti_load_package(str(path)), inputs
-
-
-class OnnxRuntime:
-    """model.onnx on ONNX Runtime's CPU provider."""
-
-    def __init__(self, folder: Path, inputs: list[str], manifest: dict | None = None):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise RecforgeError("--runtime onnx needs onnxruntime (pip install 'recforge[serve]')") from None
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # as `--threads` set it
-        options.log_severity_level = 3
-        with _loading(folder / "model.onnx", "an ONNX model"):
-            self.session = onnxruntime.InferenceSession(
-                str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
-            )
-        self.inputs = inputs
-        types = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
-        self.dtypes = {i.name: types[i.type] for i in self.session.get_inputs()}
-
-    def __call__(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {k: np.ascontiguousarray(arrays[k], self.dtypes[k]) for k in self.inputs}
-        return self.session.run(None, feed)[0]
-
-
-def _refuse_objects(path: Path) -> None:
-    """Refuse a file whose pickles name anything beyond tensors, before a loader unpickles them
-    (a bundle whose manifest was re-hashed passes the SHA-256 check, whatever it holds)."""
-    foreign = foreign_objects(path)
-    if foreign:
-        raise RecforgeError(f"{path}: names {foreign[0]}, a Python object no recforge export holds; not loaded")
-
-
-@contextlib.contextmanager
-def _loading(path: Path, what: str):
-    """A program file that its runtime cannot load, as one line (torch.export logs its tracebacks
-    of a failed load before it gives up: quiet)."""
-    try:
-        with _quiet_loggers("torch.export", "torch._export"):
-            yield
-    except RecforgeError:
-        raise
-    except Exception as e:  # noqa: BLE001  the runtimes' own errors are tracebacks of their internals
-        raise RecforgeError(
-            f"{path}: not loadable as {what} ({type(e).__name__}); damaged, or not recforge's export"
-        ) from None
-
-
-def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """weights.npz's arrays, loaded without pickle: an object array is refused as Python objects."""
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            return {k: saved[k] for k in saved.files}
-    except Exception:  # noqa: BLE001  why, from the archive's headers (numpy's message is its wording)
-        if any(dtype.hasobject for dtype in _npz_dtypes(path)):
-            raise RecforgeError(
-                f"{path}: holds Python objects (an object array), never a bundle's; not loaded"
-            ) from None
-        raise RecforgeError(f"{path}: not readable (damaged)") from None
-
-
-def _npz_dtypes(path: Path) -> list[np.dtype]:
-    """The dtypes an .npz's headers declare (those that can be read)."""
-    dtypes = []
-    with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            with contextlib.suppress(ValueError, OSError), archive.open(name) as f:
-                version = np.lib.format.read_magic(f)
-                header = (
-                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                )
-                dtypes.append(header(f)[2])
-    return dtypes
-
-
-RUNTIMES = {"eager": EagerRuntime, "torch-export": ProgramRuntime, "onnx": OnnxRuntime, "aoti": AotiRuntime}
-
-
 class ModelFault(RecforgeError):
     """The model gave what no caller may take for a result (NaN): the server answers 500 with it."""
 
@@ -438,9 +214,10 @@ def _check_manifest(manifest: dict, path: Path) -> None:
 
 
 class Bundle:
-    """An exported folder, opened: its manifest, the assets that encode requests, one runtime."""
+    """An exported folder, opened: its manifest, the assets that encode requests, one runtime on
+    one device (`device`: auto, cpu, cuda or cuda:N)."""
 
-    def __init__(self, folder: str | Path, runtime: str = "eager", verify: bool = True):
+    def __init__(self, folder: str | Path, runtime: str = "eager", verify: bool = True, device: str = "auto"):
         self.folder = Path(folder).expanduser()
         self.manifest = read_manifest(self.folder)
         if self.manifest.get("format") != FORMAT:
@@ -462,8 +239,8 @@ class Bundle:
             raise RecforgeError(
                 f"{self.folder}: no {runtime} export in this bundle (`recforge export --format {runtime}`)"
             )
-        self.runtime_name = runtime
-        self.runtime = RUNTIMES[runtime](self.folder, self.manifest["model_inputs"], self.manifest)
+        self.runtime_name, self.device = runtime, choose_device(device)
+        self.runtime = RUNTIMES[runtime](self.folder, self.manifest["model_inputs"], self.manifest, self.device)
 
     # Forward passes of at most this many rows: larger ones are slower on a CPU once the activations
     # leave the caches (W2 DLRM, eager: 240k samples/s at 8,192 rows, 140k at 16,384, 123k at 65,536).

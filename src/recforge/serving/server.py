@@ -321,12 +321,19 @@ def create_app(bundle: Bundle, cfg: ServeConfig) -> FastAPI:
         begin = time.perf_counter()
         if not handlers.ready:
             return record("/ready", JSONResponse({"status": "not ready"}, status_code=503), begin)
-        return record("/ready", JSONResponse({"status": "ready", "runtime": bundle.runtime_name}), begin)
+        return record(
+            "/ready",
+            JSONResponse({"status": "ready", "runtime": bundle.runtime_name, "device": str(bundle.device)}),
+            begin,
+        )
 
     @app.get("/v1/metadata")
     async def metadata(request: Request):
         begin = time.perf_counter()
-        manifest = {k: v for k, v in bundle.manifest.items() if k != "files"} | {"runtime": bundle.runtime_name}
+        manifest = {k: v for k, v in bundle.manifest.items() if k != "files"} | {
+            "runtime": bundle.runtime_name,
+            "device": str(bundle.device),
+        }
         return record("/v1/metadata", refused(request) or JSONResponse(manifest), begin)
 
     @app.get("/metrics")
@@ -359,7 +366,7 @@ def worker_app() -> FastAPI:
 
     settings = json.loads(os.environ[_WORKER_SETTINGS])
     torch.set_num_threads(settings["threads"])
-    bundle = Bundle(settings["folder"], settings["runtime"], verify=False)  # `serve` verified it
+    bundle = Bundle(settings["folder"], settings["runtime"], verify=False, device=settings["device"])  # verified
     return create_app(bundle, ServeConfig(**settings["config"]))
 
 
@@ -375,7 +382,8 @@ def serve(bundle: Bundle, cfg: ServeConfig, log=print) -> None:
     }
     manifest = bundle.manifest
     log(
-        f"serving {manifest['model']} ({manifest['task']}, {bundle.runtime_name}) on http://{cfg.host}:{cfg.port} "
+        f"serving {manifest['model']} ({manifest['task']}, {bundle.runtime_name} on {bundle.device}) "
+        f"on http://{cfg.host}:{cfg.port} "
         f"(batches of up to {cfg.max_batch_rows:,} rows, {cfg.max_wait_ms:g} ms wait, queue {cfg.max_queue:,}"
         + (f", {cfg.workers} worker processes)" if cfg.workers > 1 else ")")
     )
@@ -390,6 +398,7 @@ def serve(bundle: Bundle, cfg: ServeConfig, log=print) -> None:
     settings = {
         "folder": str(bundle.folder),
         "runtime": bundle.runtime_name,
+        "device": str(bundle.device),
         "config": asdict(cfg),
         "threads": max(1, torch.get_num_threads() // cfg.workers),  # the cores, shared
     }

@@ -261,12 +261,12 @@ class Run:
             self.source = self.one_process_checkpoint_for_shards()
         self.wrapped, self.equal_batches = self.model, False
         if self.sharding:
-            self.wrapped, placement = shard(self.model, self.sharding, t, self.device, dist, self.log)
+            self.wrapped, placement = shard(self.model, self.sharding, self.cfg, self.device, dist, self.log)
             self.equal_batches = placement.equal_batches
-            self.optimizers = make_optimizers(t, self.wrapped, placement.parameters(self.wrapped))
+            self.optimizers = make_optimizers(self.cfg, self.wrapped, placement.parameters(self.wrapped))
             self.optimizers += with_initial_rates([self.wrapped.fused_optimizer])
         else:
-            self.optimizers = make_optimizers(t, self.model)
+            self.optimizers = make_optimizers(self.cfg, self.model)
             if dist.enabled:
                 self.wrapped = torch.nn.parallel.DistributedDataParallel(
                     self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -332,7 +332,7 @@ class Run:
             remove(folder)  # left by a kill during an earlier conversion
             model = self.parts.build_model(cfg, self.task.model_dims, self.device)
             load_model_state(model, checkpoint["model"], source)
-            from_one_process(checkpoint, run.checkpoints, CONVERTED, model, make_optimizers(cfg.train, model))
+            from_one_process(checkpoint, run.checkpoints, CONVERTED, model, make_optimizers(cfg, model))
         self.dist.barrier()
         return folder
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recforge.config import RunConfig, changeable_on_resume
+from recforge.config import SECTIONS, RunConfig, changeable_on_resume, upgraded
 from recforge.core.checkpoint import check_same_data, check_same_model
 from recforge.core.errors import RecforgeError
 from recforge.train.distributed_checkpoint import load_weights
@@ -19,15 +19,14 @@ def _flag(section: str, key: str) -> str:
     return f"--{key.replace('_', '-')}" if section != "top" else key
 
 
-def config_differences(
-    old: dict, new: dict, sections=("data", "arch", "train", "eval")
-) -> dict[tuple[str, str], tuple]:
+def config_differences(old: dict, new: dict, sections=SECTIONS) -> dict[tuple[str, str], tuple]:
     """(section, key) -> (old value, new value) of two `RunConfig.to_dict()`s; keys the old one
     lacks (settings newer than it) are not differences."""
+    old, new = upgraded(old), upgraded(new)
     found = {("top", "model"): (old["model"], new["model"])} if old["model"] != new["model"] else {}
     for section in sections:
-        for key, value in new[section].items():
-            if key in old[section] and old[section][key] != value:
+        for key, value in (new.get(section) or {}).items():
+            if key in (old.get(section) or {}) and old[section][key] != value:
                 found[section, key] = (old[section][key], value)
     return found
 

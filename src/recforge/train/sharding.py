@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recforge.config import TrainConfig
+from recforge.config import RunConfig, TrainConfig
 from recforge.core.errors import RecforgeError
 from recforge.models.layers import FieldEmbeddings, TableInit
-from recforge.optim.build import Parameters
+from recforge.optim.build import OPTIMIZERS, OptimizerEntry, Parameters
 from recforge.runtime.distributed import Dist, one_process_group
 
 INSTALL_HINT = (
@@ -229,13 +229,9 @@ def memory_per_rank(cfg: TrainConfig, device: torch.device, dist: Dist) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, local)
 
 
-# Optimizer state per table row of width D, in floats (what FBGEMM keeps, and recforge's own).
-STATE_FLOATS = {"sgd": lambda d: 0, "rowwise-adagrad": lambda d: 1, "adagrad": lambda d: d, "adam": lambda d: 2 * d}
-
-
-def table_bytes(model: nn.Module, optimizer: str) -> int:
+def table_bytes(model: nn.Module, optimizer: OptimizerEntry) -> int:
     """Bytes of the model's tables with their optimizer state, as one process would hold them."""
-    state = STATE_FLOATS.get(optimizer, lambda d: d)
+    state = optimizer.table_state
     total = 0
     for module in model.modules():
         if isinstance(module, nn.EmbeddingBag):
@@ -247,7 +243,8 @@ def table_bytes(model: nn.Module, optimizer: str) -> int:
 def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist, log) -> str | None:
     """The sharding to run with (a TorchRec sharding type, or "auto": the planner's choice), or
     None for recforge's own replicated tables. Refuses tables that cannot fit."""
-    how, need = cfg.embedding_sharding, table_bytes(model, cfg.optimizer)
+    optimizer = OPTIMIZERS[cfg.optimizer]
+    how, need = cfg.embedding_sharding, table_bytes(model, optimizer)
     budget = memory_per_rank(cfg, device, dist)
     if how == "none" or (how == "auto" and need <= budget):
         if need > budget:
@@ -278,16 +275,17 @@ def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist,
             f"--embedding-sharding auto: the tables and their {cfg.optimizer} state need {size_text(need)}, more "
             f"than {dist.world} process(es) x {size_text(budget)} (--embedding-memory-per-rank); use more processes"
         )
-    if cfg.optimizer == "adam" and device.type == "cpu" and how != "data-parallel":
+    fused = [name for name, entry in OPTIMIZERS.items() if entry.fused and (entry.fused_on_cpu or device.type != "cpu")]
+    if optimizer.fused and device.type == "cpu" and not optimizer.fused_on_cpu and how != "data-parallel":
         raise RecforgeError(
-            f"--embedding-sharding {how}: FBGEMM's CPU kernels have no fused Adam (its GPU kernels have); on CPUs "
-            "shard with --optimizer rowwise-adagrad, adagrad or sgd, or replicate the tables (--embedding-sharding "
-            "data-parallel or none)"
+            f"--embedding-sharding {how}: FBGEMM's CPU kernels have no fused {cfg.optimizer} (its GPU kernels "
+            f"have); on CPUs shard with --optimizer {' or '.join(fused)}, or replicate the tables "
+            "(--embedding-sharding data-parallel or none)"
         )
-    if cfg.optimizer not in FUSED_OPTIMIZERS:
+    if not optimizer.fused:
         raise RecforgeError(
             f"--embedding-sharding {how}: --optimizer {cfg.optimizer} has no fused TorchRec kernel for sharded "
-            f"tables; use {', '.join(FUSED_OPTIMIZERS)}"
+            f"tables; use {', '.join(name for name, entry in OPTIMIZERS.items() if entry.fused)}"
         )
     if cfg.precision == "fp16":
         raise RecforgeError(
@@ -300,23 +298,6 @@ def choose(cfg: TrainConfig, model: nn.Module, device: torch.device, dist: Dist,
 # ----------------------------------------------------------------------------- sharding
 
 
-def _fused_optimizer(cfg: TrainConfig):
-    """--optimizer -> (optimizer class, arguments) that FBGEMM fuses into the table backward: the
-    same algorithm and hyperparameters as recforge's own sparse-table optimizer."""
-    import torchrec.optim
-
-    return {
-        "sgd": (torch.optim.SGD, {"lr": cfg.learning_rate}),
-        "adagrad": (torch.optim.Adagrad, {"lr": cfg.learning_rate, "eps": cfg.eps}),
-        "rowwise-adagrad": (torchrec.optim.RowWiseAdagrad, {"lr": cfg.learning_rate, "eps": cfg.eps}),
-        "adam": (
-            torchrec.optim.Adam,
-            {"lr": cfg.learning_rate, "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps},
-        ),
-    }[cfg.optimizer]
-
-
-FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise-adagrad", "adam")
 TORCHREC_TYPES = {
     "data-parallel": "data_parallel",
     "table-wise": "table_wise",
@@ -343,7 +324,7 @@ def _sharder():
     return Sharder()
 
 
-def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, dist: Dist, log):
+def shard(model: nn.Module, how: str, cfg: RunConfig, device: torch.device, dist: Dist, log):
     """The model with its tables sharded (a DistributedModelParallel), and the plan it follows."""
     import torch.distributed as torch_dist
     from torchrec.distributed import DistributedModelParallel, comm_ops
@@ -354,9 +335,13 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
 
     _quiet_torchrec()
     comm_ops.set_gradient_division(True)  # TorchRec's default, which the loop's loss scaling counts on
-    budget = memory_per_rank(cfg, device, dist)
+    budget = memory_per_rank(cfg.train, device, dist)
     stand_ins = swap_in(model)
-    optimizer, arguments = _fused_optimizer(cfg)
+    entry = OPTIMIZERS[cfg.train.optimizer]
+    # The same algorithm and settings as recforge's own sparse-table optimizer, fused by FBGEMM
+    # into the tables' backward.
+    assert entry.fused is not None  # choose() refused the others
+    optimizer, arguments = entry.fused(cfg.optim)
     constraints = {}
     for stand_in in stand_ins.values():
         apply_optimizer_in_backward(optimizer, stand_in.collection.parameters(), arguments)
@@ -401,7 +386,7 @@ def shard(model: nn.Module, how: str, cfg: TrainConfig, device: torch.device, di
     _fill_shards(wrapped, starts, shapes)
     for stand_in in stand_ins.values():
         stand_in.starts = None
-    placed = Placement.of(plan, shapes, STATE_FLOATS[cfg.optimizer], dist.world, device)
+    placed = Placement.of(plan, shapes, entry.table_state, dist.world, device)
     for line in placed.lines():
         log(line)
     return wrapped, placed
