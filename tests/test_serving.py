@@ -168,8 +168,8 @@ def test_a_device_this_machine_lacks_is_refused_in_one_line(neumf):
     folder = neumf[0] / "bundle"
     assert Bundle(folder, "eager", device="auto").device == torch.device("cpu")
     for device, message in (
-        ("cuda", "--device cuda: torch sees no GPU"),
-        ("cuda:3", "--device cuda:3: torch sees no GPU"),
+        ("cuda", "--device cuda: no CUDA GPU is visible to this torch"),
+        ("cuda:3", "--device cuda:3: no CUDA GPU is visible to this torch"),
         ("mps", "--device mps: recforge runs on cpu or cuda"),
         ("gpu0", "--device gpu0: not a device (auto, cpu, cuda or cuda:N)"),
     ):

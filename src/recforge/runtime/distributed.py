@@ -142,7 +142,7 @@ def shutdown(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def pick_device(requested: str, d_local_rank: int = 0, flag: str = "--device") -> torch.device:
+def pick_device(requested: str, d_local_rank: int = 0) -> torch.device:
     """`requested` (auto: a GPU if torch sees one, else the CPU; cpu; cuda; cuda:N) as a device
     (a bare cuda: this process's local GPU), refused in one line where this machine has none."""
     if requested == "auto":
@@ -150,14 +150,18 @@ def pick_device(requested: str, d_local_rank: int = 0, flag: str = "--device") -
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise RecforgeError(f"{flag} {requested}: not a device (auto, cpu, cuda or cuda:N)") from None
+        raise RecforgeError(f"--device {requested}: not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RecforgeError(f"--device {requested}: recforge runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecforgeError(
+            f"--device {requested}: no CUDA GPU is visible to this torch ({torch.__version__}); "
+            "use --device cpu or auto"
+        )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", d_local_rank)
-    if device.type == "cuda" and not device.index < torch.cuda.device_count():
-        seen = f"{torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no GPU (or no CUDA build)"
-        raise RecforgeError(f"{flag} {requested}: torch sees {seen} here")
-    if device.type not in ("cpu", "cuda"):
-        raise RecforgeError(f"{flag} {requested}: recforge runs on cpu or cuda")
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise RecforgeError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device

@@ -32,7 +32,8 @@ from recforge.core.errors import RecforgeError
 from recforge.core.files import write_json
 from recforge.data.ctr_format import check_out, new_folder
 from recforge.registry import build_model, config_from_dict, model_entry, task_named
-from recforge.serving.runtimes import MAX_BATCH, RUNTIMES, EagerRuntime, Scoring, choose_device, read_weights
+from recforge.runtime.distributed import pick_device
+from recforge.serving.runtimes import MAX_BATCH, RUNTIMES, EagerRuntime, Scoring, read_weights
 from recforge.tasks.serving import Exported
 from recforge.train.distributed_checkpoint import load_weights, open_checkpoint
 
@@ -239,7 +240,7 @@ class Bundle:
             raise RecforgeError(
                 f"{self.folder}: no {runtime} export in this bundle (`recforge export --format {runtime}`)"
             )
-        self.runtime_name, self.device = runtime, choose_device(device)
+        self.runtime_name, self.device = runtime, pick_device(device)
         self.runtime = RUNTIMES[runtime](self.folder, self.manifest["model_inputs"], self.manifest, self.device)
 
     # Forward passes of at most this many rows: larger ones are slower on a CPU once the activations

@@ -30,7 +30,6 @@ from recforge.core.pickles import foreign_objects, tensors_only
 from recforge.models.layers import Linear
 from recforge.registry import build_model, config_from_dict
 from recforge.runtime import gemm
-from recforge.runtime.distributed import pick_device
 from recforge.train.distributed_checkpoint import load_model_state
 
 MAX_BATCH = 65_536  # the exported programs' largest batch
@@ -48,11 +47,6 @@ class Scoring(nn.Module):
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         batch = {k: t if t.is_floating_point() else t.long() for k, t in zip(self.inputs, tensors)}
         return torch.sigmoid(self.model(batch).float())
-
-
-def choose_device(requested: str) -> torch.device:
-    """--device: auto (a GPU if torch sees one, else the CPU), cpu, cuda or cuda:N."""
-    return pick_device(requested, flag="--device")
 
 
 class Runtime:

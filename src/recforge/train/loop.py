@@ -61,28 +61,8 @@ DIVERGENCE_FACTOR = 10.0
 SOUND_FACTOR = 2.0
 
 
-def check_device(requested: str) -> None:
-    """A --device that names no device here fails now, in one line, not inside torch."""
-    if requested == "auto":
-        return
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise RecforgeError(f"--device {requested}: not a device (auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecforgeError(
-            f"--device {requested}: no CUDA GPU is visible to this torch ({torch.__version__}); "
-            "use --device cpu or auto"
-        )
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RecforgeError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here")
-    if device.type not in ("cpu", "cuda"):
-        raise RecforgeError(f"--device {requested}: recforge runs on cpu or cuda")
-
-
 def setup(cfg: RunConfig) -> tuple[torch.device, Dist]:
     """Device, process group and threads for a run (or an evaluation)."""
-    check_device(cfg.train.device)
     device = pick_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cpu":
         keep_freed_memory()
