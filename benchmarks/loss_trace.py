@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from recforge.data.synthetic_ctr import generate_ctr
+from recforge.prepare.synthetic_ctr import generate_ctr
 
 NEUMF = {
     "model": "neumf",

@@ -112,7 +112,7 @@ def assert_interrupted_preparation_continues(tmp_path: Path, monkeypatch, module
     and journal are kept in between; the second run redoes none of the earlier passes' tasks, only
     the interrupted pass's others and every later one, to a folder byte-identical to an
     uninterrupted run's (prepare.json aside), nothing left beside it."""
-    from recforge.data import journal
+    from recforge.prepare import journal
 
     calls: dict[str, int] = {}
     interrupt, task = False, module._task

@@ -17,9 +17,10 @@ import pytest
 
 from recforge.cli import main
 from recforge.core.errors import DataError, RecforgeError
-from recforge.data import criteo, encoders
-from recforge.data.criteo import prepare_criteo
+from recforge.data import encoders
 from recforge.data.ctr_format import CTRMeta, load_meta, load_split
+from recforge.prepare import criteo
+from recforge.prepare.criteo import prepare_criteo
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

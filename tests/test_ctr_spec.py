@@ -11,12 +11,12 @@ import pytest
 from conftest import SHARED_DATA
 
 from recforge.cli import main
-from recforge.core.errors import DataError
+from recforge.core.errors import DataError, RecforgeError
 from recforge.core.shipped import FEATURE_SPECS
 from recforge.data.ctr_format import load_meta, load_split
-from recforge.data.ctr_spec import load_spec, prepare_ctr
 from recforge.data.encoders import fnv1a as stable_hash
 from recforge.data.encoders import load_encoders
+from recforge.prepare.ctr_spec import load_spec, prepare_ctr
 
 LOG = """click,price,age,user,item
 1,10,30,u1,i1
@@ -198,3 +198,34 @@ def test_saved_encoders_encode_new_raw_rows_as_preparation_did(tmp_path):
         assert np.array_equal(encoded[name], np.concatenate([train[name], test[name]])), name
     assert [e.kind for e in encoders.dense] == ["log1p", "standardize", "none"]
     assert encoders.dense[1].mean == pytest.approx((30 + 0 + 41 + 22) / 4)  # moments of the train rows only
+
+
+def test_each_numeric_kind_encodes_as_its_table_entry_says_by_column_and_by_matrix():
+    from recforge.data.encoders import NUMERIC_KINDS, Encoders, Numeric
+
+    x = np.array([-2.0, 0.0, 3.0, np.nan])
+    expected = {  # by hand; NaN is 0 first
+        "log1p": [0.0, 0.0, math.log(4.0), 0.0],
+        "standardize": [(-2 - 1) / 2, (0 - 1) / 2, (3 - 1) / 2, (0 - 1) / 2],
+        "none": [-2.0, 0.0, 3.0, 0.0],
+    }
+    assert set(expected) == set(NUMERIC_KINDS)
+    encoders = Encoders(dense=[Numeric(kind, kind, mean=1.0, std=2.0) for kind in expected])
+    matrix = encoders.encode(pa.table(dict.fromkeys(expected, x)))["dense"]
+    for j, values in enumerate(expected.values()):
+        np.testing.assert_allclose(encoders.dense[j].apply(x), values)
+        np.testing.assert_allclose(matrix[:, j], np.float32(values))
+
+
+def test_an_encoder_kind_this_recforge_lacks_is_named_with_the_file(tmp_path):
+    prepare_ctr(write(tmp_path), tmp_path, tmp_path / "out", log=lambda *_: None)
+    saved = json.loads((tmp_path / "out" / "encoders.json").read_text())
+    saved["dense"][0]["kind"] = "sqrt"
+    (tmp_path / "out" / "encoders.json").write_text(json.dumps(saved))
+    with pytest.raises(
+        RecforgeError, match=r"encoders.json: encoder 'price': kind 'sqrt' is none of log1p, standardize"
+    ):
+        load_encoders(tmp_path / "out")
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("transform: none", "transform: sqrt"))
+    with pytest.raises(DataError, match="transform must be log1p, standardize or none"):
+        load_spec(tmp_path / "spec.yaml")

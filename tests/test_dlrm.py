@@ -16,11 +16,11 @@ from recforge.cli import main
 from recforge.config import TrainConfig
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.encoders import load_encoders
-from recforge.data.synthetic_ctr import generate_ctr
 from recforge.models.dlrm import DLRM, DLRMConfig, DotInteraction
 from recforge.optim.build import lr_factor, make_optimizers
 from recforge.optim.row_wise import SGD, RowWiseAdagrad, SparseRowAdam
 from recforge.optim.sparse_grad import unique_rows
+from recforge.prepare.synthetic_ctr import generate_ctr
 from recforge.registry import build_config
 
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import torchrun_command
 
 from recforge.cli import main
-from recforge.data.synthetic_ctr import generate_ctr
+from recforge.prepare.synthetic_ctr import generate_ctr
 
 STEPS = 36  # 3 epochs of 12 steps, an evaluation (and a checkpoint) after each
 

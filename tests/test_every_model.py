@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from recforge import registry
 from recforge.cli import main
-from recforge.data.synthetic_ctr import generate_ctr
+from recforge.prepare.synthetic_ctr import generate_ctr
 from recforge.serving.bundle import Bundle
 from recforge.serving.server import ServeConfig, create_app
 

@@ -15,7 +15,8 @@ from faults import assert_user_error, run_cli, snapshot
 
 from recforge.config import DataConfig
 from recforge.core.errors import DataError
-from recforge.data import criteo, ctr_spec, interaction_file, movielens, ncf_files, outbrain
+from recforge.data import interaction_file, movielens, ncf_files
+from recforge.prepare import criteo, ctr_spec, outbrain
 
 BINARY = bytes(range(256)) * 8  # NUL bytes, invalid UTF-8, CRs and LFs
 HUGE = "99999999999999999999999"  # beyond int64

@@ -24,15 +24,16 @@ from faults import assert_user_error, run_cli, snapshot
 from recforge.config import DataConfig
 from recforge.core.errors import user_message
 from recforge.core.files import append_jsonl, read_jsonl
-from recforge.data import cache, criteo
-from recforge.data.criteo.layout import _Unit
-from recforge.data.criteo.passes import _task
+from recforge.data import cache
 from recforge.data.ctr_format import load_meta
 from recforge.data.download import download
 from recforge.data.encoders import Categorical, Encoders, Numeric
-from recforge.data.synthetic_ctr import generate_ctr
-from recforge.data.synthetic_outbrain import write_outbrain_csvs
-from recforge.data.workers import _Workers
+from recforge.prepare import criteo
+from recforge.prepare.criteo.layout import _Unit
+from recforge.prepare.criteo.passes import _task
+from recforge.prepare.synthetic_ctr import generate_ctr
+from recforge.prepare.synthetic_outbrain import write_outbrain_csvs
+from recforge.prepare.workers import _Workers
 
 NO_SPACE, READ_ONLY = "no space left on device", "read-only file system"
 QUIET = {"log": lambda *_: None}

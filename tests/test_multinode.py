@@ -10,7 +10,7 @@ import pytest
 from conftest import free_port, tiny_synthetic_args
 
 from recforge.cli import main
-from recforge.data.synthetic_ctr import generate_ctr
+from recforge.prepare.synthetic_ctr import generate_ctr
 from recforge.runtime.tf_config import torchrun_flags
 
 

@@ -13,7 +13,7 @@ import pytest
 from recforge.core.errors import DataError, RecforgeError
 from recforge.data.ctr_format import load_meta, load_split
 from recforge.data.encoders import fnv1a as stable_hash
-from recforge.data.outbrain import (
+from recforge.prepare.outbrain import (
     CTR_PRIOR_VIEWS,
     DAY_MS,
     HOUR_MS,
@@ -23,7 +23,7 @@ from recforge.data.outbrain import (
     prepare_outbrain,
     valid_displays,
 )
-from recforge.data.synthetic_outbrain import FILES, write_outbrain_csvs
+from recforge.prepare.synthetic_outbrain import FILES, write_outbrain_csvs
 
 QUIET = {"log": lambda *_: None}
 

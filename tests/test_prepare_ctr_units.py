@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from faults import assert_interrupted_preparation_continues, prepared_files
 
-from recforge.data import ctr_spec
 from recforge.data.ctr_format import load_meta, load_split
+from recforge.prepare import ctr_spec
 
 SPEC = """label: click
 numeric: [price, {name: age, transform: standardize}]

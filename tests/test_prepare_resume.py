@@ -12,8 +12,8 @@ import pytest
 from faults import assert_interrupted_preparation_continues, assert_user_error, prepared_files, run_cli, snapshot
 from test_criteo import random_rows, write_tsv
 
-from recforge.data import criteo
-from recforge.data.criteo import prepare_criteo
+from recforge.prepare import criteo
+from recforge.prepare.criteo import prepare_criteo
 
 
 def days(folder: Path, sizes=(300, 250, 200)) -> Path:

@@ -15,9 +15,9 @@ import yaml
 from faults import run_cli
 
 from recforge.core.shipped import PRESETS
-from recforge.data.outbrain import prepare_outbrain
-from recforge.data.synthetic_ctr import generate_ctr
-from recforge.data.synthetic_outbrain import write_outbrain_csvs
+from recforge.prepare.outbrain import prepare_outbrain
+from recforge.prepare.synthetic_ctr import generate_ctr
+from recforge.prepare.synthetic_outbrain import write_outbrain_csvs
 
 CONFIGS = PRESETS
 RANKING = ["quickstart", "ncf-nvidia-ml20m", "ncf-mlperf-ml20m", "ncf-paper-ml1m", "recbole-neumf", "ncf-ml100k"]

@@ -11,7 +11,7 @@ from conftest import tiny_synthetic_args, torchrun_command
 from recforge.cli import main
 from recforge.data.batches import ImplicitEpochs
 from recforge.data.rank_rows import RankRows
-from recforge.data.synthetic_ctr import generate_ctr
+from recforge.prepare.synthetic_ctr import generate_ctr
 from recforge.registry import build_config, build_task
 from recforge.runtime.distributed import Dist
 

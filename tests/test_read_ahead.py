@@ -8,7 +8,7 @@ import pytest
 
 from recforge.cli import main
 from recforge.data.read_ahead import copy_rows, read_ahead
-from recforge.data.synthetic_ctr import generate_ctr
+from recforge.prepare.synthetic_ctr import generate_ctr
 
 
 def test_read_ahead_keeps_the_order_and_raises_at_the_failing_item():

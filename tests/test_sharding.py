@@ -12,8 +12,8 @@ from conftest import torchrun_command
 
 from recforge.cli import main
 from recforge.data.ctr_format import load_split
-from recforge.data.synthetic_ctr import generate_ctr
 from recforge.metrics.classification import auc
+from recforge.prepare.synthetic_ctr import generate_ctr
 from recforge.serving.bundle import Bundle
 from recforge.train import sharding
 from recforge.train.sharding import torchrec_available

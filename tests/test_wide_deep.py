@@ -13,10 +13,10 @@ from conftest import torchrun_command
 
 from recforge.cli import main
 from recforge.data.ctr_format import load_meta, load_split
-from recforge.data.ctr_spec import prepare_ctr
 from recforge.metrics.ranking import map_at_k
 from recforge.models.layers import bags
 from recforge.models.wide_deep import WideDeep, WideDeepConfig
+from recforge.prepare.ctr_spec import prepare_ctr
 from recforge.train.sharding import torchrec_available
 
 

@@ -64,6 +64,8 @@ def _run_parser(
     pre.add_argument("--model")
     pre.add_argument("--optimizer")
     known, _ = pre.parse_known_args(argv)
+    lines: dict[tuple, int]
+    source: str | Path
     file_values, lines, source = base or {}, {}, CHECKPOINT_CONFIG if base else "<defaults>"
     if known.config and base is None:
         source = find(known.config, PRESETS, "preset")
@@ -129,6 +131,7 @@ def _checkpoint_parser(prog: str, argv: list[str], extra) -> tuple[RunConfig, ar
         extra(parser)
 
     cfg, args = _run_parser(prog, argv, own_flags, base=checkpoint["config"] if checkpoint else None)
+    assert checkpoint is not None  # --checkpoint is required: without it the parser exited
     return cfg, args, checkpoint
 
 
@@ -146,7 +149,8 @@ def cmd_train(argv: list[str]) -> None:
 
 def cmd_prepare(argv: list[str]) -> None:
     from recforge.data.cache import prepare
-    from recforge.data.datasets import CLICK_LOGS, DATASETS
+    from recforge.data.datasets import DATASETS
+    from recforge.prepare.click_logs import CLICK_LOGS
     from recforge.registry import build_config
 
     parser = Parser(prog="recforge prepare", allow_abbrev=False, usage="recforge prepare DATASET [options]")

@@ -94,8 +94,8 @@ def option(
     return field(default=default, metadata=metadata)
 
 
-POSITIVE = {"low": 0, "low_open": True}
-FRACTION = {"low": 0, "high": 1, "high_open": True}  # [0, 1)
+POSITIVE: dict[str, Any] = {"low": 0, "low_open": True}
+FRACTION: dict[str, Any] = {"low": 0, "high": 1, "high_open": True}  # [0, 1)
 RANKING, CTR, PREPARE = ("ranking",), ("ctr",), ("prepare",)
 
 
@@ -114,7 +114,9 @@ class DataConfig:
     _PREPARE = "click-log preparation (recforge prepare)"
 
     dataset: str = option(
-        "synthetic", "dataset name (recforge.data.datasets: ranking datasets, click logs)", group=_SOURCE
+        "synthetic",
+        "dataset name (ranking: recforge.data.datasets; click logs: recforge.prepare.click_logs)",
+        group=_SOURCE,
     )
     data_dir: str | None = option(
         None, "folder of the raw files (ranking data; the raw log for recforge prepare)", group=_SOURCE, resumable=True
@@ -411,13 +413,20 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+class _TaskKind(Protocol):
+    name: str
+
+
 class ModelSettings(Protocol):
     """What a config needs of a model: its `arch` dataclass, its own defaults by section, and its
     task (whose `name` a field's scope names)."""
 
-    config: type
-    defaults: dict
-    task: type
+    @property
+    def config(self) -> type: ...
+    @property
+    def defaults(self) -> dict: ...
+    @property
+    def task(self) -> type[_TaskKind]: ...
 
 
 SECTIONS = ("data", "arch", "train", "optim", "eval")
@@ -547,7 +556,9 @@ def build_config(
     lines = lines or {}
     stored = source == CHECKPOINT_CONFIG
     # Settings a preset still gives under `train` are named where they are written.
-    written = {("optim", k): ("train", k) for k in file_values.get("optim") or {} if k in (given.get("train") or {})}
+    written: dict[tuple[str, ...], tuple[str, ...]] = {
+        ("optim", k): ("train", k) for k in file_values.get("optim") or {} if k in (given.get("train") or {})
+    }
 
     def fail(path: tuple[str, ...], message: str):
         path = written.get(path, path)
@@ -698,7 +709,7 @@ def add_config_flags(
             text = f"{meta.get('help', '')} (default: {_default_text(default)})".strip()
             help_text = text.replace("%", "%%") if listed else argparse.SUPPRESS
             flags = ["--" + n.replace("_", "-") for n in (name, *meta.get("aliases", ()))]
-            common = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+            common: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
             if tp is bool and name.startswith("no_"):  # --no-eval: a plain switch, not --no-no-eval
                 group.add_argument(*flags, action="store_const", const=True, **common)
             elif tp is bool:

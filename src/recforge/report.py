@@ -128,10 +128,11 @@ def _profile_figure(run: Run) -> tuple[bytes, str] | None:
     if not trace.is_file():
         return None
     events = _json(trace).get("traceEvents", [])
-    spent = collections.Counter()
+    spent: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("ph") == "X" and event.get("cat") in ("cpu_op", "kernel", "gpu_op"):
-            spent[event.get("name", "?")] += float(event.get("dur", 0)) / 1000
+            # ms, floats: typeshed's Counter counts ints only
+            spent[event.get("name", "?")] += float(event.get("dur", 0)) / 1000  # type: ignore[assignment]
     if not spent:
         return None
     top = spent.most_common(TOP_OPS)[::-1]
@@ -219,7 +220,7 @@ def report(folders: list[str], out: str | Path, overwrite: bool = False, log=pri
     images = []
     for name, png in figures.items():
         path = pngs[name]
-        atomic_write(path, lambda f, png=png: f.write(png), mode="wb")
+        atomic_write(path, lambda f, png=png: f.write(png), mode="wb")  # type: ignore[misc]  # mypy types no lambda default
         written.append(path)
         encoded = base64.b64encode(png).decode()
         images.append(

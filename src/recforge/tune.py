@@ -141,7 +141,7 @@ def read_space(path: str | Path, cfg: RunConfig) -> list[Param]:
             if set(spec) != {"value"}:
                 raise fail("value takes no low, high, log, step or choices")
             param = Param(name, "fixed", choices=(spec["value"],))
-            values = [(spec["value"], ("value",))]
+            values: list[tuple[Any, tuple[str | int, ...]]] = [(spec["value"], ("value",))]
         elif "choices" in spec:
             if set(spec) != {"choices"}:
                 raise fail("choices takes no low, high, log or step")
@@ -175,11 +175,11 @@ def read_space(path: str | Path, cfg: RunConfig) -> list[Param]:
                 raise fail("a log scale takes no step", ("step",))
             param = Param(name, kind, bounds["low"], bounds["high"], log, bounds.get("step"))
             values = [(bounds["low"], ("low",)), (bounds["high"], ("high",))]
-        for value, key in values:
+        for value, at in values:
             try:
                 with_settings(cfg, {name: value})
             except DataError as error:
-                raise fail(f"{value!r}: {error.message}", key) from None
+                raise fail(f"{value!r}: {error.message}", at) from None
         space.append(param)
     return space
 
@@ -323,6 +323,7 @@ class Sweep:
                 raise
             say(f"trial {trial.number}: failed: {message} ({log})")
             return
+        assert pruning.metric is not None  # set when the run began (`Pruning.begin`)
         with self.locked():
             if summary["stopped_early"]:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)

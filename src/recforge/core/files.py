@@ -86,6 +86,7 @@ def naming(path: str | Path, inside: str | Path | None = None):
         cause = None if isinstance(error, RecforgeError) else _os_error(error)
         if cause is None or (inside is not None and not _within(cause.filename, inside)):
             raise
+        assert cause.errno is not None  # `_os_error` returns only errors with an errno
         raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from error
 
 

@@ -9,7 +9,7 @@ from recforge.core.errors import RecforgeError
 
 PACKAGE = Path(__file__).resolve().parents[1]
 PRESETS = PACKAGE / "presets"
-FEATURE_SPECS = PACKAGE / "data" / "specs"
+FEATURE_SPECS = PACKAGE / "prepare" / "specs"
 SPACES = PRESETS / "spaces"  # recforge tune's search spaces
 
 

@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def save(path: Path, data: LeaveOneOutData, meta: dict) -> None:
 
 
 def load(path: Path) -> LeaveOneOutData:
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for name in ARRAYS:
         file = path / f"{name}.npy"
         arrays[name] = np.load(file, mmap_mode="c", allow_pickle=False) if file.exists() else None

@@ -109,7 +109,7 @@ def write_rows_at(path: str, offset: int, array: np.ndarray) -> None:
         return
     with naming(path), open(path, "r+b") as f:
         f.seek(offset)
-        f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        f.write(np.ascontiguousarray(array).data.cast("B"))
 
 
 def sync_file(path: str) -> None:

@@ -6,16 +6,14 @@ moments), saves them all in the prepared folder (`encoders.json`, and a file per
 applies them to every split; `load_encoders(folder).encode(table)` applies the same encoders to
 new raw rows (a pyarrow table with the log's column names), vectorized, as serving needs.
 
-Numeric (float64 in, missing as NaN -> 0 first; written as float32):
-  log1p        log(1 + max(x, 0))
-  standardize  (x - mean) / std of the train rows
-  none         x
-Categorical, an id per value (int32; 0 is the out-of-vocabulary and missing id):
-  vocabulary   values seen in train rows at least `min_frequency` times, sorted, get 1..V;
-               text values (pyarrow strings) or Criteo's 32-bit hex values (uint32)
-  hash         FNV-1a 64 of the value's UTF-8 bytes -> 1 + h % (buckets - 1); no fitting
-  modulo       a uint32 value % modulus (MLPerf DLRM's hashing of Criteo; value 0 and missing
-               share id 0, as in the reference)
+The kinds of encoder are tables, each entry saying what it computes and whether it is fitted on
+the train rows (a preparation's fit pass reads those columns); a feature spec, a saved
+encoders.json and the messages take their names from there:
+- `NUMERIC_KINDS` (float64 in, missing as NaN -> 0 first; written as float32): log1p, standardize,
+  none, each a transform of a [rows, columns] matrix, so a batch of columns of one kind is one
+  numpy expression;
+- `CATEGORICAL_KINDS` (an id per value, int32; 0 is the out-of-vocabulary and missing id):
+  vocabulary (text values, pyarrow strings, or Criteo's 32-bit hex values, uint32), hash, modulo.
 Multi-hot: delimited lists, each value encoded by a categorical encoder, padded with -1 to
 `max_length` (the longest train list unless given). Crosses: the FNV hash of the joined values of
 several columns.
@@ -25,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,42 @@ CROSS_SEPARATOR = "\x1f"  # between a cross's column values (a byte no text valu
 # ----------------------------------------------------------------------------- numeric
 
 
+@dataclass(frozen=True)
+class NumericKind:
+    about: str
+    transform: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x, means, stds) -> encoded
+    fitted: bool = False  # its train rows' mean and std are measured
+
+
+NUMERIC_KINDS = {
+    "log1p": NumericKind("log(1 + max(x, 0))", lambda x, mean, std: np.log1p(np.maximum(x, 0.0))),
+    "standardize": NumericKind("(x - mean) / std of the train rows", lambda x, mean, std: (x - mean) / std, True),
+    "none": NumericKind("x", lambda x, mean, std: x),
+}
+
+
+@dataclass(frozen=True)
+class CategoricalKind:
+    about: str
+    fitted: bool = False  # its values are counted on the train rows
+
+
+CATEGORICAL_KINDS = {
+    "vocabulary": CategoricalKind("values seen in train rows at least `min_frequency` times, sorted, get 1..V", True),
+    "hash": CategoricalKind("FNV-1a 64 of the value's UTF-8 bytes -> 1 + h % (buckets - 1)"),
+    # MLPerf DLRM's hashing of Criteo: value 0 and a missing value share id 0, as in the reference.
+    "modulo": CategoricalKind("a uint32 value % buckets"),
+}
+
+
+def _known(kind: str, kinds: dict, name: str) -> None:
+    if kind not in kinds:
+        raise RecforgeError(f"encoder {name!r}: kind {kind!r} is none of {', '.join(kinds)}")
+
+
 @dataclass
 class Numeric:
-    """One numeric column: `kind` log1p | standardize | none."""
+    """One numeric column, encoded as its `kind` (`NUMERIC_KINDS`) says."""
 
     name: str
     kind: str = "log1p"
@@ -54,8 +86,11 @@ class Numeric:
     mean: float = 0.0
     std: float = 1.0
 
+    def __post_init__(self) -> None:
+        _known(self.kind, NUMERIC_KINDS, self.name)
+
     def fit(self, x: np.ndarray) -> None:
-        if self.kind == "standardize":
+        if NUMERIC_KINDS[self.kind].fitted:
             x = np.nan_to_num(x, nan=0.0)
             self.moments = [self.moments[0] + len(x), self.moments[1] + x.sum(), self.moments[2] + np.square(x).sum()]
 
@@ -64,22 +99,18 @@ class Numeric:
         self.moments = [a + b for a, b in zip(self.moments, other.moments)]
 
     def finish(self) -> None:
-        if self.kind == "standardize":
+        if NUMERIC_KINDS[self.kind].fitted:
             count, total, squares = self.moments
             self.mean = total / max(count, 1)
             self.std = max(np.sqrt(max(squares / max(count, 1) - self.mean * self.mean, 0.0)), 1e-12)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)
-        if self.kind == "log1p":
-            return np.log1p(np.maximum(x, 0.0))
-        if self.kind == "standardize":
-            return (x - self.mean) / self.std
-        return x
+        return NUMERIC_KINDS[self.kind].transform(x, np.float64(self.mean), np.float64(self.std))
 
     def to_json(self) -> dict:
         saved = {"name": self.name, "kind": self.kind}
-        return saved | ({"mean": self.mean, "std": self.std} if self.kind == "standardize" else {})
+        return saved | ({"mean": self.mean, "std": self.std} if NUMERIC_KINDS[self.kind].fitted else {})
 
 
 # ----------------------------------------------------------------------------- categorical
@@ -102,7 +133,8 @@ def fnv1a(values: pa.Array) -> np.ndarray:
 
 @dataclass
 class Categorical:
-    """One categorical column (or the values of a multi-hot one): `kind` vocabulary | hash | modulo.
+    """One categorical column (or the values of a multi-hot one), given ids as its `kind`
+    (`CATEGORICAL_KINDS`) says.
 
     `values` says what the raw values are: "text" (pyarrow strings) or "uint32" (Criteo's hex,
     decoded; missing values are passed as a `present` mask)."""
@@ -116,10 +148,19 @@ class Categorical:
     _counts: Any = None  # vocabulary, while fitting: pa.Table(value, count) or (sorted uint32, int64 counts)
     _lookup: Any = None
 
+    def __post_init__(self) -> None:
+        _known(self.kind, CATEGORICAL_KINDS, self.name)
+
     @property
     def cardinality(self) -> int:
         if self.kind == "vocabulary":
             return len(self.keys) + 1
+        return self._buckets
+
+    @property
+    def _buckets(self) -> int:
+        if self.buckets is None:
+            raise RecforgeError(f"encoder {self.name!r}: a {self.kind} encoder needs its buckets")
         return self.buckets
 
     def count(self, values, present: np.ndarray | None = None) -> None:
@@ -172,9 +213,9 @@ class Categorical:
         """An id per value: int64, 0 for a missing or out-of-vocabulary one."""
         if self.kind == "hash":
             valid = values.is_valid().to_numpy(zero_copy_only=False)
-            return np.where(valid, 1 + fnv1a(values) % np.uint64(self.buckets - 1), 0).astype(np.int64)
+            return np.where(valid, 1 + fnv1a(values) % np.uint64(self._buckets - 1), 0).astype(np.int64)
         if self.kind == "modulo":
-            ids = (values % np.uint32(self.buckets)).astype(np.int64)
+            ids = (values % np.uint32(self._buckets)).astype(np.int64)
             return ids if present is None else np.where(present, ids, 0)
         if self.values == "uint32":
             if self._lookup is None:
@@ -370,6 +411,7 @@ class MultiHot:
         values, rows = self.split(column)
         ids = self.values.ids(values)
         n, width = len(column), self.max_length
+        assert width is not None, "finish() sets it"
         counts = np.bincount(rows, minlength=n)
         position = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
         keep = position < width
@@ -415,10 +457,9 @@ class Encoders:
 
     def merge(self, other: Encoders) -> None:
         """Add what `other` (the same encoders, fitted on other rows) has seen, before `finish`."""
-        for mine, theirs in zip(
-            [*self.dense, *self.sparse, *self.multi_hot], [*other.dense, *other.sparse, *other.multi_hot]
-        ):
-            mine.merge(theirs)
+        for group in ("dense", "sparse", "multi_hot"):
+            for mine, theirs in zip(getattr(self, group), getattr(other, group)):
+                mine.merge(theirs)
 
     def save(self, folder: Path) -> None:
         """`encoders.json` and one file per vocabulary (`encoders/sparse-J.npy` for uint32 values,
@@ -494,13 +535,11 @@ class Encoders:
         x = pa.concat_arrays([c if c.type == pa.float64() else c.cast(pa.float64()) for c in columns])
         x = np.nan_to_num(x.to_numpy(zero_copy_only=False).reshape(len(columns), rows).T, nan=0.0)
         kinds = np.array([e.kind for e in self.dense])
-        log = kinds == "log1p"
-        x[:, log] = np.log1p(np.maximum(x[:, log], 0.0))
-        standardized = np.flatnonzero(kinds == "standardize")
-        if len(standardized):
-            mean = np.array([self.dense[j].mean for j in standardized])
-            std = np.array([self.dense[j].std for j in standardized])
-            x[:, standardized] = (x[:, standardized] - mean) / std
+        means, stds = np.array([e.mean for e in self.dense]), np.array([e.std for e in self.dense])
+        for name, kind in NUMERIC_KINDS.items():  # the columns of each kind at once
+            of_kind = np.flatnonzero(kinds == name)
+            if len(of_kind):
+                x[:, of_kind] = kind.transform(x[:, of_kind], means[of_kind], stds[of_kind])
         return x.astype(np.float32)
 
     def _uint32_ids(self, values: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -576,9 +615,16 @@ def load_encoders(folder: str | Path) -> Encoders:
                 encoder.keys = pa.ipc.open_file(source).read_all().column("value").combine_chunks()
         return encoder
 
-    return Encoders(
-        dense=[Numeric(e["name"], e["kind"], mean=e.get("mean", 0.0), std=e.get("std", 1.0)) for e in saved["dense"]],
-        sparse=[categorical(e) for e in saved["sparse"]],
-        multi_hot=[MultiHot(categorical(e), e["delimiter"], e["max_length"], e["pooling"]) for e in saved["multi_hot"]],
-        crossed=[Cross(e["name"], e["columns"], e["buckets"]) for e in saved["crossed"]],
-    )
+    try:
+        return Encoders(
+            dense=[
+                Numeric(e["name"], e["kind"], mean=e.get("mean", 0.0), std=e.get("std", 1.0)) for e in saved["dense"]
+            ],
+            sparse=[categorical(e) for e in saved["sparse"]],
+            multi_hot=[
+                MultiHot(categorical(e), e["delimiter"], e["max_length"], e["pooling"]) for e in saved["multi_hot"]
+            ],
+            crossed=[Cross(e["name"], e["columns"], e["buckets"]) for e in saved["crossed"]],
+        )
+    except RecforgeError as e:  # a kind this recforge lacks: written by another version, or edited
+        raise RecforgeError(f"{path}: {e}") from None

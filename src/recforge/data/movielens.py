@@ -106,6 +106,6 @@ def read_titles(path: Path, encoding: str) -> dict[str, np.ndarray]:
     try:
         ids = id_text.cast(pa.int64()).to_numpy()
     except pa.ArrowInvalid:
-        row, problem = first_bad_integer(id_text, pa.int64())
+        row, problem = first_bad_integer(id_text, pa.int64()) or (0, "not an integer")  # (the cast found one)
         raise text_problem(path) or row_error(path, row, "movie id", problem, header_lines=0) from None
     return {"ids": ids, "titles": pc.list_element(parts, 1).to_numpy(zero_copy_only=False)}

@@ -198,17 +198,17 @@ def locate_bad_row(
     found = []  # (row, field, problem) of the first bad value of each column
     for name, dtype in columns.items():
         column = raw.column(name)
-        problem = None
+        bad: tuple[int, str] | None = None  # (row, problem)
         if column.null_count and not missing_ok:
             row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
             found.append((row, name, "missing value"))
         if dtype is not None and pa.types.is_integer(dtype):
-            problem = first_bad_integer(column, dtype)
+            bad = first_bad_integer(column, dtype)
         elif dtype is not None and pa.types.is_floating(dtype):
             ok = pc.fill_null(pc.match_substring_regex(column, _FLOAT), True).to_numpy(zero_copy_only=False)
             if not ok.all():
                 row = int(np.flatnonzero(~ok)[0])
-                problem = (row, f"not a number: {shown(column[row].as_py())}")
+                bad = (row, f"not a number: {shown(column[row].as_py())}")
         elif not _is_utf8(column):
             # Error path only: the fast reader has already failed, so a Python scan is affordable.
             for row, value in enumerate(column.to_pylist()):
@@ -216,10 +216,10 @@ def locate_bad_row(
                     if value is not None:
                         value.decode("utf-8")
                 except UnicodeDecodeError:
-                    problem = (row, f"not valid UTF-8 text: {value[:40]!r}")
+                    bad = (row, f"not valid UTF-8 text: {value[:40]!r}")
                     break
-        if problem:
-            found.append((problem[0], name, problem[1]))
+        if bad:
+            found.append((bad[0], name, bad[1]))
     if found:
         row, name, message = min(found)
         return row_error(path, row, name, message, header_lines)

@@ -92,7 +92,7 @@ class DLRM(ClickLogModel):
         self.bottom = mlp(cfg.bottom_mlp)
         self.embeddings = FieldEmbeddings(cardinalities, cfg.embedding_dim, cfg.emb_fusion, cfg.sparse_embeddings)
         if cfg.interaction == "dot":
-            self.interaction = DotInteraction(features, cfg.self_interaction)
+            self.interaction: DotInteraction | None = DotInteraction(features, cfg.self_interaction)
             pairs = features * (features + 1) // 2 if cfg.self_interaction else features * (features - 1) // 2
             top_input = cfg.bottom_mlp[-1] + pairs
         else:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class ReLUDropout(nn.Module):
             return _ReLUDropout.apply(x, self.p, self.generator)
         return torch.relu(x)
 
-    def get_extra_state(self) -> dict:
+    def get_extra_state(self) -> Mapping[str, Any]:
         return self.generator.bit_generator.state
 
     def set_extra_state(self, state: dict) -> None:
@@ -194,17 +195,20 @@ def tables_on_meta():
         _TABLES_ON_META.pop()
 
 
-def embedding_bag(rows: int, dim: int, init: TableInit | StackedInit, mode: str = "sum", sparse: bool = False):
+def embedding_bag(
+    rows: int, dim: int, init: TableInit | StackedInit, mode: str = "sum", sparse: bool = False
+) -> nn.EmbeddingBag:
     """An `nn.EmbeddingBag` whose rows start as `init` says (kept as its `weight_init`)."""
     bag = nn.EmbeddingBag(rows, dim, mode=mode, sparse=sparse, device="meta")
-    bag.weight_init = init
+    bag.weight_init = init  # type: ignore[assignment]  # a plain attribute: nn.Module's stubs take tensors, modules
     if not _TABLES_ON_META[-1]:
         _materialize(bag, torch.device("cpu"))
     return bag
 
 
 def _materialize(bag: nn.EmbeddingBag, device: torch.device) -> None:
-    bag.weight = nn.Parameter(bag.weight_init.rows(0, bag.num_embeddings, bag.embedding_dim).to(device))
+    init = cast("TableInit | StackedInit", bag.weight_init)  # set by `embedding_bag`
+    bag.weight = nn.Parameter(init.rows(0, bag.num_embeddings, bag.embedding_dim).to(device))
 
 
 def materialize_tables(model: nn.Module, device: torch.device) -> None:
@@ -254,6 +258,8 @@ class FieldEmbeddings(nn.Module):
     Rows start as DLRM starts them, U(-1/sqrt(rows), 1/sqrt(rows)) for each field's rows, or
     N(0, init_std^2) when `init_std` is given; `inits` says how, per field."""
 
+    offsets: torch.Tensor  # a buffer, when fused
+
     def __init__(self, cardinalities: list[int], dim: int, fused: bool, sparse: bool, init_std: float | None = None):
         super().__init__()
         self.fused = fused
@@ -280,7 +286,10 @@ class FieldEmbeddings(nn.Module):
         if exporting():  # a bag of one id is its row: a gather, where ONNX's EmbeddingBag loops over bags
             if self.fused:
                 return F.embedding(ids + self.offsets, self.table.weight)
-            return torch.stack([F.embedding(ids[:, f], table.weight) for f, table in enumerate(self.tables)], dim=1)
+            return torch.stack(
+                [F.embedding(ids[:, f], cast(nn.EmbeddingBag, table).weight) for f, table in enumerate(self.tables)],
+                dim=1,
+            )
         if self.fused:
             return self.table((ids + self.offsets).reshape(-1, 1)).view(rows, fields, -1)
         return torch.stack([table(ids[:, f : f + 1]) for f, table in enumerate(self.tables)], dim=1)

@@ -9,6 +9,7 @@ One module with two optional branches, scored on (user, item) pairs:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +54,10 @@ class NCF(UserItemModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user, item = batch["user"], batch["item"]
-        logit = self.predict.bias
+        logit: torch.Tensor = self.predict.bias
         # predict([gmf, mlp]) as a sum of two products: no concatenated copy, no mixed-precision cat.
         if self.gmf_user is not None:
+            assert self.gmf_item is not None  # the GMF tables come in pairs
             # index_select's backward (index_add) is faster than nn.Embedding's on CPU.
             gmf = self.gmf_user.weight.index_select(0, user) * self.gmf_item.weight.index_select(0, item)
             logit = logit + gmf @ self.predict.weight[0, : gmf.shape[1]].to(gmf.dtype)
@@ -71,7 +73,8 @@ class NCF(UserItemModel):
         cheaper to project the tables once, (E_u W_u^T)[user] + (E_i W_i^T)[item] + b, than every
         row of the batch: the same function and gradients with fewer FLOPs.
         """
-        first = self.mlp[0]
+        assert self.mlp is not None and self.mlp_user is not None and self.mlp_item is not None  # use_mlp
+        first = cast(nn.Linear, self.mlp[0])
         # An exported program takes one path for every batch size (a branch on it is a guard).
         if exporting() or user.numel() < self.mlp_user.num_embeddings + self.mlp_item.num_embeddings:
             return first(torch.cat([self.mlp_user(user), self.mlp_item(item)], dim=1))

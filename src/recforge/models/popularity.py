@@ -11,6 +11,8 @@ from recforge.models.base import UserItemModel
 class ItemPopularity(UserItemModel):
     """Scores an item by its number of training interactions, whoever the user is."""
 
+    counts: torch.Tensor  # a buffer
+
     def __init__(self, train_items: np.ndarray, num_items: int):
         super().__init__()
         counts = np.bincount(np.asarray(train_items), minlength=num_items)

@@ -15,6 +15,7 @@ so the two parts can take different optimizers (FTRL and Proximal Adagrad, as th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -38,6 +39,9 @@ class WideDeepConfig:
 class Wide(nn.Module):
     """One scalar weight per categorical value of every field, in one table, plus a linear term
     on the numeric features and the bias. Starts at zero, as a linear model does."""
+
+    field_offsets: torch.Tensor  # buffers
+    multi_hot_offsets: torch.Tensor
 
     def __init__(
         self, num_dense: int, cardinalities: list[int], multi_hot: list[dict], crossed: list[int], sparse: bool = True
@@ -121,7 +125,8 @@ class WideDeep(ClickLogModel):
         for i, tables in enumerate(self.one_hot):
             parts.append(tables(one_hot[:, getattr(self, f"fields_{i}")]).flatten(1))
         for bag, (lo, hi) in zip(self.multi_hot, self.blocks):
-            parts.append(pool(bag, multi_hot[:, lo:hi]))
+            assert multi_hot is not None  # a model with multi-hot tables is given their ids
+            parts.append(pool(cast(nn.EmbeddingBag, bag), multi_hot[:, lo:hi]))
         deep = self.deep(torch.cat(parts, dim=1)).squeeze(1)
         return deep.float() + self.wide(dense, one_hot, multi_hot, crossed)
 

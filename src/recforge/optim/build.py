@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,7 +77,7 @@ def with_initial_rates(optimizers: list) -> list:
 
 
 # Each optimizer's settings: the run's `optim` section when it is chosen (its fields are flags too).
-_RATE = {"low": 0, "low_open": True, "resumable": True}
+_RATE: dict[str, Any] = {"low": 0, "low_open": True, "resumable": True}
 _EPS = option(1e-8, "epsilon added to the denominator", low=0, low_open=True, resumable=True)
 _DECAY = option(0.0, "L2 penalty on the dense parameters (not the sparse tables)", low=0, resumable=True)
 

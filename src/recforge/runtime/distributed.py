@@ -78,7 +78,7 @@ GLOO_BACKEND = "gloo_one_thread"
 
 def _gloo_one_thread(store, rank: int, world: int, timeout):
     """torch's ProcessGroupGloo as init_process_group("gloo") builds it, with one worker thread."""
-    options = dist.ProcessGroupGloo._Options()
+    options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # private, absent from torch's stubs
     interfaces = [name for name in os.environ.get("GLOO_SOCKET_IFNAME", "").split(",") if name]
     options._devices = [dist.ProcessGroupGloo.create_device(interface=name) for name in interfaces] or [
         dist.ProcessGroupGloo.create_default_device()

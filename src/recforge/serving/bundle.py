@@ -154,7 +154,7 @@ def _largest_difference(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got - expected).max()) if np.isfinite(got).all() else float("nan")
 
 
-def _check_finite(state: dict[str, np.ndarray], path: Path, outcome: str) -> None:
+def _check_finite(state: dict[str, np.ndarray], path: str | Path, outcome: str) -> None:
     """Refuse weights holding NaN or infinity: every probability they touch would be NaN."""
     for name, value in state.items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():

@@ -17,8 +17,9 @@ import contextlib
 import logging
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ class Runtime:
 class _TorchRuntime(Runtime):
     """A torch module of positional input tensors (`self.module`, in `self.inputs` order) on `self.device`."""
 
-    module: nn.Module
+    module: Callable[..., torch.Tensor]  # an nn.Module, or AOTInductor's compiled model
     inputs: list[str]
     device: torch.device
 
@@ -110,7 +111,8 @@ class EagerRuntime(_TorchRuntime):
     def export(scoring: Scoring, tensors: tuple, folder: Path) -> Path:
         path = folder / EagerRuntime.file
         weights = scoring.model.state_dict().items()
-        state = {k: v.detach().cpu().numpy() for k, v in weights if isinstance(v, torch.Tensor)}
+        # Any: the arrays go to np.savez as keywords, which its stubs would also read as allow_pickle.
+        state: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in weights if isinstance(v, torch.Tensor)}
         atomic_write(path, lambda f: np.savez(f, **state), mode="wb")
         return path
 
@@ -126,12 +128,13 @@ class ProgramRuntime(_TorchRuntime):
         with _loading(path, "a torch.export program"), tensors_only(path):  # and what the scan cannot read
             program = torch.export.load(path)
             if device.type != "cpu":  # exported on the CPU: its constants and weights moved
-                if not hasattr(torch.export.passes, "move_to_device_pass"):
+                # The ignores: torch.export.passes is a subpackage torch.export.load imports, not torch.export.
+                if not hasattr(torch.export.passes, "move_to_device_pass"):  # type: ignore[attr-defined]
                     raise RecforgeError(
                         f"--runtime torch-export --device {device}: this torch ({torch.__version__}) cannot move "
                         "an exported program to a GPU; use --runtime eager there"
                     )
-                program = torch.export.passes.move_to_device_pass(program, device)
+                program = torch.export.passes.move_to_device_pass(program, device)  # type: ignore[attr-defined]
             self.module, self.inputs, self.device = program.module(), inputs, device
 
     @staticmethod
@@ -183,7 +186,7 @@ class OnnxRuntime(Runtime):
             import onnxruntime
         except ImportError:
             raise RecforgeError("--runtime onnx needs onnxruntime (pip install 'recforge[serve]')") from None
-        providers = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 raise RecforgeError(

@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -183,6 +184,7 @@ class Batcher:
         except Exception as e:  # a bug or a broken bundle: every request of the batch fails
             results = [e] * len(batch)
         for job, result in zip(batch, results):
+            assert job.loop is not None and job.future is not None  # set by `submit`, before the job is queued
             job.loop.call_soon_threadsafe(_settle, job.future, result)
 
 
@@ -372,7 +374,7 @@ def worker_app() -> FastAPI:
 
 def serve(bundle: Bundle, cfg: ServeConfig, log=print) -> None:
     """Run until SIGTERM / Ctrl-C; the requests in flight are answered first."""
-    options = {
+    options: dict[str, Any] = {
         "host": cfg.host,
         "port": cfg.port,
         "log_level": cfg.log_level,

@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from recforge.config import RunConfig
 from recforge.core.errors import RecforgeError
 from recforge.models.base import Model
+from recforge.runtime.distributed import Dist
 from recforge.tasks.serving import Exported, ServingAssets
 
 
 class Task(abc.ABC):
     name: str  # the kind of data: the `scope` of the config options that apply to it
+    cfg: RunConfig  # the run it was built for
     model_family: type[Model]  # the models it trains (the registry checks each one it builds)
     assets: type[ServingAssets]  # what a bundle of its models serves with
     # Capabilities: `recommend` ranks unseen items for a raw user id (ranking data only).
@@ -37,6 +39,11 @@ class Task(abc.ABC):
     # What its forward passes compute in: the config's `--precision` (`auto` by the CPU's flags),
     # or what the training loop decided for the model it trains.
     precision: str
+
+    @abc.abstractmethod
+    def __init__(self, cfg: RunConfig, device: torch.device, dist: Dist, log=print):
+        """The task of `cfg`'s run on this process's `device` (`dist`: the processes' group); the
+        registry builds every task so."""
 
     @property
     @abc.abstractmethod

@@ -150,6 +150,7 @@ class CTRTask(Task):
         meta = load_meta(prepared)
         ClickLogAssets.write(prepared, folder)
         split = next((s for s in ("valid", "test", "train") if meta.rows.get(s)), None)
+        assert split is not None  # a prepared log has rows
         arrays = load_split(prepared, split)
         sample = {k: np.array(arrays[k][:EXPORT_SAMPLE_ROWS]) for k in model_inputs(meta)}
         return Exported(
@@ -169,11 +170,12 @@ class CTRTask(Task):
         # Out of core, a row permutation would read the disk at random: shuffle batch-sized blocks.
         shuffle = "blocks" if self.cfg.data.shuffle == "rows" and self.resident is None else self.cfg.data.shuffle
         if shuffle == "rows":
+            assert self.resident is not None  # rows are shuffled only when they are resident
             order = torch.randperm(parts.rows, generator=generator).to(self.device)
             for step in range(start_step, steps):
                 batch = order[step * batch_size : (step + 1) * batch_size]
                 owners = parts.owners(batch)
-                mine = parts.local(batch[owners == rank], rank)
+                mine: torch.Tensor | slice = parts.local(batch[owners == rank], rank)
                 largest = int(torch.bincount(owners, minlength=self.dist.world).max())
                 yield _to_batch({k: v[mine] for k, v in self.resident.items()}), len(batch), largest
             return
@@ -184,10 +186,11 @@ class CTRTask(Task):
                 yield _to_batch({k: v[mine] for k, v in self.resident.items()}), size, -(-size // self.dist.world)
             return
         pinned = self.device.type == "cuda"
+        assert self.train is not None  # training rows, in train mode
         read = lambda part: (copy_rows(self.train, part[0], pinned), part[2])  # noqa: E731
         for arrays, size in read_ahead(chosen, read):
-            batch = {k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}
-            yield _to_batch(batch), size, -(-size // self.dist.world)
+            tensors = {k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}
+            yield _to_batch(tensors), size, -(-size // self.dist.world)
 
     def _split(self, split: str) -> dict[str, np.ndarray] | None:
         return load_split(self.folder, split) if self.meta.rows.get(split) else None
@@ -250,6 +253,7 @@ class CTRTask(Task):
         written = [folder / "predictions.npy"]
         write_array(written[0], scores)
         if self.meta.group and self.meta.item:
+            assert self.eval_arrays is not None  # `predict` scored them
             groups, items = np.asarray(self.eval_arrays["group"]), np.asarray(self.eval_arrays["item"])
             order = np.lexsort((-scores, groups))  # by group, then probability descending
             groups, items = groups[order], items[order]

@@ -60,7 +60,9 @@ class ClickLogAssets(RowScoringAssets):
     def _schema(self) -> list[dict]:
         """The raw columns a request names: numeric, categorical (Criteo's 8 hex digits or text)
         and lists; a cross's columns are categorical inputs too."""
-        columns = [{"name": e.name, "type": "number", "missing": "allowed"} for e in self.encoders.dense]
+        columns: list[dict[str, str | int | None]] = [
+            {"name": e.name, "type": "number", "missing": "allowed"} for e in self.encoders.dense
+        ]
         columns += [
             {"name": e.name, "type": "hex32" if e.values == "uint32" else "string", "missing": "allowed"}
             for e in self.encoders.sparse

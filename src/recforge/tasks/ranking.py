@@ -146,6 +146,7 @@ class RankingTask(Task):
     def _split(self, split: str, negatives: np.ndarray | None) -> _Split:
         data = self.data
         if split == "valid":  # ranked against training's rows: the test item is unknown yet
+            assert data.valid_items is not None  # a valid split is one held out
             users, history = np.flatnonzero(data.valid_items >= 0), self.positives
             items = data.valid_items[users]
         else:  # the validation item, if held out, is history by now: the whole data's training rows
@@ -247,7 +248,9 @@ class RankingTask(Task):
         count, num_items = len(part.users), self.data.num_items
         lo, hi = count * self.dist.rank // self.dist.world, count * (self.dist.rank + 1) // self.dist.world
         full = part.negatives is None
-        step = max(1, self.cfg.eval.valid_batch_size // (num_items if full else 1 + part.negatives.shape[1]))
+        step = max(
+            1, self.cfg.eval.valid_batch_size // (num_items if part.negatives is None else 1 + part.negatives.shape[1])
+        )
         for start in range(lo, hi, step):
             chunk = slice(start, min(hi, start + step))
             users, held_out = part.users[chunk], part.items[chunk]
@@ -257,6 +260,7 @@ class RankingTask(Task):
                 scores[rows, seen] = float("-inf")
                 yield scores, rank_among_all(scores, held_out)
             else:
+                assert part.negatives is not None  # not `full`
                 negatives = part.negatives[chunk]
                 candidates = torch.cat([held_out.view(-1, 1), negatives], dim=1)
                 scores = self._score(model, users, candidates)

@@ -56,12 +56,15 @@ class Exported:
 class ServingAssets(abc.ABC):
     """A bundle's assets, read from its folder."""
 
-    # The request schema (the manifest's `inputs`) and the model's input tensors, in order.
-    inputs: list[dict]
-    model_inputs: list[str]
+    inputs: list[dict]  # the request schema (the manifest's `inputs`)
 
     @abc.abstractmethod
     def __init__(self, folder: Path): ...
+
+    @property
+    @abc.abstractmethod
+    def model_inputs(self) -> list[str]:
+        """The model's input tensors, in order."""
 
     @property
     @abc.abstractmethod

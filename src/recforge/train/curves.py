@@ -56,7 +56,8 @@ class Curves:
                 tag += "'"
             scalars[tag] = optimizer.param_groups[0]["lr"]
         values = [self._summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
-        self.writer.file_writer.add_summary(self._summary(value=values), step)
+        # The ignores: SummaryWriter.__init__ sets file_writer to None, then to its FileWriter.
+        self.writer.file_writer.add_summary(self._summary(value=values), step)  # type: ignore[attr-defined]
 
     def evaluation(self, step: int, record: dict) -> None:
         """An evaluation's record: its metrics under eval/, its training window under train/."""
@@ -68,7 +69,7 @@ class Curves:
                 continue
             tag = name.replace("train_", "train/", 1) if name.startswith("train_") else f"eval/{name}"
             values.append(self._summary.Value(tag=tag, simple_value=float(value)))
-        self.writer.file_writer.add_summary(self._summary(value=values), step)
+        self.writer.file_writer.add_summary(self._summary(value=values), step)  # type: ignore[attr-defined]
         self.writer.flush()  # on disk with its checkpoint: a killed run keeps its curves to there
 
     def hyperparameters(self, settings, metrics: dict[str, float], step: int) -> None:

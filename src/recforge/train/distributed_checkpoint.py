@@ -353,7 +353,8 @@ def open_checkpoint(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if path.suffix == ".json" and path.is_file():
         try:
-            path = path.parent / json.loads(path.read_text())["checkpoint"]
+            named: str = json.loads(path.read_text())["checkpoint"]  # the checkpoint beside the pointer
+            path = path.parent / named
         except (json.JSONDecodeError, KeyError, TypeError):
             raise RecforgeError(f"{path}: not a checkpoint pointer (last.json or best.json of a run)") from None
     if path.is_dir():

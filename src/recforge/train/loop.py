@@ -260,7 +260,8 @@ class Run:
         # What a checkpoint's weights load into, and the model the steps run.
         self.checkpointed = self.wrapped if dist.enabled or self.sharding else self.model
         if t.compile:
-            self.wrapped = torch.compile(self.wrapped)
+            # A module compiles to a module (OptimizedModule); torch's stubs say a callable.
+            self.wrapped = torch.compile(self.wrapped)  # type: ignore[assignment]
         self.saved_at = time.monotonic()  # for --save-every-minutes
 
     def start_fresh(self) -> History:
@@ -272,7 +273,7 @@ class Run:
             path = cfg.train.restore_checkpoint
             restore_weights(path, open_checkpoint(path), cfg, self.model, self.task)
         else:
-            self.model.warm_start(cfg.arch)
+            self.model.warm_start(cfg.arch)  # type: ignore[operator]  # a recforge Model: the registry checks it
         self.run.start(cfg)
         return History()
 
@@ -280,6 +281,7 @@ class Run:
         """The run history, and every tensor of the run, from its last checkpoint: last.pt (one
         process wrote it) or a distributed checkpoint's folder (several did), into this run's layout."""
         source, run = self.source, self.run
+        assert source is not None  # a resume has a checkpoint (`restore`)
         distributed = source.is_dir()
         checkpoint = read_distributed_state(source) if distributed else load_checkpoint(source)
         differences = resumable(self.cfg, run.path, source, checkpoint, self.task)
@@ -305,6 +307,7 @@ class Run:
         distributed checkpoint (its tables fit one process: one wrote them), the others wait; the
         folder goes once loaded (the file stays until this run's first checkpoint replaces it)."""
         cfg, run, source = self.cfg, self.run, self.source
+        assert source is not None  # a resume has a checkpoint (`restore`)
         folder = run.checkpoints / CONVERTED
         if self.dist.is_main:
             checkpoint = load_checkpoint(source)
@@ -450,6 +453,7 @@ class Run:
         run.confirm(history.step, math.isfinite(loss) and loss <= SOUND_FACTOR * reference)
         if not math.isfinite(loss):
             raise RecforgeError(f"{where}: the training loss is {loss}; stopped; {run.stopped_diverging(rates)}")
+        assert history.smoothed_loss is not None  # set with start_loss, above
         history.smoothed_loss = smoothed = 0.9 * history.smoothed_loss + 0.1 * loss
         if smoothed > DIVERGENCE_FACTOR * reference and not history.divergence_noted:
             if self.cfg.eval.no_eval:  # a throughput run claims no model: say so once and go on

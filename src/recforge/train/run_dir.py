@@ -74,8 +74,8 @@ class RunDir:
         for stale in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp"), *self.checkpoints.glob(".*-link")]:
             remove(stale)  # temp files of a killed write (of this run's files, also those not written again)
         remove(self.path / "summary.json")
-        for kept in (self.sound, self.sound_pointer):  # the resumed checkpoint is this run's start now
-            remove(kept)
+        for sound in (self.sound, self.sound_pointer):  # the resumed checkpoint is this run's start now
+            remove(sound)
         write_text(self.path / "config.yaml", cfg.to_yaml())
         # Evaluations logged after the checkpoint we resume from are repeated: drop them.
         kept = [m for m in read_jsonl(self.metrics) if resumed_step and m.get("step", 0) <= resumed_step]

@@ -22,6 +22,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -94,10 +95,10 @@ class ShardedFields(nn.Module):
         super().__init__()
         weights = source_tables(source)
         self.keys = [table_key(f"{path}.{f}") for f in range(len(weights))]
-        self.shapes = {k: tuple(w.shape) for k, w in zip(self.keys, weights)}
+        self.shapes = {k: (w.shape[0], w.shape[1]) for k, w in zip(self.keys, weights)}
         self.collection = _collection([(k, *shape, "SUM") for k, shape in self.shapes.items()])
         self.starts = {k: _start(w, init) for k, w, init in zip(self.keys, weights, source.inits)}
-        self._order = None
+        self._order: tuple[list[str], torch.Tensor] | None = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows, fields = ids.shape
@@ -170,7 +171,7 @@ def source_tables(module: FieldEmbeddings) -> list[torch.Tensor]:
     """A `FieldEmbeddings`' per-field tables (views into the fused table when it is fused)."""
     if module.fused:
         return module.split_by_field(module.table.weight.detach())
-    return [table.weight.detach() for table in module.tables]
+    return [cast(nn.EmbeddingBag, table).weight.detach() for table in module.tables]
 
 
 def table_key(path: str) -> str:
@@ -182,9 +183,9 @@ def table_path(key: str) -> str:
     return key.replace("__", ".")
 
 
-def swap_in(model: nn.Module) -> dict[str, nn.Module]:
+def swap_in(model: nn.Module) -> dict[str, ShardedFields | ShardedBag]:
     """Replace the model's embedding modules by TorchRec stand-ins, in place; returns them by path."""
-    swapped = {}
+    swapped: dict[str, ShardedFields | ShardedBag] = {}
     for path, module in list(model.named_modules()):
         if isinstance(module, FieldEmbeddings):
             swapped[path] = ShardedFields(module, path)
@@ -206,7 +207,7 @@ def parse_bytes(text: str, flag: str) -> int:
     """'8GiB', '500MB', '1.5g', '123456' -> bytes."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     unit = match and UNITS.get(match.group(2).lower())
-    if not unit or float(match.group(1)) <= 0:
+    if not match or not unit or float(match.group(1)) <= 0:
         raise RecforgeError(f"{flag} {text}: not a size (e.g. 8GiB, 500MB, 2000000000)")
     return int(float(match.group(1)) * unit)
 
@@ -385,7 +386,7 @@ def shard(model: nn.Module, how: str, cfg: RunConfig, device: torch.device, dist
     shapes = {key: shape for stand_in in stand_ins.values() for key, shape in stand_in.shapes.items()}
     _fill_shards(wrapped, starts, shapes)
     for stand_in in stand_ins.values():
-        stand_in.starts = None
+        stand_in.starts = None  # type: ignore[assignment]  # released: the shards hold the tables now
     placed = Placement.of(plan, shapes, entry.table_state, dist.world, device)
     for line in placed.lines():
         log(line)
@@ -409,7 +410,7 @@ def _fill_shards(wrapped: nn.Module, starts: dict, shapes: dict[str, tuple[int, 
     with torch.no_grad():
         for key, value in wrapped.state_dict().items():
             name = key.split(".")[-2] if ".embedding_bags." in key else None
-            if name not in starts:
+            if name is None or name not in starts:
                 continue
             if hasattr(value, "local_shards"):
                 for shard in value.local_shards():

@@ -30,7 +30,7 @@ What it does (docs/outbrain.md lists every column):
    NVIDIA's preparation; the prior's weight keeps that small for rarely shown ads.)
 4. Pass 2 streams clicks_train again and writes one Parquet feature table per split into a
    temporary folder beside `out`, in batches; `ctr_spec.prepare_ctr` then turns them into the
-   prepared folder with the preset spec recforge/data/specs/outbrain.yaml (hashing,
+   prepared folder with the preset spec recforge/prepare/specs/outbrain.yaml (hashing,
    multi-hot lists, tags, group = display_id, item = ad_id), and the temporary folder is removed.
 
 Memory is bounded by the small tables (about 1 GB for the real data), never by clicks_train.
@@ -52,8 +52,8 @@ from recforge.core.errors import RecforgeError
 from recforge.core.files import naming, remove, temp_folder
 from recforge.core.shipped import FEATURE_SPECS
 from recforge.data.ctr_format import CTRMeta, check_out
-from recforge.data.ctr_spec import prepare_ctr
-from recforge.data.outbrain.features import (
+from recforge.prepare.ctr_spec import prepare_ctr
+from recforge.prepare.outbrain.features import (
     CTR_KEYS,
     CTR_PRIOR_VIEWS,
     REQUEST_CTR_KEYS,
@@ -62,8 +62,8 @@ from recforge.data.outbrain.features import (
     feature_columns,
     valid_displays,
 )
-from recforge.data.outbrain.reading import _input
-from recforge.data.outbrain.tables import DAY_MS, HOUR_MS, KAGGLE_EPOCH_MS, LISTS, TOP, _Tables
+from recforge.prepare.outbrain.reading import _input
+from recforge.prepare.outbrain.tables import DAY_MS, HOUR_MS, KAGGLE_EPOCH_MS, LISTS, TOP, _Tables
 
 __all__ = [
     "CTR_PRIOR_VIEWS",

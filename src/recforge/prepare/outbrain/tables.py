@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recforge.data.outbrain.reading import _at, _batches, _ids
 from recforge.data.tabular import row_error
+from recforge.prepare.outbrain.reading import _at, _batches, _ids
 
 KAGGLE_EPOCH_MS = 1465876799998  # events.timestamp is milliseconds since this instant (2016-06-14 03:59:59.998 UTC)
 DAY_MS = 86_400_000

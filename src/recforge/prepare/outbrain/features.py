@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 
 from recforge.core.files import naming
 from recforge.core.progress import Progress
-from recforge.data.outbrain.reading import _at, _clicks
-from recforge.data.outbrain.tables import LISTS, _Tables
+from recforge.prepare.outbrain.reading import _at, _clicks
+from recforge.prepare.outbrain.tables import LISTS, _Tables
 
 CTR_PRIOR_VIEWS = 10.0  # the prior CTR counts as this many views
 MISSING_DAYS = -1.0  # days since publication when a time is missing (log1p(max(x, 0)) makes it 0)

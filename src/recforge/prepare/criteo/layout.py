@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recforge.core.errors import DataError, RecforgeError
-from recforge.data.criteo.parse import _BadLine
+from recforge.prepare.criteo.parse import _BadLine
 
 KAGGLE_DAYS = 7
 TERABYTE_DAYS = 24

@@ -46,7 +46,6 @@ from recforge.core.errors import DataError
 from recforge.core.files import atomic_write
 from recforge.core.shipped import FEATURE_SPECS, resolve
 from recforge.core.yaml_file import read_yaml
-from recforge.data.criteo.layout import next_line_start
 from recforge.data.ctr_format import (
     COLUMNS,
     FORMAT,
@@ -57,8 +56,16 @@ from recforge.data.ctr_format import (
     sync_file,
     write_rows_at,
 )
-from recforge.data.encoders import Categorical, Cross, Encoders, MultiHot, Numeric, load_encoders
-from recforge.data.journal import Journal, fingerprint, prepare_resumably
+from recforge.data.encoders import (
+    CATEGORICAL_KINDS,
+    NUMERIC_KINDS,
+    Categorical,
+    Cross,
+    Encoders,
+    MultiHot,
+    Numeric,
+    load_encoders,
+)
 from recforge.data.tabular import (
     check_parquet,
     convert,
@@ -68,7 +75,9 @@ from recforge.data.tabular import (
     row_error,
     text_problem,
 )
-from recforge.data.workers import _Workers
+from recforge.prepare.criteo.layout import next_line_start
+from recforge.prepare.journal import Journal, fingerprint, prepare_resumably
+from recforge.prepare.workers import _Workers
 
 BATCH_BYTES = 1 << 24
 
@@ -109,7 +118,7 @@ def _integer(value, low: int) -> bool:
 # What a feature's keys must be: (a test of the YAML value, the words for it). YAML types are kept
 # as written: `max_length: "3"` is text, not a number.
 FEATURE_KEYS = {
-    "transform": (lambda v: v in ("log1p", "none", "standardize"), "log1p, none or standardize"),
+    "transform": (lambda v: v in NUMERIC_KINDS, f"{', '.join([*NUMERIC_KINDS][:-1])} or {[*NUMERIC_KINDS][-1]}"),
     "min_frequency": (lambda v: _integer(v, 1), "a positive integer"),
     "hash_buckets": (lambda v: v is None or _integer(v, 2), "an integer, at least 2"),
     "embedding_dim": (lambda v: v is None or _integer(v, 1), "a positive integer"),
@@ -486,9 +495,9 @@ def _split_ranges(spec: FeatureSpec, sources: dict, file_rows: dict[str, int]) -
 
 def _fitted_columns(encoders: Encoders) -> list[str]:
     """The columns the fit pass reads: vocabularies, lists of unknown length, standardized numbers."""
-    fitted = {e.name for e in encoders.sparse if e.kind == "vocabulary"}
-    fitted |= {m.name for m in encoders.multi_hot if m.values.kind == "vocabulary" or m.max_length is None}
-    fitted |= {e.name for e in encoders.dense if e.kind == "standardize"}
+    fitted = {e.name for e in encoders.sparse if CATEGORICAL_KINDS[e.kind].fitted}
+    fitted |= {m.name for m in encoders.multi_hot if CATEGORICAL_KINDS[m.values.kind].fitted or m.max_length is None}
+    fitted |= {e.name for e in encoders.dense if NUMERIC_KINDS[e.kind].fitted}
     return sorted(fitted)
 
 

@@ -14,11 +14,11 @@ import numpy as np
 
 from recforge.core.errors import DataError, RecforgeError
 from recforge.core.files import atomic_write
-from recforge.data.criteo.layout import KAGGLE_DAYS, _blocks, _count_lines, _estimated_rows, _split_rows, _Unit
-from recforge.data.criteo.parse import DENSE, SPARSE, _BadLine, _parse_located
 from recforge.data.ctr_format import SPLITS, CTRMeta, allocate, array_layout, sync_file, write_rows_at
 from recforge.data.encoders import Categorical, Encoders, Numeric, load_encoders, merge_sorted_counts
-from recforge.data.journal import Journal
+from recforge.prepare.criteo.layout import KAGGLE_DAYS, _blocks, _count_lines, _estimated_rows, _split_rows, _Unit
+from recforge.prepare.criteo.parse import DENSE, SPARSE, _BadLine, _parse_located
+from recforge.prepare.journal import Journal
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import pyarrow.csv as pcsv
 import torch
 
 from recforge.core.files import naming
-from recforge.data.outbrain import DAY_MS, KAGGLE_EPOCH_MS, TOP
 from recforge.metrics.ranking import map_at_k
+from recforge.prepare.outbrain import DAY_MS, KAGGLE_EPOCH_MS, TOP
 
 TOPIC_WEIGHT = 3.0
 TOPICS, CATEGORIES = 300, 97

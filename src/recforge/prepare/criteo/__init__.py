@@ -53,11 +53,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from recforge.core.errors import RecforgeError
-from recforge.data.criteo.layout import MAX_CHUNK_BYTES, _mean_line_bytes, _units, criteo_files
-from recforge.data.criteo.parse import DENSE, FIELDS, SPARSE
-from recforge.data.criteo.passes import _encoders_in, _Plan, _prepare, _task
 from recforge.data.ctr_format import CTRMeta
-from recforge.data.journal import fingerprint, prepare_resumably
+from recforge.prepare.criteo.layout import MAX_CHUNK_BYTES, _mean_line_bytes, _units, criteo_files
+from recforge.prepare.criteo.parse import DENSE, FIELDS, SPARSE
+from recforge.prepare.criteo.passes import _encoders_in, _Plan, _prepare, _task
+from recforge.prepare.journal import fingerprint, prepare_resumably
 
 __all__ = ["DENSE", "FIELDS", "KINDS", "SPARSE", "criteo_files", "prepare_criteo"]
 

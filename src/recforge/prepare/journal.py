@@ -23,7 +23,7 @@ from pathlib import Path
 from recforge.core.content import described
 from recforge.core.files import write_json
 from recforge.data.ctr_format import CTRMeta, finish, load_meta, resumable_folder
-from recforge.data.workers import _Workers, peak_memory_of_pool
+from recforge.prepare.workers import _Workers, peak_memory_of_pool
 
 JOURNAL_SECONDS = 30.0  # the most work a kill loses, beyond the task in progress
 NAME = "journal.json"
