@@ -16,6 +16,7 @@ def key_lines(text: str) -> dict[tuple, int]:
     lines: dict[tuple, int] = {}
 
     def walk(node, prefix):
+        children: list[tuple[str | int, yaml.Node, yaml.Node]]
         if isinstance(node, yaml.MappingNode):
             children = [(str(key.value), key, value) for key, value in node.value]
         elif isinstance(node, yaml.SequenceNode):

@@ -407,11 +407,16 @@ class MultiHot:
         self.values.finish()
         self.max_length = self.max_length or self._longest
 
+    @property
+    def width(self) -> int:
+        """Ids per row, once `finish` has set `max_length`."""
+        assert self.max_length is not None, "finish() sets it"
+        return self.max_length
+
     def apply(self, column: pa.Array) -> np.ndarray:
         values, rows = self.split(column)
         ids = self.values.ids(values)
-        n, width = len(column), self.max_length
-        assert width is not None, "finish() sets it"
+        n, width = len(column), self.width
         counts = np.bincount(rows, minlength=n)
         position = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
         keep = position < width
@@ -460,6 +465,12 @@ class Encoders:
         for group in ("dense", "sparse", "multi_hot"):
             for mine, theirs in zip(getattr(self, group), getattr(other, group)):
                 mine.merge(theirs)
+
+    def finish(self) -> None:
+        """After the fits and merges: vocabularies kept, moments made means and stds."""
+        for group in (self.dense, self.sparse, self.multi_hot):
+            for encoder in group:
+                encoder.finish()
 
     def save(self, folder: Path) -> None:
         """`encoders.json` and one file per vocabulary (`encoders/sparse-J.npy` for uint32 values,

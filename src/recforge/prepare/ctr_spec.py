@@ -415,8 +415,10 @@ def _passes(spec, sources, units, tmp: Path, pool, journal: Journal, log) -> dic
     estimate = sum(sizes_in_bytes[done:]) // 100  # progress only: ~100 bytes a row
     pool.run("rows", [("rows", spec, u, None) for u in units[done:]], counted, estimate, log)
     journal.finished("rows", len(units), {"rows": rows}, final=True)
+    counts = [n for n in rows if n is not None]
+    assert len(counts) == len(units)  # the pass counted every unit
     firsts, seen = [], dict.fromkeys(sources, 0)  # rows per file, a header-only one's too
-    for unit, count in zip(units, rows):
+    for unit, count in zip(units, counts):
         firsts.append(seen[unit.name])
         seen[unit.name] = firsts[-1] + count
     units = [replace(u, first_row=first) for u, first in zip(units, firsts)]
@@ -425,7 +427,7 @@ def _passes(spec, sources, units, tmp: Path, pool, journal: Journal, log) -> dic
     if not journal.done("allocate"):
         encoders = _encoders(spec)
         train_name, _, train_end = ranges["train"]
-        limits = [min(max(train_end - u.first_row, 0), n) if u.name == train_name else 0 for u, n in zip(units, rows)]
+        limits = [min(max(train_end - u.first_row, 0), n) if u.name == train_name else 0 for u, n in zip(units, counts)]
         fitted = [i for i, limit in enumerate(limits) if limit] if _fitted_columns(encoders) else []
         done = journal.done("fit")
         if done:
@@ -439,8 +441,7 @@ def _passes(spec, sources, units, tmp: Path, pool, journal: Journal, log) -> dic
 
         tasks = [("fit", spec, units[i], limits[i]) for i in fitted[done:]]
         pool.run("fit", tasks, merged, sum(limits[i] for i in fitted[done:]), log)
-        for e in [*encoders.dense, *encoders.sparse, *encoders.multi_hot]:
-            e.finish()
+        encoders.finish()
         for split, (_, lo, hi) in ranges.items():
             if hi > lo:
                 allocate(tmp, split, hi - lo, len(spec.numeric), len(spec.categorical), _optional(spec, encoders))
@@ -462,8 +463,8 @@ def _passes(spec, sources, units, tmp: Path, pool, journal: Journal, log) -> dic
         return result
 
     mine = {name: {s: (lo, hi) for s, (n, lo, hi) in ranges.items() if n == name and s in sizes} for name in seen}
-    tasks = [("write", spec, u, (n, mine[u.name], layout, str(tmp))) for u, n in zip(units, rows)]
-    pool.run("write", tasks[done:], written, sum(rows[done:]), log)
+    tasks = [("write", spec, u, (n, mine[u.name], layout, str(tmp))) for u, n in zip(units, counts)]
+    pool.run("write", tasks[done:], written, sum(counts[done:]), log)
     journal.finished("write", len(units), durable=durable, final=True)  # durable before meta.json
     return sizes
 
@@ -503,7 +504,7 @@ def _fitted_columns(encoders: Encoders) -> list[str]:
 
 def _optional(spec: FeatureSpec, encoders: Encoders) -> dict[str, int]:
     """The optional arrays of the prepared splits, with their widths (0: one value per row)."""
-    optional = {"multi_hot": sum(m.max_length for m in encoders.multi_hot)} if spec.multi_hot else {}
+    optional = {"multi_hot": sum(m.width for m in encoders.multi_hot)} if spec.multi_hot else {}
     optional |= {"crossed": len(spec.crossed)} if spec.crossed else {}
     return optional | {name: 0 for name, column in (("group", spec.group), ("item", spec.item)) if column}
 
@@ -520,7 +521,8 @@ def _task(op: str, spec: FeatureSpec, unit: _Unit, arg, report) -> object:
         return rows
     if op == "fit":
         return _fit(spec, source, unit, arg, report)
-    return _write(spec, source, unit, *arg, report)
+    rows, ranges, layout, folder = arg
+    return _write(spec, source, unit, rows, ranges, layout, folder, report)
 
 
 def _fit(spec: FeatureSpec, source: _Source, unit: _Unit, limit: int, report) -> Encoders:
@@ -536,9 +538,9 @@ def _fit(spec: FeatureSpec, source: _Source, unit: _Unit, limit: int, report) ->
         for m in encoders.multi_hot:
             if m.name in fitted:
                 m.fit(batch.column(m.name), measure=m.max_length is None)
-        for e in encoders.sparse:
-            if e.name in fitted:
-                e.count(batch.column(e.name))
+        for c in encoders.sparse:
+            if c.name in fitted:
+                c.count(batch.column(c.name))
         report(batch.num_rows)
         if seen >= limit:
             break
@@ -582,8 +584,8 @@ def _encoded(batch: pa.RecordBatch, spec: FeatureSpec, encoders: Encoders, sourc
     }
     for j, e in enumerate(encoders.dense):
         out["dense"][:, j] = e.apply(batch.column(e.name).to_numpy(zero_copy_only=False))
-    for j, e in enumerate(encoders.sparse):
-        out["sparse"][:, j] = e.ids(batch.column(e.name))
+    for j, c in enumerate(encoders.sparse):
+        out["sparse"][:, j] = c.ids(batch.column(c.name))
     if encoders.multi_hot:
         out["multi_hot"] = np.concatenate([m.apply(batch.column(m.name)) for m in encoders.multi_hot], axis=1)
     if encoders.crossed:
@@ -635,7 +637,7 @@ def _encoders(spec: FeatureSpec) -> Encoders:
         dense=[Numeric(f.name, f.transform) for f in spec.numeric],
         sparse=[categorical(f) for f in spec.categorical],
         multi_hot=[MultiHot(categorical(f), f.delimiter, f.max_length, f.pooling) for f in spec.multi_hot],
-        crossed=[Cross(f.name, f.columns, f.hash_buckets) for f in spec.crossed],
+        crossed=[Cross(f.name, f.columns, f.hash_buckets or 0) for f in spec.crossed],  # (load_spec requires it)
     )
 
 

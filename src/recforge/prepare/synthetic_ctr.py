@@ -107,7 +107,7 @@ def generate_ctr(
                 dense = dense.astype(np.float32)
                 sparse = np.stack(
                     [
-                        e.ids(_zipf_values(rng, e.buckets, n, 1.05 if e.buckets > 1000 else 0.8))
+                        e.ids(_zipf_values(rng, e.cardinality, n, 1.05 if e.cardinality > 1000 else 0.8))
                         for e in encoders.sparse
                     ],
                     axis=1,

@@ -98,6 +98,8 @@ class _Workers:
         return on_result(i, pending.get())
 
     def _drain(self, progress: Progress) -> None:
+        if self.queue is None:  # one process: the tasks report directly
+            return
         try:
             while True:
                 progress.update(self.queue.get_nowait())

@@ -76,10 +76,11 @@ def _rows(path: Path) -> int:
 def predict(bundle: Bundle, path: str | Path, output: str | Path, batch_rows: int = 65_536, log=print) -> int:
     """Score every row of `path` into `output`; returns the number of rows."""
     path, output = Path(path).expanduser(), Path(output).expanduser()
-    if not isinstance(bundle.assets, RowScoringAssets):
-        raise RecforgeError(f"recforge predict scores raw rows; {bundle.assets.what_it_does}")
+    assets = bundle.assets
+    if not isinstance(assets, RowScoringAssets):
+        raise RecforgeError(f"recforge predict scores raw rows; {assets.what_it_does}")
     require_file(path)
-    inputs = bundle.assets.inputs
+    inputs = assets.inputs
     names = [c["name"] for c in inputs]
     progress = Progress(_rows(path), f"predict {path.name}", unit="rows")
     done = 0
@@ -95,11 +96,11 @@ def predict(bundle: Bundle, path: str | Path, output: str | Path, batch_rows: in
                     for c in inputs
                 }
                 try:
-                    checked = bundle.assets.table({"columns": columns})
+                    checked = assets.table({"columns": columns})
                 except RequestError as e:  # its field: columns.NAME[i]
                     name, _, index = e.field.removeprefix("columns.").partition("[")
                     raise row_error(path, first + int(index.rstrip("]") or 0), name, e.message) from None
-                scores = bundle.probabilities(bundle.assets.encode(checked))
+                scores = bundle.probabilities(assets.encode(checked))
                 writer.write_table(pa.table({"probability": pa.array(scores, pa.float32())}))
                 done += len(scores)
                 progress.update(len(scores))

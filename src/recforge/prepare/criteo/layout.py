@@ -39,7 +39,7 @@ def criteo_files(kind: str, data_dir: Path) -> list[Path]:
             f"{data_dir}: Criteo Terabyte needs day_0, day_1, ... (plain or .gz) without gaps, "
             f"at least two days; missing day_{missing[0]}"
         )
-    return [days[k] for k in present]
+    return [day for day in days if day is not None]  # (day_0 .. day_N, as checked)
 
 
 def _plain_or_gz(folder: Path, name: str) -> Path | None:

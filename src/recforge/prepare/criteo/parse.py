@@ -43,7 +43,7 @@ class _Chunk:
     present: np.ndarray  # bool [26, rows]
 
 
-def _parse_located(data: bytes, lines_before: int, dense: bool = True) -> _Chunk:
+def _parse_located(data: bytes | bytearray, lines_before: int, dense: bool = True) -> _Chunk:
     """`_parse`, with a failure's line index made relative to the unit."""
     try:
         return _parse(data, dense)
@@ -52,7 +52,7 @@ def _parse_located(data: bytes, lines_before: int, dense: bool = True) -> _Chunk
         raise _BadLine(None if line is None else lines_before + line, field, message) from None
 
 
-def _parse(data: bytes, dense: bool = True) -> _Chunk:
+def _parse(data: bytes | bytearray, dense: bool = True) -> _Chunk:
     """Whole lines -> arrays (dense features transformed only if `dense`). Any doubt (a byte no valid line
     holds, a pyarrow error, a row count
     that differs from the newline count, a bad label or hex value) sends the block to `_locate`."""
@@ -81,9 +81,11 @@ def _columns(table: pa.Table, rows: int, transform_dense: bool) -> _Chunk | None
     label = label_column.to_numpy()
     if rows and (label.min() < 0 or label.max() > 1):
         return None
-    dense = np.empty((rows, len(DENSE)), np.float32) if transform_dense else None
-    for j, name in enumerate(DENSE if transform_dense else ()):
-        dense[:, j] = LOG1P.apply(table.column(name).fill_null(0).to_numpy())  # float64, then rounded once to float32
+    dense = None
+    if transform_dense:
+        dense = np.empty((rows, len(DENSE)), np.float32)
+        for j, name in enumerate(DENSE):
+            dense[:, j] = LOG1P.apply(table.column(name).fill_null(0).to_numpy())  # float64, rounded once to float32
     values = np.zeros((len(SPARSE), rows), np.uint32)
     present = np.zeros((len(SPARSE), rows), bool)
     for j, name in enumerate(SPARSE):
@@ -109,9 +111,10 @@ def _columns(table: pa.Table, rows: int, transform_dense: bool) -> _Chunk | None
     return _Chunk(rows, label.astype(np.uint8), dense, values, present)
 
 
-def _locate(data: bytes) -> tuple[int | None, str | None, str]:
+def _locate(data: bytes | bytearray) -> tuple[int | None, str | None, str]:
     """Error path only (the fast path has failed): the first bad line of a block, field by field,
     in Python. Accepts exactly what the fast path accepts."""
+    data = bytes(data)  # (a copy, on this path only)
     nul = data.find(b"\0")
     if nul >= 0:  # a binary file: say so, rather than describe the bytes of its first line
         return data.count(b"\n", 0, nul), None, "binary data (a NUL byte), not text"

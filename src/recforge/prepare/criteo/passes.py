@@ -9,6 +9,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,8 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None], journal: 
         if result[0] == "bad":
             _, line, field, message = result
             unit = units[unit_index]
-            first = sum(rows[i] for i in range(unit_index) if units[i].file == unit.file) if line is not None else 0
+            before = _counted(rows[:unit_index])  # (results come in order: the earlier units' are known)
+            first = sum(n for n, u in zip(before, units) if u.file == unit.file) if line is not None else 0
             raise DataError(unit.path, None if line is None else first + line + 1, field, message)
         return result
 
@@ -66,8 +68,9 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None], journal: 
 
     if plan.max_ind_range is None and not journal.done("allocate"):
         if plan.kind == "criteo-kaggle":
-            train_end = _split_rows(plan.kind, [sum(rows)])["train"]
-            first_rows = np.concatenate([[0], np.cumsum(rows)]).tolist()
+            counts = _counted(rows)
+            train_end = _split_rows(plan.kind, [sum(counts)])["train"]
+            first_rows = np.concatenate([[0], np.cumsum(counts)]).tolist()
             limits = [min(max(train_end - first_rows[i], 0), rows[i]) for i in range(len(units))]
             limits = [None if limit == rows[i] else limit for i, limit in enumerate(limits)]
         else:  # every day but the last is train; the last day is only counted
@@ -98,7 +101,8 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None], journal: 
     else:
         vocabulary, distinct = None, journal.get("distinct")
 
-    file_rows = [sum(r for u, r in zip(units, rows) if u.file == f) for f in range(len(plan.files))]
+    counts = _counted(rows)
+    file_rows = [sum(r for u, r in zip(units, counts) if u.file == f) for f in range(len(plan.files))]
     split_rows = _split_rows(plan.kind, file_rows)
     if sum(file_rows) == 0:
         raise DataError(plan.files[0], None, None, "no rows")
@@ -138,15 +142,15 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None], journal: 
         journal.finished("write", done + k + 1, durable=durable)
         return result[1]
 
-    starts = np.concatenate([[0], np.cumsum(rows)]).tolist()
-    tasks = [
-        ("write", u, plan.chunk_bytes, (starts[i], rows[i], ranges, layout, str(tmp))) for i, u in enumerate(units)
+    starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    writes = [
+        ("write", u, plan.chunk_bytes, (starts[i], counts[i], ranges, layout, str(tmp))) for i, u in enumerate(units)
     ]
-    pool.run("write", tasks[done:], written, sum(rows[done:]), log)
+    pool.run("write", writes[done:], written, sum(counts[done:]), log)
     _encoders_in.cache_clear()
     journal.finished("write", len(units), durable=durable, final=True)  # durable before meta.json marks it complete
 
-    info = {
+    info: dict[str, Any] = {
         "source": plan.kind,
         "files": [{"name": p.name, "bytes": p.stat().st_size, "rows": r} for p, r in zip(plan.files, file_rows)],
         "split": (
@@ -172,8 +176,17 @@ def _prepare(plan: _Plan, tmp: Path, pool, log: Callable[[str], None], journal: 
 COUNTS = "vocabulary-counts.npz"  # the vocabulary pass's merged counts so far, for a resumed pass
 
 
+def _counted(rows: list[int | None]) -> list[int]:
+    """`rows` of units whose rows have all been counted."""
+    counts = [n for n in rows if n is not None]
+    assert len(counts) == len(rows), "a unit's rows were never counted"
+    return counts
+
+
 def _save_counts(folder: Path, totals: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    arrays = {f"{kind}_{j}": pair[k] for j, pair in enumerate(totals) for k, kind in enumerate(("values", "counts"))}
+    arrays: dict[str, Any] = {
+        f"{kind}_{j}": pair[k] for j, pair in enumerate(totals) for k, kind in enumerate(("values", "counts"))
+    }
     atomic_write(folder / COUNTS, lambda f: np.savez(f, **arrays), mode="wb")
 
 
@@ -197,7 +210,8 @@ def _task(op: str, unit: _Unit, chunk_bytes: int, arg, report: Callable[[int], N
             return "ok", _count_lines(unit, report), None
         if op == "vocab":
             return _vocabulary_task(unit, chunk_bytes, arg, report)
-        return _write_task(unit, chunk_bytes, *arg, report)
+        first_row, rows, ranges, layout, folder = arg
+        return _write_task(unit, chunk_bytes, first_row, rows, ranges, layout, folder, report)
     except _BadLine as bad:
         return ("bad", *bad.args)
 
@@ -233,6 +247,7 @@ def _write_task(
     seen = 0
     for data in _blocks(unit, chunk_bytes):
         chunk = _parse_located(data, seen)
+        assert chunk.dense is not None  # parsed with dense=True
         encoders = _encoders_in(folder)
         ids = np.empty((chunk.rows, len(SPARSE)), np.int32)
         for j, encoder in enumerate(encoders.sparse):

@@ -62,7 +62,7 @@ from recforge.prepare.outbrain.features import (
     feature_columns,
     valid_displays,
 )
-from recforge.prepare.outbrain.reading import _input
+from recforge.prepare.outbrain.reading import _input, _optional_input
 from recforge.prepare.outbrain.tables import DAY_MS, HOUR_MS, KAGGLE_EPOCH_MS, LISTS, TOP, _Tables
 
 __all__ = [
@@ -107,7 +107,7 @@ def prepare_outbrain(
             *(f for f, _ in LISTS.values()),
         )
     }
-    page_views = _input(data_dir, "page_views_sample.csv", required=False)
+    page_views = _optional_input(data_dir, "page_views_sample.csv")
 
     tables = _Tables.load(files, page_views, log)
     counts, rows = _count_train(files["clicks_train.csv"], tables, valid_fraction, seed, log)

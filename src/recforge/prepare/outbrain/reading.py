@@ -22,16 +22,18 @@ NULLS = ["", "\\N"]  # Kaggle's files write a missing platform as \N
 _MAX_ID = (1 << 31) - 1
 
 
-def _input(data_dir: Path, name: str, required: bool = True) -> Path | None:
-    for path in (data_dir / name, data_dir / f"{name}.gz"):
-        if path.is_file():
-            return path
-    if required:
+def _input(data_dir: Path, name: str) -> Path:
+    path = _optional_input(data_dir, name)
+    if path is None:
         raise RecforgeError(
             f"{data_dir / name}: file not found (nor {name}.gz); the Outbrain Click Prediction "
             "files from Kaggle go in --data-dir under their own names"
         )
-    return None
+    return path
+
+
+def _optional_input(data_dir: Path, name: str) -> Path | None:
+    return next((p for p in (data_dir / name, data_dir / f"{name}.gz") if p.is_file()), None)
 
 
 def _header(path: Path) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import DTypeLike
 
 from recforge.data.tabular import row_error
 from recforge.prepare.outbrain.reading import _at, _batches, _ids
@@ -51,9 +52,9 @@ class _ById:
     missing value, which unknown ids read (`_at`). Kaggle's ids are dense (1..N): an id far
     beyond the rows read is an error rather than a huge allocation."""
 
-    def __init__(self, path: Path, key: str, columns: dict[str, tuple[np.dtype, float]]):
+    def __init__(self, path: Path, key: str, columns: dict[str, tuple[DTypeLike, float]]):
         self.path, self.key = path, key
-        self.spec = {**columns, "known": (np.bool_, False)}
+        self.spec: dict[str, tuple[DTypeLike, float]] = {**columns, "known": (np.bool_, False)}
         self.columns = {name: np.full(1, missing, dtype) for name, (dtype, missing) in self.spec.items()}
         self.rows = 0
 
