@@ -106,16 +106,16 @@ def prepared_files(out: Path) -> dict[str, str]:
     return {k.split(f"{out.name}/", 1)[1]: v for k, v in snapshot(out).items() if not k.endswith("prepare.json")}
 
 
-def assert_interrupted_preparation_continues(tmp_path: Path, monkeypatch, module, prepare, step: str, finished: int):
-    """`prepare(out, log)` (its worker tasks `module._task(op, ...)`, run in this process) is
+def assert_interrupted_preparation_continues(tmp_path: Path, monkeypatch, prepare, step: str, finished: int):
+    """`prepare(out, log)` (the pass engine's worker tasks `engine._task(op, ...)`, run in this process) is
     interrupted (Ctrl-C) as task `finished + 1` of pass `step` starts, then run again: its folder
     and journal are kept in between; the second run redoes none of the earlier passes' tasks, only
     the interrupted pass's others and every later one, to a folder byte-identical to an
     uninterrupted run's (prepare.json aside), nothing left beside it."""
-    from recforge.prepare import journal
+    from recforge.prepare import engine, journal
 
     calls: dict[str, int] = {}
-    interrupt, task = False, module._task
+    interrupt, task = False, engine._task
 
     def counted(op, *args):  # and interrupted at the chosen task, when `interrupt`
         calls[op] = calls.get(op, 0) + 1
@@ -123,7 +123,7 @@ def assert_interrupted_preparation_continues(tmp_path: Path, monkeypatch, module
             raise KeyboardInterrupt
         return task(op, *args)
 
-    monkeypatch.setattr(module, "_task", counted)
+    monkeypatch.setattr(engine, "_task", counted)
     prepare(tmp_path / "reference", lambda *_: None)
     tasks, calls = calls, {}
     passes = list(tasks)  # in the order they ran

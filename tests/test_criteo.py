@@ -175,7 +175,7 @@ def test_max_ind_range_hashes_without_a_vocabulary(tmp_path):
     assert meta.cardinalities == [1000] * 26
     assert_matches(tmp_path / "out", rows, meta.rows["train"], modulus=1000)
     assert prepared(tmp_path / "out")[1]["sparse"][0, 0] == 0xFFFFFFFF % 1000
-    assert not any("vocabulary" in line for line in logged)
+    assert not any(line.startswith("  fit:") for line in logged)  # nothing to fit: no pass over the train rows
     assert any(
         line.startswith("  write: 50 rows in") and "(" in line and "per process of 1)" in line for line in logged
     )
@@ -183,6 +183,7 @@ def test_max_ind_range_hashes_without_a_vocabulary(tmp_path):
     report = json.loads((tmp_path / "out" / "prepare.json").read_text())
     assert set(report["peak_memory_bytes"]) == {"main process"}  # one process: no worker pool
     assert report["passes"]["write"]["rows"] == 50 and report["passes"]["write"]["rows_per_s_per_process"] > 0
+    assert list(report["passes"]) == ["rows", "write"]
     with pytest.raises(RecforgeError, match="min_frequency"):
         prepare_criteo("criteo-kaggle", tmp_path, tmp_path / "other", max_ind_range=1000, min_frequency=2, log=quiet)
 
@@ -217,6 +218,8 @@ def test_terabyte_days(tmp_path):
     rows = days[0] + days[1] + days[2]
     assert_matches(tmp_path / "out", rows, 55)
     assert prepared(tmp_path / "out")[1]["sparse"][55, 0] == 0
+    report = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert list(report["passes"]) == ["fit", "write"]  # the fit pass counts the days: no pass of its own
 
 
 def test_workers_1_and_2_write_identical_bytes(kaggle_tiny, tmp_path):

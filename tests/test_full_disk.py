@@ -29,8 +29,8 @@ from recforge.data.ctr_format import load_meta
 from recforge.data.download import download
 from recforge.data.encoders import Categorical, Encoders, Numeric
 from recforge.prepare import criteo
-from recforge.prepare.criteo.layout import _Unit
-from recforge.prepare.criteo.passes import _task
+from recforge.prepare.criteo.click_log import CriteoLog
+from recforge.prepare.engine import Unit, _task
 from recforge.prepare.synthetic_ctr import generate_ctr
 from recforge.prepare.synthetic_outbrain import write_outbrain_csvs
 from recforge.prepare.workers import _Workers
@@ -167,16 +167,17 @@ def test_a_workers_write_error_comes_back_naming_the_file(disk, tmp_path):
     layout = {
         "train": {name: (str(target), 0, width) for name, width in (("label", 1), ("dense", 52), ("sparse", 104))}
     }
+    click_log = CriteoLog("criteo-kaggle", [raw / "train.txt"], size, 100.0, 1, 1000)
     task = (
         "write",
-        _Unit(0, str(raw / "train.txt"), 0, size),
-        size,
-        (0, rows, {"train": (0, rows)}, layout, str(encoders)),
+        click_log,
+        Unit(0, str(raw / "train.txt"), 0, size),
+        (0, 0, rows, {"train": (0, rows)}, layout, str(encoders)),
     )
     pool = _Workers(2, _task)
     try:
         with pytest.raises(OSError) as raised:
-            pool.run("write", [task], lambda i, result: result[1], rows, lambda *_: None)
+            pool.run("write", [task], lambda i, result: result, rows, lambda *_: None)
     finally:
         pool.terminate()
     assert user_message(raised.value) == (f"{target}: {NO_SPACE} (free some space or choose another folder)", 2)

@@ -79,4 +79,4 @@ def test_an_interrupted_prepare_ctr_continues_after_its_last_unit(tmp_path, monk
     def prepare(out, log):
         ctr_spec.prepare_ctr(raw / "spec.yaml", raw, out, log=log)
 
-    assert_interrupted_preparation_continues(tmp_path, monkeypatch, ctr_spec, prepare, step, finished)
+    assert_interrupted_preparation_continues(tmp_path, monkeypatch, prepare, step, finished)

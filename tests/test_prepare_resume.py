@@ -12,7 +12,6 @@ import pytest
 from faults import assert_interrupted_preparation_continues, assert_user_error, prepared_files, run_cli, snapshot
 from test_criteo import random_rows, write_tsv
 
-from recforge.prepare import criteo
 from recforge.prepare.criteo import prepare_criteo
 
 
@@ -31,8 +30,8 @@ def kaggle(folder: Path) -> Path:
 
 @pytest.mark.parametrize(
     "kind, step, finished",
-    [("criteo-terabyte", "vocab", 4), ("criteo-terabyte", "write", 5), ("criteo-kaggle", "count", 3)]
-    + [("criteo-kaggle", "write", 0), ("criteo-kaggle", "vocab", 6)],
+    [("criteo-terabyte", "fit", 4), ("criteo-terabyte", "write", 5), ("criteo-kaggle", "rows", 3)]
+    + [("criteo-kaggle", "write", 0), ("criteo-kaggle", "fit", 6)],
 )
 def test_an_interrupted_preparation_continues_after_its_last_finished_chunk(
     tmp_path, monkeypatch, kind, step, finished
@@ -42,7 +41,6 @@ def test_an_interrupted_preparation_continues_after_its_last_finished_chunk(
     assert_interrupted_preparation_continues(
         tmp_path,
         monkeypatch,
-        criteo,
         lambda out, log: prepare_criteo(kind, raw, out, log=log, **options),
         step,
         finished,

@@ -466,11 +466,20 @@ class Encoders:
             for mine, theirs in zip(getattr(self, group), getattr(other, group)):
                 mine.merge(theirs)
 
-    def finish(self) -> None:
-        """After the fits and merges: vocabularies kept, moments made means and stds."""
-        for group in (self.dense, self.sparse, self.multi_hot):
+    def finish(self) -> list[int]:
+        """After the fits and merges: vocabularies kept, moments made means and stds. Returns the
+        distinct train values each categorical column had (0 where not counted)."""
+        for group in (self.dense, self.multi_hot):
             for encoder in group:
                 encoder.finish()
+        return [encoder.finish() for encoder in self.sparse]
+
+    def fitted_columns(self) -> list[str]:
+        """The columns fitting reads: vocabularies, lists of unknown length, standardized numbers."""
+        fitted = {e.name for e in self.sparse if CATEGORICAL_KINDS[e.kind].fitted}
+        fitted |= {m.name for m in self.multi_hot if CATEGORICAL_KINDS[m.values.kind].fitted or m.max_length is None}
+        fitted |= {e.name for e in self.dense if NUMERIC_KINDS[e.kind].fitted}
+        return sorted(fitted)
 
     def save(self, folder: Path) -> None:
         """`encoders.json` and one file per vocabulary (`encoders/sparse-J.npy` for uint32 values,

@@ -26,10 +26,8 @@ an empty list stays empty. A cross hashes the joined text of its columns. `embed
 
 from __future__ import annotations
 
-import functools
 import gzip
 import os
-import pickle
 import time
 import zlib
 from collections.abc import Iterator
@@ -43,7 +41,6 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from recforge.core.errors import DataError
-from recforge.core.files import atomic_write
 from recforge.core.shipped import FEATURE_SPECS, resolve
 from recforge.core.yaml_file import read_yaml
 from recforge.data.ctr_format import (
@@ -51,20 +48,14 @@ from recforge.data.ctr_format import (
     FORMAT,
     OPTIONAL,
     CTRMeta,
-    allocate,
-    array_layout,
-    sync_file,
-    write_rows_at,
 )
 from recforge.data.encoders import (
-    CATEGORICAL_KINDS,
     NUMERIC_KINDS,
     Categorical,
     Cross,
     Encoders,
     MultiHot,
     Numeric,
-    load_encoders,
 )
 from recforge.data.tabular import (
     check_parquet,
@@ -75,9 +66,8 @@ from recforge.data.tabular import (
     row_error,
     text_problem,
 )
-from recforge.prepare.criteo.layout import next_line_start
-from recforge.prepare.journal import Journal, fingerprint, prepare_resumably
-from recforge.prepare.workers import _Workers
+from recforge.prepare.engine import ClickLog, Prepared, Unit, line_ranges, prepare_click_log
+from recforge.prepare.journal import fingerprint
 
 BATCH_BYTES = 1 << 24
 
@@ -256,7 +246,7 @@ class _Source:
             **{name: pa.int64() for name in (spec.group, spec.item) if name and name not in categorical},
         }
 
-    def batches(self, columns: list[str] | None = None, unit: _Unit | None = None) -> Iterator[pa.RecordBatch]:
+    def batches(self, columns: list[str] | None = None, unit: Unit | None = None) -> Iterator[pa.RecordBatch]:
         """Batches of `columns` (default: every spec column) of the whole file or of one `unit`."""
         types = {c: self.types[c] for c in columns} if columns else self.types
         if self.path.suffix == ".parquet":
@@ -321,7 +311,7 @@ class _Source:
         parse = pcsv.ParseOptions(delimiter=self.spec.separator)
         return pcsv.read_csv(pa.py_buffer(line), parse_options=parse).column_names
 
-    def units(self, name: str, unit_bytes: int) -> list[_Unit]:
+    def units(self, file: int, unit_bytes: int) -> list[Unit]:
         """The file cut into units of work: ranges of ~`unit_bytes` of whole lines of a plain CSV
         (after its header), each row group of a Parquet file, or a whole .gz (gzip cannot be split)."""
         path = str(self.path)
@@ -330,28 +320,12 @@ class _Source:
             metadata = pq.ParquetFile(path).metadata
             sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
             firsts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-            return [_Unit(name, path, row_groups=(g,), first_row=firsts[g]) for g in range(len(sizes))]
+            return [Unit(file, path, row_groups=(g,), first_row=firsts[g]) for g in range(len(sizes))]
         if self.path.suffix == ".gz":
-            return [_Unit(name, path)]
-        size = self.path.stat().st_size
+            return [Unit(file, path)]
         with open(self.path, "rb") as f:
-            cuts = [len(f.readline())]
-            while cuts[-1] + unit_bytes < size and (cut := next_line_start(f, cuts[-1] + unit_bytes)) < size:
-                cuts.append(cut)
-        return [_Unit(name, path, a, b) for a, b in zip(cuts, [*cuts[1:], size]) if b > a]
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One task's rows: bytes [start, end) of whole lines of a CSV, row groups of a Parquet file, or
-    (end None, no row groups) the whole file; `name` is its file's key in the spec's `files`."""
-
-    name: str
-    path: str
-    start: int = 0
-    end: int | None = None
-    row_groups: tuple[int, ...] = ()
-    first_row: int = 0  # of the file, once the rows are counted (messages, write offsets)
+            header = len(f.readline())
+        return [Unit(file, path, a, b) for a, b in line_ranges(self.path, header, unit_bytes)]
 
 
 UNIT_BYTES = 1 << 26  # a CSV unit: 64 MiB of lines
@@ -370,25 +344,23 @@ def prepare_ctr(
     a prepared folder to replace). `info`: a caller's provenance for meta.json's info (meta.json
     is written once, last, so a failure never replaces `out`).
 
-    Three passes over the files' units, each run by `workers` processes and resumable after an
-    interruption from the last finished unit (`journal`): `rows` (each unit's rows), `fit` (the
-    encoders' counts and moments on the train rows, merged in unit order) and `write` (each unit
-    encoded and written at its rows' offsets)."""
+    The pass engine's three passes (`engine.py`) over the files' units, each run by `workers`
+    processes and resumable after an interruption from the last finished unit: `rows` (each
+    unit's rows), `fit` (the encoders' counts and moments on the train rows, merged in unit
+    order) and `write` (each unit encoded and written at its rows' offsets)."""
     start = time.perf_counter()
     spec = load_spec(spec_path)
     data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser()
-    sources = {split: _Source(require_file(data_dir / name), spec) for split, name in spec.files.items()}
-    units = [unit for name, source in sources.items() for unit in source.units(name, UNIT_BYTES)]
+    names = list(spec.files)
+    sources = [_Source(require_file(data_dir / spec.files[name]), spec) for name in names]
+    units = [unit for file, source in enumerate(sources) for unit in source.units(file, UNIT_BYTES)]
     processes = max(1, min(workers, len(units)))
     options = {"spec": str(spec), "units": [asdict(u) for u in units], "format": FORMAT}
-    key = fingerprint([source.path for source in sources.values()], **options)
-    steps = {"rows": len(units), "fit": len(units), "write": len(units)}
-
-    def build(tmp: Path, journal: Journal, pool: _Workers) -> CTRMeta:
-        sizes = _passes(spec, sources, units, tmp, pool, journal, log)
-        return _meta(spec, load_encoders(tmp), sizes, info or {})
-
-    meta, report = prepare_resumably(out, key, overwrite, (processes, _task), steps, build, start, log)
+    key = fingerprint([source.path for source in sources], **options)
+    click_log = SpecLog(spec, [source.path for source in sources], names)
+    meta, report = prepare_click_log(
+        click_log, units, out, key, overwrite, processes, lambda found: click_log.meta(found, info or {}), start, log
+    )
     if report is None:  # finished by an earlier attempt
         return meta
     seconds = report["seconds"]
@@ -400,178 +372,80 @@ def prepare_ctr(
     return meta
 
 
-def _passes(spec, sources, units, tmp: Path, pool, journal: Journal, log) -> dict[str, int]:
-    """The rows, fit and write passes, each after the tasks `journal` says were finished; the
-    rows per split."""
-    rows: list[int | None] = journal.get("rows") or [None] * len(units)
-    done = journal.done("rows")
+@dataclass
+class SpecLog(ClickLog):
+    """The files of a feature spec (`names`: their keys in its `files`) as the pass engine's click log."""
 
-    def counted(k, result):
-        rows[done + k] = result
-        journal.finished("rows", done + k + 1, {"rows": rows})
-        return result
+    spec: FeatureSpec
+    files: list[Path]
+    names: list[str]
 
-    sizes_in_bytes = [(u.end or os.path.getsize(u.path)) - u.start for u in units]
-    estimate = sum(sizes_in_bytes[done:]) // 100  # progress only: ~100 bytes a row
-    pool.run("rows", [("rows", spec, u, None) for u in units[done:]], counted, estimate, log)
-    journal.finished("rows", len(units), {"rows": rows}, final=True)
-    counts = [n for n in rows if n is not None]
-    assert len(counts) == len(units)  # the pass counted every unit
-    firsts, seen = [], dict.fromkeys(sources, 0)  # rows per file, a header-only one's too
-    for unit, count in zip(units, counts):
-        firsts.append(seen[unit.name])
-        seen[unit.name] = firsts[-1] + count
-    units = [replace(u, first_row=first) for u, first in zip(units, firsts)]
-    ranges = _split_ranges(spec, sources, seen)  # split -> (file key, first row, end row)
+    def encoders(self) -> Encoders:
+        return _encoders(self.spec)
 
-    if not journal.done("allocate"):
-        encoders = _encoders(spec)
-        train_name, _, train_end = ranges["train"]
-        limits = [min(max(train_end - u.first_row, 0), n) if u.name == train_name else 0 for u, n in zip(units, counts)]
-        fitted = [i for i, limit in enumerate(limits) if limit] if _fitted_columns(encoders) else []
-        done = journal.done("fit")
-        if done:
-            with open(tmp / FITTED, "rb") as f:
-                encoders = pickle.load(f)
+    def splits(self, file_rows: list[int]) -> dict[str, tuple[int, int]]:
+        """The spec's files, or one file's head (train) and tail (`holdout` fractions for valid and test)."""
+        rows = dict(zip(self.names, file_rows))
+        for name in ("train", "all"):  # an empty valid or test file is a split without rows (Outbrain writes one)
+            if rows.get(name, 1) == 0:
+                raise DataError(self.files[self.names.index(name)], None, None, "no data rows")
+        if "all" not in rows:
+            starts = np.concatenate([[0], np.cumsum(file_rows)]).tolist()
+            return {name: (starts[i], starts[i] + n) for i, (name, n) in enumerate(rows.items())}
+        total = rows["all"]
+        test = int(total * self.spec.holdout.get("test", 0.0))
+        valid = int(total * self.spec.holdout.get("valid", 0.0))
+        return {
+            "train": (0, total - valid - test),
+            "valid": (total - valid - test, total - test),
+            "test": (total - test, total),
+        }
 
-        def merged(k, result):
-            encoders.merge(result)
-            journal.finished("fit", done + k + 1, {"rows": rows}, durable=lambda: _save_fitted(tmp, encoders))
-            return limits[fitted[done + k]]
+    def optional(self, encoders: Encoders) -> dict[str, int]:
+        spec = self.spec
+        optional = {"multi_hot": sum(m.width for m in encoders.multi_hot)} if spec.multi_hot else {}
+        optional |= {"crossed": len(spec.crossed)} if spec.crossed else {}
+        return optional | {name: 0 for name, column in (("group", spec.group), ("item", spec.item)) if column}
 
-        tasks = [("fit", spec, units[i], limits[i]) for i in fitted[done:]]
-        pool.run("fit", tasks, merged, sum(limits[i] for i in fitted[done:]), log)
-        encoders.finish()
-        for split, (_, lo, hi) in ranges.items():
-            if hi > lo:
-                allocate(tmp, split, hi - lo, len(spec.numeric), len(spec.categorical), _optional(spec, encoders))
-        encoders.save(tmp)
-        journal.finished("allocate", 1, {"rows": rows}, final=True)
-        (tmp / FITTED).unlink(missing_ok=True)
-    sizes = {split: hi - lo for split, (_, lo, hi) in ranges.items() if hi > lo}
-    layout = {split: array_layout(tmp, split) for split in sizes}
-    paths = [path for arrays in layout.values() for path, _, _ in arrays.values()]
+    def estimated_rows(self, unit: Unit) -> int:
+        return ((unit.end or os.path.getsize(unit.path)) - unit.start) // 100  # progress only: ~100 bytes a row
 
-    def durable() -> None:
-        for path in paths:
-            sync_file(path)
-
-    done = journal.done("write")
-
-    def written(k, result):
-        journal.finished("write", done + k + 1, durable=durable)
-        return result
-
-    mine = {name: {s: (lo, hi) for s, (n, lo, hi) in ranges.items() if n == name and s in sizes} for name in seen}
-    tasks = [("write", spec, u, (n, mine[u.name], layout, str(tmp))) for u, n in zip(units, counts)]
-    pool.run("write", tasks[done:], written, sum(counts[done:]), log)
-    journal.finished("write", len(units), durable=durable, final=True)  # durable before meta.json
-    return sizes
-
-
-FITTED = "fitted-encoders.pickle"  # the fit pass's merged state so far, for a resumed pass (our own file)
-
-
-def _save_fitted(folder: Path, encoders: Encoders) -> None:
-    atomic_write(folder / FITTED, lambda f: pickle.dump(encoders, f), mode="wb")
-
-
-def _split_ranges(spec: FeatureSpec, sources: dict, file_rows: dict[str, int]) -> dict[str, tuple[str, int, int]]:
-    """Which rows of which file form each split: the spec's files, or one file's head (train) and
-    tail (`holdout` fractions for valid and test)."""
-    for name in ("train", "all"):  # an empty valid or test file is a split without rows (Outbrain writes one)
-        if file_rows.get(name, 1) == 0:
-            raise DataError(sources[name].path, None, None, "no data rows")
-    if "all" not in file_rows:
-        return {split: (split, 0, count) for split, count in file_rows.items()}
-    total = file_rows["all"]
-    test = int(total * spec.holdout.get("test", 0.0))
-    valid = int(total * spec.holdout.get("valid", 0.0))
-    return {
-        "train": ("all", 0, total - valid - test),
-        "valid": ("all", total - valid - test, total - test),
-        "test": ("all", total - test, total),
-    }
-
-
-def _fitted_columns(encoders: Encoders) -> list[str]:
-    """The columns the fit pass reads: vocabularies, lists of unknown length, standardized numbers."""
-    fitted = {e.name for e in encoders.sparse if CATEGORICAL_KINDS[e.kind].fitted}
-    fitted |= {m.name for m in encoders.multi_hot if CATEGORICAL_KINDS[m.values.kind].fitted or m.max_length is None}
-    fitted |= {e.name for e in encoders.dense if NUMERIC_KINDS[e.kind].fitted}
-    return sorted(fitted)
-
-
-def _optional(spec: FeatureSpec, encoders: Encoders) -> dict[str, int]:
-    """The optional arrays of the prepared splits, with their widths (0: one value per row)."""
-    optional = {"multi_hot": sum(m.width for m in encoders.multi_hot)} if spec.multi_hot else {}
-    optional |= {"crossed": len(spec.crossed)} if spec.crossed else {}
-    return optional | {name: 0 for name, column in (("group", spec.group), ("item", spec.item)) if column}
-
-
-def _task(op: str, spec: FeatureSpec, unit: _Unit, arg, report) -> object:
-    """One unit's task, in a worker process (or this one): its rows, its fitted encoders, or the
-    rows it encoded and wrote."""
-    source = _Source(Path(unit.path), spec)
-    if op == "rows":
+    def count(self, unit: Unit, report) -> int:
         rows = 0
-        for batch in source.batches([spec.label], unit):
+        for batch in _Source(Path(unit.path), self.spec).batches([self.spec.label], unit):
             rows += batch.num_rows
             report(batch.num_rows)
         return rows
-    if op == "fit":
-        return _fit(spec, source, unit, arg, report)
-    rows, ranges, layout, folder = arg
-    return _write(spec, source, unit, rows, ranges, layout, folder, report)
 
+    def fit(self, unit: Unit, limit: int | None, first_row: int | None, encoders: Encoders, report) -> int:
+        """Fit on the unit's first `limit` rows (its train rows; the rows are counted first)."""
+        assert limit is not None and first_row is not None  # (no `train_files`: the rows pass comes first)
+        fitted, seen = encoders.fitted_columns(), 0
+        for batch in _Source(Path(unit.path), self.spec).batches(fitted, replace(unit, first_row=first_row)):
+            batch = batch.slice(0, limit - seen)
+            seen += batch.num_rows
+            for e in encoders.dense:
+                if e.name in fitted:
+                    e.fit(batch.column(e.name).to_numpy(zero_copy_only=False))
+            for m in encoders.multi_hot:
+                if m.name in fitted:
+                    m.fit(batch.column(m.name), measure=m.max_length is None)
+            for c in encoders.sparse:
+                if c.name in fitted:
+                    c.count(batch.column(c.name))
+            report(batch.num_rows)
+            if seen >= limit:
+                break
+        return seen
 
-def _fit(spec: FeatureSpec, source: _Source, unit: _Unit, limit: int, report) -> Encoders:
-    """The unit's first `limit` rows (its train rows) fitted into new encoders, unfinished."""
-    encoders = _encoders(spec)
-    fitted, seen = _fitted_columns(encoders), 0
-    for batch in source.batches(fitted, unit):
-        batch = batch.slice(0, limit - seen)
-        seen += batch.num_rows
-        for e in encoders.dense:
-            if e.name in fitted:
-                e.fit(batch.column(e.name).to_numpy(zero_copy_only=False))
-        for m in encoders.multi_hot:
-            if m.name in fitted:
-                m.fit(batch.column(m.name), measure=m.max_length is None)
-        for c in encoders.sparse:
-            if c.name in fitted:
-                c.count(batch.column(c.name))
-        report(batch.num_rows)
-        if seen >= limit:
-            break
-    return encoders
+    def encode(self, unit: Unit, first_row: int, encoders: Encoders) -> Iterator[dict[str, np.ndarray]]:
+        source = _Source(Path(unit.path), self.spec)
+        for batch in source.batches(None, replace(unit, first_row=first_row)):
+            yield _encoded(batch, self.spec, encoders, source, first_row)
+            first_row += batch.num_rows
 
-
-@functools.lru_cache(maxsize=1)
-def _encoders_in(folder: str) -> Encoders:
-    """The encoders saved in `folder`, loaded once per worker process."""
-    return load_encoders(folder)
-
-
-def _write(spec: FeatureSpec, source: _Source, unit: _Unit, rows: int, ranges: dict, layout: dict, folder: str, report):
-    """Encode the unit's rows and write them at their offsets in the splits' arrays (`ranges`: the
-    rows of its file each split holds)."""
-    encoders, at = _encoders_in(folder), unit.first_row
-    for batch in source.batches(None, unit):
-        n = batch.num_rows
-        encoded = _encoded(batch, spec, encoders, source, at)
-        for split, (lo, hi) in ranges.items():
-            a, b = max(at, lo), min(at + n, hi)
-            if a >= b:
-                continue
-            for name, array in encoded.items():
-                path, offset, row_bytes = layout[split][name]
-                write_rows_at(path, offset + (a - lo) * row_bytes, array[a - at : b - at])
-        at += n
-        report(n)
-    if at - unit.first_row != rows:
-        raise DataError(source.path, None, None, "changed while being prepared (its rows differ from when counted)")
-    return rows
+    def meta(self, prepared: Prepared, info: dict) -> CTRMeta:
+        return _meta(self.spec, prepared.encoders, prepared.rows, info)
 
 
 def _encoded(batch: pa.RecordBatch, spec: FeatureSpec, encoders: Encoders, source: _Source, first: int) -> dict:

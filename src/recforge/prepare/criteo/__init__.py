@@ -24,8 +24,9 @@ Why it is shaped this way:
 - Plain files are split into newline-aligned byte ranges, so any number of processes can read
   one file. gzip cannot be split by bytes; a `.gz` file is one task, so several `.gz` days
   still run in parallel but a single `train.txt.gz` uses one process.
-- Passes: `count` (newlines only; needed first when the split boundary depends on the total, as
-  in Kaggle, or when there is no vocabulary pass), `vocabulary` (train rows only) and `write`.
+- The passes are the pass engine's (`prepare/engine.py`, which `prepare ctr` runs on too): `rows`
+  (newlines only; needed first when the split boundary depends on the total, as in Kaggle, or
+  when there is no vocabulary), `fit` (the vocabularies, on train rows only) and `write`.
 - Parsing is pyarrow's CSV reader on 1 MiB blocks (larger blocks parse several times slower);
   hex is decoded with SWAR arithmetic on 8-byte words; vocabulary ids are found by hashing
   (small vocabularies) or a bucket directory over the sorted values (large ones), both several
@@ -36,13 +37,13 @@ Why it is shaped this way:
 - Output goes to a hidden folder beside `out` named after the inputs and options
   (`.NAME.resumable-HASH`); meta.json is written last and the folder is renamed into place, so
   an interruption never leaves something that looks complete. Interrupted (Ctrl-C, a kill), the
-  folder stays with its journal (`data/journal.py`), and the same command continues after the
+  folder stays with its journal (`prepare/journal.py`), and the same command continues after the
   last finished chunk of the pass it was in, to byte-identical output. How the run went
   (seconds, rows/s per process per pass, peak memory) is in prepare.json, not meta.json.
 
 The modules, by stage: `layout` (input files, units, block reading and line counting, the split),
-`parse` (bytes -> arrays), `passes` (the count, vocabulary and write passes and their worker
-tasks); `data/workers.py` runs them (the process pool and progress).
+`parse` (bytes -> arrays), `click_log` (Criteo as the engine's `ClickLog`: count, fit, encode, the
+split and meta.json); `prepare/engine.py` runs the passes, `prepare/workers.py` the process pool.
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ from pathlib import Path
 
 from recforge.core.errors import RecforgeError
 from recforge.data.ctr_format import CTRMeta
+from recforge.prepare.criteo.click_log import CriteoLog
 from recforge.prepare.criteo.layout import MAX_CHUNK_BYTES, _mean_line_bytes, _units, criteo_files
 from recforge.prepare.criteo.parse import DENSE, FIELDS, SPARSE
-from recforge.prepare.criteo.passes import _encoders_in, _Plan, _prepare, _task
-from recforge.prepare.journal import fingerprint, prepare_resumably
+from recforge.prepare.engine import prepare_click_log
+from recforge.prepare.journal import fingerprint
 
 __all__ = ["DENSE", "FIELDS", "KINDS", "SPARSE", "criteo_files", "prepare_criteo"]
 
@@ -115,21 +117,8 @@ def prepare_criteo(
     out.parent.mkdir(parents=True, exist_ok=True)
     options = {"kind": kind, "units": [asdict(u) for u in units], "chunk_bytes": chunk_bytes}
     key = fingerprint(files, min_frequency=min_frequency, max_ind_range=max_ind_range, **options)
-    plan = _Plan(kind, files, units, chunk_bytes, line_bytes, min_frequency, max_ind_range)
-    steps = {"count": len(units), "vocabulary": len(units), "write": len(units)}
-    try:
-        meta, report = prepare_resumably(
-            out,
-            key,
-            overwrite,
-            (processes, _task),
-            steps,
-            lambda tmp, journal, pool: _prepare(plan, tmp, pool, log, journal),
-            started,
-            log,
-        )
-    finally:
-        _encoders_in.cache_clear()
+    click_log = CriteoLog(kind, files, chunk_bytes, line_bytes, min_frequency, max_ind_range)
+    meta, report = prepare_click_log(click_log, units, out, key, overwrite, processes, click_log.meta, started, log)
     if report is None:  # finished by an earlier attempt
         return meta
     peaks = report["peak_memory_bytes"]

@@ -4,15 +4,13 @@ lines or counted by newlines; and the rows of each split."""
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from recforge.core.errors import DataError, RecforgeError
-from recforge.prepare.criteo.parse import _BadLine
+from recforge.prepare.engine import BadLine, Unit, line_ranges
 
 KAGGLE_DAYS = 7
 TERABYTE_DAYS = 24
@@ -64,45 +62,15 @@ def _split_rows(kind: str, file_rows: list[int]) -> dict[str, int]:
     return {"train": train, "test": test, "valid": held_out - test}
 
 
-@dataclass(frozen=True)
-class _Unit:
-    """What one task reads: whole lines in bytes [start, end) of a plain file, or a whole .gz file."""
-
-    file: int  # index in the file list
-    path: str
-    start: int = 0
-    end: int | None = None  # None: the whole file, streamed
-
-
-def _units(files: list[Path], chunk_bytes: int) -> list[_Unit]:
+def _units(files: list[Path], chunk_bytes: int) -> list[Unit]:
+    """Each plain file cut into ranges of whole lines; a .gz file is one unit (gzip cannot be split)."""
     units = []
     for index, path in enumerate(files):
         if path.suffix == ".gz":
-            units.append(_Unit(index, str(path)))
-            continue
-        size = path.stat().st_size
-        cuts = [0]
-        with open(path, "rb") as f:
-            while cuts[-1] + chunk_bytes < size:
-                cut = next_line_start(f, cuts[-1] + chunk_bytes)
-                if cut >= size:
-                    break
-                cuts.append(cut)
-        cuts.append(size)
-        units += [_Unit(index, str(path), a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+            units.append(Unit(index, str(path)))
+        else:
+            units += [Unit(index, str(path), a, b) for a, b in line_ranges(path, 0, chunk_bytes)]
     return units
-
-
-def next_line_start(f, position: int) -> int:
-    """The offset just after the first newline at or after `position - 1`."""
-    f.seek(position - 1)
-    while True:
-        piece = f.read(1 << 16)
-        if not piece:
-            return f.tell()
-        found = piece.find(b"\n")
-        if found >= 0:
-            return f.tell() - len(piece) + found + 1
 
 
 def _mean_line_bytes(path: Path) -> float:
@@ -115,13 +83,7 @@ def _mean_line_bytes(path: Path) -> float:
     return len(head) / max(1, head.count(b"\n")) or 1.0
 
 
-def _estimated_rows(unit: _Unit, line_bytes: float) -> int:
-    """For progress only: .gz sizes are scaled by a typical compression ratio of 4."""
-    size = (unit.end - unit.start) if unit.end is not None else 4 * os.path.getsize(unit.path)
-    return int(size / line_bytes)
-
-
-def _blocks(unit: _Unit, chunk_bytes: int) -> Iterator[bytes | bytearray]:
+def _blocks(unit: Unit, chunk_bytes: int) -> Iterator[bytes | bytearray]:
     """Whole lines of the unit, about `chunk_bytes` at a time; at most one block alive at once."""
     with _reading():
         if unit.end is not None:
@@ -146,7 +108,7 @@ def _blocks(unit: _Unit, chunk_bytes: int) -> Iterator[bytes | bytearray]:
             yield carry
 
 
-def _count_lines(unit: _Unit, report: Callable[[int], None]) -> int:
+def _count_lines(unit: Unit, report: Callable[[int], None]) -> int:
     """Lines in the unit (a last line without a newline counts); `report` is told the lines counted."""
     lines, last = 0, b"\n"
     with _reading():
@@ -174,4 +136,4 @@ def _reading():
     try:
         yield
     except (OSError, EOFError, zlib.error) as e:
-        raise _BadLine(None, None, f"cannot read: {e}") from None
+        raise BadLine(None, None, f"cannot read: {e}") from None

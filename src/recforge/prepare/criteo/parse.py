@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from recforge.data.encoders import Numeric, hex_words, one_array
+from recforge.prepare.engine import BadLine
 
 DENSE = [f"I{i}" for i in range(1, 14)]
 SPARSE = [f"C{i}" for i in range(1, 27)]
@@ -30,10 +31,6 @@ _INT = re.compile(rb"-?[0-9]+\Z")  # what pyarrow's int64 parser accepts, given 
 _HEX = re.compile(rb"[0-9a-fA-F]{8}\Z")
 
 
-class _BadLine(Exception):
-    """(line index in the unit or None, field or None, message)."""
-
-
 @dataclass
 class _Chunk:
     rows: int
@@ -47,9 +44,9 @@ def _parse_located(data: bytes | bytearray, lines_before: int, dense: bool = Tru
     """`_parse`, with a failure's line index made relative to the unit."""
     try:
         return _parse(data, dense)
-    except _BadLine as bad:
+    except BadLine as bad:
         line, field, message = bad.args
-        raise _BadLine(None if line is None else lines_before + line, field, message) from None
+        raise BadLine(None if line is None else lines_before + line, field, message) from None
 
 
 def _parse(data: bytes | bytearray, dense: bool = True) -> _Chunk:
@@ -70,7 +67,7 @@ def _parse(data: bytes | bytearray, dense: bool = True) -> _Chunk:
         if table is not None and (rows is None or table.num_rows == rows):
             chunk = _columns(table, table.num_rows, dense)
     if chunk is None:
-        raise _BadLine(*_locate(data))
+        raise BadLine(*_locate(data))
     return chunk
 
 
